@@ -1,0 +1,1 @@
+"""Broker adapters: one sub-package per venue behind the BaseBroker surface."""

@@ -1,0 +1,119 @@
+"""The broker surface every feed implements, and the values it emits."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class DepthLevel:
+    price: Decimal
+    quantity: int
+    orders: int
+
+
+@dataclass(frozen=True, slots=True)
+class Depth:
+    bids: tuple[DepthLevel, ...]
+    asks: tuple[DepthLevel, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """A tradable symbol as the broker knows it."""
+
+    exchange: str  # NSE, BSE, NFO, MCX ...
+    symbol: str  # trading symbol, e.g. INFY
+    token: int = 0  # the broker's numeric instrument id (0 when the broker has none)
+    tick_size: Decimal = Decimal("0.05")
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}"
+
+
+@dataclass(frozen=True, slots=True)
+class TickData:
+    """One update from a feed.
+
+    ``volume`` is the feed's cumulative traded volume for the day (``None`` when the feed has
+    no volume, e.g. indices). Timestamps are timezone-aware; ``exchange_ts`` is the receive time
+    when the feed gives none.
+    """
+
+    broker: str
+    exchange: str
+    symbol: str
+    token: int
+    last_price: Decimal
+    last_quantity: int | None
+    volume: int | None
+    oi: int | None
+    exchange_ts: datetime
+    receive_ts: datetime
+    depth: Depth | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}"
+
+
+TickBatchCallback = Callable[[Sequence[TickData]], None]
+
+
+class BrokerError(Exception):
+    """A broker could not do what was asked; the message says what to do."""
+
+
+class BaseBroker(abc.ABC):
+    """A market-data feed.
+
+    Implementations decode in their own socket threads and hand batches of ``TickData`` to the
+    callback given to ``connect``. The callback must be cheap (it enqueues); it is called from the
+    broker's threads.
+    """
+
+    name: str = "base"
+    #: how many instruments one connection may carry
+    max_symbols_per_connection: int = 0
+    #: how many connections the broker allows per account / API key
+    max_connections: int = 1
+
+    @property
+    def max_symbols(self) -> int:
+        return self.max_symbols_per_connection * self.max_connections
+
+    @abc.abstractmethod
+    def connect(self, on_ticks: TickBatchCallback) -> None:
+        """Start the feed; ticks flow to ``on_ticks`` until ``disconnect``."""
+
+    @abc.abstractmethod
+    def disconnect(self) -> None:
+        """Stop the feed and join its threads."""
+
+    @abc.abstractmethod
+    def subscribe(self, instruments: Sequence[Instrument]) -> None: ...
+
+    @abc.abstractmethod
+    def unsubscribe(self, instruments: Sequence[Instrument]) -> None: ...
+
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
+        """Map (exchange, symbol) pairs to instruments; returns (known, unknown keys)."""
+        return [Instrument(exchange, symbol) for exchange, symbol in symbols], []
+
+    def check_capacity(self, count: int) -> None:
+        """Refuse a watchlist larger than the broker can carry, with the numbers."""
+        if count > self.max_symbols:
+            raise BrokerError(
+                f"{count} instruments exceed what {self.name} allows: "
+                f"{self.max_symbols_per_connection} per connection x {self.max_connections} "
+                f"connections = {self.max_symbols}; shorten the watchlist or split it across "
+                "daemons with --shard"
+            )

@@ -1,0 +1,174 @@
+"""Settings: read once from the environment (and `.env`), frozen, validated per broker.
+
+Every problem is reported by the name of the variable to fix; secrets never appear in a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from candles.model import parse_intervals
+
+DEFAULT_SQLITE_PATH = "data/marketfeed.db"
+BROKERS = ("sim", "kite", "kotak", "kotak_neo")
+_SECRETS = frozenset(
+    {
+        "pg_conn_str",
+        "kite_api_secret",
+        "kite_access_token",
+        "kotak_consumer_key",
+        "kotak_mpin",
+        "kotak_totp_secret",
+        "kotak_mobile_number",
+    }
+)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names every variable to fix."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Settings:
+    # storage
+    pg_conn_str: str | None = None
+    sqlite_path: str = DEFAULT_SQLITE_PATH
+    # candles
+    intervals: str = "1m"
+    grace_seconds: float = 2.0
+    emit_empty_candles: bool = False
+    # operations
+    status_interval_seconds: float = 30.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+    # Kite
+    kite_api_key: str | None = None
+    kite_api_secret: str | None = None
+    kite_access_token: str | None = None
+    # Kotak Neo
+    kotak_consumer_key: str | None = None
+    kotak_mobile_number: str | None = None
+    kotak_ucc: str | None = None
+    kotak_mpin: str | None = None
+    kotak_totp_secret: str | None = None
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown = "'***'" if f.name in _SECRETS and value else repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__
+
+    def validate(self, broker: str) -> None:
+        """Raise one ConfigError listing every variable that ``broker`` needs and lacks."""
+        problems: list[str] = []
+        if broker not in BROKERS:
+            problems.append(f"broker {broker!r} is unknown: use one of {', '.join(BROKERS)}")
+        if broker == "kite":
+            for name in ("kite_api_key",):
+                if not getattr(self, name):
+                    problems.append(f"{name.upper()} is missing: set it in .env (your Kite Connect app's API key)")
+        if broker in ("kotak", "kotak_neo"):
+            needed = {
+                "kotak_consumer_key": "the consumer key of your Neo API app",
+                "kotak_mobile_number": "the mobile number registered with Kotak, e.g. +919876543210",
+                "kotak_ucc": "your client code (UCC)",
+                "kotak_mpin": "your 6-digit MPIN",
+                "kotak_totp_secret": "the base32 secret shown when you enabled TOTP",
+            }
+            for name, hint in needed.items():
+                if not getattr(self, name):
+                    problems.append(f"{name.upper()} is missing: set it in .env ({hint})")
+            if self.kotak_mpin and not (self.kotak_mpin.isdigit() and len(self.kotak_mpin) == 6):
+                problems.append("KOTAK_MPIN is invalid: it must be exactly 6 digits")
+        if problems:
+            raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
+
+
+def _text(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env"
+) -> Settings:
+    """Build settings from ``env`` (default: the process environment) over ``env_file``.
+
+    The environment wins over the file. Type errors are collected and raised together.
+    """
+    merged: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if env is None else env)
+
+    problems: list[str] = []
+
+    def number(name: str, default: float, minimum: float) -> float:
+        raw = _text(merged, name, None)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(f"{name} is invalid: {raw!r} is not a number")
+            return default
+        if value < minimum:
+            problems.append(f"{name} is invalid: must be at least {minimum:g}, got {raw}")
+        return value
+
+    def flag(name: str, default: bool) -> bool:
+        raw = (_text(merged, name, None) or "").lower()
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return default if raw == "" else False
+        problems.append(f"{name} is invalid: {raw!r} is not true/false")
+        return default
+
+    intervals = _text(merged, "CANDLE_INTERVALS", "1m") or "1m"
+    try:
+        parse_intervals(intervals)
+    except ValueError as exc:
+        problems.append(f"CANDLE_INTERVALS is invalid: {exc}")
+
+    log_format = (_text(merged, "LOG_FORMAT", "text") or "text").lower()
+    if log_format not in ("text", "json"):
+        problems.append(f"LOG_FORMAT is invalid: {log_format!r}; use text or json")
+    log_level = (_text(merged, "LOG_LEVEL", "INFO") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        problems.append(f"LOG_LEVEL is invalid: {log_level!r}; use DEBUG, INFO, WARNING or ERROR")
+
+    settings = Settings(
+        pg_conn_str=_text(merged, "PG_CONN_STR", None),
+        sqlite_path=_text(merged, "SQLITE_PATH", DEFAULT_SQLITE_PATH) or DEFAULT_SQLITE_PATH,
+        intervals=intervals,
+        grace_seconds=number("CANDLE_GRACE_SECONDS", 2.0, 0.0),
+        emit_empty_candles=flag("CANDLE_EMIT_EMPTY", False),
+        status_interval_seconds=number("STATUS_INTERVAL_SECONDS", 30.0, 1.0),
+        log_level=log_level,
+        log_format=log_format,
+        kite_api_key=_text(merged, "KITE_API_KEY", None),
+        kite_api_secret=_text(merged, "KITE_API_SECRET", None),
+        kite_access_token=_text(merged, "KITE_ACCESS_TOKEN", None),
+        kotak_consumer_key=_text(merged, "KOTAK_CONSUMER_KEY", None),
+        kotak_mobile_number=_text(merged, "KOTAK_MOBILE_NUMBER", None),
+        kotak_ucc=_text(merged, "KOTAK_UCC", None),
+        kotak_mpin=_text(merged, "KOTAK_MPIN", None),
+        kotak_totp_secret=_text(merged, "KOTAK_TOTP_SECRET", None),
+    )
+    if problems:
+        raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
+    return settings

@@ -1,0 +1,66 @@
+"""The interface every candle store implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from candles.model import Candle
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the message says what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (retry later)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchlistEntry:
+    exchange: str
+    symbol: str
+    enabled: bool = True
+    priority: int = 0
+
+
+class CandleStore(abc.ABC):
+    """Durable home of candles. Writes are idempotent upserts keyed by
+    (exchange, symbol, interval, bucket)."""
+
+    #: short human description without secrets, e.g. "sqlite:data/marketfeed.db"
+    description: str = ""
+
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Bring the schema to the latest version; returns the version now in place."""
+
+    @abc.abstractmethod
+    def upsert(self, candles: Sequence[Candle]) -> None:
+        """Insert or replace candles in one transaction."""
+
+    @abc.abstractmethod
+    def latest(
+        self, exchange: str, symbol: str, interval: str, limit: int = 20
+    ) -> list[Candle]:
+        """The newest candles of one series, newest first."""
+
+    @abc.abstractmethod
+    def latest_per_series(self, since_epoch: float) -> list[Candle]:
+        """For every (exchange, symbol, interval), its newest candle with bucket >= since
+        (used to resume open buckets after a restart)."""
+
+    @abc.abstractmethod
+    def watchlist(self) -> list[WatchlistEntry]:
+        """Enabled watchlist rows, highest priority first."""
+
+    @abc.abstractmethod
+    def set_watchlist(self, entries: Sequence[WatchlistEntry]) -> None:
+        """Insert or update watchlist rows (used by tools and tests)."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
