@@ -41,6 +41,10 @@ class CandleStore(abc.ABC):
         """Insert or replace candles in one transaction."""
 
     @abc.abstractmethod
+    def delete(self, candles: Sequence[Candle]) -> int:
+        """Remove the rows with these candles' keys; returns how many were removed."""
+
+    @abc.abstractmethod
     def latest(
         self, exchange: str, symbol: str, interval: str, limit: int = 20
     ) -> list[Candle]:

@@ -1,0 +1,142 @@
+"""Versioned schema migrations shared by the SQLite and PostgreSQL stores.
+
+Each migration is a version number, a description, and the statements that bring a database
+from the previous version to this one, written once per dialect. The stores apply the pending
+ones in a single transaction and record each in ``schema_migrations``; a database that already
+carries a version newer than ``LATEST_VERSION`` is refused rather than written to.
+
+Storage conventions the statements encode:
+
+- PostgreSQL: prices ``numeric`` without a fixed scale (the scale given is the scale kept),
+  times ``timestamptz``.
+- SQLite: prices ``TEXT`` fixed-point decimal strings (``format(d, "f")``), so the scale given is
+  kept there too; times ``INTEGER`` microseconds since the Unix epoch (UTC), so order and
+  microseconds survive and comparisons are numeric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.base import StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+# Creates the bookkeeping table itself; runs before the version is read, so it must be idempotent.
+SCHEMA_MIGRATIONS_SQLITE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    description TEXT    NOT NULL,
+    applied_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)
+"""
+
+SCHEMA_MIGRATIONS_POSTGRES = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer     PRIMARY KEY,
+    description text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+# "interval" is a keyword in PostgreSQL, so it is quoted everywhere, in both dialects alike.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        description="candles and watchlist",
+        sqlite=(
+            """
+            CREATE TABLE candles (
+                exchange   TEXT    NOT NULL,
+                symbol     TEXT    NOT NULL,
+                "interval" TEXT    NOT NULL,
+                bucket     INTEGER NOT NULL,
+                open       TEXT    NOT NULL,
+                high       TEXT    NOT NULL,
+                low        TEXT    NOT NULL,
+                close      TEXT    NOT NULL,
+                volume     INTEGER NOT NULL,
+                oi         INTEGER,
+                tick_count INTEGER NOT NULL,
+                first_tick INTEGER NOT NULL,
+                last_tick  INTEGER NOT NULL,
+                cum_volume INTEGER,
+                final      INTEGER NOT NULL CHECK (final IN (0, 1)),
+                updated_at INTEGER NOT NULL
+                    DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)),
+                PRIMARY KEY (exchange, symbol, "interval", bucket)
+            )
+            """,
+            "CREATE INDEX candles_bucket_idx ON candles (bucket)",
+            """
+            CREATE TABLE watchlist (
+                exchange TEXT    NOT NULL,
+                symbol   TEXT    NOT NULL,
+                enabled  INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+                priority INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (exchange, symbol)
+            )
+            """,
+        ),
+        postgres=(
+            """
+            CREATE TABLE candles (
+                exchange   text        NOT NULL,
+                symbol     text        NOT NULL,
+                "interval" text        NOT NULL,
+                bucket     timestamptz NOT NULL,
+                open       numeric     NOT NULL,
+                high       numeric     NOT NULL,
+                low        numeric     NOT NULL,
+                close      numeric     NOT NULL,
+                volume     bigint      NOT NULL,
+                oi         bigint,
+                tick_count integer     NOT NULL,
+                first_tick timestamptz NOT NULL,
+                last_tick  timestamptz NOT NULL,
+                cum_volume bigint,
+                final      boolean     NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (exchange, symbol, "interval", bucket)
+            )
+            """,
+            # latest_per_series filters on bucket across all series at start-up
+            "CREATE INDEX candles_bucket_idx ON candles (bucket)",
+            """
+            CREATE TABLE watchlist (
+                exchange text    NOT NULL,
+                symbol   text    NOT NULL,
+                enabled  boolean NOT NULL DEFAULT true,
+                priority integer NOT NULL DEFAULT 0,
+                PRIMARY KEY (exchange, symbol)
+            )
+            """,
+        ),
+    ),
+)
+
+LATEST_VERSION: int = MIGRATIONS[-1].version
+
+# Versions must be 1, 2, 3 ... so "pending" is a simple slice.
+assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+
+
+def pending(current: int, where: str) -> tuple[Migration, ...]:
+    """Migrations to apply to a database at ``current``; refuses one newer than this code.
+
+    ``where`` names the database in the error (a description without secrets).
+    """
+    if current > LATEST_VERSION:
+        raise StoreError(
+            f"{where} has schema version {current}, newer than the {LATEST_VERSION} this "
+            "marketfeed knows: upgrade marketfeed (or point it at another database); "
+            "refusing to use it"
+        )
+    return MIGRATIONS[current:]

@@ -1,0 +1,386 @@
+"""PostgreSQL candle store (production): psycopg2, ``numeric`` prices, batched upserts.
+
+The connection is opened lazily and re-opened after a loss: the call that meets a dead
+connection raises StoreUnavailable (the spool keeps the candles and retries), the next call
+connects afresh. Error messages and ``description`` never contain the password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+
+from candles.model import IST, Candle
+from storage import migrations
+from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_COLUMNS = (
+    'exchange, symbol, "interval", bucket, open, high, low, close, volume, oi, tick_count, '
+    "first_tick, last_tick, cum_volume, final"
+)
+_UPSERT = f"""
+INSERT INTO candles ({_COLUMNS}) VALUES %s
+ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
+    open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+    volume = EXCLUDED.volume, oi = EXCLUDED.oi, tick_count = EXCLUDED.tick_count,
+    first_tick = EXCLUDED.first_tick, last_tick = EXCLUDED.last_tick,
+    cum_volume = EXCLUDED.cum_volume, final = EXCLUDED.final, updated_at = now()
+"""
+_PAGE_SIZE = 1000
+# Any constant: serialises concurrent migrations of daemons sharing one database (--shard i/n).
+_MIGRATION_LOCK = 0x6D66_6565_6431  # "mfeed1"
+_URL_SCHEMES = ("postgresql://", "postgres://")
+_DSN_HELP = (
+    "use postgresql://user:password@host:5432/dbname or 'host=... port=... dbname=... user=...'"
+)
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """The DSN's parameters (URL or key=value form); StoreError, without the DSN, if malformed."""
+    try:
+        return psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        # libpq's message quotes the text around the error, which may be the password.
+        raise StoreError(f"PG_CONN_STR is not a valid PostgreSQL connection string: {_DSN_HELP}") from None
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN in its own form with the password replaced by ``***``."""
+    if dsn.startswith(_URL_SCHEMES):
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{hostinfo}"
+        query = urlencode(
+            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+            safe="*",
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    params = parse_dsn(dsn)
+    if "password" in params:
+        params["password"] = "***"
+    return " ".join(f"{k}={_kv_quote(v)}" for k, v in params.items())
+
+
+def _kv_quote(value: str) -> str:
+    if value and not any(ch in value for ch in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _where(params: dict[str, str]) -> str:
+    """Where the server is, for messages: host:port, or the socket directory."""
+    host = params.get("host") or params.get("hostaddr") or "the local socket (PGHOST)"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+class PostgresStore(CandleStore):
+    """Candles in PostgreSQL. ``dsn`` is a URL or key=value libpq connection string."""
+
+    def __init__(self, dsn: str, connect_timeout: int = 5, *, read_only: bool = False) -> None:
+        self._params = parse_dsn(dsn)
+        self._dsn = dsn
+        self._password = self._params.get("password") or ""
+        self.connect_timeout = connect_timeout
+        self.read_only = read_only
+        self.description = f"postgresql:{redact_dsn(dsn)}{' (read-only)' if read_only else ''}"
+        self.where = _where(self._params)
+        self._conn: psycopg2.extensions.connection | None = None
+        self._lock = threading.RLock()
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._password, "***") if self._password else text
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        options: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout,
+            "application_name": "marketfeed",
+            # A daemon runs for months: notice a silently dead server in about a minute.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        # What the operator wrote in the DSN wins over our defaults.
+        options = {k: v for k, v in options.items() if k not in self._params}
+        try:
+            conn = psycopg2.connect(self._dsn, **options)
+        except psycopg2.OperationalError as exc:
+            raise StoreUnavailable(self._connect_message(exc)) from None
+        if self.read_only:
+            conn.set_session(readonly=True)
+        log.info("connected to PostgreSQL at %s", self.where)
+        return conn
+
+    def _connect_message(self, exc: BaseException) -> str:
+        text = str(exc)
+        low = text.lower()
+        user = self._params.get("user", "")
+        if "password authentication failed" in low or "no password supplied" in low:
+            return self._scrub(
+                f"PostgreSQL at {self.where} rejected the login for user {user!r} "
+                "(password authentication failed): check the user and password in PG_CONN_STR"
+            )
+        if "does not exist" in low and "database" in low:
+            return self._scrub(
+                f"PostgreSQL at {self.where} has no database {self._params.get('dbname', user)!r}: "
+                "create it (createdb) or fix the database name in PG_CONN_STR"
+            )
+        if "does not exist" in low and "role" in low:
+            return self._scrub(
+                f"PostgreSQL at {self.where} has no user {user!r}: "
+                "create the role or fix the user in PG_CONN_STR"
+            )
+        if "connection refused" in low:
+            reason = "connection refused"
+        elif "timeout expired" in low or "timed out" in low:
+            reason = f"no answer within {self.connect_timeout}s"
+        elif "could not translate host name" in low or "name or service not known" in low:
+            reason = "unknown host name"
+        elif "no such file or directory" in low:
+            reason = "no server socket there"
+        else:
+            reason = _first_line(exc)
+        return self._scrub(
+            f"cannot reach PostgreSQL at {self.where} ({reason}): "
+            "check PG_CONN_STR and that the server is running"
+        )
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+
+    def _run(self, action: str, work: Callable[[Any], T]) -> T:
+        """Run ``work(cursor)`` in one transaction, translating errors into store errors."""
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = None
+                self._conn = self._connect()
+            conn = self._conn
+            try:
+                with conn, conn.cursor() as cur:  # commit on success, roll back on error
+                    return work(cur)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                # Lost connection, server shutting down, statement cancelled, disk full ...:
+                # all "try again later". A fresh connection next time costs little and never
+                # inherits a broken session.
+                lost = bool(conn.closed)
+                self._drop_connection()
+                if lost:
+                    what = f"lost the connection to PostgreSQL at {self.where} while trying to {action}"
+                else:
+                    what = f"PostgreSQL at {self.where} could not {action}"
+                raise StoreUnavailable(
+                    self._scrub(
+                        f"{what} ({_first_line(exc)}): it reconnects on the next call; "
+                        "check that the server is running"
+                    )
+                ) from None
+            except psycopg2.errors.UndefinedTable as exc:
+                raise StoreError(
+                    f"{self.description} has no candle tables yet ({_first_line(exc)}): "
+                    "run the daemon once (it migrates the schema at start)"
+                ) from None
+            except psycopg2.Error as exc:
+                raise StoreError(self._scrub(f"{self.description}: could not {action}: {_first_line(exc)}")) from None
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        def work(cur: Any) -> int:
+            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            return int(cur.fetchone()[0])
+
+        return self._run("read the schema version", work)
+
+    def migrate(self) -> int:
+        if self.read_only:
+            raise StoreError(f"{self.description} was opened read-only: it cannot be migrated")
+        applied: list[migrations.Migration] = []
+
+        def work(cur: Any) -> int:
+            applied.clear()
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            cur.execute(migrations.SCHEMA_MIGRATIONS_POSTGRES)
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            current = int(cur.fetchone()[0])
+            for m in migrations.pending(current, self.description):
+                for statement in m.postgres:
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                    (m.version, m.description),
+                )
+                applied.append(m)
+                current = m.version
+            return current
+
+        version = self._run("migrate the schema", work)
+        for m in applied:
+            log.info("%s: applied schema migration %d (%s)", self.description, m.version, m.description)
+        return version
+
+    # -- candles --------------------------------------------------------------------------------
+
+    def upsert(self, candles: Sequence[Candle]) -> None:
+        if not candles:
+            return
+        # One statement may not touch a row twice (ON CONFLICT ... cardinality violation), so
+        # the last version of each key wins here, as if the candles had been written in order.
+        unique = {c.key: c for c in candles}.values()
+        rows = [
+            (
+                c.exchange, c.symbol, c.interval, _aware(c.bucket),
+                _price(c.open), _price(c.high), _price(c.low), _price(c.close),
+                c.volume, c.oi, c.tick_count, _aware(c.first_tick), _aware(c.last_tick),
+                c.cum_volume, c.final,
+            )
+            for c in unique
+        ]
+
+        def work(cur: Any) -> None:
+            psycopg2.extras.execute_values(cur, _UPSERT, rows, page_size=_PAGE_SIZE)
+
+        self._run(f"write {len(rows)} candles", work)
+
+    def delete(self, candles: Sequence[Candle]) -> int:
+        """Remove these candles' keys (the self-test's probe); returns how many rows went."""
+        keys = list({(c.exchange, c.symbol, c.interval, _aware(c.bucket)) for c in candles})
+        if not keys:
+            return 0
+
+        def work(cur: Any) -> int:
+            psycopg2.extras.execute_values(
+                cur,
+                'DELETE FROM candles AS c USING (VALUES %s) AS k (exchange, symbol, "interval", bucket) '
+                'WHERE c.exchange = k.exchange AND c.symbol = k.symbol AND c."interval" = k."interval" '
+                "AND c.bucket = k.bucket",
+                keys,
+                page_size=len(keys),  # one statement, so rowcount counts every row
+            )
+            return cur.rowcount
+
+        return self._run(f"delete {len(keys)} candles", work)
+
+    def latest(self, exchange: str, symbol: str, interval: str, limit: int = 20) -> list[Candle]:
+        def work(cur: Any) -> list[Candle]:
+            cur.execute(
+                f'SELECT {_COLUMNS} FROM candles WHERE exchange = %s AND symbol = %s AND "interval" = %s '
+                "ORDER BY bucket DESC LIMIT %s",
+                (exchange, symbol, interval, max(limit, 0)),
+            )
+            return [_candle(r) for r in cur.fetchall()]
+
+        return self._run("read candles", work)
+
+    def latest_per_series(self, since_epoch: float) -> list[Candle]:
+        since = datetime.fromtimestamp(since_epoch, timezone.utc)
+
+        def work(cur: Any) -> list[Candle]:
+            cur.execute(
+                f'SELECT DISTINCT ON (exchange, symbol, "interval") {_COLUMNS} FROM candles '
+                'WHERE bucket >= %s ORDER BY exchange, symbol, "interval", bucket DESC',
+                (since,),
+            )
+            return [_candle(r) for r in cur.fetchall()]
+
+        return self._run("read the newest candles", work)
+
+    # -- watchlist ------------------------------------------------------------------------------
+
+    def watchlist(self) -> list[WatchlistEntry]:
+        def work(cur: Any) -> list[WatchlistEntry]:
+            cur.execute(
+                "SELECT exchange, symbol, enabled, priority FROM watchlist WHERE enabled "
+                "ORDER BY priority DESC, exchange, symbol"
+            )
+            return [WatchlistEntry(e, s, bool(en), int(p)) for e, s, en, p in cur.fetchall()]
+
+        return self._run("read the watchlist", work)
+
+    def set_watchlist(self, entries: Sequence[WatchlistEntry]) -> None:
+        rows = list({(e.exchange, e.symbol): (e.exchange, e.symbol, e.enabled, e.priority) for e in entries}.values())
+        if not rows:
+            return
+
+        def work(cur: Any) -> None:
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO watchlist (exchange, symbol, enabled, priority) VALUES %s "
+                "ON CONFLICT (exchange, symbol) DO UPDATE SET "
+                "enabled = EXCLUDED.enabled, priority = EXCLUDED.priority",
+                rows,
+            )
+
+        self._run("write the watchlist", work)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.description!r})"
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise StoreError(f"refusing a naive datetime {value.isoformat()}: candle times must be timezone-aware")
+    return value
+
+
+def _price(value: Decimal) -> Decimal:
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise StoreError(f"refusing price {value!r}: prices must be finite Decimals")
+    return value
+
+
+def _candle(row: tuple) -> Candle:
+    (exchange, symbol, interval, bucket, o, h, lo, c, volume, oi, ticks, first, last, cum, final) = row
+    return Candle(
+        exchange=exchange,
+        symbol=symbol,
+        interval=interval,
+        bucket=bucket.astimezone(IST),
+        open=Decimal(o),
+        high=Decimal(h),
+        low=Decimal(lo),
+        close=Decimal(c),
+        volume=int(volume),
+        oi=None if oi is None else int(oi),
+        tick_count=int(ticks),
+        first_tick=first.astimezone(IST),
+        last_tick=last.astimezone(IST),
+        cum_volume=None if cum is None else int(cum),
+        final=bool(final),
+    )

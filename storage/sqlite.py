@@ -1,0 +1,290 @@
+"""SQLite candle store: the embedded default, one file, WAL mode.
+
+Prices are stored as fixed-point TEXT (``format(d, "f")``) so a Decimal comes back exactly as it
+went in, scale included; times as INTEGER microseconds since the epoch, returned as aware IST
+datetimes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from candles.model import IST, Candle
+from storage import migrations
+from storage.base import CandleStore, StoreError, WatchlistEntry
+
+log = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICRO = timedelta(microseconds=1)
+
+_COLUMNS = (
+    'exchange, symbol, "interval", bucket, open, high, low, close, volume, oi, tick_count, '
+    "first_tick, last_tick, cum_volume, final"
+)
+_UPSERT = f"""
+INSERT INTO candles ({_COLUMNS}, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
+    open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
+    volume = excluded.volume, oi = excluded.oi, tick_count = excluded.tick_count,
+    first_tick = excluded.first_tick, last_tick = excluded.last_tick,
+    cum_volume = excluded.cum_volume, final = excluded.final, updated_at = excluded.updated_at
+"""
+
+
+def to_micros(value: datetime) -> int:
+    """Aware datetime → integer microseconds since the epoch (exact, no float)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise StoreError(f"refusing a naive datetime {value.isoformat()}: candle times must be timezone-aware")
+    return (value - _EPOCH) // _MICRO
+
+
+def from_micros(value: int) -> datetime:
+    return (_EPOCH + value * _MICRO).astimezone(IST)
+
+
+def price_text(value: Decimal) -> str:
+    """Fixed-point text keeping the given scale: Decimal('1234.50') → '1234.50', never 1E+3."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise StoreError(f"refusing price {value!r}: prices must be finite Decimals")
+    return format(value, "f")
+
+
+def _dedupe(candles: Sequence[Candle]) -> list[Candle]:
+    # The last version of a key wins, as if the candles had been written one by one.
+    return list({c.key: c for c in candles}.values())
+
+
+class SQLiteStore(CandleStore):
+    """Candles in one SQLite file.
+
+    ``read_only=True`` opens an existing file with ``mode=ro`` (the candle viewer): it never
+    creates a file, and a missing one is a StoreError naming the path.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self.description = f"sqlite:{self.path}{' (read-only)' if read_only else ''}"
+        # The daemon builds the store on its main thread and writes from the storage thread;
+        # the lock makes that hand-over (and any accidental sharing) safe.
+        self._lock = threading.RLock()
+        try:
+            if read_only:
+                if not self.path.is_file():
+                    raise StoreError(
+                        f"no candle database at {self.path}: check the path (SQLITE_PATH) "
+                        "or run the daemon once to create it"
+                    )
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        # Autocommit mode: transactions are explicit (BEGIN ... COMMIT) so nothing is implicit.
+        conn.isolation_level = None
+        self._conn = conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            if not read_only:
+                conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: a commit is on disk when upsert returns, so the spool may drop it.
+                conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._writable()
+            conn = self._conn
+            try:
+                # IMMEDIATE takes the write lock now, so two writers serialise instead of failing
+                # half-way with "database is locked".
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error("start a transaction", exc) from exc
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise self._error("commit", exc) from exc
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.description} was opened read-only: it cannot be written")
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error("read", exc) from exc
+
+    def _error(self, action: str, exc: Exception) -> StoreError:
+        text = str(exc)
+        if "no such table" in text:
+            return StoreError(
+                f"{self.description} has no candle tables yet ({text}): "
+                "run the daemon once (it migrates the schema at start)"
+            )
+        return StoreError(f"{self.description}: could not {action}: {text}")
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._lock:
+            exists = self._query(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            )
+            if not exists:
+                return 0
+            (row,) = self._query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            return int(row[0])
+
+    def migrate(self) -> int:
+        with self._transaction() as conn:
+            try:
+                conn.execute(migrations.SCHEMA_MIGRATIONS_SQLITE)
+                current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+                todo = migrations.pending(int(current), self.description)
+                for m in todo:
+                    for statement in m.sqlite:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
+                        (m.version, m.description),
+                    )
+            except sqlite3.Error as exc:
+                raise self._error("migrate the schema", exc) from exc
+        for m in todo:
+            log.info("%s: applied schema migration %d (%s)", self.description, m.version, m.description)
+        return todo[-1].version if todo else int(current)
+
+    # -- candles --------------------------------------------------------------------------------
+
+    def upsert(self, candles: Sequence[Candle]) -> None:
+        if not candles:
+            return
+        now = to_micros(datetime.now(timezone.utc))
+        rows = [
+            (
+                c.exchange, c.symbol, c.interval, to_micros(c.bucket),
+                price_text(c.open), price_text(c.high), price_text(c.low), price_text(c.close),
+                c.volume, c.oi, c.tick_count, to_micros(c.first_tick), to_micros(c.last_tick),
+                c.cum_volume, int(c.final), now,
+            )
+            for c in _dedupe(candles)
+        ]
+        with self._transaction() as conn:
+            try:
+                conn.executemany(_UPSERT, rows)
+            except (sqlite3.Error, OverflowError) as exc:  # OverflowError: int beyond 64 bits
+                raise self._error(f"write {len(rows)} candles", exc) from exc
+
+    def delete(self, candles: Sequence[Candle]) -> int:
+        """Remove these candles' keys (the self-test's probe); returns how many rows went."""
+        keys = [(c.exchange, c.symbol, c.interval, to_micros(c.bucket)) for c in candles]
+        if not keys:
+            return 0
+        with self._transaction() as conn:
+            try:
+                before = conn.total_changes
+                conn.executemany(
+                    'DELETE FROM candles WHERE exchange = ? AND symbol = ? AND "interval" = ? AND bucket = ?', keys
+                )
+                return conn.total_changes - before
+            except sqlite3.Error as exc:
+                raise self._error(f"delete {len(keys)} candles", exc) from exc
+
+    def latest(self, exchange: str, symbol: str, interval: str, limit: int = 20) -> list[Candle]:
+        rows = self._query(
+            f'SELECT {_COLUMNS} FROM candles WHERE exchange = ? AND symbol = ? AND "interval" = ? '
+            "ORDER BY bucket DESC LIMIT ?",
+            (exchange, symbol, interval, max(limit, 0)),
+        )
+        return [_candle(r) for r in rows]
+
+    def latest_per_series(self, since_epoch: float) -> list[Candle]:
+        since = to_micros(datetime.fromtimestamp(since_epoch, timezone.utc))
+        cols = ", ".join(f"c.{name.strip()}" for name in _COLUMNS.split(","))
+        rows = self._query(
+            f"""
+            SELECT {cols} FROM candles AS c
+            JOIN (SELECT exchange, symbol, "interval", MAX(bucket) AS bucket
+                  FROM candles WHERE bucket >= ? GROUP BY exchange, symbol, "interval") AS m
+              ON c.exchange = m.exchange AND c.symbol = m.symbol
+             AND c."interval" = m."interval" AND c.bucket = m.bucket
+            ORDER BY c.exchange, c.symbol, c."interval"
+            """,
+            (since,),
+        )
+        return [_candle(r) for r in rows]
+
+    # -- watchlist ------------------------------------------------------------------------------
+
+    def watchlist(self) -> list[WatchlistEntry]:
+        rows = self._query(
+            "SELECT exchange, symbol, enabled, priority FROM watchlist WHERE enabled = 1 "
+            "ORDER BY priority DESC, exchange, symbol"
+        )
+        return [WatchlistEntry(e, s, bool(en), int(p)) for e, s, en, p in rows]
+
+    def set_watchlist(self, entries: Sequence[WatchlistEntry]) -> None:
+        rows = [(e.exchange, e.symbol, int(e.enabled), e.priority) for e in entries]
+        with self._transaction() as conn:
+            try:
+                conn.executemany(
+                    "INSERT INTO watchlist (exchange, symbol, enabled, priority) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (exchange, symbol) DO UPDATE SET "
+                    "enabled = excluded.enabled, priority = excluded.priority",
+                    rows,
+                )
+            except sqlite3.Error as exc:
+                raise self._error("write the watchlist", exc) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.description!r})"
+
+
+def _candle(row: tuple) -> Candle:
+    (exchange, symbol, interval, bucket, o, h, lo, c, volume, oi, ticks, first, last, cum, final) = row
+    return Candle(
+        exchange=exchange,
+        symbol=symbol,
+        interval=interval,
+        bucket=from_micros(bucket),
+        open=Decimal(o),
+        high=Decimal(h),
+        low=Decimal(lo),
+        close=Decimal(c),
+        volume=int(volume),
+        oi=None if oi is None else int(oi),
+        tick_count=int(ticks),
+        first_tick=from_micros(first),
+        last_tick=from_micros(last),
+        cum_volume=None if cum is None else int(cum),
+        final=bool(final),
+    )

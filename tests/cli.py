@@ -1,0 +1,42 @@
+"""Run main.py as a real process, the way an operator does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = str(ROOT / "main.py")
+
+# The variables a test run must not inherit from the machine it runs on.
+_CLEAN = ("PG_CONN_STR", "SQLITE_PATH", "CANDLE_INTERVALS", "LOG_LEVEL", "LOG_FORMAT")
+
+
+def main_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _CLEAN and not k.startswith(("KITE_", "KOTAK_"))}
+    env.update(extra)
+    return env
+
+
+def run_main(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, MAIN, *args],
+        cwd=cwd,
+        env=main_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_main(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, MAIN, *args],
+        cwd=cwd,
+        env=main_env() if env is None else env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

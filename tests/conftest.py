@@ -1,0 +1,36 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.pg import PostgresNotFound, PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL for the whole session, started on first use (see tests/pg.py)."""
+    try:
+        server = PostgresServer()
+    except PostgresNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """DSN of a fresh, empty database on the session server, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    if not postgres_server.running:  # a previous test stopped it and failed before restarting
+        postgres_server.start()
+    dsn = postgres_server.create_database(name)
+    yield dsn
+    if postgres_server.running:
+        postgres_server.drop_database(name)

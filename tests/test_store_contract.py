@@ -1,0 +1,503 @@
+"""One behaviour contract for every CandleStore, run against SQLite and a real PostgreSQL.
+
+Decimal policy: a price comes back equal to what went in and with the same scale
+(Decimal('1234.50') stays '1234.50'); exponent forms are stored as fixed point
+(Decimal('1E+2') comes back as Decimal('100')). PostgreSQL ``numeric`` does this natively; SQLite
+stores ``format(d, "f")`` text.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg2 import sql
+
+from candles.model import IST, Candle
+from storage import open_store
+from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry
+from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.postgres import PostgresStore, redact_dsn
+from storage.sqlite import SQLiteStore
+from tests.pg import PostgresServer, free_port
+
+T0 = datetime(2024, 5, 6, 9, 15, tzinfo=IST)
+MINUTE = timedelta(minutes=1)
+
+
+def make_candle(
+    symbol: str = "INFY",
+    bucket: datetime = T0,
+    *,
+    exchange: str = "NSE",
+    interval: str = "1m",
+    price: str = "1500.25",
+    **changes: object,
+) -> Candle:
+    p = Decimal(price)
+    candle = Candle(
+        exchange=exchange,
+        symbol=symbol,
+        interval=interval,
+        bucket=bucket,
+        open=p,
+        high=p + Decimal("2.50"),
+        low=p - Decimal("1.05"),
+        close=p + Decimal("0.45"),
+        volume=12_345,
+        oi=None,
+        tick_count=42,
+        first_tick=bucket + timedelta(seconds=1, microseconds=250_001),
+        last_tick=bucket + timedelta(seconds=59, microseconds=999_999),
+        cum_volume=1_000_000,
+        final=True,
+    )
+    return replace(candle, **changes)
+
+
+@dataclass
+class Backend:
+    """How to open a store on one fresh database, and raw SQL access to that database."""
+
+    name: str
+    open: Callable[..., CandleStore]
+    query: Callable[[str], list[tuple]]
+
+
+def _sqlite_backend(tmp_path: Path) -> Backend:
+    path = tmp_path / "db" / "candles.db"
+
+    def query(text: str) -> list[tuple]:
+        conn = sqlite3.connect(path)
+        try:
+            with conn:
+                return conn.execute(text).fetchall()
+        finally:
+            conn.close()
+
+    return Backend("sqlite", lambda **kw: SQLiteStore(path, **kw), query)
+
+
+def _postgres_backend(dsn: str) -> Backend:
+    def query(text: str) -> list[tuple]:
+        conn = psycopg2.connect(dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(text)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    return Backend("postgres", lambda **kw: PostgresStore(dsn, **kw), query)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return _sqlite_backend(tmp_path)
+    return _postgres_backend(request.getfixturevalue("pg_dsn"))
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[CandleStore]:
+    """A migrated, empty store."""
+    s = backend.open()
+    s.migrate()
+    yield s
+    s.close()
+
+
+# -- migrations ---------------------------------------------------------------------------------
+
+
+def test_migrate_on_an_empty_database_reaches_the_latest_version_and_records_it(backend: Backend) -> None:
+    s = backend.open()
+    try:
+        assert s.schema_version() == 0
+        assert s.migrate() == LATEST_VERSION
+        assert s.schema_version() == LATEST_VERSION
+        rows = backend.query("SELECT version, description, applied_at FROM schema_migrations ORDER BY version")
+        assert [(v, d) for v, d, _ in rows] == [(m.version, m.description) for m in MIGRATIONS]
+        assert all(applied is not None for *_, applied in rows)
+    finally:
+        s.close()
+
+
+def test_migrate_again_is_a_no_op_that_keeps_data(backend: Backend) -> None:
+    s = backend.open()
+    try:
+        s.migrate()
+        s.upsert([make_candle()])
+        before = backend.query("SELECT version, applied_at FROM schema_migrations ORDER BY version")
+        assert s.migrate() == LATEST_VERSION
+        other = backend.open()  # a second process starting up
+        try:
+            assert other.migrate() == LATEST_VERSION
+        finally:
+            other.close()
+        assert backend.query("SELECT version, applied_at FROM schema_migrations ORDER BY version") == before
+        assert s.latest("NSE", "INFY", "1m") == [make_candle()]
+    finally:
+        s.close()
+
+
+def test_database_with_a_newer_schema_version_is_refused_with_upgrade_advice(backend: Backend) -> None:
+    s = backend.open()
+    try:
+        s.migrate()
+        newer = LATEST_VERSION + 1
+        backend.query(f"INSERT INTO schema_migrations (version, description) VALUES ({newer}, 'from the future')")
+        with pytest.raises(StoreError, match=rf"schema version {newer}.*upgrade marketfeed"):
+            s.migrate()
+        assert s.schema_version() == newer  # nothing was rolled back or rewritten
+    finally:
+        s.close()
+
+
+def test_reading_an_unmigrated_database_says_to_run_the_daemon_first(backend: Backend) -> None:
+    s = backend.open()
+    try:
+        with pytest.raises(StoreError, match="no candle tables yet"):
+            s.latest("NSE", "INFY", "1m")
+    finally:
+        s.close()
+
+
+# -- writing candles ----------------------------------------------------------------------------
+
+
+def test_writing_the_same_candle_twice_keeps_one_row_with_the_same_values(store: CandleStore) -> None:
+    c = make_candle()
+    store.upsert([c])
+    store.upsert([c])
+    assert store.latest("NSE", "INFY", "1m") == [c]
+
+
+def test_upsert_revises_a_closed_candle(store: CandleStore) -> None:
+    c = make_candle()
+    store.upsert([c])
+    revised = replace(c, high=Decimal("1510.00"), volume=c.volume + 100, tick_count=c.tick_count + 1,
+                      last_tick=c.last_tick + timedelta(seconds=3), oi=777, cum_volume=1_000_100)
+    store.upsert([revised])
+    assert store.latest("NSE", "INFY", "1m") == [revised]
+
+
+def test_non_final_candle_becomes_final_when_rewritten(store: CandleStore) -> None:
+    open_bucket = make_candle(final=False, tick_count=3)
+    store.upsert([open_bucket])
+    assert store.latest("NSE", "INFY", "1m")[0].final is False
+    closed = replace(open_bucket, final=True, tick_count=40)
+    store.upsert([closed])
+    assert store.latest("NSE", "INFY", "1m") == [closed]
+
+
+def test_a_batch_with_the_same_key_twice_keeps_the_last_version(store: CandleStore) -> None:
+    first = make_candle(final=False)
+    last = replace(first, close=Decimal("1501.00"), final=True)
+    store.upsert([first, make_candle("TCS"), last])
+    assert store.latest("NSE", "INFY", "1m") == [last]
+    assert len(store.latest("NSE", "TCS", "1m")) == 1
+
+
+def test_a_batch_of_5000_candles_is_written_by_one_upsert(store: CandleStore) -> None:
+    symbols = ["INFY", "TCS", "SBIN", "RELIANCE", "HDFCBANK"]
+    batch = [make_candle(sym, T0 + i * MINUTE) for sym in symbols for i in range(1000)]
+    store.upsert(batch)
+    for sym in symbols:
+        newest = store.latest("NSE", sym, "1m", limit=1000)
+        assert len(newest) == 1000
+        assert newest[0] == make_candle(sym, T0 + 999 * MINUTE)
+        assert newest[-1] == make_candle(sym, T0)
+
+
+def test_a_batch_that_fails_part_way_writes_nothing(store: CandleStore) -> None:
+    good = [make_candle("INFY", T0 + i * MINUTE) for i in range(10)]
+    too_big = make_candle("TCS", volume=2**63)  # beyond bigint
+    with pytest.raises(StoreError):
+        store.upsert([*good, too_big])
+    assert store.latest("NSE", "INFY", "1m") == []
+    store.upsert(good)  # the store is still usable afterwards
+    assert len(store.latest("NSE", "INFY", "1m")) == 10
+
+
+def test_delete_removes_only_the_given_candles(store: CandleStore) -> None:
+    probe, keep = make_candle("SELFTEST"), make_candle("INFY")
+    store.upsert([probe, keep])
+    assert store.delete([probe]) == 1  # type: ignore[attr-defined]
+    assert store.delete([probe]) == 0  # type: ignore[attr-defined]
+    assert store.latest("NSE", "SELFTEST", "1m") == []
+    assert store.latest("NSE", "INFY", "1m") == [keep]
+
+
+def test_naive_datetimes_are_refused(store: CandleStore) -> None:
+    with pytest.raises(StoreError, match="timezone-aware"):
+        store.upsert([make_candle(bucket=datetime(2024, 5, 6, 9, 15))])
+
+
+# -- exact values -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("price", ["1234.55", "0.05", "99999.95", "12.3456", "1234.50", "100", "0.0000001"])
+def test_prices_round_trip_as_exact_decimals_keeping_their_scale(store: CandleStore, price: str) -> None:
+    d = Decimal(price)
+    store.upsert([make_candle(open=d, high=d, low=d, close=d)])
+    (got,) = store.latest("NSE", "INFY", "1m")
+    for value in (got.open, got.high, got.low, got.close):
+        assert isinstance(value, Decimal)
+        assert value == d
+        assert format(value, "f") == price
+
+
+def test_exponent_form_prices_come_back_in_fixed_point(store: CandleStore) -> None:
+    store.upsert([make_candle(open=Decimal("1E+2"), close=Decimal("1.5E-3"))])
+    (got,) = store.latest("NSE", "INFY", "1m")
+    assert (format(got.open, "f"), format(got.close, "f")) == ("100", "0.0015")
+
+
+prices = st.integers(min_value=0, max_value=6).flatmap(
+    lambda places: st.decimals(min_value=-10**7, max_value=10**9, places=places,
+                               allow_nan=False, allow_infinity=False)
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(o=prices, h=prices, lo=prices, c=prices)
+def test_any_fixed_point_price_round_trips_exactly(store: CandleStore, o: Decimal, h: Decimal, lo: Decimal,
+                                                   c: Decimal) -> None:
+    store.upsert([make_candle(open=o, high=h, low=lo, close=c)])
+    (got,) = store.latest("NSE", "INFY", "1m")
+    assert [format(v, "f") for v in (got.open, got.high, got.low, got.close)] == [
+        format(v, "f") for v in (o, h, lo, c)
+    ]
+
+
+def test_times_come_back_aware_in_ist_with_microseconds(store: CandleStore) -> None:
+    bucket = datetime(2024, 5, 6, 3, 45, tzinfo=timezone.utc)  # 09:15 IST
+    first = datetime(2024, 5, 6, 3, 45, 0, 1, tzinfo=timezone.utc)
+    last = datetime(2024, 5, 6, 5, 45, 59, 999_999, tzinfo=timezone(timedelta(hours=2)))  # 09:15:59 IST
+    store.upsert([make_candle(bucket=bucket, first_tick=first, last_tick=last)])
+    (got,) = store.latest("NSE", "INFY", "1m")
+    for stored, given_ in ((got.bucket, bucket), (got.first_tick, first), (got.last_tick, last)):
+        assert stored == given_
+        assert stored.utcoffset() == timedelta(hours=5, minutes=30)
+        assert stored.microsecond == given_.microsecond
+    assert got.bucket == T0
+    assert got.last_tick.isoformat() == "2024-05-06T09:15:59.999999+05:30"
+
+
+def test_optional_oi_and_cumulative_volume_round_trip_as_none_or_int(store: CandleStore) -> None:
+    store.upsert([make_candle("INFY", oi=None, cum_volume=None), make_candle("NIFTYFUT", oi=9_876_543_210)])
+    assert store.latest("NSE", "INFY", "1m")[0].oi is None
+    assert store.latest("NSE", "INFY", "1m")[0].cum_volume is None
+    assert store.latest("NSE", "NIFTYFUT", "1m")[0].oi == 9_876_543_210
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def test_latest_returns_one_series_newest_first_up_to_the_limit(store: CandleStore) -> None:
+    series = [make_candle("INFY", T0 + i * MINUTE) for i in range(30)]
+    # written out of order, with neighbours in other series, exchanges and intervals
+    store.upsert(series[15:] + series[:15])
+    store.upsert([make_candle("TCS", T0), make_candle("INFY", T0, interval="5m"),
+                  make_candle("INFY", T0 + 40 * MINUTE, exchange="BSE")])
+    assert store.latest("NSE", "INFY", "1m", limit=5) == series[:-6:-1]
+    assert store.latest("NSE", "INFY", "1m") == series[:-21:-1]  # default limit 20
+    assert store.latest("NSE", "INFY", "1m", limit=100) == series[::-1]
+    assert store.latest("NSE", "WIPRO", "1m") == []
+
+
+def test_latest_per_series_gives_the_newest_candle_of_each_series_since_a_time(store: CandleStore) -> None:
+    since = T0 + 10 * MINUTE
+    infy_1m = [make_candle("INFY", T0 + i * MINUTE, final=i < 12) for i in range(13)]
+    infy_5m = [make_candle("INFY", T0 + i * 5 * MINUTE, interval="5m") for i in range(3)]
+    tcs_1m = [make_candle("TCS", since)]
+    stale = [make_candle("SBIN", T0 + 9 * MINUTE)]  # before since: not resumed
+    store.upsert(infy_1m + infy_5m + tcs_1m + stale)
+    got = store.latest_per_series(since.timestamp())
+    assert sorted(got, key=lambda c: (c.exchange, c.symbol, c.interval)) == [infy_1m[-1], infy_5m[-1], tcs_1m[0]]
+    assert store.latest_per_series((T0 + 100 * MINUTE).timestamp()) == []
+
+
+def test_watchlist_lists_enabled_rows_highest_priority_first(store: CandleStore) -> None:
+    assert store.watchlist() == []
+    store.set_watchlist([
+        WatchlistEntry("NSE", "TCS", priority=5),
+        WatchlistEntry("NSE", "INFY", priority=10),
+        WatchlistEntry("BSE", "INFY", priority=5),
+        WatchlistEntry("NSE", "SBIN", enabled=False, priority=99),
+        WatchlistEntry("NSE", "ACC"),
+    ])
+    assert [(e.exchange, e.symbol, e.priority) for e in store.watchlist()] == [
+        ("NSE", "INFY", 10), ("BSE", "INFY", 5), ("NSE", "TCS", 5), ("NSE", "ACC", 0)
+    ]
+    store.set_watchlist([WatchlistEntry("NSE", "INFY", enabled=False), WatchlistEntry("NSE", "SBIN", priority=1)])
+    assert [e.symbol for e in store.watchlist()] == ["INFY", "TCS", "SBIN", "ACC"]
+    assert all(e.enabled for e in store.watchlist())
+
+
+# -- SQLite specifics ---------------------------------------------------------------------------
+
+
+def test_sqlite_creates_the_parent_directory_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "candles.db"
+    s = SQLiteStore(path)
+    s.migrate()
+    s.close()
+    assert path.is_file()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_sqlite_read_only_on_a_missing_file_names_the_path_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "candles.db"
+    with pytest.raises(StoreError, match=str(path)):
+        SQLiteStore(path, read_only=True)
+    assert not path.parent.exists()
+
+
+def test_sqlite_read_only_reads_what_the_writer_wrote_and_refuses_writes(tmp_path: Path) -> None:
+    path = tmp_path / "candles.db"
+    writer = SQLiteStore(path)
+    writer.migrate()
+    writer.upsert([make_candle()])
+    viewer = SQLiteStore(path, read_only=True)
+    try:
+        assert viewer.latest("NSE", "INFY", "1m") == [make_candle()]
+        writer.upsert([make_candle("TCS")])
+        assert len(viewer.latest("NSE", "TCS", "1m")) == 1  # sees commits made while open
+        with pytest.raises(StoreError, match="read-only"):
+            viewer.upsert([make_candle()])
+        with pytest.raises(StoreError, match="read-only"):
+            viewer.migrate()
+    finally:
+        viewer.close()
+        writer.close()
+
+
+# -- PostgreSQL specifics -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["url", "keyvalue"])
+def test_unreachable_postgres_raises_store_unavailable_saying_what_to_check_without_the_password(
+    form: str,
+) -> None:
+    port = free_port()  # nothing listens there
+    secret = "s3cr3t-Pa55"
+    dsn = (f"postgresql://feeder:{secret}@127.0.0.1:{port}/marketfeed" if form == "url"
+           else f"host=127.0.0.1 port={port} user=feeder password={secret} dbname=marketfeed")
+    s = PostgresStore(dsn, connect_timeout=2)
+    for call in (s.migrate, lambda: s.upsert([make_candle()]), s.watchlist):
+        with pytest.raises(StoreUnavailable) as info:
+            call()
+        message = str(info.value)
+        assert f"cannot reach PostgreSQL at 127.0.0.1:{port} (connection refused)" in message
+        assert "check PG_CONN_STR and that the server is running" in message
+        assert secret not in message
+        assert "\n" not in message
+        assert info.value.__suppress_context__  # libpq's own text is not chained into tracebacks
+    assert secret not in s.description and secret not in repr(s)
+
+
+def test_postgres_description_redacts_the_password_in_either_dsn_form() -> None:
+    assert redact_dsn("postgresql://feeder:hunter2@db.example:6543/candles?sslmode=require") == (
+        "postgresql://feeder:***@db.example:6543/candles?sslmode=require"
+    )
+    assert redact_dsn("postgresql://feeder@db/candles?password=hunter2") == "postgresql://feeder@db/candles?password=***"
+    kv = redact_dsn("host=db port=5432 user=feeder password='hun ter2' dbname=candles")
+    assert "hun" not in kv and "password=***" in kv and "host=db" in kv
+    with pytest.raises(StoreError) as info:
+        PostgresStore("host=db password hunter2")
+    assert "hunter2" not in str(info.value)
+
+
+def test_postgres_store_reconnects_after_the_server_comes_back() -> None:
+    with PostgresServer() as server:
+        dsn = server.create_database("reconnect")
+        s = PostgresStore(dsn)
+        try:
+            s.migrate()
+            s.upsert([make_candle()])
+            server.stop()
+            with pytest.raises(StoreUnavailable, match="check that the server is running"):
+                s.upsert([make_candle("TCS")])
+            with pytest.raises(StoreUnavailable, match="cannot reach PostgreSQL"):
+                s.upsert([make_candle("TCS")])
+            server.start()
+            s.upsert([make_candle("TCS")])  # the caller's retry succeeds
+            assert [c.symbol for c in s.latest_per_series(T0.timestamp())] == ["INFY", "TCS"]
+            # a connection that died while idle fails one call, then the next reconnects
+            server.stop()
+            server.start()
+            with pytest.raises(StoreUnavailable, match="lost the connection"):
+                s.watchlist()
+            assert s.watchlist() == []
+        finally:
+            s.close()
+
+
+def test_postgres_read_only_store_reads_but_cannot_write(pg_dsn: str) -> None:
+    writer = PostgresStore(pg_dsn)
+    writer.migrate()
+    writer.upsert([make_candle()])
+    writer.close()
+    viewer = PostgresStore(pg_dsn, read_only=True)
+    try:
+        assert viewer.latest("NSE", "INFY", "1m") == [make_candle()]
+        with pytest.raises(StoreError):
+            viewer.upsert([make_candle("TCS")])
+    finally:
+        viewer.close()
+
+
+# -- open_store ---------------------------------------------------------------------------------
+
+
+def test_open_store_uses_sqlite_when_no_postgres_is_configured(tmp_path: Path) -> None:
+    for conn_str in (None, "", "   "):
+        s = open_store(conn_str, str(tmp_path / "x" / "candles.db"))
+        assert isinstance(s, SQLiteStore)
+        s.close()
+
+
+def test_open_store_uses_postgres_when_configured_and_does_not_connect_yet(tmp_path: Path) -> None:
+    s = open_store(f"postgresql://u:pw@127.0.0.1:{free_port()}/db", str(tmp_path / "candles.db"))
+    assert isinstance(s, PostgresStore)
+    assert "pw" not in s.description
+    assert not (tmp_path / "candles.db").exists()
+    s.close()
+
+
+def test_open_store_read_only_passes_through(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no candle database"):
+        open_store(None, str(tmp_path / "candles.db"), read_only=True)
+
+
+def test_wrong_postgres_password_says_to_check_the_credentials_without_echoing_them() -> None:
+    with PostgresServer() as server:
+        server.execute(sql.SQL("CREATE ROLE feeder LOGIN PASSWORD 'right-one'"))
+        server.stop()
+        hba = server.datadir / "pg_hba.conf"
+        hba.write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+                       "host all all 127.0.0.1/32 scram-sha-256\n")
+        server.start()
+        s = PostgresStore(f"postgresql://feeder:wr0ng-Secret@127.0.0.1:{server.port}/postgres")
+        with pytest.raises(StoreUnavailable) as info:
+            s.migrate()
+        message = str(info.value)
+        assert f"PostgreSQL at 127.0.0.1:{server.port} rejected the login for user 'feeder'" in message
+        assert "check the user and password in PG_CONN_STR" in message
+        assert "wr0ng-Secret" not in message
+        ok = PostgresStore(f"postgresql://feeder:right-one@127.0.0.1:{server.port}/postgres")
+        assert ok.schema_version() == 0
+        ok.close()
