@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from candles.aggregator import CandleAggregator
-
 from brokers.base import BaseBroker, Instrument, TickData
+from candles.aggregator import CandleAggregator
 from candles.model import Candle, Interval
 from storage.base import CandleStore, StoreError, StoreUnavailable
 

@@ -1,0 +1,645 @@
+"""Turn ticks into OHLCV candles for several intervals at once (DESIGN.md, "Candle rules").
+
+Pure logic: no I/O, no threads, no logging on the tick path. Time comes from the clock the caller
+injects (float epoch seconds); a tick is placed by its exchange timestamp.
+
+How the rules map onto the state kept here:
+
+* Per symbol: one ``_SymDay`` per IST day classifies ticks as trades or quote-only updates
+  (rule 4) from the cumulative day volume, and notices a drop in that volume (rule 3: the feed
+  started a new trading day).
+* Per symbol and interval: one ``_Series`` holds the retained buckets (open ones, and closed
+  ones younger than the revision horizon so late ticks can revise them, rule 6) and, per day,
+  the little that survives eviction (``_SeriesDay``).
+* Volume of a bucket = max cumulative volume seen in it minus the max seen in earlier buckets of
+  the same day (or the day's baseline). It is computed when a candle is emitted, not per tick.
+* Closing is driven by ``advance()``: buckets are filed by their close time (bucket end + grace)
+  in a heap of distinct times; since buckets share grid boundaries, one heap entry closes
+  thousands of buckets.
+
+Documented approximations (exact for any feed whose ticks are reordered by fewer than
+``reorder_memory`` positions per symbol, and whose buckets hold one IST day each):
+
+* Out-of-order classification remembers the last ``reorder_memory`` (ts, volume) arrivals per
+  symbol-day; older arrivals are folded into a floor treated as older than any tick.
+* A bucket spanning IST midnight (e.g. 1h 23:15-00:15) keeps the volume of the earlier day as a
+  carry when a tick of the later day arrives; a tick of the earlier day arriving after that
+  still moves price and OI but adds no volume.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from candles.model import IST, Candle, Interval, ist_date
+
+__all__ = ["AggregatorStats", "CandleAggregator", "TickLike"]
+
+_DAY = 86_400
+_IST_OFFSET = 19_800
+_NO_VOLUME = -1  # "no cumulative volume seen": the feed's volumes are never negative
+_INF = float("inf")
+
+
+class TickLike(Protocol):
+    """What the aggregator reads from a tick (``brokers.base.TickData`` fits; candles must not
+    import brokers)."""
+
+    @property
+    def exchange(self) -> str: ...
+
+    @property
+    def symbol(self) -> str: ...
+
+    @property
+    def last_price(self) -> Decimal: ...
+
+    @property
+    def volume(self) -> int | None:  # cumulative volume of the day; None when the feed has none
+        ...
+
+    @property
+    def oi(self) -> int | None: ...
+
+    @property
+    def exchange_ts(self) -> datetime:  # timezone-aware
+        ...
+
+
+@dataclass(slots=True)
+class AggregatorStats:
+    """Counters since start (``open_buckets`` is a gauge)."""
+
+    ticks: int = 0
+    trades: int = 0
+    quotes: int = 0
+    late_ticks: int = 0  # ticks that landed in a bucket that had already closed (and revised it)
+    dropped_ticks: int = 0  # ticks whose bucket closed more than revision_horizon ago
+    volume_resets: int = 0  # cumulative volume fell within an IST day: the feed began a new day
+    open_buckets: int = 0
+
+
+class _SymDay:
+    """Trade classification state of one symbol on one IST day."""
+
+    __slots__ = ("day", "start", "end", "latest_ts", "run_max", "recent", "floor", "baseline")
+
+    def __init__(self, day: int) -> None:
+        self.day = day
+        self.start = day * _DAY - _IST_OFFSET  # epoch range of the IST day, for a cheap check
+        self.end = self.start + _DAY
+        self.latest_ts = -_INF
+        self.run_max = _NO_VOLUME  # max volume of the day (since the last reset)
+        self.recent: deque[tuple[float, int]] = deque()  # last arrivals, for out-of-order ticks
+        self.floor = _NO_VOLUME  # max volume of arrivals that fell out of ``recent``
+        self.baseline: int | None = None  # first volume seen that day: what traded before we started
+
+
+_NO_DAY = _SymDay(-(10**9))  # sentinel: contains no timestamp
+_NO_DAY.end = _NO_DAY.start
+
+
+class _SeriesDay:
+    """What one (symbol, interval) remembers about a day beyond its retained buckets."""
+
+    __slots__ = ("sym_day", "evicted_max", "baseline", "last_trade")
+
+    def __init__(self, sym_day: _SymDay) -> None:
+        self.sym_day = sym_day
+        self.evicted_max = _NO_VOLUME  # max volume of this day's buckets already evicted
+        self.baseline: int | None = None  # set by seed(): keeps the stored candle's volume
+        self.last_trade: _Bucket | None = None  # newest bucket with a trade (emit_empty fills)
+
+
+class _Series:
+    __slots__ = ("symbol", "name", "width", "offset", "buckets", "days", "cur")
+
+    def __init__(self, symbol: _Symbol, name: str, width: int, offset: int) -> None:
+        self.symbol = symbol
+        self.name = name
+        self.width = width
+        self.offset = offset  # any bucket start; the grid is offset + k * width
+        self.buckets: dict[int, _Bucket] = {}  # retained buckets by start
+        self.days: dict[int, _SeriesDay] = {}
+        self.cur: _Bucket | None = None  # newest bucket: where nearly every tick goes
+
+
+class _Symbol:
+    __slots__ = ("exchange", "symbol", "series", "days", "cur")
+
+    def __init__(self, exchange: str, symbol: str) -> None:
+        self.exchange = exchange
+        self.symbol = symbol
+        self.series: list[_Series] = []
+        self.days: dict[int, _SymDay] = {}
+        self.cur = _NO_DAY
+
+
+class _Bucket:
+    __slots__ = (
+        "series", "start", "end", "day", "sday", "open", "high", "low", "close", "first_ts", "last_ts", "count",
+        "maxcum", "carry", "frozen_cum", "oi", "oi_ts", "closed", "emitted_volume",
+    )  # fmt: skip
+
+    def __init__(self, series: _Series, start: int, sday: _SeriesDay) -> None:
+        self.series = series
+        self.start = start
+        self.end = start + series.width
+        self.day = sday.sym_day.day  # the IST day whose volume this bucket holds
+        self.sday = sday
+        self.open: Decimal | None = None
+        self.high: Decimal | None = None
+        self.low: Decimal | None = None
+        self.close: Decimal | None = None
+        self.first_ts = _INF
+        self.last_ts = -_INF
+        self.count = 0  # trades
+        self.maxcum = _NO_VOLUME  # max cumulative volume of ticks in the bucket (this day, this reset)
+        self.carry = 0  # volume counted before a volume reset (or a day change) inside the bucket
+        self.frozen_cum: int | None = None  # cumulative volume before that reset
+        self.oi: int | None = None
+        self.oi_ts = -_INF
+        self.closed = False
+        self.emitted_volume = -1
+
+
+def _file(index: dict[float, list[_Bucket]], heap: list[float], at: float, bucket: _Bucket) -> None:
+    found = index.get(at)
+    if found is None:
+        index[at] = [bucket]
+        heapq.heappush(heap, at)
+    else:
+        found.append(bucket)
+
+
+class CandleAggregator:
+    """Builds candles for every interval from one stream of ticks.
+
+    ``add()`` places ticks and returns revisions of candles already closed; ``advance()`` closes
+    what the clock says is due; ``flush()`` snapshots what is still open (at shutdown);
+    ``seed()`` resumes from stored candles after a restart. Not thread-safe: one pipeline thread
+    owns it.
+    """
+
+    def __init__(
+        self,
+        intervals: Sequence[Interval],
+        clock: Callable[[], float],
+        *,
+        grace: float = 2.0,
+        emit_empty: bool = False,
+        revision_horizon: float = 900.0,
+        reorder_memory: int = 32,
+    ) -> None:
+        unique = {iv.name: iv for iv in intervals}
+        if not unique:
+            raise ValueError("no interval given: pass at least one, e.g. parse_intervals('1m,5m')")
+        if grace < 0:
+            raise ValueError(f"grace must be >= 0 seconds, got {grace}")
+        if revision_horizon < 0:
+            raise ValueError(f"revision_horizon must be >= 0 seconds, got {revision_horizon}")
+        if reorder_memory < 1:
+            raise ValueError(f"reorder_memory must be >= 1 ticks, got {reorder_memory}")
+        self.intervals: tuple[Interval, ...] = tuple(unique.values())
+        self._specs = tuple((iv.name, iv.seconds, iv.bucket_start(0.0)) for iv in self.intervals)
+        self._clock = clock
+        self._grace = float(grace)
+        self._horizon = float(revision_horizon)
+        self._emit_empty = emit_empty
+        self._memory = reorder_memory
+        self._symbols: dict[tuple[str, str], _Symbol] = {}
+        self._closing: dict[float, list[_Bucket]] = {}  # close time -> open buckets
+        self._closing_heap: list[float] = []
+        self._evicting: dict[float, list[_Bucket]] = {}  # eviction time -> closed buckets
+        self._evicting_heap: list[float] = []
+        self._prune_at = -_INF
+        self._bucket_dt: dict[int, datetime] = {}
+        self.stats = AggregatorStats()
+
+    # ---- public ------------------------------------------------------------------------------
+    def add(self, ticks: Iterable[TickLike]) -> list[Candle]:
+        """Place ticks in their buckets. Returns candles of already-closed buckets that these
+        ticks revised (final=True), plus flat gap candles when ``emit_empty``."""
+        now = self._clock()
+        out: list[Candle] = []
+        touched: dict[_Bucket, None] = {}
+        symbols = self._symbols
+        memory = self._memory
+        emit_empty = self._emit_empty
+        locate = self._locate
+        n_ticks = n_trades = n_quotes = n_late = n_dropped = 0
+        for tick in ticks:
+            n_ticks += 1
+            sym = symbols.get((tick.exchange, tick.symbol))
+            if sym is None:
+                sym = self._new_symbol(tick.exchange, tick.symbol)
+            ts = tick.exchange_ts.timestamp()
+            sd = sym.cur
+            if not sd.start <= ts < sd.end:
+                found = self._sym_day_for(sym, ts, now)
+                if found is None:
+                    n_dropped += 1
+                    continue
+                sd = found
+
+            # rule 4: a trade iff the cumulative volume rose above what earlier ticks showed
+            v = tick.volume
+            if v is None:
+                trade = True
+                if ts > sd.latest_ts:
+                    sd.latest_ts = ts
+            else:
+                if sd.baseline is None:
+                    sd.baseline = v
+                if ts >= sd.latest_ts:
+                    newer = ts > sd.latest_ts
+                    sd.latest_ts = ts
+                    top = sd.run_max
+                    if v > top:
+                        trade = True
+                        sd.run_max = v
+                    elif v == top or not newer:
+                        # a lower volume within the same exchange second is a reordered update
+                        # (timestamps have one-second resolution), not a new day
+                        trade = False
+                    else:  # rule 3: volume fell on a newer tick: the feed began a new trading day
+                        self._reset_day(sym, sd)
+                        trade = True
+                        sd.run_max = v
+                else:
+                    top = sd.floor
+                    for seen_ts, seen_v in sd.recent:
+                        if seen_v > top and seen_ts <= ts:
+                            top = seen_v
+                    trade = v > top
+                    if v > sd.run_max:
+                        sd.run_max = v
+                recent = sd.recent
+                if len(recent) >= memory:
+                    folded = recent.popleft()[1]
+                    if folded > sd.floor:
+                        sd.floor = folded
+                recent.append((ts, v))
+
+            if trade:
+                n_trades += 1
+            else:
+                n_quotes += 1
+            day = sd.day
+            price = tick.last_price
+            oi = tick.oi
+            late = dropped = False
+            for ser in sym.series:
+                b = ser.cur
+                if b is None or b.closed or not b.start <= ts < b.end:
+                    b = locate(ser, sd, ts, now)
+                    if b is None:
+                        dropped = True
+                        continue
+                    if b.closed:
+                        late = True
+                        touched[b] = None
+                if trade:
+                    n = b.count
+                    if n:
+                        if ts >= b.last_ts:
+                            b.close = price
+                            b.last_ts = ts
+                        elif ts < b.first_ts:
+                            b.open = price
+                            b.first_ts = ts
+                        if price > b.high:  # type: ignore[operator]
+                            b.high = price
+                        elif price < b.low:  # type: ignore[operator]
+                            b.low = price
+                    else:
+                        b.open = b.high = b.low = b.close = price
+                        b.first_ts = b.last_ts = ts
+                        if emit_empty:
+                            self._fill_gap(b, out)
+                    b.count = n + 1
+                if v is not None:
+                    if b.day == day:
+                        if v > b.maxcum:
+                            b.maxcum = v
+                    elif day > b.day:
+                        self._switch_day(b, sd)
+                        b.maxcum = v
+                if ts >= b.oi_ts:
+                    b.oi = oi
+                    b.oi_ts = ts
+            if late:
+                n_late += 1
+            if dropped:
+                n_dropped += 1
+
+        st = self.stats
+        st.ticks += n_ticks
+        st.trades += n_trades
+        st.quotes += n_quotes
+        st.late_ticks += n_late
+        st.dropped_ticks += n_dropped
+        if touched:
+            self._emit_revisions(touched, out)
+        return out
+
+    def advance(self, now: float | None = None) -> list[Candle]:
+        """Close every open bucket whose end + grace <= now; returns their candles (final=True).
+        Also forgets closed buckets older than the revision horizon."""
+        if now is None:
+            now = self._clock()
+        out: list[Candle] = []
+        heap = self._closing_heap
+        if heap and heap[0] <= now:
+            closing = self._closing
+            horizon = self._horizon
+            while heap and heap[0] <= now:
+                at = heapq.heappop(heap)
+                batch = closing.pop(at)
+                for b in batch:
+                    b.closed = True
+                _file_many(self._evicting, self._evicting_heap, at + horizon, batch)
+                self.stats.open_buckets -= len(batch)
+                for b in batch:
+                    if b.count:
+                        out.append(self._candle(b, True))
+        heap = self._evicting_heap
+        if heap and heap[0] <= now:
+            evicting = self._evicting
+            while heap and heap[0] <= now:
+                for b in evicting.pop(heapq.heappop(heap)):
+                    ser = b.series
+                    del ser.buckets[b.start]
+                    if ser.cur is b:
+                        ser.cur = None
+                    sday = b.sday
+                    if b.maxcum > sday.evicted_max:
+                        sday.evicted_max = b.maxcum
+        if now >= self._prune_at:
+            self._prune_days(now)
+        return out
+
+    def flush(self) -> list[Candle]:
+        """Candles of every open bucket with a trade, final=False. The buckets stay open."""
+        return [self._candle(b, False) for batch in self._closing.values() for b in batch if b.count]
+
+    def seed(self, candles: Iterable[Candle]) -> None:
+        """Resume after a restart from the newest stored candle of each (exchange, symbol,
+        interval): its bucket is recreated so later ticks merge into it without losing the part
+        seen before the restart or counting its volume twice. Call before the first add()."""
+        now = self._clock()
+        grace = self._grace
+        horizon = self._horizon
+        index = {name: i for i, (name, _, _) in enumerate(self._specs)}
+        for c in sorted(candles, key=lambda c: c.bucket):
+            i = index.get(c.interval)
+            if i is None:
+                continue
+            last = c.last_tick.timestamp()
+            day = ist_date(last)
+            if now >= (day + 1) * _DAY - _IST_OFFSET + _DAY + grace + horizon:
+                continue  # from a day no tick can revise any more
+            key = (c.exchange, c.symbol)
+            sym = self._symbols.get(key) or self._new_symbol(c.exchange, c.symbol)
+            ser = sym.series[i]
+            start = int(c.bucket.timestamp())
+            if start in ser.buckets:
+                continue
+            sd = sym.days.get(day) or self._new_sym_day(sym, day)
+            cum = c.cum_volume
+            if cum is not None:
+                # the day so far reached ``cum``: classify later ticks against it
+                sd.run_max = max(sd.run_max, cum)
+                sd.floor = max(sd.floor, cum)
+                sd.baseline = cum if sd.baseline is None else max(sd.baseline, cum)
+            sd.latest_ts = max(sd.latest_ts, last)
+            sday = self._series_day(ser, sd)
+            if cum is not None and sday.baseline is None:
+                sday.baseline = cum - c.volume  # so that this bucket keeps its stored volume
+            b = _Bucket(ser, start, sday)
+            if c.tick_count:
+                b.open, b.high, b.low, b.close = c.open, c.high, c.low, c.close
+                b.first_ts = c.first_tick.timestamp()
+                b.last_ts = last
+                b.count = c.tick_count
+                if sday.last_trade is None or start > sday.last_trade.start:
+                    sday.last_trade = b
+            if cum is None:
+                b.carry = c.volume
+            else:
+                b.maxcum = cum
+            b.oi = c.oi
+            b.oi_ts = last
+            close_at = b.end + grace
+            if now >= close_at + horizon:  # too old to revise: remember only its volume
+                if b.maxcum > sday.evicted_max:
+                    sday.evicted_max = b.maxcum
+                continue
+            ser.buckets[start] = b
+            if ser.cur is None or start > ser.cur.start:
+                ser.cur = b
+            if now >= close_at and c.final:
+                b.closed = True
+                b.emitted_volume = c.volume
+                _file(self._evicting, self._evicting_heap, close_at + horizon, b)
+            else:  # open, or stored non-final and overdue: the next advance() closes it once
+                _file(self._closing, self._closing_heap, close_at, b)
+                self.stats.open_buckets += 1
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _new_symbol(self, exchange: str, symbol: str) -> _Symbol:
+        sym = _Symbol(exchange, symbol)
+        sym.series = [_Series(sym, name, width, offset) for name, width, offset in self._specs]
+        self._symbols[(exchange, symbol)] = sym
+        return sym
+
+    def _new_sym_day(self, sym: _Symbol, day: int) -> _SymDay:
+        sd = _SymDay(day)
+        sym.days[day] = sd
+        if day >= sym.cur.day:
+            sym.cur = sd
+        return sd
+
+    def _sym_day_for(self, sym: _Symbol, ts: float, now: float) -> _SymDay | None:
+        day = ist_date(ts)
+        sd = sym.days.get(day)
+        if sd is None:
+            if now >= self._day_forgotten_at(day):
+                return None  # every bucket of that day is beyond the revision horizon
+            sd = self._new_sym_day(sym, day)
+        return sd
+
+    def _day_forgotten_at(self, day: int) -> float:
+        # the bucket holding the last instant of ``day`` ends at most one day after midnight
+        return (day + 1) * _DAY - _IST_OFFSET + _DAY + self._grace + self._horizon
+
+    @staticmethod
+    def _series_day(ser: _Series, sd: _SymDay) -> _SeriesDay:
+        sday = ser.days.get(sd.day)
+        if sday is None:
+            sday = ser.days[sd.day] = _SeriesDay(sd)
+        return sday
+
+    def _locate(self, ser: _Series, sd: _SymDay, ts: float, now: float) -> _Bucket | None:
+        """The bucket for ``ts``, created if needed; None when it is beyond the horizon."""
+        width = ser.width
+        offset = ser.offset
+        start = int((ts - offset) // width * width + offset)  # == Interval.bucket_start(ts)
+        b = ser.buckets.get(start)
+        close_at = start + width + self._grace
+        if b is not None:
+            if b.closed and now >= close_at + self._horizon:
+                return None
+            return b
+        if now >= close_at + self._horizon:
+            return None
+        b = _Bucket(ser, start, self._series_day(ser, sd))
+        ser.buckets[start] = b
+        if ser.cur is None or start > ser.cur.start:
+            ser.cur = b
+        if now >= close_at:  # its time has passed: born closed, the tick is late
+            b.closed = True
+            _file(self._evicting, self._evicting_heap, close_at + self._horizon, b)
+        else:
+            _file(self._closing, self._closing_heap, close_at, b)
+            self.stats.open_buckets += 1
+        return b
+
+    def _volume(self, b: _Bucket) -> int:
+        """carry + max(0, maxcum - base): base is the max volume of earlier buckets of the same
+        day (retained or evicted), else the day's baseline."""
+        top = b.maxcum
+        if top < 0:
+            return b.carry
+        sday = b.sday
+        base = sday.evicted_max
+        start = b.start
+        day = b.day
+        for other in b.series.buckets.values():
+            if other.maxcum > base and other.start < start and other.day == day:
+                base = other.maxcum
+        if base < 0:
+            baseline = sday.baseline if sday.baseline is not None else sday.sym_day.baseline
+            base = top if baseline is None else baseline
+        return b.carry + top - base if top > base else b.carry
+
+    def _candle(self, b: _Bucket, final: bool, volume: int | None = None) -> Candle:
+        if volume is None:
+            volume = self._volume(b)
+        if final:
+            b.emitted_volume = volume
+        ser = b.series
+        sym = ser.symbol
+        return Candle(
+            sym.exchange,
+            sym.symbol,
+            ser.name,
+            self._bucket_time(b.start),
+            b.open,  # type: ignore[arg-type]  # set: only buckets with a trade become candles
+            b.high,  # type: ignore[arg-type]
+            b.low,  # type: ignore[arg-type]
+            b.close,  # type: ignore[arg-type]
+            volume,
+            b.oi,
+            b.count,
+            datetime.fromtimestamp(b.first_ts, IST),
+            datetime.fromtimestamp(b.last_ts, IST),
+            b.maxcum if b.maxcum >= 0 else b.frozen_cum,
+            final,
+        )
+
+    def _bucket_time(self, start: int) -> datetime:
+        dt = self._bucket_dt.get(start)
+        if dt is None:
+            if len(self._bucket_dt) > 4096:
+                self._bucket_dt.clear()
+            dt = self._bucket_dt[start] = datetime.fromtimestamp(start, IST)
+        return dt
+
+    def _emit_revisions(self, touched: dict[_Bucket, None], out: list[Candle]) -> None:
+        """Re-emit closed buckets that late ticks changed, and later closed buckets of the same
+        series whose volume moved because an earlier bucket's cumulative volume rose."""
+        for ser in dict.fromkeys(b.series for b in touched):
+            for b in sorted(ser.buckets.values(), key=lambda b: b.start):
+                if b.closed and b.count:
+                    volume = self._volume(b)
+                    if b in touched or volume != b.emitted_volume:
+                        out.append(self._candle(b, True, volume))
+
+    def _fill_gap(self, b: _Bucket, out: list[Candle]) -> None:
+        """emit_empty: flat candles between the previous trade bucket of the day and ``b``."""
+        sday = b.sday
+        prev = sday.last_trade
+        if prev is not None and b.start <= prev.start:
+            return  # a late trade behind the newest one: nothing to fill
+        sday.last_trade = b
+        if prev is None:
+            return
+        ser = b.series
+        sym = ser.symbol
+        cum = prev.maxcum if prev.maxcum >= 0 else prev.frozen_cum
+        px = prev.close
+        assert px is not None  # prev had a trade
+        for start in range(prev.start + ser.width, b.start, ser.width):
+            at = self._bucket_time(start)
+            out.append(Candle(sym.exchange, sym.symbol, ser.name, at, px, px, px, px, 0, prev.oi, 0, at, at, cum, True))
+
+    def _reset_day(self, sym: _Symbol, sd: _SymDay) -> None:
+        """Cumulative volume fell inside an IST day: the feed started a new trading day. Volume
+        counted so far stays with its buckets (as carry); from now on the base is 0."""
+        self.stats.volume_resets += 1
+        day = sd.day
+        for ser in sym.series:
+            frozen = [(b, self._volume(b)) for b in ser.buckets.values() if b.day == day and b.maxcum >= 0]
+            for b, volume in frozen:  # compute all first: volumes depend on each other's maxcum
+                b.carry = volume
+                b.frozen_cum = b.maxcum
+                b.maxcum = _NO_VOLUME
+            sday = ser.days.get(day)
+            if sday is not None:
+                sday.evicted_max = _NO_VOLUME
+                sday.baseline = None
+        sd.run_max = _NO_VOLUME
+        sd.recent.clear()
+        sd.floor = _NO_VOLUME
+        sd.baseline = 0
+
+    def _switch_day(self, b: _Bucket, sd: _SymDay) -> None:
+        """A tick of a later IST day in a bucket spanning midnight: keep the earlier day's volume
+        as carry, count the later day's from its own baseline."""
+        if b.maxcum >= 0:
+            b.carry = self._volume(b)
+            b.frozen_cum = b.maxcum
+        b.day = sd.day
+        b.sday = self._series_day(b.series, sd)
+
+    def _prune_days(self, now: float) -> None:
+        """Forget per-day state once no tick of that day can be placed any more (daily)."""
+        cutoff = ist_date(now - _DAY - self._grace - self._horizon) - 1  # days <= cutoff are done
+        while self._day_forgotten_at(cutoff + 1) <= now:
+            cutoff += 1
+        for sym in self._symbols.values():
+            if sym.days and min(sym.days) <= cutoff:
+                for day in [d for d in sym.days if d <= cutoff]:
+                    del sym.days[day]
+                if sym.cur.day <= cutoff:
+                    sym.cur = _NO_DAY
+                for ser in sym.series:
+                    for day in [d for d in ser.days if d <= cutoff]:
+                        del ser.days[day]
+        self._prune_at = self._day_forgotten_at(cutoff + 1)
+
+
+def _file_many(index: dict[float, list[_Bucket]], heap: list[float], at: float, buckets: list[_Bucket]) -> None:
+    found = index.get(at)
+    if found is None:
+        index[at] = list(buckets)
+        heapq.heappush(heap, at)
+    else:
+        found.extend(buckets)

@@ -1,0 +1,162 @@
+"""Brute-force reference for the candle rules (DESIGN.md "Candle rules"), independent of
+``candles.aggregator``: it shares only ``Interval.bucket_start`` and ``ist_date``.
+
+It looks at the whole tick list at once, in arrival order, and says what the final candles must
+be after every revision has been upserted; compare with :func:`candle_to_dict` applied to what
+the aggregator emitted (or what a store holds).
+
+Definitions (per symbol; "day" is the IST day of a tick's exchange timestamp):
+
+* Segment. Ticks of a symbol-day belong to generation 0 until a newer tick (exchange ts >
+  every earlier arrival of the symbol-day) shows a cumulative volume below the max volume of
+  earlier arrivals of the current generation: then the feed started a new trading day and that
+  tick opens the next generation. A segment is (day, generation).
+* Trade. A tick is a trade iff its volume is None, or it opens a new generation, or its volume
+  exceeds every volume of earlier arrivals of its segment with exchange ts <= its own.
+* Baseline of a segment: generation 0 -> the first volume that arrived that day (what traded
+  before we started watching is unknown); later generations -> 0.
+* Per (symbol, interval) bucket B (``Interval.bucket_start`` of the exchange ts), over the ticks
+  placed in B:
+    open/close = price of the trade with the smallest/largest exchange ts (ties: first/last
+    arrival); high/low over trades; tick_count = trades; first/last_tick_epoch = min/max trade
+    ts; oi = oi of the tick (trade or quote) with the largest ts (ties: last arrival);
+    volume = sum over segments s with a volume in B of max(0, maxvol_s(B) - base_s(B)) where
+    base_s(B) = max volume of segment-s ticks placed in earlier buckets, else s's baseline;
+    cum_volume = max volume in B of the latest segment that has one in B (None if none).
+  Only buckets with at least one trade are candles.
+* ``horizon_ok=True`` (default): every tick is placed (the caller knows none arrived beyond the
+  revision horizon). ``horizon_ok=False``: a tick's ``receive_ts`` is its arrival clock and it is
+  left out of an interval's bucket when receive >= bucket end + grace + revision_horizon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from candles.model import Candle, Interval, ist_date
+
+Key = tuple[str, str, str, int]  # exchange, symbol, interval name, bucket start (epoch seconds)
+
+
+class _Day:
+    """What the reference remembers of one symbol-day while classifying."""
+
+    def __init__(self) -> None:
+        self.latest_ts = float("-inf")  # newest exchange ts of any earlier arrival
+        self.gen = 0  # volume resets so far
+        self.volumes: list[tuple[float, int]] = []  # (ts, volume) of arrivals of this generation
+        self.gen_max: int | None = None  # max of those volumes
+
+
+def reference_candles(
+    arrivals: Iterable[Any],
+    intervals: Sequence[Interval],
+    *,
+    horizon_ok: bool = True,
+    grace: float = 2.0,
+    revision_horizon: float = 900.0,
+) -> dict[Key, dict[str, Any]]:
+    """Final candles for ``arrivals`` (tick objects with exchange, symbol, last_price, volume,
+    oi, exchange_ts and, for ``horizon_ok=False``, receive_ts; in arrival order).
+
+    Returns {(exchange, symbol, interval_name, bucket_epoch): {open, high, low, close, volume,
+    oi, tick_count, first_tick_epoch, last_tick_epoch, cum_volume}}.
+    """
+    # ---- pass 1: classify every arrival -------------------------------------------------------
+    rows = []  # (arrival index, tick, ts, segment, trade)
+    days: dict[tuple[str, str, int], _Day] = {}
+    baselines: dict[tuple[str, str, int, int], int] = {}  # (exchange, symbol, day, gen) -> baseline
+    for index, tick in enumerate(arrivals):
+        ts = tick.exchange_ts.timestamp()
+        day = ist_date(ts)
+        state = days.setdefault((tick.exchange, tick.symbol, day), _Day())
+        volume = tick.volume
+        in_order = ts >= state.latest_ts
+        newer = ts > state.latest_ts
+        state.latest_ts = max(state.latest_ts, ts)
+        gen_max = state.gen_max
+        if volume is not None and newer and gen_max is not None and volume < gen_max:
+            state.gen += 1  # cumulative volume fell: the feed started a new trading day
+            state.volumes = []
+            state.gen_max = None
+            trade = True
+        elif in_order:  # every earlier arrival is at or before this tick
+            trade = volume is None or gen_max is None or volume > gen_max
+        else:
+            prior = [v for t, v in state.volumes if t <= ts]
+            trade = volume is None or not prior or volume > max(prior)
+        if volume is not None:
+            state.volumes.append((ts, volume))
+            state.gen_max = volume if state.gen_max is None else max(state.gen_max, volume)
+            baselines.setdefault((tick.exchange, tick.symbol, day, state.gen), volume if state.gen == 0 else 0)
+        rows.append((index, tick, ts, (day, state.gen), trade))
+
+    # ---- pass 2: per interval, group into buckets -----------------------------------------------
+    result: dict[Key, dict[str, Any]] = {}
+    for interval in intervals:
+        buckets: dict[Key, list] = {}
+        for row in rows:
+            _, tick, ts, _, _ = row
+            start = interval.bucket_start(ts)
+            if not horizon_ok and tick.receive_ts.timestamp() >= start + interval.seconds + grace + revision_horizon:
+                continue
+            buckets.setdefault((tick.exchange, tick.symbol, interval.name, start), []).append(row)
+
+        # max volume per segment over each series' earlier buckets, walking buckets in time order
+        earlier_max: dict[Key, dict[tuple[int, int], int]] = {}
+        running: dict[tuple[str, str, str], dict[tuple[int, int], int]] = {}
+        for key in sorted(buckets, key=lambda k: (k[:3], k[3])):
+            series_max = running.setdefault(key[:3], {})
+            earlier_max[key] = dict(series_max)
+            for r in buckets[key]:
+                if r[1].volume is not None:
+                    series_max[r[3]] = max(series_max.get(r[3], r[1].volume), r[1].volume)
+
+        for key, placed in buckets.items():
+            trades = [r for r in placed if r[4]]
+            if not trades:
+                continue
+            exchange, symbol, _, start = key
+            first = min(trades, key=lambda r: (r[2], r[0]))
+            last = max(trades, key=lambda r: (r[2], r[0]))
+            latest = max(placed, key=lambda r: (r[2], r[0]))
+            volume = 0
+            segments = sorted({r[3] for r in placed if r[1].volume is not None})
+            for seg in segments:
+                top = max(r[1].volume for r in placed if r[3] == seg and r[1].volume is not None)
+                base = earlier_max[key].get(seg, baselines[(exchange, symbol, *seg)])
+                volume += max(0, top - base)
+            cum = None
+            if segments:
+                cum = max(r[1].volume for r in placed if r[3] == segments[-1] and r[1].volume is not None)
+            result[key] = {
+                "open": first[1].last_price,
+                "high": max(r[1].last_price for r in trades),
+                "low": min(r[1].last_price for r in trades),
+                "close": last[1].last_price,
+                "volume": volume,
+                "oi": latest[1].oi,
+                "tick_count": len(trades),
+                "first_tick_epoch": first[2],
+                "last_tick_epoch": last[2],
+                "cum_volume": cum,
+            }
+    return result
+
+
+def candle_to_dict(candle: Candle) -> tuple[Key, dict[str, Any]]:
+    """A candle as (key, values) in the shape :func:`reference_candles` returns."""
+    key = (candle.exchange, candle.symbol, candle.interval, int(candle.bucket.timestamp()))
+    return key, {
+        "open": candle.open,
+        "high": candle.high,
+        "low": candle.low,
+        "close": candle.close,
+        "volume": candle.volume,
+        "oi": candle.oi,
+        "tick_count": candle.tick_count,
+        "first_tick_epoch": candle.first_tick.timestamp(),
+        "last_tick_epoch": candle.last_tick.timestamp(),
+        "cum_volume": candle.cum_volume,
+    }

@@ -1,0 +1,529 @@
+"""CandleAggregator against DESIGN.md "Candle rules" 1-7 and the brute-force reference."""
+
+from __future__ import annotations
+
+import ast
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from brokers.base import TickData
+from candles.aggregator import CandleAggregator
+from candles.model import IST, Candle, Interval, parse_intervals
+from tests.reference import candle_to_dict, reference_candles
+
+DAY0 = datetime(2024, 1, 15, 9, 15, tzinfo=IST).timestamp()  # a Monday, session open
+
+
+class Clock:
+    def __init__(self, now: float = DAY0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tick(at: float, price: str | float, volume: int | None = None, *, symbol: str = "INFY", oi: int | None = None,
+         received: float | None = None, exchange: str = "NSE") -> TickData:  # fmt: skip
+    """A tick ``at`` seconds after 09:15 IST on DAY0 (``received`` likewise, default ``at``)."""
+    return TickData(
+        "test", exchange, symbol, 0, Decimal(str(price)), 7, volume, oi,
+        datetime.fromtimestamp(DAY0 + at, IST), datetime.fromtimestamp(DAY0 + (at if received is None else received), IST),
+    )  # fmt: skip
+
+
+class Feed:
+    """An aggregator plus everything it emitted, upserted by key as a store would."""
+
+    def __init__(self, intervals: str = "1m", **kwargs) -> None:
+        self.clock = Clock()
+        self.intervals = parse_intervals(intervals)
+        self.agg = CandleAggregator(self.intervals, self.clock, **kwargs)
+        self.emitted: list[Candle] = []
+        self.store: dict = {}
+
+    def at(self, seconds: float) -> list[Candle]:
+        """Move the clock to ``seconds`` after 09:15 and advance."""
+        self.clock.now = DAY0 + seconds
+        return self._take(self.agg.advance())
+
+    def add(self, *ticks: TickData) -> list[Candle]:
+        return self._take(self.agg.add(ticks))
+
+    def flush(self) -> list[Candle]:
+        return self._take(self.agg.flush())
+
+    def _take(self, candles: list[Candle]) -> list[Candle]:
+        self.emitted.extend(candles)
+        for c in candles:
+            self.store[c.key] = c
+        return candles
+
+    def candle(self, interval: str, minute: float, symbol: str = "INFY") -> Candle:
+        return self.store[("NSE", symbol, interval, datetime.fromtimestamp(DAY0 + minute * 60, IST))]
+
+    def as_reference(self) -> dict:
+        return dict(candle_to_dict(c) for c in self.store.values())
+
+
+def at_ist(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=IST)
+
+
+# ---- rule 1: buckets aligned to 09:15 IST; 1d is the IST day; several intervals at once ---------
+def test_hour_buckets_align_to_0915():
+    feed = Feed("5m,1h")
+    feed.add(tick(0, 100, 10), tick(4 * 60 + 59, 101, 20), tick(59 * 60 + 59, 102, 30), tick(60 * 60, 103, 40))
+    feed.at(3 * 3600)
+    hours = sorted(c.bucket for c in feed.store.values() if c.interval == "1h")
+    assert hours == [at_ist("2024-01-15T09:15"), at_ist("2024-01-15T10:15")]
+    fives = sorted(c.bucket for c in feed.store.values() if c.interval == "5m")
+    assert fives[:2] == [at_ist("2024-01-15T09:15"), at_ist("2024-01-15T10:10")]
+    assert all(c.bucket.utcoffset() == timedelta(hours=5, minutes=30) for c in feed.store.values())
+
+
+def test_day_bucket_is_the_ist_calendar_day():
+    feed = Feed("1d")
+    early = -(9 * 3600 + 15 * 60) + 60  # 00:01 IST
+    late = 14 * 3600 + 44 * 60  # 23:59 IST
+    feed.clock.now = DAY0 + early
+    feed.add(tick(early, 100, 10), tick(late, 101, 30))
+    (candle,) = feed.flush()
+    assert candle.bucket == at_ist("2024-01-15T00:00")
+    assert (candle.open, candle.close, candle.tick_count) == (Decimal(100), Decimal(101), 2)
+
+
+def test_several_intervals_are_built_from_the_same_ticks():
+    feed = Feed("1m,5m,1h")
+    feed.add(tick(1, 100, 10), tick(61, 105, 20), tick(121, 95, 35))
+    feed.at(3600 + 3)
+    assert [feed.candle("1m", m).close for m in (0, 1, 2)] == [Decimal(100), Decimal(105), Decimal(95)]
+    for name in ("5m", "1h"):
+        c = feed.candle(name, 0)
+        assert (c.open, c.high, c.low, c.close, c.tick_count, c.volume) == (100, 105, 95, 95, 3, 25)
+
+
+# ---- rule 2: placed by exchange timestamp --------------------------------------------------------
+def test_tick_is_placed_by_exchange_time_not_arrival_time():
+    feed = Feed("1m")
+    feed.add(tick(10, 100, 10))
+    feed.at(61)  # the tick below arrives after 09:16 but was traded at 09:15:59
+    feed.add(tick(59, 101, 20, received=61))
+    feed.at(62)
+    assert feed.candle("1m", 0).close == Decimal(101)
+    assert ("NSE", "INFY", "1m", datetime.fromtimestamp(DAY0 + 60, IST)) not in feed.store
+
+
+# ---- rule 3: volume from cumulative volume -------------------------------------------------------
+def test_volume_is_the_difference_of_cumulative_volume_not_a_sum_of_quantities():
+    feed = Feed("1m")
+    feed.add(tick(1, 100, 1000), tick(2, 100, 1100), tick(3, 100, 1250), tick(61, 100, 1300))
+    feed.at(200)
+    assert feed.candle("1m", 0).volume == 250  # the first tick is the baseline
+    assert feed.candle("1m", 1).volume == 50
+    assert feed.candle("1m", 1).cum_volume == 1300
+
+
+def test_lower_volume_within_the_same_second_is_a_reordered_quote_not_a_new_day():
+    ticks = [tick(1, 100, 5000), tick(2, 101, 5100), tick(2, 99, 5050), tick(3, 102, 5200)]
+    feed = Feed("1m")
+    feed.add(*ticks)
+    feed.at(63)
+    assert feed.agg.stats.volume_resets == 0
+    candle = feed.candle("1m", 0)
+    assert candle.low == Decimal(100) and candle.close == Decimal(102)  # 99 did not move OHLC
+    assert candle.volume == 200
+    assert feed.as_reference() == reference_candles(ticks, feed.intervals)
+
+
+def test_first_observed_tick_contributes_no_volume():
+    feed = Feed("1m")
+    feed.add(tick(5, 100, 987_654))
+    feed.at(63)
+    assert feed.candle("1m", 0).volume == 0
+    assert feed.candle("1m", 0).tick_count == 1
+
+
+def test_volume_drop_starts_new_day():
+    ticks = [tick(1, 100, 5000), tick(2, 100, 5100), tick(3, 99, 40), tick(61, 98, 200), tick(62, 98, 300)]
+    feed = Feed("1m")
+    feed.add(*ticks[:3])  # the feed restarted its day at 09:15:03
+    feed.add(*ticks[3:])
+    feed.at(200)
+    assert feed.agg.stats.volume_resets == 1
+    first, second = feed.candle("1m", 0), feed.candle("1m", 1)
+    assert first.volume == 100 + 40  # what was counted before the drop is kept, the new day counts on top
+    assert first.close == Decimal(99)  # the tick after the drop is a trade
+    assert second.volume == 300 - 40
+    assert feed.as_reference() == reference_candles(ticks, feed.intervals)
+
+
+def test_restart_inside_bucket_keeps_the_part_before_restart_and_counts_no_volume_twice():
+    before = [tick(10, 100, 1000), tick(20, 104, 1100), tick(30, 99, 1200, oi=7)]
+    after = [tick(40, 101, 1250), tick(50, 101, 1250, oi=9)]  # the second one is a quote
+    first = Feed("1m,1h")
+    first.clock.now = DAY0 + 31
+    first.add(*before)
+    stored = first.flush()  # shutdown: open candles stored as non-final
+    assert {c.volume for c in stored} == {200} and not any(c.final for c in stored)
+
+    second = Feed("1m,1h")
+    second.clock.now = DAY0 + 35
+    second.agg.seed(stored)
+    second.add(*after)
+    second.at(3600 + 2)
+    merged = second.candle("1m", 0)
+    assert (merged.open, merged.high, merged.low, merged.close) == (100, 104, 99, 101)
+    assert (merged.volume, merged.tick_count, merged.oi, merged.final) == (250, 4, 9, True)
+    assert second.candle("1h", 0).volume == 250
+    assert second.as_reference() == reference_candles(before + after, second.intervals)
+
+
+# ---- rule 4: only trades move OHLC -------------------------------------------------------------
+def test_quote_only_update_does_not_move_ohlc():
+    feed = Feed("1m")
+    feed.add(tick(1, 100, 1000, oi=50), tick(2, 105, 1000, oi=60), tick(3, 95, 1000))
+    feed.at(62)
+    c = feed.candle("1m", 0)
+    assert (c.open, c.high, c.low, c.close, c.tick_count) == (100, 100, 100, 100, 1)
+    assert c.last_tick == datetime.fromtimestamp(DAY0 + 1, IST)
+    assert c.oi is None  # the newest tick, a quote, had no OI
+    assert feed.agg.stats.quotes == 2 and feed.agg.stats.trades == 1
+
+
+def test_feed_without_volume_counts_every_tick_as_trade():
+    feed = Feed("1m")
+    feed.add(tick(1, 21000, symbol="NIFTY 50"), tick(2, 21000, symbol="NIFTY 50"), tick(3, 21010, symbol="NIFTY 50"))
+    feed.at(62)
+    c = feed.candle("1m", 0, "NIFTY 50")
+    assert (c.tick_count, c.volume, c.cum_volume, c.close) == (3, 0, None, Decimal(21010))
+
+
+def test_out_of_order_tick_is_classified_against_earlier_exchange_times_only():
+    feed = Feed("1m")
+    feed.add(tick(10, 100, 1000), tick(30, 103, 1300), tick(20, 101, 1200), tick(25, 102, 1200))
+    feed.at(62)
+    c = feed.candle("1m", 0)
+    # 09:15:20 is a trade (1200 > 1000, the 1300 came later in exchange time); 09:15:25 repeats 1200
+    assert (c.tick_count, c.open, c.close, c.high, c.low) == (3, 100, 103, 103, 100)
+
+
+def test_out_of_order_quote_older_than_reorder_memory_is_still_a_quote():
+    feed = Feed("1m", reorder_memory=2)
+    feed.add(tick(10, 100, 1000), tick(30, 101, 1100), tick(40, 102, 1200), tick(50, 103, 1300))
+    feed.add(tick(11, 90, 1000))  # repeats the 09:15:10 trade; that arrival left the memory (floor)
+    feed.at(62)
+    c = feed.candle("1m", 0)
+    assert (c.tick_count, c.low) == (4, Decimal(100))
+
+
+# ---- rule 5: closing on a timer -------------------------------------------------------------------
+def test_bucket_closes_on_timer_without_further_ticks():
+    feed = Feed("1m", grace=2.0)
+    feed.add(tick(5, 100, 10))
+    assert feed.at(61.9) == []
+    assert feed.agg.stats.open_buckets == 1
+    (closed,) = feed.at(62)
+    assert closed.final and closed.bucket == at_ist("2024-01-15T09:15")
+    assert feed.at(500) == [] and feed.agg.stats.open_buckets == 0
+
+
+def test_bucket_without_trades_produces_no_candle():
+    feed = Feed("1m")
+    feed.add(tick(5, 100, 10), tick(65, 100, 10))  # the second is a quote repeating the volume
+    feed.at(500)
+    assert [c.bucket for c in feed.emitted] == [at_ist("2024-01-15T09:15")]
+
+
+def test_daily_bucket_closes_at_ist_midnight_plus_grace():
+    feed = Feed("1d")
+    feed.add(tick(0, 100, 10))
+    midnight = 14 * 3600 + 45 * 60  # 09:15 + 14h45m
+    assert feed.at(midnight + 1.9) == []
+    (closed,) = feed.at(midnight + 2)
+    assert closed.final and closed.bucket == at_ist("2024-01-15T00:00")
+
+
+def test_emit_empty_fills_gaps_between_trade_buckets_with_flat_candles():
+    feed = Feed("1m", emit_empty=True)
+    feed.add(tick(5, 100, 10, oi=3), tick(6, 101, 20, oi=4))
+    feed.at(300)
+    filled = feed.add(tick(3 * 60 + 1, 99, 50, received=300))
+    flat = [c for c in filled if c.tick_count == 0]
+    assert [c.bucket for c in flat] == [at_ist("2024-01-15T09:16"), at_ist("2024-01-15T09:17")]
+    assert all((c.open, c.close, c.volume, c.oi, c.cum_volume, c.final) == (101, 101, 0, 4, 20, True) for c in flat)
+    assert all(c.first_tick == c.last_tick == c.bucket for c in flat)
+    without = Feed("1m")
+    without.add(tick(5, 100, 10), tick(4 * 60 + 1, 99, 50))
+    without.at(1000)
+    assert len(without.store) == 2
+
+
+# ---- rule 6: late ticks revise closed candles ----------------------------------------------------
+def test_late_tick_revises_closed_candle_and_is_counted():
+    feed = Feed("1m")
+    feed.add(tick(5, 100, 10), tick(20, 101, 20))
+    (closed,) = feed.at(62)
+    revised = feed.add(tick(50, 110, 30, received=70))
+    assert [c.key for c in revised] == [closed.key]
+    assert (revised[0].high, revised[0].close, revised[0].volume, revised[0].final) == (110, 110, 20, True)
+    assert feed.agg.stats.late_ticks == 1
+
+
+def test_late_tick_that_raises_volume_revises_the_next_closed_candle():
+    feed = Feed("1m")
+    feed.add(tick(5, 100, 1000), tick(30, 100, 1100), tick(65, 101, 1500))
+    feed.at(200)
+    assert feed.candle("1m", 1).volume == 400
+    revised = feed.add(tick(50, 102, 1300, received=200))  # traded at 09:15:50, arrived much later
+    assert {c.bucket for c in revised} == {at_ist("2024-01-15T09:15"), at_ist("2024-01-15T09:16")}
+    assert feed.candle("1m", 0).volume == 300 and feed.candle("1m", 1).volume == 200
+
+
+def test_volume_base_survives_eviction_of_earlier_buckets():
+    feed = Feed("1m", revision_horizon=60)
+    feed.add(tick(5, 100, 1000), tick(30, 100, 1100))
+    feed.at(45 * 60)  # the 09:15 bucket is long evicted
+    feed.add(tick(45 * 60 + 1, 101, 1500))
+    feed.at(47 * 60)
+    assert feed.candle("1m", 45).volume == 400
+
+
+def test_tick_older_than_revision_horizon_is_dropped_and_counted():
+    feed = Feed("1m", revision_horizon=60)
+    feed.add(tick(5, 100, 10))
+    feed.at(62 + 60)
+    assert feed.add(tick(30, 90, 20, received=122)) == []
+    assert feed.agg.stats.dropped_ticks == 1 and feed.agg.stats.late_ticks == 0
+    assert feed.candle("1m", 0).low == Decimal(100)  # not revised, and not put in another bucket
+    assert len(feed.store) == 1
+    ticks = [tick(5, 100, 10), tick(30, 90, 20, received=122)]
+    assert feed.as_reference() == reference_candles(ticks, feed.intervals, horizon_ok=False, revision_horizon=60)
+
+
+# ---- rule 7: idempotent re-emission ----------------------------------------------------------------
+def test_every_re_emitted_candle_is_the_current_state_of_its_key():
+    feed = Feed("1m")
+    feed.add(tick(5, 100, 10))
+    feed.at(62)
+    feed.at(63)  # closing again emits nothing
+    feed.add(tick(30, 99, 15, received=64))
+    feed.add(tick(31, 98, 18, received=65))
+    keys = [c.key for c in feed.emitted]
+    assert len(keys) == 3 and len(set(keys)) == 1
+    assert [c.close for c in feed.emitted] == [100, 99, 98]
+    everything = [tick(5, 100, 10), tick(30, 99, 15), tick(31, 98, 18)]
+    assert feed.as_reference() == reference_candles(everything, feed.intervals)
+
+
+def test_flush_snapshots_open_buckets_as_not_final_and_keeps_them_open():
+    feed = Feed("1m")
+    feed.add(tick(5, 100, 10))
+    (snap,) = feed.flush()
+    assert not snap.final and feed.agg.stats.open_buckets == 1
+    feed.add(tick(10, 101, 12))
+    (closed,) = feed.at(62)
+    assert closed.final and closed.tick_count == 2
+
+
+def test_seeded_non_final_candle_past_its_close_is_emitted_final_once():
+    first = Feed("1m")
+    first.add(tick(5, 100, 10), tick(6, 101, 15))
+    (stored,) = first.flush()
+    second = Feed("1m")
+    second.clock.now = DAY0 + 300
+    second.agg.seed([stored])
+    (closed,) = second.at(300)
+    assert closed.final and candle_to_dict(closed) == candle_to_dict(stored)
+    assert second.at(301) == []
+
+
+def test_seeded_final_candle_is_not_emitted_again_but_late_ticks_still_revise_it():
+    first = Feed("1m")
+    first.add(tick(5, 100, 10), tick(6, 101, 15))
+    (stored,) = first.at(62)
+    second = Feed("1m")
+    second.clock.now = DAY0 + 63
+    second.agg.seed([stored])
+    assert second.at(64) == []
+    (revised,) = second.add(tick(7, 102, 20, received=64))
+    assert (revised.close, revised.volume, revised.tick_count) == (102, 10, 3)
+
+
+# ---- memory and layering --------------------------------------------------------------------------
+def test_closed_buckets_are_forgotten_after_the_revision_horizon():
+    feed = Feed("1m,5m", revision_horizon=300)
+    retained = []
+    for second in range(0, 6 * 3600, 10):
+        feed.at(second)
+        feed.add(tick(second, 100 + second % 7, second))
+        retained.append(sum(len(s.buckets) for sym in feed.agg._symbols.values() for s in sym.series))
+    assert max(retained[len(retained) // 2 :]) <= max(retained[: len(retained) // 2])
+    assert max(retained) <= 5 + 2 + 2 + 1  # 1m: 300 s horizon + open; 5m: one or two
+
+
+def test_candles_package_does_not_import_brokers():
+    for path in Path(__file__).resolve().parent.parent.joinpath("candles").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.split(".")[0] == "brokers"], f"{path.name} imports brokers"
+
+
+# ---- properties: random streams against the reference ----------------------------------------------
+INTERVALS = {name: Interval.parse(name) for name in ("1m", "5m", "1h", "1d")}
+REORDER_MEMORY = 8  # > the most positions the stream below moves a tick (2 x 2 jitter)
+
+
+@st.composite
+def tick_streams(draw) -> list[tuple[TickData, float]]:
+    """Ticks in arrival order with their arrival clock. Built in exchange-time order with
+    non-decreasing cumulative volume per symbol-day, then locally reordered and delayed."""
+    n_symbols = draw(st.integers(1, 3))
+    has_index = draw(st.booleans())  # symbol 0 is then an index: no volume, no OI
+    names = [("NIFTY 50" if i == 0 and has_index else f"S{i}") for i in range(n_symbols)]
+    steps = draw(st.lists(st.tuples(
+        st.integers(0, n_symbols - 1),
+        st.sampled_from([0, 0, 0.5, 1, 7, 20, 45, 61, 120]),  # exchange-time step, seconds
+        st.booleans(),  # trade (else a quote repeating the last trade)
+        st.integers(-3, 3),  # price move in ticks
+        st.integers(1, 400),  # volume added by a trade
+        st.sampled_from([None, 0, 0, 10, -10]),  # OI change (None: tick without OI)
+        st.sampled_from([0.0, 0.05, 0.5, 1.5, 1.99, 3.0, 12.0, 70.0]),  # latency
+        st.integers(-2, 2),  # reorder jitter
+        st.integers(0, 25),  # 0: the next trading day starts here
+    ), min_size=1, max_size=120))  # fmt: skip
+    t = DAY0 + draw(st.integers(0, 3600))
+    day = 0
+    price = {s: 2000 + 37 * i for i, s in enumerate(names)}
+    volume = dict.fromkeys(names, 0)
+    oi = dict.fromkeys(names, 500)
+    last_trade: dict[str, tuple[int, int | None]] = {}
+    built = []
+    for sym_i, dt, is_trade, move, added, oi_move, latency, jitter, rollover in steps:
+        if rollover == 0:
+            day += 1
+            t = DAY0 + day * 86_400 + dt
+            volume = dict.fromkeys(names, 0)
+            last_trade.clear()
+        else:
+            t += dt
+        name = names[sym_i]
+        index = has_index and sym_i == 0
+        if is_trade or index or name not in last_trade:
+            price[name] = max(1, price[name] + move)
+            volume[name] += added
+            last_trade[name] = (price[name], None if index else volume[name])
+        p, v = last_trade[name]
+        if not index and oi_move is not None:
+            oi[name] += oi_move
+        tick_oi = None if index or oi_move is None else oi[name]
+        ts = datetime.fromtimestamp(t, IST)
+        built.append((day, len(built) + jitter, t + latency, p, v, tick_oi, ts, name))
+    built.sort(key=lambda b: (b[0], b[1]))  # reorder locally, never across a trading day
+    stream = []
+    clock = DAY0
+    for _, _, arrival, p, v, tick_oi, ts, name in built:
+        clock = max(clock, arrival)
+        rx = datetime.fromtimestamp(clock, IST)
+        stream.append((TickData("sim", "NSE", name, 0, Decimal(p) / 20, None, v, tick_oi, ts, rx), clock))
+    return stream
+
+
+interval_sets = st.sets(st.sampled_from(sorted(INTERVALS)), min_size=1).map(lambda s: [INTERVALS[n] for n in sorted(s)])
+
+
+def _run(agg: CandleAggregator, clock: Clock, stream, store: dict, latest: dict, batch: int) -> None:
+    def take(candles: list[Candle]) -> None:
+        for c in candles:
+            key, value = candle_to_dict(c)
+            store[key] = value
+            latest[key] = c
+
+    i = 0
+    while i < len(stream):  # up to ``batch`` ticks that arrived within one second of each other
+        j = i + 1
+        while j < len(stream) and j - i < batch and stream[j][1] - stream[i][1] <= 1.0:
+            j += 1
+        chunk = stream[i:j]
+        i = j
+        clock.now = chunk[-1][1]
+        take(agg.advance(clock.now))
+        take(agg.add([t for t, _ in chunk]))
+    take(agg.advance())
+
+
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(
+    stream=tick_streams(),
+    intervals=interval_sets,
+    batch=st.sampled_from([1, 1, 1, 3]),
+    horizon_margin=st.sampled_from([None, 0.5, 30.0, 200.0]),
+)
+def test_random_streams_upserted_equal_the_reference(stream, intervals, batch, horizon_margin):
+    clock = Clock(stream[0][1])
+    # a short revision horizon (just above the worst delay, so nothing is dropped) makes buckets
+    # get evicted while their day goes on
+    worst_delay = max(arrival - t.exchange_ts.timestamp() for t, arrival in stream)
+    horizon = 900.0 if horizon_margin is None else worst_delay + horizon_margin
+    agg = CandleAggregator(intervals, clock, reorder_memory=REORDER_MEMORY, revision_horizon=horizon)
+    store: dict = {}
+    _run(agg, clock, stream, store, {}, batch)
+    for c in agg.flush():
+        key, value = candle_to_dict(c)
+        store[key] = value
+    ticks = [t for t, _ in stream]
+    assert agg.stats.dropped_ticks == 0
+    assert agg.stats.ticks == len(ticks) == agg.stats.trades + agg.stats.quotes
+    assert store == reference_candles(ticks, intervals)
+
+
+@PROPERTY
+@given(stream=tick_streams(), intervals=interval_sets)
+def test_random_streams_with_emit_empty_add_only_flat_candles(stream, intervals):
+    clock = Clock(stream[0][1])
+    agg = CandleAggregator(intervals, clock, emit_empty=True, reorder_memory=REORDER_MEMORY)
+    store: dict = {}
+    _run(agg, clock, stream, store, {}, 1)
+    for c in agg.flush():
+        key, value = candle_to_dict(c)
+        store[key] = value
+    expected = reference_candles([t for t, _ in stream], intervals)
+    assert {k: v for k, v in store.items() if v["tick_count"]} == expected
+    assert all(v["volume"] == 0 for k, v in store.items() if k not in expected)
+
+
+@PROPERTY
+@given(stream=tick_streams(), intervals=interval_sets, data=st.data())
+def test_restart_midstream_seeded_from_the_store_equals_the_reference(stream, intervals, data):
+    ts = [t.exchange_ts.timestamp() for t, _ in stream]
+    cuts = [k for k in range(len(stream) + 1) if max(ts[:k], default=-1) <= min(ts[k:], default=float("inf"))]
+    k = data.draw(st.sampled_from(cuts), label="restart after tick")
+    store: dict = {}
+    latest: dict = {}
+
+    clock = Clock(stream[0][1])
+    before = CandleAggregator(intervals, clock, reorder_memory=REORDER_MEMORY)
+    _run(before, clock, stream[:k], store, latest, 1)
+    for c in before.flush():
+        key, value = candle_to_dict(c)
+        store[key] = value
+        latest[key] = c
+
+    newest: dict = {}
+    for key, c in latest.items():
+        if key[:3] not in newest or key[3] > newest[key[:3]][0]:
+            newest[key[:3]] = (key[3], c)
+    after = CandleAggregator(intervals, clock, reorder_memory=REORDER_MEMORY)
+    after.seed(c for _, c in newest.values())
+    _run(after, clock, stream[k:], store, latest, 1)
+    for c in after.flush():
+        key, value = candle_to_dict(c)
+        store[key] = value
+    assert store == reference_candles([t for t, _ in stream], intervals)
