@@ -4,6 +4,8 @@ import signal
 import time
 from datetime import datetime
 
+import pytest
+
 from brokers.sim import read_tape
 from candles.model import IST, Interval, parse_intervals
 from storage.postgres import PostgresStore
@@ -60,12 +62,12 @@ def test_sim_run_into_postgres_equals_reference_from_its_own_ticks(tmp_path, pg_
     _assert_matches_reference(tape, stored, intervals)
 
 
-def test_sigterm_flushes_open_candles_as_non_final_and_exits_zero(tmp_path):
+def test_sigterm_flushes_open_candles_as_non_final_and_exits_zero_with_status_lines(tmp_path):
     tape = tmp_path / "tape.jsonl"
     proc = start_main(
         "--broker", "sim", "--symbols", *SYMBOLS, "--intervals", "1m,1h",
         "--seed", "5", "--sim-speed", "60", "--sim-start", SIM_START, "--sim-tape", str(tape),
-        cwd=tmp_path,
+        cwd=tmp_path, env=main_env(STATUS_INTERVAL_SECONDS="1"),
     )
     time.sleep(6)
     proc.send_signal(signal.SIGTERM)
@@ -74,6 +76,9 @@ def test_sigterm_flushes_open_candles_as_non_final_and_exits_zero(tmp_path):
     assert proc.returncode == 0, err
     assert time.monotonic() - started < 10
     assert "flushed" in err
+    status = [line for line in err.splitlines() if "status:" in line]
+    assert len(status) >= 3, err  # a status line every STATUS_INTERVAL_SECONDS
+    assert "ticks/s" in status[-1] and "queue depth" in status[-1] and "store lag" in status[-1]
     store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
     try:
         intervals = parse_intervals("1m,1h")
@@ -130,3 +135,34 @@ def test_symbols_from_db_streams_the_enabled_watchlist(tmp_path, pg_dsn):
         assert store.latest("NSE", "TCS", "1m") == []
     finally:
         store.close()
+
+
+def _open(kind, tmp_path, request):
+    if kind == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        return PostgresStore(dsn), main_env(PG_CONN_STR=dsn)
+    return SQLiteStore(tmp_path / "data" / "marketfeed.db"), main_env()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_restart_inside_a_bucket_loses_nothing_and_counts_no_volume_twice(tmp_path, request, kind):
+    intervals = parse_intervals("1m,15m")
+    first, second = tmp_path / "tape1.jsonl", tmp_path / "tape2.jsonl"
+    store, env = _open(kind, tmp_path, request)
+    common = ["--broker", "sim", "--symbols", *SYMBOLS, "--intervals", "1m,15m", "--seed", "21", "--sim-speed", "60"]
+    proc = run_main(*common, "--sim-start", SIM_START, "--duration", "6", "--sim-tape", str(first), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    # the second run starts where the first one's clock stopped: the same deterministic stream goes on
+    stopped = max(t.receive_ts.timestamp() for t in read_tape(first)) + 0.001
+    assert (stopped - 1_795_491_900) % 900 > 60, "the restart should fall inside a 15m bucket"
+    restart_at = datetime.fromtimestamp(stopped, IST).isoformat()
+    proc = run_main(*common, "--sim-start", restart_at, "--duration", "6", "--sim-tape", str(second), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed" in proc.stderr
+    with (tmp_path / "both.jsonl").open("w") as out:
+        out.write(first.read_text() + second.read_text())
+    try:
+        stored = _stored(store, intervals)
+    finally:
+        store.close()
+    _assert_matches_reference(tmp_path / "both.jsonl", stored, intervals)

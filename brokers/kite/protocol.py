@@ -1,0 +1,383 @@
+"""Sans-I/O codec for the Kite Connect v3 market-data WebSocket ("KiteTicker").
+
+Bytes in, ``TickData`` out, and JSON text for the client's requests: no sockets, no threads, no
+clock (the caller passes the receive time). Layouts are in ``shared/protocols/kite_detail.md``.
+
+This is the hot path of the Kite feed: a 3000-instrument full-mode connection delivers tens of
+thousands of 184-byte packets a second, decoded in the socket thread. Hence the precompiled
+structs, the caches of immutable values (prices, depth levels, timestamps) and the construction
+of the frozen value objects without their per-field ``object.__setattr__`` (see ``_fast_new``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from decimal import Context, Decimal
+from typing import Any
+
+from brokers.base import Depth, DepthLevel, Instrument, TickData
+from candles.model import IST
+
+log = logging.getLogger(__name__)
+
+BROKER = "kite"
+MODES = ("ltp", "quote", "full")
+
+# Packet lengths; the mode of a packet is known from its length alone (kite_detail.md C).
+LTP_LEN = 8
+INDEX_QUOTE_LEN = 28
+INDEX_FULL_LEN = 32
+QUOTE_LEN = 44
+FULL_LEN = 184
+_PRICE_ONLY_LENGTHS = frozenset((LTP_LEN, INDEX_QUOTE_LEN, INDEX_FULL_LEN))
+
+# Segment (instrument_token & 0xff) -> decimal exponent of the price unit. pykiteconnect 5.2
+# (EXCHANGE_MAP) is the authority: CDS 3 -> 1e-7, BCD 6 -> 1e-4, NCO 12 -> 1e-4, else 1e-2.
+# Segment 7 is MCX, whose prices are in paise like NSE's (see the report on the NCO number).
+SEGMENT_EXPONENT: Mapping[int, int] = {3: -7, 6: -4, 12: -4}
+DEFAULT_EXPONENT = -2
+
+# Bounds of the value caches: cleared wholesale when full (cheap, and a day's working set of
+# prices for a 3000-instrument watchlist fits comfortably).
+_PRICE_CACHE_MAX = 1 << 17
+_LEVEL_CACHE_MAX = 1 << 17
+_TIME_CACHE_MAX = 1 << 12
+
+# Exact arithmetic for scaleb: a u32 has at most 10 digits, well within this precision.
+_CTX = Context(prec=40)
+
+# One unpack per packet kind; ``x`` pads skip the fields TickData does not carry.
+_HDR = struct.Struct(">H")
+_LTP = struct.Struct(">II")  # token, last price (also the head of the index packets)
+_INDEX_TS = struct.Struct(">I")  # exchange timestamp at offset 28 of a 32-byte index packet
+_QUOTE = struct.Struct(">III4xI")  # token, last price, last qty, volume
+# token, last price, last qty, volume, OI, exchange timestamp (skips ATP, buy/sell qty, OHLC,
+# last trade time, OI high/low)
+_FULL = struct.Struct(">III4xI28xI8xI")
+# The 10 depth entries as raw 10-byte keys (qty u32, price u32, orders u16; 2 bytes padding):
+# a level that did not change since an earlier packet is a dict hit, not a new object.
+_DEPTH = struct.Struct(">" + "10s2x" * 10)
+_LEVEL = struct.Struct(">IIH")
+# A frame of full packets only (the common case for a full-mode connection) is decoded with one
+# iter_unpack over records of u16 length + 184-byte packet: no per-packet offset arithmetic.
+_FULL_RECORD = struct.Struct(">HIII4xI28xI8xI" + "10s2x" * 10)
+_FULL_RECORD_LEN = 2 + FULL_LEN
+
+
+def _fast_new(cls: type) -> Any:
+    """A function building ``cls(*args)`` for a frozen slots dataclass, four times faster.
+
+    A frozen dataclass's ``__init__`` sets each field with ``object.__setattr__`` (≈90 ns a field
+    here); TickData has 11 fields and a full packet may build 12 objects. The function below fills
+    an instance of a twin class with the same slots by plain attribute stores, then makes it a
+    ``cls`` instance by ``__class__`` assignment (allowed between types of identical layout). The
+    result is a genuine, immutable ``cls`` instance, equal to what ``cls(*args)`` builds; that is
+    checked once here, with a fall back to ``cls`` itself if the layouts ever stop matching.
+    """
+    names = tuple(f.name for f in fields(cls))
+    if tuple(getattr(cls, "__slots__", ())) != names:
+        return cls
+    twin = type(f"_Mutable{cls.__name__}", (), {"__slots__": names})
+    body = "".join(f"    obj.{n} = {n}\n" for n in names)
+    namespace: dict[str, Any] = {"_new": object.__new__, "_twin": twin, "_cls": cls}
+    source = f"def new_{cls.__name__}({', '.join(names)}):\n    obj = _new(_twin)\n{body}    obj.__class__ = _cls\n    return obj\n"
+    exec(source, namespace)
+    factory = namespace[f"new_{cls.__name__}"]
+    try:
+        sample = tuple(object() for _ in names)
+        built = factory(*sample)
+        if type(built) is not cls or built != cls(*sample):
+            return cls
+    except TypeError:  # layouts not compatible for __class__ assignment
+        return cls
+    return factory
+
+
+_new_tick = _fast_new(TickData)
+_new_depth = _fast_new(Depth)
+_new_level = _fast_new(DepthLevel)
+
+
+class _PriceCache(dict):
+    """raw integer -> exact Decimal at one exponent (missing entries are built on lookup)."""
+
+    __slots__ = ("exponent",)
+
+    def __init__(self, exponent: int) -> None:
+        super().__init__()
+        self.exponent = exponent
+
+    def __missing__(self, raw: int) -> Decimal:
+        if len(self) >= _PRICE_CACHE_MAX:
+            self.clear()
+        value = self[raw] = Decimal(raw).scaleb(self.exponent, _CTX)
+        return value
+
+
+class _LevelCache(dict):
+    """raw 10-byte depth entry -> DepthLevel, prices at one exponent."""
+
+    __slots__ = ("prices",)
+
+    def __init__(self, prices: _PriceCache) -> None:
+        super().__init__()
+        self.prices = prices
+
+    def __missing__(self, raw: bytes) -> DepthLevel:
+        if len(self) >= _LEVEL_CACHE_MAX:
+            self.clear()
+        quantity, price, orders = _LEVEL.unpack(raw)
+        level = self[raw] = _new_level(self.prices[price], quantity, orders)
+        return level
+
+
+class _TimeCache(dict):
+    """epoch seconds -> aware IST datetime; the same second repeats across a frame's packets."""
+
+    __slots__ = ()
+
+    def __missing__(self, epoch: int) -> datetime:
+        if len(self) >= _TIME_CACHE_MAX:
+            self.clear()
+        value = self[epoch] = datetime.fromtimestamp(epoch, IST)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class KiteMessage:
+    """A JSON text message from the server: ``order`` postbacks, ``error`` and ``message`` texts."""
+
+    type: str
+    data: Any
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """Counters of one decoder; ``malformed`` is keyed by what was wrong."""
+
+    frames: int = 0
+    packets: int = 0
+    ticks: int = 0
+    heartbeats: int = 0
+    unknown_tokens: int = 0
+    text_messages: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)
+
+
+# Kinds of malformed input, as counted in DecodeStats.malformed.
+TRUNCATED_FRAME = "truncated_frame"  # fewer packets than the frame header announces
+PACKET_OVERRUN = "packet_overrun"  # a packet length runs past the end of the frame
+UNKNOWN_LENGTH = "unknown_length"  # a packet of none of the five documented lengths
+TRAILING_BYTES = "trailing_bytes"  # bytes after the announced packets
+BAD_JSON = "bad_json"  # a text frame that is not JSON
+BAD_MESSAGE = "bad_message"  # JSON, but not {"type": str, "data": ...}
+
+
+class KiteDecoder:
+    """Decodes KiteTicker frames into ``TickData`` for the instruments it was given.
+
+    ``instruments`` maps instrument_token -> Instrument; packets for other tokens are skipped and
+    counted in ``stats.unknown_tokens``. Malformed input never raises: it is counted in
+    ``stats.malformed`` (logged once per kind) and the good packets of the frame are kept.
+    """
+
+    __slots__ = ("stats", "_entries", "_times", "_exponents", "_logged")
+
+    def __init__(self, instruments: Mapping[int, Instrument]) -> None:
+        self.stats = DecodeStats()
+        self._times = _TimeCache()
+        self._exponents: dict[int, tuple[_PriceCache, _LevelCache]] = {}
+        self._logged: set[str] = set()
+        self._entries: dict[int, tuple[str, str, _PriceCache, _LevelCache]] = {}
+        self.set_instruments(instruments)
+
+    @property
+    def heartbeats(self) -> int:
+        return self.stats.heartbeats
+
+    @property
+    def unknown_tokens(self) -> int:
+        return self.stats.unknown_tokens
+
+    def set_instruments(self, instruments: Mapping[int, Instrument]) -> None:
+        """Replace the token -> instrument mapping (e.g. after subscribing more symbols)."""
+        entries = {}
+        for token, inst in instruments.items():
+            exponent = SEGMENT_EXPONENT.get(token & 0xFF, DEFAULT_EXPONENT)
+            caches = self._exponents.get(exponent)
+            if caches is None:
+                prices = _PriceCache(exponent)
+                caches = self._exponents[exponent] = (prices, _LevelCache(prices))
+            entries[token] = (inst.exchange, inst.symbol, caches[0], caches[1])
+        self._entries = entries
+
+    def _malformed(self, kind: str, detail: str) -> None:
+        malformed = self.stats.malformed
+        malformed[kind] = malformed.get(kind, 0) + 1
+        if kind not in self._logged:  # once per kind: a broken feed must not flood the log
+            self._logged.add(kind)
+            log.warning("kite: malformed input (%s): %s; counting further ones silently", kind, detail)
+
+    def decode(self, frame: bytes, receive_ts: datetime) -> list[TickData]:
+        """Decode one binary frame; ``receive_ts`` (aware) stands in where a packet has no time."""
+        stats = self.stats
+        stats.frames += 1
+        end = len(frame)
+        if end < 2:
+            stats.heartbeats += 1
+            return []
+        entries = self._entries
+        times = self._times
+        new_tick = _new_tick
+        ticks: list[TickData] = []
+        append = ticks.append
+        count = frame[0] << 8 | frame[1]
+        if end == 2 + count * _FULL_RECORD_LEN and count:
+            fast = self._decode_full_frame(frame, receive_ts)
+            if fast is not None:
+                return fast
+        pos = 2
+        seen = 0
+        unknown = 0
+        for _ in range(count):
+            start = pos + 2
+            if start > end:
+                self._malformed(TRUNCATED_FRAME, f"frame of {end} bytes announces {count} packets, has {seen}")
+                break
+            length = frame[pos] << 8 | frame[pos + 1]
+            pos = start + length
+            if pos > end:
+                self._malformed(PACKET_OVERRUN, f"packet of {length} bytes at offset {start} overruns a {end}-byte frame")
+                break
+            seen += 1
+            if length == FULL_LEN:
+                token, price, quantity, volume, oi, ts = _FULL.unpack_from(frame, start)
+                entry = entries.get(token)
+                if entry is None:
+                    unknown += 1
+                    continue
+                exchange, symbol, prices, levels = entry
+                depth = tuple(map(levels.__getitem__, _DEPTH.unpack_from(frame, start + 64)))
+                append(
+                    new_tick(
+                        BROKER, exchange, symbol, token, prices[price], quantity, volume, oi,
+                        times[ts] if ts else receive_ts, receive_ts, _new_depth(depth[:5], depth[5:]),
+                    )
+                )
+            elif length == QUOTE_LEN:
+                token, price, quantity, volume = _QUOTE.unpack_from(frame, start)
+                entry = entries.get(token)
+                if entry is None:
+                    unknown += 1
+                    continue
+                exchange, symbol, prices, _ = entry
+                append(
+                    new_tick(BROKER, exchange, symbol, token, prices[price], quantity, volume, None, receive_ts, receive_ts, None)
+                )
+            elif length in _PRICE_ONLY_LENGTHS:
+                token, price = _LTP.unpack_from(frame, start)
+                entry = entries.get(token)
+                if entry is None:
+                    unknown += 1
+                    continue
+                exchange, symbol, prices, _ = entry
+                exchange_ts = receive_ts
+                if length == INDEX_FULL_LEN:
+                    (ts,) = _INDEX_TS.unpack_from(frame, start + 28)
+                    if ts:
+                        exchange_ts = times[ts]
+                append(new_tick(BROKER, exchange, symbol, token, prices[price], None, None, None, exchange_ts, receive_ts, None))
+            else:
+                self._malformed(UNKNOWN_LENGTH, f"packet of {length} bytes (expected 8, 28, 32, 44 or 184)")
+        else:
+            if pos != end:
+                self._malformed(TRAILING_BYTES, f"{end - pos} bytes after the {count} announced packets")
+        stats.packets += seen
+        stats.unknown_tokens += unknown
+        stats.ticks += len(ticks)
+        return ticks
+
+    def _decode_full_frame(self, frame: bytes, receive_ts: datetime) -> list[TickData] | None:
+        """Fast path for a frame of full packets only; None if a length says otherwise."""
+        entries_get = self._entries.get
+        times = self._times
+        new_tick = _new_tick
+        new_depth = _new_depth
+        ticks: list[TickData] = []
+        append = ticks.append
+        unknown = 0
+        last_ts = 0  # the exchange second repeats across a frame: skip even the cache lookup
+        last_dt = receive_ts
+        for length, token, price, quantity, volume, oi, ts, k0, k1, k2, k3, k4, k5, k6, k7, k8, k9 in _FULL_RECORD.iter_unpack(
+            memoryview(frame)[2:]
+        ):
+            if length != FULL_LEN:
+                return None  # sizes only add up by coincidence: let the general path sort it out
+            entry = entries_get(token)
+            if entry is None:
+                unknown += 1
+                continue
+            exchange, symbol, prices, levels = entry
+            if ts != last_ts:
+                last_ts = ts
+                last_dt = times[ts] if ts else receive_ts
+            append(
+                new_tick(
+                    BROKER, exchange, symbol, token, prices[price], quantity, volume, oi, last_dt, receive_ts,
+                    new_depth((levels[k0], levels[k1], levels[k2], levels[k3], levels[k4]),
+                              (levels[k5], levels[k6], levels[k7], levels[k8], levels[k9])),
+                )
+            )  # fmt: skip
+        stats = self.stats
+        stats.packets += len(ticks) + unknown
+        stats.unknown_tokens += unknown
+        stats.ticks += len(ticks)
+        return ticks
+
+    def parse_text(self, text: str | bytes) -> KiteMessage | None:
+        """Parse a JSON text frame ``{"type": ..., "data": ...}``; None (and counted) if malformed."""
+        try:
+            message = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._malformed(BAD_JSON, f"text frame is not JSON ({exc})")
+            return None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self._malformed(BAD_MESSAGE, 'text frame is not {"type": ..., "data": ...}')
+            return None
+        self.stats.text_messages += 1
+        return KiteMessage(message["type"], message.get("data"))
+
+
+def _token_list(tokens: Iterable[int]) -> list[int]:
+    result = []
+    for token in tokens:
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 < token < 1 << 32:
+            raise ValueError(f"instrument token {token!r} is not a Kite instrument_token (a positive 32-bit integer)")
+        result.append(token)
+    return result
+
+
+def _encode(action: str, value: Any) -> str:
+    return json.dumps({"a": action, "v": value}, separators=(",", ":"))
+
+
+def subscribe(tokens: Iterable[int]) -> str:
+    """``{"a":"subscribe","v":[...]}``; the server starts new subscriptions in quote mode."""
+    return _encode("subscribe", _token_list(tokens))
+
+
+def unsubscribe(tokens: Iterable[int]) -> str:
+    """``{"a":"unsubscribe","v":[...]}``."""
+    return _encode("unsubscribe", _token_list(tokens))
+
+
+def set_mode(mode: str, tokens: Iterable[int]) -> str:
+    """``{"a":"mode","v":[mode,[...]]}``; send it after ``subscribe`` (before, it has no effect)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown Kite mode {mode!r}: use one of {', '.join(MODES)}")
+    return _encode("mode", [mode, _token_list(tokens)])
