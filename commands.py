@@ -57,12 +57,12 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
     intervals = parse_intervals(args.intervals or settings.intervals)
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be a positive number of seconds")
+    broker, clock = _make_broker(args)
     store = open_store(settings.pg_conn_str, settings.sqlite_path)
     try:
         version = store.migrate()
         log.info("store %s ready (schema version %d)", store.description, version)
         pairs = _watchlist(args, store)
-        broker, clock = _make_broker(args)
         instruments = _resolve(broker, pairs)
         broker.check_capacity(len(instruments))
         return _serve(settings, args, broker, store, instruments, intervals, clock)

@@ -166,3 +166,32 @@ def test_restart_inside_a_bucket_loses_nothing_and_counts_no_volume_twice(tmp_pa
     finally:
         store.close()
     _assert_matches_reference(tmp_path / "both.jsonl", stored, intervals)
+
+
+def test_database_down_mid_run_keeps_the_daemon_running_and_loses_nothing(tmp_path):
+    from tests.pg import PostgresServer
+
+    tape = tmp_path / "tape.jsonl"
+    intervals = parse_intervals("1m")
+    with PostgresServer() as server:
+        server.start()
+        dsn = server.create_database("outage")
+        proc = start_main(
+            "--broker", "sim", "--symbols", *SYMBOLS, "--seed", "3", "--sim-speed", "60",
+            "--sim-start", SIM_START, "--duration", "16", "--sim-tape", str(tape),
+            cwd=tmp_path, env=main_env(PG_CONN_STR=dsn + " connect_timeout=2"),
+        )
+        time.sleep(4)
+        server.stop()  # about five simulated minutes of candles close while it is down
+        time.sleep(5)
+        assert proc.poll() is None, "the daemon must keep running while the database is down"
+        server.start()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "store unavailable" in err
+        store = PostgresStore(dsn)
+        try:
+            stored = _stored(store, intervals)
+        finally:
+            store.close()
+    _assert_matches_reference(tape, stored, intervals)
