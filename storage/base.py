@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from candles.model import Candle
 
@@ -68,3 +71,26 @@ class CandleStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+
+def candle_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> Candle:
+    """A Candle from a row of the candles table in column order; ``to_time`` turns the store's
+    timestamp representation into an aware IST datetime."""
+    (exchange, symbol, interval, bucket, o, h, lo, c, volume, oi, ticks, first, last, cum, final) = row
+    return Candle(
+        exchange=exchange,
+        symbol=symbol,
+        interval=interval,
+        bucket=to_time(bucket),
+        open=Decimal(o),
+        high=Decimal(h),
+        low=Decimal(lo),
+        close=Decimal(c),
+        volume=int(volume),
+        oi=None if oi is None else int(oi),
+        tick_count=int(ticks),
+        first_tick=to_time(first),
+        last_tick=to_time(last),
+        cum_volume=None if cum is None else int(cum),
+        final=bool(final),
+    )

@@ -23,7 +23,7 @@ import psycopg2.extras
 
 from candles.model import IST, Candle
 from storage import migrations
-from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry
+from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry, candle_from_row
 
 log = logging.getLogger(__name__)
 
@@ -365,22 +365,9 @@ def _price(value: Decimal) -> Decimal:
     return value
 
 
+def _ist(value: datetime) -> datetime:
+    return value.astimezone(IST)
+
+
 def _candle(row: tuple) -> Candle:
-    (exchange, symbol, interval, bucket, o, h, lo, c, volume, oi, ticks, first, last, cum, final) = row
-    return Candle(
-        exchange=exchange,
-        symbol=symbol,
-        interval=interval,
-        bucket=bucket.astimezone(IST),
-        open=Decimal(o),
-        high=Decimal(h),
-        low=Decimal(lo),
-        close=Decimal(c),
-        volume=int(volume),
-        oi=None if oi is None else int(oi),
-        tick_count=int(ticks),
-        first_tick=first.astimezone(IST),
-        last_tick=last.astimezone(IST),
-        cum_volume=None if cum is None else int(cum),
-        final=bool(final),
-    )
+    return candle_from_row(row, _ist)

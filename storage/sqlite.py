@@ -18,7 +18,7 @@ from pathlib import Path
 
 from candles.model import IST, Candle
 from storage import migrations
-from storage.base import CandleStore, StoreError, WatchlistEntry
+from storage.base import CandleStore, StoreError, WatchlistEntry, candle_from_row
 
 log = logging.getLogger(__name__)
 
@@ -270,21 +270,4 @@ class SQLiteStore(CandleStore):
 
 
 def _candle(row: tuple) -> Candle:
-    (exchange, symbol, interval, bucket, o, h, lo, c, volume, oi, ticks, first, last, cum, final) = row
-    return Candle(
-        exchange=exchange,
-        symbol=symbol,
-        interval=interval,
-        bucket=from_micros(bucket),
-        open=Decimal(o),
-        high=Decimal(h),
-        low=Decimal(lo),
-        close=Decimal(c),
-        volume=int(volume),
-        oi=None if oi is None else int(oi),
-        tick_count=int(ticks),
-        first_tick=from_micros(first),
-        last_tick=from_micros(last),
-        cum_volume=None if cum is None else int(cum),
-        final=bool(final),
-    )
+    return candle_from_row(row, from_micros)
