@@ -52,6 +52,10 @@ class Settings:
     kite_api_key: str | None = None
     kite_api_secret: str | None = None
     kite_access_token: str | None = None
+    kite_token_file: str = "data/kite_access_token.json"
+    kite_mode: str = "full"
+    kite_ws_url: str = "wss://ws.kite.trade"
+    kite_api_url: str = "https://api.kite.trade"
     # Kotak Neo
     kotak_consumer_key: str | None = None
     kotak_mobile_number: str | None = None
@@ -151,6 +155,10 @@ def load_settings(
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         problems.append(f"LOG_LEVEL is invalid: {log_level!r}; use DEBUG, INFO, WARNING or ERROR")
 
+    kite_mode = (_text(merged, "KITE_MODE", "full") or "full").lower()
+    if kite_mode not in ("ltp", "quote", "full"):
+        problems.append(f"KITE_MODE is invalid: {kite_mode!r}; use ltp, quote or full")
+
     settings = Settings(
         pg_conn_str=_text(merged, "PG_CONN_STR", None),
         sqlite_path=_text(merged, "SQLITE_PATH", DEFAULT_SQLITE_PATH) or DEFAULT_SQLITE_PATH,
@@ -163,6 +171,10 @@ def load_settings(
         kite_api_key=_text(merged, "KITE_API_KEY", None),
         kite_api_secret=_text(merged, "KITE_API_SECRET", None),
         kite_access_token=_text(merged, "KITE_ACCESS_TOKEN", None),
+        kite_token_file=_text(merged, "KITE_TOKEN_FILE", "data/kite_access_token.json") or "",
+        kite_mode=kite_mode,
+        kite_ws_url=_text(merged, "KITE_WS_URL", "wss://ws.kite.trade") or "",
+        kite_api_url=_text(merged, "KITE_API_URL", "https://api.kite.trade") or "",
         kotak_consumer_key=_text(merged, "KOTAK_CONSUMER_KEY", None),
         kotak_mobile_number=_text(merged, "KOTAK_MOBILE_NUMBER", None),
         kotak_ucc=_text(merged, "KOTAK_UCC", None),
