@@ -27,7 +27,13 @@ def test_environment_wins_over_env_file(tmp_path):
 def test_every_invalid_variable_is_named_in_one_error():
     with pytest.raises(ConfigError) as err:
         load_settings(
-            {"CANDLE_GRACE_SECONDS": "soon", "CANDLE_INTERVALS": "7x", "LOG_FORMAT": "xml", "CANDLE_EMIT_EMPTY": "maybe", "KITE_MODE": "fast"},
+            {
+                "CANDLE_GRACE_SECONDS": "soon",
+                "CANDLE_INTERVALS": "7x",
+                "LOG_FORMAT": "xml",
+                "CANDLE_EMIT_EMPTY": "maybe",
+                "KITE_MODE": "fast",
+            },
             env_file=None,
         )
     text = str(err.value)
