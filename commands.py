@@ -39,10 +39,7 @@ def run(args: argparse.Namespace) -> int:
         if args.test_broker:
             return test_broker(settings, args)
         return run_daemon(settings, args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (UsageError, SymbolError, ValueError) as exc:
+    except (ConfigError, UsageError, SymbolError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (StoreError, BrokerError) as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -63,6 +63,21 @@ class TickData:
 
 
 TickBatchCallback = Callable[[Sequence[TickData]], None]
+
+
+def lookup_symbols(
+    table: Mapping[tuple[str, str], Instrument], pairs: Sequence[tuple[str, str]]
+) -> tuple[list[Instrument], list[str]]:
+    """Split (exchange, symbol) pairs into the instruments ``table`` knows and the keys it does not."""
+    known: list[Instrument] = []
+    unknown: list[str] = []
+    for exchange, symbol in pairs:
+        inst = table.get((exchange, symbol))
+        if inst is None:
+            unknown.append(f"{exchange}:{symbol}")
+        else:
+            known.append(inst)
+    return known, unknown
 
 
 class BrokerError(Exception):

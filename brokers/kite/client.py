@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import websocket
 
-from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback
+from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback, lookup_symbols
 from brokers.kite import protocol
 from brokers.kite.protocol import DecodeStats, KiteDecoder
 from candles.model import IST
@@ -388,16 +388,7 @@ class KiteBroker(BaseBroker):
 
     def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
         """Look (exchange, symbol) pairs up in the instruments mapping given to the constructor."""
-        by_key = {(i.exchange, i.symbol): i for i in self.instruments.values()}
-        known: list[Instrument] = []
-        unknown: list[str] = []
-        for exchange, symbol in symbols:
-            inst = by_key.get((exchange, symbol))
-            if inst is None:
-                unknown.append(f"{exchange}:{symbol}")
-            else:
-                known.append(inst)
-        return known, unknown
+        return lookup_symbols({(i.exchange, i.symbol): i for i in self.instruments.values()}, symbols)
 
     # ---------------------------------------------------------------- BaseBroker
 

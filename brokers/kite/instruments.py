@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from brokers.base import BrokerError, Instrument
+from brokers.base import BrokerError, Instrument, lookup_symbols
 from candles.model import IST
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,7 @@ class KiteInstruments:
         return self._by_symbol
 
     def resolve(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
-        table = self.load()
-        known, unknown = [], []
-        for exchange, symbol in pairs:
-            inst = table.get((exchange, symbol))
-            if inst is None:
-                unknown.append(f"{exchange}:{symbol}")
-            else:
-                known.append(inst)
-        return known, unknown
+        return lookup_symbols(self.load(), pairs)
 
     def _fetch(self) -> list[Instrument]:
         try:
