@@ -7,6 +7,8 @@ import logging
 import signal
 import sys
 import time
+import zlib
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from types import FrameType
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         if args.test_database:
             return test_database(settings)
         settings.validate(args.broker)
+        if args.login:
+            return login(settings, args)
         if args.test_broker:
             return test_broker(settings, args)
         return run_daemon(settings, args)
@@ -54,12 +58,15 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
     intervals = parse_intervals(args.intervals or settings.intervals)
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be a positive number of seconds")
-    broker, clock = _make_broker(args)
+    shard = _parse_shard(args.shard)
+    broker, clock = _make_broker(settings, args)
     store = open_store(settings.pg_conn_str, settings.sqlite_path)
     try:
         version = store.migrate()
         log.info("store %s ready (schema version %d)", store.description, version)
         pairs = _watchlist(args, store)
+        if shard is not None:
+            pairs = _shard_of(pairs, *shard)
         instruments = _resolve(broker, pairs)
         broker.check_capacity(len(instruments))
         return _serve(settings, args, broker, store, instruments, intervals, clock)
@@ -117,6 +124,28 @@ def _watchlist(args: argparse.Namespace, store: CandleStore) -> list[tuple[str, 
     return pairs
 
 
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r} must look like 1/3 (this daemon's part / number of parts)") from None
+    if not 1 <= i <= n:
+        raise UsageError(f"--shard {text!r}: the part must be between 1 and {max(n, 1)}")
+    return i, n
+
+
+def _shard_of(pairs: list[tuple[str, str]], i: int, n: int) -> list[tuple[str, str]]:
+    """This daemon's part of the watchlist: a symbol's part depends on its name only, so adding a
+    symbol never moves the others to another daemon."""
+    mine = [p for p in pairs if zlib.crc32(f"{p[0]}:{p[1]}".encode()) % n == i - 1]
+    log.info("--shard %d/%d: %d of the %d symbols are this daemon's", i, n, len(mine), len(pairs))
+    if not mine:
+        raise UsageError(f"--shard {i}/{n} leaves no symbol of the {len(pairs)} for this daemon: use fewer parts")
+    return mine
+
+
 def _resolve(broker: BaseBroker, pairs: list[tuple[str, str]]) -> list[Instrument]:
     known, unknown = broker.resolve(pairs)
     for key in unknown:
@@ -126,7 +155,9 @@ def _resolve(broker: BaseBroker, pairs: list[tuple[str, str]]) -> list[Instrumen
     return known
 
 
-def _make_broker(args: argparse.Namespace):  # noqa: ANN202
+def _make_broker(settings: Settings, args: argparse.Namespace):  # noqa: ANN202
+    if args.broker == "kite":
+        return _make_kite(settings), time.time
     if args.broker == "sim":
         from brokers.sim import SimBroker, SimClock
 
@@ -142,6 +173,87 @@ def _make_broker(args: argparse.Namespace):  # noqa: ANN202
         clock = SimClock(start, args.sim_speed)
         return SimBroker(clock, seed=args.seed, tick_rate=args.sim_tick_rate, tape_path=args.sim_tape), clock
     raise UsageError(f"--broker {args.broker} is not yet available in this version; use --broker sim")
+
+
+# ---- Kite ----------------------------------------------------------------------------------
+
+
+def _kite_token(settings: Settings) -> tuple[str, str, Callable[[], str | None] | None]:
+    """(access token, where it came from, provider of a replacement after a rejection)."""
+    from brokers.kite.auth import load_token, probably_expired, token_day
+
+    if settings.kite_access_token:
+        return settings.kite_access_token, "KITE_ACCESS_TOKEN", None
+    file = settings.kite_token_file
+    token = load_token(file)
+    if not token:
+        raise UsageError(
+            f"no Kite access token: log in first with `python main.py --broker kite --login` (it writes {file}), "
+            "or set KITE_ACCESS_TOKEN"
+        )
+    day = token_day(file)
+    if day is not None and probably_expired(day, time.time()):
+        log.warning(
+            "the Kite access token in %s was issued on %s and has probably expired (they expire around 06:00 IST): "
+            "run `python main.py --broker kite --login`; the daemon picks the new token up by itself",
+            file,
+            day,
+        )
+    return token, f"{file} (issued {day})" if day else file, lambda: load_token(file)
+
+
+def _kite_rest(settings: Settings, access_token: str | None = None):  # noqa: ANN202
+    from kiteconnect import KiteConnect
+
+    assert settings.kite_api_key is not None  # validate("kite") checked it
+    return KiteConnect(settings.kite_api_key, access_token=access_token, root=settings.kite_api_url, timeout=15)
+
+
+def _make_kite(settings: Settings, token: tuple[str, str, Callable[[], str | None] | None] | None = None):  # noqa: ANN202
+    from brokers.kite.client import KiteBroker
+    from brokers.kite.instruments import KiteInstruments
+
+    access_token, _, provider = token or _kite_token(settings)
+    assert settings.kite_api_key is not None
+    dump = KiteInstruments(_kite_rest(settings, access_token), settings.data_dir).load()
+    return KiteBroker(
+        settings.kite_api_key,
+        access_token,
+        ws_url=settings.kite_ws_url,
+        mode=settings.kite_mode,
+        instruments={i.token: i for i in dump.values()},
+        stall_timeout=settings.feed_stall_seconds,
+        token_provider=provider,
+    )
+
+
+def login(settings: Settings, args: argparse.Namespace) -> int:
+    """Kite's daily login: print the login URL, take the request_token, store the access token."""
+    from brokers.kite.auth import generate_access_token, parse_request_token, save_token
+
+    if args.broker != "kite":
+        raise UsageError(f"--login is for --broker kite; {args.broker} logs in by itself from its settings")
+    if not settings.kite_api_secret:
+        raise ConfigError("KITE_API_SECRET is missing: set it in .env (your Kite Connect app's API secret); --login needs it")
+    kite = _kite_rest(settings)
+    if args.request_token:
+        pasted = args.request_token
+    else:
+        print("1. Open this URL in a browser and log in to Kite:")
+        print(f"   {kite.login_url()}")
+        print("2. Paste the request_token, or the whole address the browser was sent to:")
+        try:
+            pasted = input("> ")
+        except EOFError:
+            raise UsageError("no request_token given: paste it at the prompt or pass --request-token") from None
+    assert settings.kite_api_secret is not None
+    token = generate_access_token(kite, parse_request_token(pasted), settings.kite_api_secret)
+    path = save_token(settings.kite_token_file, token)
+    print(f"saved today's access token to {path} (readable by its owner only).")
+    print("A running daemon picks it up by itself; it is valid until about 06:00 IST tomorrow.")
+    if settings.kite_access_token:
+        print("warning: KITE_ACCESS_TOKEN is set and wins over the file: unset it to use this token.")
+    return 0
 
 
 # ---- checks and views ----------------------------------------------------------------------
@@ -193,22 +305,79 @@ def _report_line(what: str, status: str, detail: str = "") -> None:
 
 
 def test_broker(settings: Settings, args: argparse.Namespace) -> int:
-    broker, clock = _make_broker(args)
-    print(f"marketfeed broker check: {broker.name}")
-    pairs = parse_symbols(args.symbols) or [("NSE", "INFY")]
-    instruments = _resolve(broker, pairs[:1])
-    got: list = []
-    broker.subscribe(instruments)
-    broker.connect(got.extend)
-    deadline = time.monotonic() + 10
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.05)
-    broker.disconnect()
-    if not got:
-        _report_line("first tick", "FAILED", "no tick within 10 s")
+    """Connect, subscribe one instrument, wait for the first tick (or heartbeat); report."""
+    print(f"marketfeed broker check: {args.broker}")
+    broker = _checked_kite(settings) if args.broker == "kite" else _make_broker(settings, args)[0]
+    if broker is None:
         return 1
-    t = got[0]
-    _report_line("first tick", f"ok: {t.exchange}:{t.symbol} {t.last_price} at {t.exchange_ts.isoformat()}")
+    pairs = parse_symbols(args.symbols) or [("NSE", "INFY")]
+    known, unknown = broker.resolve(pairs[:1])
+    if not known:
+        _report_line("symbol", "FAILED", f"{unknown[0]} is unknown to {broker.name}: check the exchange and the symbol")
+        return 1
+    _report_line("symbol", f"ok: {known[0].key} = instrument {known[0].token}")
+    return _first_data(broker, known[0])
+
+
+def _checked_kite(settings: Settings) -> BaseBroker | None:
+    """Token, profile() and the instruments dump, each reported; None (after a FAILED line) on failure."""
+    token = _kite_token(settings)
+    _report_line("access token", f"from {token[1]}")
+    started = time.perf_counter()
+    try:
+        profile = _kite_rest(settings, token[0]).profile()
+    except Exception as exc:  # noqa: BLE001 - kiteconnect's exception family and network errors
+        text = f"{type(exc).__name__}: {exc}".replace(token[0], "***")
+        hint = (
+            "the access token is invalid or expired: log in again (python main.py --broker kite --login)"
+            if "Token" in text or "403" in text
+            else "check KITE_API_URL and the network"
+        )
+        _report_line("profile", "FAILED", f"{text}; {hint}")
+        return None
+    _report_line("profile", f"ok: {profile.get('user_id', '?')} ({profile.get('user_name', '')}), "
+                 f"{(time.perf_counter() - started) * 1000:.0f} ms")  # fmt: skip
+    started = time.perf_counter()
+    try:
+        broker = _make_kite(settings, token)
+    except BrokerError as exc:
+        _report_line("instruments", "FAILED", str(exc))
+        return None
+    _report_line("instruments", f"ok: {len(broker.instruments)} in the dump ({time.perf_counter() - started:.1f} s)")
+    return broker
+
+
+def _first_data(broker: BaseBroker, instrument: Instrument, timeout: float = 10.0) -> int:
+    got: list = []
+    broker.subscribe([instrument])
+    started = time.monotonic()
+    broker.connect(got.extend)
+    deadline = started + timeout
+    heartbeat_at = None
+    connected_at = None
+    try:
+        while not got and time.monotonic() < deadline and broker.problem is None:
+            if connected_at is None and broker.is_connected():
+                connected_at = time.monotonic()
+            stats = getattr(broker, "stats", None)
+            if heartbeat_at is None and stats is not None and stats.heartbeats:
+                heartbeat_at = time.monotonic()
+            time.sleep(0.02)
+    finally:
+        broker.disconnect()
+    if connected_at is not None:
+        _report_line("connect", f"ok ({(connected_at - started) * 1000:.0f} ms)")
+    if got:
+        t = got[0]
+        _report_line("first tick", f"ok: {t.exchange}:{t.symbol} {t.last_price} at {t.exchange_ts.isoformat()} "
+                     f"({(time.monotonic() - started):.1f} s)")  # fmt: skip
+    elif heartbeat_at is not None and broker.problem is None:
+        _report_line("first tick", f"none within {timeout:.0f} s, but the feed is alive (heartbeat after "
+                     f"{heartbeat_at - started:.1f} s): the market is probably closed")  # fmt: skip
+    else:
+        why = broker.problem or ("could not connect" if connected_at is None else "no tick and no heartbeat")
+        _report_line("first data", "FAILED", f"{why} within {timeout:.0f} s")
+        return 1
     _report_line("result", "OK")
     return 0
 

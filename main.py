@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--symbols", nargs="+", metavar="SYM", default=[], help="symbols to stream")
     src.add_argument("--symbols-file", metavar="PATH", help="one symbol per line, # comments")
     src.add_argument("--symbols-from-db", action="store_true", help="enabled rows of the watchlist table")
+    src.add_argument("--shard", metavar="I/N", help="stream only part I of N of the watchlist (one daemon per part)")
     p.add_argument("--intervals", help="candle intervals, e.g. 1m,5m,15m,1h,1d (default: CANDLE_INTERVALS or 1m)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="run this long, then shut down cleanly")
     p.add_argument("--env-file", default=".env", metavar="PATH", help="settings file (default: .env)")
@@ -35,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--show-candles", metavar="SYM", help="print the latest candles of a symbol (read-only)")
     checks.add_argument("--interval", default="1m", help="interval for --show-candles (default 1m)")
     checks.add_argument("--limit", type=int, default=20, help="rows for --show-candles (default 20)")
+
+    kite = p.add_argument_group("Zerodha Kite (--broker kite)")
+    kite.add_argument("--login", action="store_true", help="daily login: print the login URL, store the access token")
+    kite.add_argument("--request-token", metavar="TOKEN_OR_URL", help="for --login: the request_token (or redirect URL) "
+                      "instead of the prompt")  # fmt: skip
 
     sim = p.add_argument_group("simulator (--broker sim)")
     sim.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same ticks")

@@ -245,5 +245,5 @@ class Service:
             self.store_lag(),
             agg.late_ticks,
             agg.dropped_ticks,
-            "up" if self.broker.is_connected() else "DOWN",
+            "up" if self.broker.is_connected() else f"DOWN ({self.broker.problem})" if self.broker.problem else "DOWN",
         )

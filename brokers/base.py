@@ -119,6 +119,11 @@ class BaseBroker(abc.ABC):
     @abc.abstractmethod
     def is_connected(self) -> bool: ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why the feed cannot recover by itself (a rejected login, say), None while it can."""
+        return None
+
     def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
         """Map (exchange, symbol) pairs to instruments; returns (known, unknown keys)."""
         return [Instrument(exchange, symbol) for exchange, symbol in symbols], []

@@ -88,7 +88,7 @@ class AggregatorStats:
 class _SymDay:
     """Trade classification state of one symbol on one IST day."""
 
-    __slots__ = ("day", "start", "end", "latest_ts", "run_max", "recent", "floor", "baseline")
+    __slots__ = ("day", "start", "end", "latest_ts", "run_max", "recent", "floor", "baseline", "plain_ts", "plain_price")
 
     def __init__(self, day: int) -> None:
         self.day = day
@@ -99,6 +99,8 @@ class _SymDay:
         self.recent: deque[tuple[float, int]] = deque()  # last arrivals, for out-of-order ticks
         self.floor = _NO_VOLUME  # max volume of arrivals that fell out of ``recent``
         self.baseline: int | None = None  # first volume seen that day: what traded before we started
+        self.plain_ts = -_INF  # exchange ts and price of the last tick without volume
+        self.plain_price: object = None
 
 
 _NO_DAY = _SymDay(-(10**9))  # sentinel: contains no timestamp
@@ -251,7 +253,12 @@ class CandleAggregator:
             # rule 4: a trade iff the cumulative volume rose above what earlier ticks showed
             v = tick.volume
             if v is None:
-                trade = True
+                # no volume (an index, LTP mode): every tick is a trade, except an exact repeat of
+                # the previous one (a resubscribe snapshot), which carries nothing new
+                price = tick.last_price
+                trade = ts != sd.plain_ts or price != sd.plain_price
+                sd.plain_ts = ts
+                sd.plain_price = price
                 if ts > sd.latest_ts:
                     sd.latest_ts = ts
             else:

@@ -40,12 +40,14 @@ class Settings:
     # storage
     pg_conn_str: str | None = None
     sqlite_path: str = DEFAULT_SQLITE_PATH
+    data_dir: str = "data"
     # candles
     intervals: str = "1m"
     grace_seconds: float = 2.0
     emit_empty_candles: bool = False
     # operations
     status_interval_seconds: float = 30.0
+    feed_stall_seconds: float = 10.0
     log_level: str = "INFO"
     log_format: str = "text"
     # Kite
@@ -162,10 +164,12 @@ def load_settings(
     settings = Settings(
         pg_conn_str=_text(merged, "PG_CONN_STR", None),
         sqlite_path=_text(merged, "SQLITE_PATH", DEFAULT_SQLITE_PATH) or DEFAULT_SQLITE_PATH,
+        data_dir=_text(merged, "DATA_DIR", "data") or "data",
         intervals=intervals,
         grace_seconds=number("CANDLE_GRACE_SECONDS", 2.0, 0.0),
         emit_empty_candles=flag("CANDLE_EMIT_EMPTY", False),
         status_interval_seconds=number("STATUS_INTERVAL_SECONDS", 30.0, 1.0),
+        feed_stall_seconds=number("FEED_STALL_SECONDS", 10.0, 0.5),
         log_level=log_level,
         log_format=log_format,
         kite_api_key=_text(merged, "KITE_API_KEY", None),

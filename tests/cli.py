@@ -20,10 +20,14 @@ def main_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_main(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_main(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120, input_text: str | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, MAIN, *args],
         cwd=cwd,
+        input=input_text,
+        stdin=None if input_text is not None else subprocess.DEVNULL,
         env=main_env() if env is None else env,
         capture_output=True,
         text=True,

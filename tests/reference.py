@@ -11,8 +11,10 @@ Definitions (per symbol; "day" is the IST day of a tick's exchange timestamp):
   every earlier arrival of the symbol-day) shows a cumulative volume below the max volume of
   earlier arrivals of the current generation: then the feed started a new trading day and that
   tick opens the next generation. A segment is (day, generation).
-* Trade. A tick is a trade iff its volume is None, or it opens a new generation, or its volume
-  exceeds every volume of earlier arrivals of its segment with exchange ts <= its own.
+* Trade. A tick is a trade iff its volume is None (unless it repeats the exchange ts and price of
+  the previous volume-less arrival of its symbol-day: a resubscribe snapshot), or it opens a new
+  generation, or its volume exceeds every volume of earlier arrivals of its segment with
+  exchange ts <= its own.
 * Baseline of a segment: generation 0 -> the first volume that arrived that day (what traded
   before we started watching is unknown); later generations -> 0.
 * Per (symbol, interval) bucket B (``Interval.bucket_start`` of the exchange ts), over the ticks
@@ -47,6 +49,7 @@ class _Day:
         self.gen = 0  # volume resets so far
         self.volumes: list[tuple[float, int]] = []  # (ts, volume) of arrivals of this generation
         self.gen_max: int | None = None  # max of those volumes
+        self.plain: tuple[float, Any] | None = None  # (ts, price) of the last arrival without volume
 
 
 def reference_candles(
@@ -76,7 +79,10 @@ def reference_candles(
         newer = ts > state.latest_ts
         state.latest_ts = max(state.latest_ts, ts)
         gen_max = state.gen_max
-        if volume is not None and newer and gen_max is not None and volume < gen_max:
+        if volume is None:
+            trade = state.plain != (ts, tick.last_price)
+            state.plain = (ts, tick.last_price)
+        elif newer and gen_max is not None and volume < gen_max:
             state.gen += 1  # cumulative volume fell: the feed started a new trading day
             state.volumes = []
             state.gen_max = None

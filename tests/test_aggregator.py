@@ -527,3 +527,13 @@ def test_restart_midstream_seeded_from_the_store_equals_the_reference(stream, in
         key, value = candle_to_dict(c)
         store[key] = value
     assert store == reference_candles([t for t, _ in stream], intervals)
+
+
+def test_an_exact_repeat_of_an_index_tick_is_not_a_second_trade():
+    feed = Feed()
+    feed.add(tick(1, "21000.5", symbol="NIFTY 50"), tick(2, "21001.0", symbol="NIFTY 50"))
+    feed.add(tick(2, "21001.0", symbol="NIFTY 50"))  # the snapshot a resubscribe sends again
+    feed.add(tick(2, "21001.5", symbol="NIFTY 50"), tick(3, "21001.5", symbol="NIFTY 50"))  # new values: trades
+    (candle,) = feed.flush()
+    assert candle.tick_count == 4
+    assert (candle.open, candle.high, candle.close) == (Decimal("21000.5"), Decimal("21001.5"), Decimal("21001.5"))

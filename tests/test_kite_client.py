@@ -180,6 +180,27 @@ def test_new_access_token_after_rejection_restarts_the_feed(server, make_broker)
     assert broker.healthy
 
 
+def test_after_a_rejection_the_feed_waits_for_a_new_token_from_the_provider_then_resumes(server, make_broker):
+    from kiteconnect import KiteConnect
+
+    from brokers.kite.auth import generate_access_token
+
+    current = {"token": server.access_token}
+    server.expire_access_token()
+    broker = make_broker(token_provider=lambda: current["token"], token_poll_seconds=0.05)
+    broker.subscribe([INSTRUMENTS[INFY]])
+    broker.connect(Sink())
+    wait_until(lambda: broker.auth_failed is not None, 3, "auth failure")
+    time.sleep(1)  # the provider keeps returning the rejected token: no new handshake may be tried
+    assert server.rejected_handshakes == 1
+    kite = KiteConnect(server.api_key, root=server.api_url)
+    current["token"] = generate_access_token(kite, server.request_token, server.api_secret)  # what --login writes
+    server.reject_tokens(False)
+    server.wait_subscribed([INFY], mode="full")
+    wait_until(lambda: broker.healthy and broker.is_connected(), 3, "recovery with the new token")
+    assert server.connections[0].query["access_token"] == current["token"]
+
+
 def test_malformed_frame_is_counted_and_later_ticks_still_arrive(server, make_broker):
     broker = make_broker()
     broker.subscribe([INSTRUMENTS[INFY]])

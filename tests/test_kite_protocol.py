@@ -146,6 +146,16 @@ def test_one_frame_may_mix_every_packet_kind() -> None:
     assert [t.last_price for t in ticks] == [Decimal("0.01"), Decimal("0.02"), Decimal("0.03"), Decimal("1573.15"), Decimal("0.05")]
 
 
+def test_timed_only_decoder_skips_the_untimed_subscribe_snapshot_and_counts_it() -> None:
+    nifty = 256265
+    packets = [ltp_packet(INFY, 1), index_packet(nifty, 2), index_packet(nifty, 3, ts=1), GOLDEN_QUOTE, full_packet(INFY, 5)]
+    dec = KiteDecoder({t: Instrument("NSE", f"T{t}", t) for t in (nifty, INFY)}, timed_only=True)
+    ticks = dec.decode(frame(*packets), RECEIVED)
+    assert [t.last_price for t in ticks] == [Decimal("0.03"), Decimal("0.05")]
+    assert all(t.exchange_ts != RECEIVED for t in ticks)
+    assert dec.stats.untimed_skipped == 3 and dec.stats.ticks == 2
+
+
 def test_decoded_ticks_are_genuine_frozen_tickdata() -> None:
     (tick,) = decoder().decode(frame(full_packet(INFY, 150_000)), RECEIVED)
     assert type(tick) is TickData and type(tick.depth) is Depth and type(tick.depth.bids[0]) is DepthLevel

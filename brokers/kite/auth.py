@@ -11,7 +11,8 @@ import json
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -72,3 +73,18 @@ def load_token(path: str | Path) -> str | None:
         raise BrokerError(f"the Kite token file {file} is unreadable: run --broker kite --login again") from None
     token = data.get("access_token") if isinstance(data, dict) else None
     return str(token) if token else None
+
+
+def token_day(path: str | Path) -> date | None:
+    """The IST day the token in the file was issued on, None when unknown."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return date.fromisoformat(data["day"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def probably_expired(day: date, now: float) -> bool:
+    """Kite tokens expire around 06:00 IST on the day after they were issued."""
+    expiry = datetime.combine(day + timedelta(days=1), dt_time(6, 0), IST)
+    return now >= expiry.timestamp()

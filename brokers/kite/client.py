@@ -90,7 +90,7 @@ class _Shard:
         self.broker = broker
         self.id = shard_id
         self.instruments: dict[int, Instrument] = {}  # token -> instrument
-        self.decoder = KiteDecoder({})
+        self.decoder = KiteDecoder({}, timed_only=broker.mode == "full")
         self.lock = threading.Lock()  # guards instruments/ws/connected against subscribe() calls
         self.ws: websocket.WebSocket | None = None
         self.connected = False
@@ -174,9 +174,13 @@ class _Shard:
                 reason = "server closed the connection"
             except _Stop:
                 break
-            except _AuthRejected:
+            except _AuthRejected as exc:
                 broker._auth_rejected(self.id)
-                break
+                if not broker._wait_for_new_token(str(exc)):
+                    break
+                failures = 0
+                reason = "access token replaced after a rejection"
+                delay = 0.0
             except websocket.WebSocketBadStatusException as exc:
                 if exc.status_code == 429:
                     reason = "HTTP 429: too many connections for this API key"
@@ -220,10 +224,11 @@ class _Shard:
                 raise _Stop
             self.ws = ws
         try:
-            ws.connect(broker._url(), timeout=broker.stall_timeout, header=["X-Kite-Version: 3"])
+            url_token = broker._access_token
+            ws.connect(broker._url(url_token), timeout=broker.stall_timeout, header=["X-Kite-Version: 3"])
         except websocket.WebSocketBadStatusException as exc:
             if exc.status_code == 403:
-                raise _AuthRejected from None
+                raise _AuthRejected(url_token) from None
             raise
         ws.settimeout(min(_POLL_S, broker.stall_timeout))
         self.last_frame = time.monotonic()
@@ -324,6 +329,8 @@ class KiteBroker(BaseBroker):
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         clock: Callable[[], float] = time.time,
+        token_provider: Callable[[], str | None] | None = None,
+        token_poll_seconds: float = 5.0,
     ) -> None:
         if mode not in protocol.MODES:
             raise BrokerError(f"unknown Kite mode {mode!r}: use one of {', '.join(protocol.MODES)}")
@@ -343,6 +350,9 @@ class KiteBroker(BaseBroker):
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.clock = clock
+        #: where a replacement access token may appear after a rejection (None: only set_access_token)
+        self.token_provider = token_provider
+        self.token_poll_seconds = token_poll_seconds
         #: why the feed stopped for good (the access token was rejected), None while it may run
         self.auth_failed: str | None = None
         self._shards = [_Shard(self, k) for k in range(1, self.max_connections + 1)]
@@ -359,9 +369,32 @@ class KiteBroker(BaseBroker):
 
     # ---------------------------------------------------------------- helpers
 
-    def _url(self) -> str:
+    def _url(self, access_token: str) -> str:
         sep = "&" if "?" in self.ws_url else "?"
-        return f"{self.ws_url}{sep}api_key={quote(self.api_key, safe='')}&access_token={quote(self._access_token, safe='')}"
+        return f"{self.ws_url}{sep}api_key={quote(self.api_key, safe='')}&access_token={quote(access_token, safe='')}"
+
+    def _wait_for_new_token(self, rejected: str) -> bool:
+        """After a 403: wait, without touching the server, until a different access token is
+        available (``set_access_token`` or the token provider, e.g. the token file a fresh
+        ``--login`` rewrites). True when there is one; False when stopping or nothing can change."""
+        if self.token_provider is None:
+            return False
+        while not self._stop.wait(self.token_poll_seconds):
+            if self._access_token != rejected:
+                return True
+            try:
+                fresh = self.token_provider()
+            except Exception as exc:  # noqa: BLE001 - an unreadable token file: keep waiting, say why
+                log.warning("kite: cannot read a new access token yet: %s", exc)
+                continue
+            if fresh and fresh != rejected:
+                with self._api_lock:
+                    if self._access_token == rejected:
+                        self._access_token = fresh
+                        self.auth_failed = None
+                        log.warning("kite: a new access token is available; reconnecting")
+                return True
+        return False
 
     def _scrub(self, text: object) -> str:
         """Text with the access token removed, for logs and stored errors."""
@@ -380,6 +413,10 @@ class KiteBroker(BaseBroker):
     @property
     def subscribed_count(self) -> int:
         return sum(len(s.instruments) for s in self._shards)
+
+    @property
+    def problem(self) -> str | None:
+        return self.auth_failed
 
     @property
     def healthy(self) -> bool:
@@ -496,6 +533,7 @@ class KiteBroker(BaseBroker):
             total.heartbeats += s.heartbeats
             total.unknown_tokens += s.unknown_tokens
             total.text_messages += s.text_messages
+            total.untimed_skipped += s.untimed_skipped
             for kind, n in list(s.malformed.items()):
                 total.malformed[kind] = total.malformed.get(kind, 0) + n
         return total

@@ -166,6 +166,7 @@ class DecodeStats:
     heartbeats: int = 0
     unknown_tokens: int = 0
     text_messages: int = 0
+    untimed_skipped: int = 0  # packets without an exchange timestamp, skipped by a ``timed_only`` decoder
     malformed: dict[str, int] = field(default_factory=dict)
 
 
@@ -186,9 +187,14 @@ class KiteDecoder:
     ``stats.malformed`` (logged once per kind) and the good packets of the frame are kept.
     """
 
-    __slots__ = ("stats", "_entries", "_times", "_exponents", "_logged")
+    __slots__ = ("stats", "timed_only", "_entries", "_times", "_exponents", "_logged")
 
-    def __init__(self, instruments: Mapping[int, Instrument]) -> None:
+    def __init__(self, instruments: Mapping[int, Instrument], *, timed_only: bool = False) -> None:
+        #: skip packets that carry no exchange timestamp (quote 44, index quote 28, LTP 8). In full
+        #: mode these are only the snapshot a new subscription gets before its mode change takes
+        #: effect (subscriptions start in quote mode); placed by arrival time they would put a stale
+        #: price into the current bucket. The full snapshot that follows carries the same values.
+        self.timed_only = timed_only
         self.stats = DecodeStats()
         self._times = _TimeCache()
         self._exponents: dict[int, tuple[_PriceCache, _LevelCache]] = {}
@@ -270,6 +276,9 @@ class KiteDecoder:
                     )
                 )
             elif length == QUOTE_LEN:
+                if self.timed_only:
+                    stats.untimed_skipped += 1
+                    continue
                 token, price, quantity, volume = _QUOTE.unpack_from(frame, start)
                 entry = entries.get(token)
                 if entry is None:
@@ -280,6 +289,9 @@ class KiteDecoder:
                     new_tick(BROKER, exchange, symbol, token, prices[price], quantity, volume, None, receive_ts, receive_ts, None)
                 )
             elif length in _PRICE_ONLY_LENGTHS:
+                if self.timed_only and length != INDEX_FULL_LEN:
+                    stats.untimed_skipped += 1
+                    continue
                 token, price = _LTP.unpack_from(frame, start)
                 entry = entries.get(token)
                 if entry is None:
