@@ -158,6 +158,8 @@ def _resolve(broker: BaseBroker, pairs: list[tuple[str, str]]) -> list[Instrumen
 def _make_broker(settings: Settings, args: argparse.Namespace):  # noqa: ANN202
     if args.broker == "kite":
         return _make_kite(settings), time.time
+    if args.broker in ("kotak", "kotak_neo"):
+        return _make_kotak(settings), time.time
     if args.broker == "sim":
         from brokers.sim import SimBroker, SimClock
 
@@ -222,9 +224,56 @@ def _make_kite(settings: Settings, token: tuple[str, str, Callable[[], str | Non
         ws_url=settings.kite_ws_url,
         mode=settings.kite_mode,
         instruments={i.token: i for i in dump.values()},
-        stall_timeout=settings.feed_stall_seconds,
+        stall_timeout=settings.feed_stall_seconds or 10.0,
         token_provider=provider,
     )
+
+
+# ---- Kotak Neo ---------------------------------------------------------------------------------
+
+
+def _kotak_auth(settings: Settings):  # noqa: ANN202
+    from brokers.kotak_neo.auth import KotakAuth
+
+    return KotakAuth(
+        settings.kotak_consumer_key or "",
+        settings.kotak_mobile_number or "",
+        settings.kotak_ucc or "",
+        settings.kotak_mpin or "",
+        settings.kotak_totp_secret or "",
+        login_url=settings.kotak_login_url,
+        feed_url=settings.kotak_feed_url,
+    )
+
+
+def _make_kotak(settings: Settings, auth=None):  # noqa: ANN001, ANN202
+    from brokers.kotak_neo.client import KotakNeoBroker
+    from brokers.kotak_neo.instruments import KotakScripMaster
+
+    auth = auth or _kotak_auth(settings)
+    session = auth.current()  # log in now: bad credentials stop the start with the variables to check
+    master = KotakScripMaster(session.base_url, settings.kotak_consumer_key or "", settings.data_dir)
+    return KotakNeoBroker(
+        auth,
+        max_symbols_per_connection=settings.kotak_max_symbols_per_connection,
+        max_connections=settings.kotak_max_connections,
+        stall_timeout=settings.feed_stall_seconds or 45.0,
+        resolver=master.resolve,
+    )
+
+
+def _checked_kotak(settings: Settings) -> BaseBroker | None:
+    auth = _kotak_auth(settings)
+    started = time.perf_counter()
+    try:
+        session = auth.current()
+    except BrokerError as exc:
+        _report_line("login", "FAILED", str(exc))
+        return None
+    _report_line("login", f"ok: {session.ucc}, session valid for {(session.expires_at - time.time()) / 3600:.1f} h "
+                 f"({(time.perf_counter() - started) * 1000:.0f} ms)")  # fmt: skip
+    _report_line("feed", session.feed_url)
+    return _make_kotak(settings, auth)
 
 
 def login(settings: Settings, args: argparse.Namespace) -> int:
@@ -307,11 +356,20 @@ def _report_line(what: str, status: str, detail: str = "") -> None:
 def test_broker(settings: Settings, args: argparse.Namespace) -> int:
     """Connect, subscribe one instrument, wait for the first tick (or heartbeat); report."""
     print(f"marketfeed broker check: {args.broker}")
-    broker = _checked_kite(settings) if args.broker == "kite" else _make_broker(settings, args)[0]
+    if args.broker == "kite":
+        broker = _checked_kite(settings)
+    elif args.broker in ("kotak", "kotak_neo"):
+        broker = _checked_kotak(settings)
+    else:
+        broker = _make_broker(settings, args)[0]
     if broker is None:
         return 1
     pairs = parse_symbols(args.symbols) or [("NSE", "INFY")]
-    known, unknown = broker.resolve(pairs[:1])
+    try:
+        known, unknown = broker.resolve(pairs[:1])
+    except BrokerError as exc:
+        _report_line("symbol", "FAILED", str(exc))
+        return 1
     if not known:
         _report_line("symbol", "FAILED", f"{unknown[0]} is unknown to {broker.name}: check the exchange and the symbol")
         return 1
@@ -360,7 +418,7 @@ def _first_data(broker: BaseBroker, instrument: Instrument, timeout: float = 10.
             if connected_at is None and broker.is_connected():
                 connected_at = time.monotonic()
             stats = getattr(broker, "stats", None)
-            if heartbeat_at is None and stats is not None and stats.heartbeats:
+            if heartbeat_at is None and getattr(stats, "heartbeats", 0):
                 heartbeat_at = time.monotonic()
             time.sleep(0.02)
     finally:

@@ -47,7 +47,7 @@ class Settings:
     emit_empty_candles: bool = False
     # operations
     status_interval_seconds: float = 30.0
-    feed_stall_seconds: float = 10.0
+    feed_stall_seconds: float | None = None  # None: the broker's own default
     log_level: str = "INFO"
     log_format: str = "text"
     # Kite
@@ -64,6 +64,10 @@ class Settings:
     kotak_ucc: str | None = None
     kotak_mpin: str | None = None
     kotak_totp_secret: str | None = None
+    kotak_login_url: str = "https://mis.kotaksecurities.com"
+    kotak_feed_url: str | None = None  # None: the feedUrl of the login reply, as in production
+    kotak_max_symbols_per_connection: int = 100
+    kotak_max_connections: int = 30
 
     def __repr__(self) -> str:
         parts = []
@@ -122,7 +126,7 @@ def load_settings(
 
     problems: list[str] = []
 
-    def number(name: str, default: float, minimum: float) -> float:
+    def number(name: str, default: float | None, minimum: float) -> float | None:
         raw = _text(merged, name, None)
         if raw is None:
             return default
@@ -169,7 +173,7 @@ def load_settings(
         grace_seconds=number("CANDLE_GRACE_SECONDS", 2.0, 0.0),
         emit_empty_candles=flag("CANDLE_EMIT_EMPTY", False),
         status_interval_seconds=number("STATUS_INTERVAL_SECONDS", 30.0, 1.0),
-        feed_stall_seconds=number("FEED_STALL_SECONDS", 10.0, 0.5),
+        feed_stall_seconds=number("FEED_STALL_SECONDS", None, 0.5),
         log_level=log_level,
         log_format=log_format,
         kite_api_key=_text(merged, "KITE_API_KEY", None),
@@ -184,6 +188,10 @@ def load_settings(
         kotak_ucc=_text(merged, "KOTAK_UCC", None),
         kotak_mpin=_text(merged, "KOTAK_MPIN", None),
         kotak_totp_secret=_text(merged, "KOTAK_TOTP_SECRET", None),
+        kotak_login_url=_text(merged, "KOTAK_LOGIN_URL", "https://mis.kotaksecurities.com") or "",
+        kotak_feed_url=_text(merged, "KOTAK_FEED_URL", None),
+        kotak_max_symbols_per_connection=int(number("KOTAK_MAX_SYMBOLS_PER_CONNECTION", 100, 1) or 100),
+        kotak_max_connections=int(number("KOTAK_MAX_CONNECTIONS", 30, 1) or 30),
     )
     if problems:
         raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,1 @@
+"""Kotak Neo: the SFeed ``native_batch`` market-data feed."""
