@@ -281,8 +281,8 @@ class _Shard:
                 if stop.is_set():
                     raise _Stop
                 return
-            if stop.is_set():
-                raise _Stop
+            # When stopping, frames already received are still read and handed over until the
+            # server answers our close (or the socket goes quiet): nothing that arrived is dropped.
 
     def _text(self, data: bytes) -> None:
         message = self.decoder.parse_text(data)
