@@ -200,7 +200,7 @@ class KotakAuth:
     # ---------------------------------------------------------------- the two calls
 
     def _login(self) -> KotakSession:
-        totp = self._totp.now()
+        totp = self._totp.at(self.clock())  # the injected clock, like every other time here
         view = self._post(
             LOGIN_PATH,
             {"Authorization": self._consumer_key, "neo-fin-key": NEO_FIN_KEY, "Content-Type": "application/json"},
@@ -253,7 +253,12 @@ class KotakAuth:
         status = reply.status_code
         if status >= 500 or status == 429 and not _credentials_problem(text):
             raise KotakAuthError(f"Kotak's {step} failed with HTTP {status} ({text}): a server problem, retrying later")
-        if status >= 400 or _credentials_problem(text) or _error_code(payload) in {"10512", "400", "401", "403"}:
+        if status in (404, 405):  # no such endpoint: the URL is wrong, not the credentials
+            raise KotakAuthError(f"Kotak's {step} is not at {url} (HTTP {status}: {text}): check KOTAK_LOGIN_URL", permanent=True)
+        if _error_code(payload) == "10512":  # we send every header the spec names: Kotak's login API changed
+            raise KotakAuthError(f"Kotak refused the {step} (HTTP {status}: {text}): its login API has changed; "
+                                 "update marketfeed", permanent=True)  # fmt: skip
+        if status >= 400 or _credentials_problem(text) or _error_code(payload) in {"400", "401", "403"}:
             raise KotakAuthError(f"Kotak refused the {step} (HTTP {status}: {text}): {hint}", permanent=True)
         raise KotakAuthError(f"Kotak's {step} reply has no data (HTTP {status}: {text}): complete the 2FA and try again")
 

@@ -12,6 +12,9 @@ Matching a watchlist entry (``NSE:INFY``) to a row of the segment's file (``nse_
   ``nse_cm|Nifty 50``. The feed subscribes indices by Kotak's spelling of the name, so the
   instrument carries it in ``feed_name`` while candles keep the watchlist's symbol.
 
+Each segment's file is kept in the cache directory for the IST day it was fetched on; a cached file that
+cannot be read as a scrip master is fetched again, and a fetched file is kept only once it parsed.
+
 Header quirks are handled by stripping every column name (``dTickSize ``, ``dStrikePrice;``).
 The tick size is ``dTickSize`` / 10^``lPrecision`` (the file gives it in the smallest unit).
 """
@@ -23,7 +26,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 
 FILE_PATHS = "/script-details/1.0/masterscrip/file-paths"
 _CASH_SERIES = ("EQ", "BE", "BZ", "SM", "ST")
+
+
+class SegmentNotOffered(BrokerError):
+    """The file list has no scrip master for a segment (an exchange the account cannot use)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,7 @@ class KotakScripMaster:
         self._http = http or requests.Session()
         self._segments: dict[str, dict[str, KotakInstrument]] = {}
         self._paths: list[str] | None = None
+        self._day = ""  # the IST day the tables and the file list above belong to
 
     def __repr__(self) -> str:
         return f"KotakScripMaster(base_url={self.base_url!r}, cache_dir={str(self.cache_dir)!r})"
@@ -76,9 +84,16 @@ class KotakScripMaster:
     def resolve(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
         known: list[Instrument] = []
         unknown: list[str] = []
+        missing: set[str] = set()
         for exchange, symbol in pairs:
             segment = EXCHANGE_SEGMENTS.get(exchange)
-            inst = None if segment is None else self._lookup(self.segment(segment), exchange, symbol)
+            inst = None
+            if segment is not None and segment not in missing:
+                try:
+                    inst = self._lookup(self.segment(segment), exchange, symbol)
+                except SegmentNotOffered as exc:  # its symbols are unknown; the rest go on
+                    log.warning("%s", exc)
+                    missing.add(segment)
             if inst is None:
                 unknown.append(f"{exchange}:{symbol}")
             else:
@@ -87,13 +102,20 @@ class KotakScripMaster:
 
     def segment(self, segment: str) -> dict[str, KotakInstrument]:
         """Upper-cased names → instruments of one segment (downloaded or from today's cache)."""
+        day = self._today()
+        if day != self._day:  # the files (and their dated folder) are per IST day: a new day starts afresh
+            self._segments.clear()
+            self._paths = None
+            self._day = day
         table = self._segments.get(segment)
         if table is None:
-            text = self._cached(segment)
-            if text is None:
+            table = self._from_cache(segment)
+            if table is None:
                 text = self._download(segment)
-                self._save(segment, text)
-            table = self._segments[segment] = _parse(text, segment)
+                table = _parse(text, segment)
+                if table:  # a bad or empty file is not kept: the next start downloads again
+                    self._save(segment, text)
+            self._segments[segment] = table
         return table
 
     # ---------------------------------------------------------------- lookup
@@ -111,9 +133,26 @@ class KotakScripMaster:
 
     # ---------------------------------------------------------------- files
 
+    def _today(self) -> str:
+        return datetime.fromtimestamp(self.clock(), IST).date().isoformat()
+
     def cache_path(self, segment: str) -> Path:
-        day = datetime.fromtimestamp(self.clock(), IST).date().isoformat()
-        return self.cache_dir / f"kotak-scrips-{segment}-{day}.csv"
+        return self.cache_dir / f"kotak-scrips-{segment}-{self._today()}.csv"
+
+    def _from_cache(self, segment: str) -> dict[str, KotakInstrument] | None:
+        """Today's cached table, or None when there is none or it cannot be used (then it is downloaded again)."""
+        text = self._cached(segment)
+        if text is None:
+            return None
+        try:
+            table = _parse(text, segment)
+        except BrokerError as exc:
+            log.warning("ignoring the cached %s scrip master (%s): downloading it again", segment, exc)
+            return None
+        if not table:
+            log.warning("the cached %s scrip master lists no instrument: downloading it again", segment)
+            return None
+        return table
 
     def _cached(self, segment: str) -> str | None:
         path = self.cache_path(segment)
@@ -143,9 +182,12 @@ class KotakScripMaster:
             url = self.base_url + FILE_PATHS
             try:
                 reply = self._http.get(url, headers={"Authorization": self._consumer_key}, timeout=self.timeout)
-                payload = reply.json()
-            except (requests.RequestException, ValueError) as exc:
+            except requests.RequestException as exc:
                 raise BrokerError(f"could not list Kotak's scrip master files at {url}: {type(exc).__name__}") from None
+            try:
+                payload = reply.json()
+            except ValueError:  # an error page: reported below with its HTTP status
+                payload = None
             data = payload.get("data") if isinstance(payload, dict) else None
             paths = data.get("filesPaths") if isinstance(data, dict) else None
             if reply.status_code != 200 or not isinstance(paths, list):
@@ -161,7 +203,7 @@ class KotakScripMaster:
         paths = self._file_paths()
         matches = [p for p in paths if p.rsplit("/", 1)[-1].startswith(segment)]
         if not matches:
-            raise BrokerError(f"Kotak's scrip master has no file for segment {segment}: the exchange may not be offered")
+            raise SegmentNotOffered(f"Kotak's scrip master has no file for segment {segment}: the exchange may not be offered")
         url = matches[0]
         try:
             reply = self._http.get(url, timeout=self.timeout)
@@ -169,13 +211,20 @@ class KotakScripMaster:
             raise BrokerError(f"could not download the {segment} scrip master from {url}: {type(exc).__name__}") from None
         if reply.status_code != 200:
             raise BrokerError(f"the {segment} scrip master download failed with HTTP {reply.status_code}: try again later")
-        reply.encoding = reply.encoding or "utf-8"
         log.info("downloaded the Kotak %s scrip master (%d bytes)", segment, len(reply.content))
-        return reply.text
+        # UTF-8 whatever the headers say: requests would read text/csv without a charset as ISO-8859-1
+        return reply.content.decode("utf-8", errors="replace")
 
 
 def _parse(text: str, segment: str) -> dict[str, KotakInstrument]:
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))  # a byte order mark would hide pSymbol
+    try:
+        return _table(reader, segment)
+    except csv.Error as exc:  # e.g. a NUL byte or a huge field: a damaged file
+        raise BrokerError(f"the {segment} scrip master is not a valid CSV file ({exc}): try again later") from None
+
+
+def _table(reader: Iterator[list[str]], segment: str) -> dict[str, KotakInstrument]:
     try:
         header = [name.strip().rstrip(";").strip() for name in next(reader)]
     except StopIteration:
@@ -218,4 +267,3 @@ def _row(row: list[str], col: dict[str, int], exchange: str) -> tuple[str, Kotak
     if index:
         return trading.upper(), KotakInstrument(exchange, trading, 0, tick, trading)
     return trading.upper(), KotakInstrument(exchange, trading, token, tick)
-
