@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
             return show_candles(settings, args.show_candles, args.interval, args.limit)
         if args.test_database:
             return test_database(settings)
+        if args.test_mqtt:
+            return test_mqtt(settings)
         settings.validate(args.broker)
         if args.login:
             return login(settings, args)
@@ -75,6 +77,7 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:  # noqa: ANN001
+    from publishers.mqtt import MqttConfig, MqttPublisher
     from service import Service
 
     service = Service(
@@ -87,6 +90,9 @@ def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:
         emit_empty=settings.emit_empty_candles,
         status_interval=settings.status_interval_seconds,
     )
+    mqtt_config = MqttConfig.from_settings(settings)
+    if mqtt_config is not None:
+        service.publisher = MqttPublisher(mqtt_config, service.health, service.feeds)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: shutting down", signal.Signals(signum).name)
@@ -336,6 +342,25 @@ def test_database(settings: Settings) -> int:
         store.close()
     _report_line("result", "OK")
     return 0
+
+
+def test_mqtt(settings: Settings) -> int:
+    """Connect to the MQTT broker, publish a message and read it back through a subscription."""
+    from publishers.mqtt import MqttConfig, check
+
+    print("marketfeed MQTT check")
+    config = MqttConfig.from_settings(settings)
+    if config is None:
+        _report_line("broker", "FAILED", "MQTT_HOST is not set: MQTT is off; set MQTT_HOST (and MQTT_PORT) in .env")
+        return 1
+    _report_line("broker", f"{config.where} as {config.client_id}")
+    ok, detail = check(config)
+    _report_line("publish+read", "ok" if ok else "FAILED", detail)
+    if ok:
+        _report_line("topics", f"{config.base}/status, {config.base}/heartbeat, {config.base}/feed/<n>"
+                     + (f", {config.prefix}/candles/..." if config.publish_candles else ""))  # fmt: skip
+        _report_line("result", "OK")
+    return 0 if ok else 1
 
 
 def _probe_candle() -> Candle:

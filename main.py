@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     checks = p.add_argument_group("checks and views (each exits when done)")
     checks.add_argument("--test-database", action="store_true", help="connect, migrate, write and read back a candle")
     checks.add_argument("--test-broker", action="store_true", help="connect to the broker and wait for a first tick")
+    checks.add_argument("--test-mqtt", action="store_true", help="publish a message to MQTT and read it back")
     checks.add_argument("--show-candles", metavar="SYM", help="print the latest candles of a symbol (read-only)")
     checks.add_argument("--interval", default="1m", help="interval for --show-candles (default 1m)")
     checks.add_argument("--limit", type=int, default=20, help="rows for --show-candles (default 20)")

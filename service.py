@@ -13,17 +13,28 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from brokers.base import BaseBroker, Instrument, TickData
 from candles.aggregator import CandleAggregator
-from candles.model import Candle, Interval
+from candles.model import IST, Candle, Interval
 from storage.base import CandleStore, StoreError, StoreUnavailable
+from version import __version__
 
 log = logging.getLogger(__name__)
 
 _WRITE_BATCH = 2_000
 _WRITE_LINGER = 0.2  # seconds the writer waits to fill a batch
 _BACKOFF_MAX = 30.0
+
+
+class CandlePublisher(Protocol):
+    """What the service needs of a publisher (publishers.mqtt.MqttPublisher)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def publish_candles(self, candles: list[Candle]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -33,6 +44,9 @@ class ServiceStats:
     store_errors: int = 0
     rejected_candles: int = 0
     oldest_pending: float | None = None  # monotonic time of the oldest candle not yet written
+    pending: int = 0  # candles the writer holds that the store has not accepted yet
+    last_tick: float | None = None  # monotonic time the last batch of ticks arrived
+    store_down: bool = False  # the last write failed because the store was unreachable
 
 
 class Service:
@@ -47,6 +61,7 @@ class Service:
         grace: float = 2.0,
         emit_empty: bool = False,
         status_interval: float = 30.0,
+        publisher: CandlePublisher | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -55,6 +70,9 @@ class Service:
         self.status_interval = status_interval
         self.aggregator = CandleAggregator(intervals, clock, grace=grace, emit_empty=emit_empty)
         self.stats = ServiceStats()
+        self.publisher = publisher
+        self.started_at = time.time()
+        self._rate_mark: tuple[float, int] = (time.monotonic(), 0)
         self._ticks: queue.Queue[Sequence[TickData] | None] = queue.Queue()
         self._candles: queue.Queue[list[Candle] | None] = queue.Queue()
         self._stop = threading.Event()
@@ -68,6 +86,8 @@ class Service:
         self._writer.start()
         self.broker.subscribe(self.instruments)
         self.broker.connect(self._on_ticks)
+        if self.publisher is not None:
+            self.publisher.start()
         log.info(
             "streaming %d instruments from %s into %s",
             len(self.instruments),
@@ -109,6 +129,8 @@ class Service:
         drained = not self._writer.is_alive() and self._candles.empty()
         if not drained:
             log.error("shutdown: the store did not accept every candle in %.0fs", timeout)
+        if self.publisher is not None:
+            self.publisher.stop()
         return drained
 
     # ---- threads ---------------------------------------------------------------------------
@@ -141,6 +163,7 @@ class Service:
                     break
                 if batch:
                     stats.ticks += len(batch)
+                    stats.last_tick = time.monotonic()
                     revised = agg.add(batch)
                     if revised:
                         out.put(revised)
@@ -172,12 +195,14 @@ class Service:
         while not (finished and not pending):
             if not finished:
                 finished = self._collect(pending)
+            self.stats.pending = len(pending)
             if not pending:
                 continue
             try:
                 self.store.upsert(pending)
             except StoreUnavailable as exc:
                 self.stats.store_errors += 1
+                self.stats.store_down = True
                 log.warning("store unavailable, %d candles kept for retry in %.0fs: %s", len(pending), backoff, exc)
                 if finished and self._stop.is_set() and backoff >= _BACKOFF_MAX:
                     log.error("giving up on %d candles at shutdown: store unreachable", len(pending))
@@ -193,7 +218,10 @@ class Service:
                 pending[:] = self._write_one_by_one(pending)
                 continue
             self.stats.candles_written += len(pending)
+            self.stats.store_down = False
+            self._published(pending)
             pending.clear()
+            self.stats.pending = 0
             self.stats.oldest_pending = None
             backoff = 1.0
 
@@ -210,7 +238,17 @@ class Service:
                 log.error("store refused candle %s: %s; dropped", candle, exc)
                 continue
             self.stats.candles_written += 1
+            self._published([candle])
         return []
+
+    def _published(self, candles: list[Candle]) -> None:
+        """Candle events for what the store accepted (MQTT queues them; it never blocks here)."""
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.publish_candles(candles)
+        except Exception:  # noqa: BLE001 - a publisher problem must not stop the store writer
+            log.exception("publishing %d candle events failed", len(candles))
 
     def _collect(self, pending: list[Candle]) -> bool:
         """Move queued candles into ``pending`` (waiting briefly to fill a batch).
@@ -229,6 +267,50 @@ class Service:
         return False
 
     # ---- reporting -------------------------------------------------------------------------
+    def feeds(self) -> dict[str, bool]:
+        """Connection id -> up, for per-feed availability."""
+        states = getattr(self.broker, "connection_states", None)
+        if states is None:
+            return {"1": self.broker.is_connected()}
+        return {str(s.id): s.connected for s in states()}
+
+    def health(self) -> dict[str, Any]:
+        """The heartbeat body: what an operator needs to tell at a glance whether all is well."""
+        now = time.monotonic()
+        feeds = self.feeds()
+        up = sum(feeds.values())
+        problems = []
+        if self.broker.problem:
+            problems.append(self.broker.problem)
+        if up < len(feeds):
+            problems.append(f"{len(feeds) - up} of {len(feeds)} feed connections down")
+        if self.stats.store_down:
+            problems.append(f"store {self.store.description} unreachable")
+        mark_time, mark_ticks = self._rate_mark
+        ticks = self.stats.ticks
+        self._rate_mark = (now, ticks)
+        last = self.stats.last_tick
+        agg = self.aggregator.stats
+        return {
+            "state": "stopping" if self._stop.is_set() else "degraded" if problems else "running",
+            "problems": problems,
+            "time": datetime.now(IST).isoformat(timespec="seconds"),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "broker": self.broker.name,
+            "connections_up": up,
+            "connections_total": len(feeds),
+            "symbols": len(self.instruments),
+            "ticks_per_s": round((ticks - mark_ticks) / max(now - mark_time, 1e-9), 1),
+            "ticks": ticks,
+            "last_tick_age_s": None if last is None else round(now - last, 2),
+            "candles_written": self.stats.candles_written,
+            "spool_depth": self.stats.pending + self._candles.qsize(),
+            "late_ticks": agg.late_ticks,
+            "dropped_ticks": agg.dropped_ticks,
+            "store": self.store.description,
+            "version": __version__,
+        }
+
     def store_lag(self) -> float:
         oldest = self.stats.oldest_pending
         return 0.0 if oldest is None else time.monotonic() - oldest

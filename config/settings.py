@@ -6,6 +6,7 @@ Every problem is reported by the name of the variable to fix; secrets never appe
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ _SECRETS = frozenset(
         "kotak_mpin",
         "kotak_totp_secret",
         "kotak_mobile_number",
+        "mqtt_password",
     }
 )
 _TRUE = {"1", "true", "yes", "on"}
@@ -68,6 +70,18 @@ class Settings:
     kotak_feed_url: str | None = None  # None: the feedUrl of the login reply, as in production
     kotak_max_symbols_per_connection: int = 100
     kotak_max_connections: int = 30
+    # MQTT (off while mqtt_host is None)
+    mqtt_host: str | None = None
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_tls: bool = False
+    mqtt_ca_file: str | None = None
+    mqtt_topic_prefix: str = "marketfeed"
+    mqtt_client_id: str = "marketfeed"
+    mqtt_service_id: str = "marketfeed"
+    mqtt_heartbeat_seconds: float = 30.0
+    mqtt_publish_candles: bool = False
 
     def __repr__(self) -> str:
         parts = []
@@ -165,6 +179,19 @@ def load_settings(
     if kite_mode not in ("ltp", "quote", "full"):
         problems.append(f"KITE_MODE is invalid: {kite_mode!r}; use ltp, quote or full")
 
+    tls = flag("MQTT_TLS", False)
+    mqtt_port = number("MQTT_PORT", 8883 if tls else 1883, 1)
+    if mqtt_port is not None and (mqtt_port != int(mqtt_port) or mqtt_port > 65535):
+        problems.append(f"MQTT_PORT is invalid: {mqtt_port:g} is not a port number")
+    client_id = _topic_part(merged, "MQTT_CLIENT_ID", f"marketfeed-{socket.gethostname()}", problems)
+    service_id = _topic_part(merged, "MQTT_SERVICE_ID", client_id, problems)
+    prefix = _topic_part(merged, "MQTT_TOPIC_PREFIX", "marketfeed", problems)
+    if "/" in service_id:
+        problems.append(f"MQTT_SERVICE_ID is invalid: {service_id!r} may not contain /")
+    ca_file = _text(merged, "MQTT_CA_FILE", None)
+    if ca_file and not Path(ca_file).is_file():
+        problems.append(f"MQTT_CA_FILE is invalid: {ca_file} is not a readable file")
+
     settings = Settings(
         pg_conn_str=_text(merged, "PG_CONN_STR", None),
         sqlite_path=_text(merged, "SQLITE_PATH", DEFAULT_SQLITE_PATH) or DEFAULT_SQLITE_PATH,
@@ -192,7 +219,25 @@ def load_settings(
         kotak_feed_url=_text(merged, "KOTAK_FEED_URL", None),
         kotak_max_symbols_per_connection=int(number("KOTAK_MAX_SYMBOLS_PER_CONNECTION", 100, 1) or 100),
         kotak_max_connections=int(number("KOTAK_MAX_CONNECTIONS", 30, 1) or 30),
+        mqtt_host=_text(merged, "MQTT_HOST", None),
+        mqtt_port=int(mqtt_port or 1883),
+        mqtt_username=_text(merged, "MQTT_USERNAME", None),
+        mqtt_password=_text(merged, "MQTT_PASSWORD", None),
+        mqtt_tls=tls,
+        mqtt_ca_file=ca_file,
+        mqtt_topic_prefix=prefix,
+        mqtt_client_id=client_id,
+        mqtt_service_id=service_id,
+        mqtt_heartbeat_seconds=number("MQTT_HEARTBEAT_SECONDS", 30.0, 1.0) or 30.0,
+        mqtt_publish_candles=flag("MQTT_PUBLISH_CANDLES", False),
     )
     if problems:
         raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
     return settings
+
+
+def _topic_part(merged: Mapping[str, str], name: str, default: str, problems: list[str]) -> str:
+    value = _text(merged, name, default) or default
+    if any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+        problems.append(f"{name} is invalid: {value!r} may not contain + or # or start or end with /")
+    return value

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare ./.venv with the daemon's dependencies. With --dev, also the test tools and the
-# PostgreSQL server binaries the test suite starts its own throwaway server from.
+# PostgreSQL and Mosquitto binaries the test suite starts its own throwaway servers from.
 # Installs missing Debian/Ubuntu packages with apt (as root, or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,9 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "$dev" = 1 ]; then
   if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     need+=(postgresql)
+  fi
+  if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    need+=(mosquitto)
   fi
 fi
 if [ "${#need[@]}" -gt 0 ]; then

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.mosquitto import MosquittoNotFound, MosquittoServer
 from tests.pg import PostgresNotFound, PostgresServer
 
 
@@ -34,3 +35,17 @@ def pg_dsn(postgres_server: PostgresServer) -> Iterator[str]:
     yield dsn
     if postgres_server.running:
         postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[MosquittoServer]:
+    """A real Mosquitto on a free port for one test (tests may stop and start it)."""
+    try:
+        server = MosquittoServer()
+    except MosquittoNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -1,0 +1,97 @@
+"""A real, throwaway Mosquitto broker for integration tests.
+
+``MosquittoServer`` writes a config into a temporary directory and runs ``mosquitto`` on a free
+port on 127.0.0.1 with anonymous access and no persistence; it can be stopped and started again
+on the same port (tests that take the broker away).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+INSTALL_HINT = (
+    "mosquitto was not found on PATH or in /usr/sbin: install it, e.g. 'sudo apt-get install -y mosquitto' on Debian/Ubuntu"
+)
+
+
+class MosquittoNotFound(RuntimeError):
+    """The broker binary is not installed; the message says how to install it."""
+
+
+def find_mosquitto() -> str:
+    candidates = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+    found = shutil.which("mosquitto") or next((p for p in candidates if os.access(p, os.X_OK)), None)
+    if not found:
+        raise MosquittoNotFound(INSTALL_HINT)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MosquittoServer:
+    def __init__(self, port: int | None = None) -> None:
+        self.binary = find_mosquitto()
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="marketfeed-mosquitto-"))
+        self.config = self.dir / "mosquitto.conf"
+        self.log = self.dir / "mosquitto.log"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            f"log_dest file {self.log}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        os.chmod(self.dir, 0o777)  # mosquitto may drop privileges to its own user when run as root
+        os.chmod(self.config, 0o644)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}{log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
