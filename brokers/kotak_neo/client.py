@@ -7,9 +7,11 @@ total is it refused, with the numbers. Subscribe frames carry at most 100 keys.
 
 Sessions (``KotakAuth``): every socket authenticates with the current session's sid. The session
 is renewed at 90% of its life by a scheduler thread; each connection then moves to the new
-session make-before-break (open, authenticate and subscribe a new socket, then drain and close
-the old one), so no tick is lost to a renewal. A feed that refuses the session (1120) makes the
-connection log in again (once for all connections: the auth lock) and reconnect at once.
+session make-before-break (open, authenticate and subscribe a new socket, wait for the server to
+acknowledge those subscriptions, then drain and close the old one), so no tick is lost to a
+renewal. A feed that refuses the session (1120) makes the connection log in again (once for all
+connections: the auth lock) and reconnect at once; if the feed refuses that fresh session too,
+the connection retries it with backoff instead of logging in again and again.
 
 Reliability, as for Kite: reconnect forever with capped exponential backoff and full jitter,
 resubscribing everything; the server sends no heartbeat, so each connection pings every
@@ -27,12 +29,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
+from operator import attrgetter
 
 import websocket
 
-from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback
+from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback, TickData
 from brokers.kotak_neo import protocol
 from brokers.kotak_neo.auth import KotakAuth, KotakAuthError, KotakSession
 from brokers.kotak_neo.protocol import DecodeStats, KotakDecoder
@@ -73,7 +76,11 @@ class _Stalled(Exception):
 
 
 class _SessionRefused(Exception):
-    """The feed answered the auth frame (or a later frame) with 1120."""
+    """The feed answered the auth frame (or a later frame) with 1120 for ``session``."""
+
+    def __init__(self, session: KotakSession) -> None:
+        super().__init__("the feed refused the session (1120)")
+        self.session = session
 
 
 class _Conn:
@@ -86,6 +93,7 @@ class _Conn:
         self.decoder = KotakDecoder({})
         self.lock = threading.Lock()
         self.ws: websocket.WebSocket | None = None
+        self.opening: websocket.WebSocket | None = None  # a socket for a new session, until it replaces ws
         self.connected = False
         self.thread: threading.Thread | None = None
         self.reconnects = 0
@@ -93,6 +101,10 @@ class _Conn:
         self.last_frame = 0.0
         self.last_error: str | None = None
         self.callback_errors = 0
+        # the newest tick delivered per token, and, for a moment after a session change, what
+        # the old socket delivered: the new socket repeats some of it (see _change_session)
+        self.latest: dict[int, TickData] = {}
+        self._dedupe: tuple[dict[int, TickData], set[tuple], float] | None = None
 
     # ---------------------------------------------------------------- subscriptions
 
@@ -124,14 +136,18 @@ class _Conn:
                 except (OSError, websocket.WebSocketException) as exc:
                     log.debug("kotak connection %d: unsubscribe not sent: %s", self.id, exc)
 
-    def _send_subscription(self, ws: websocket.WebSocket, instruments: dict[str, Instrument]) -> None:
+    def _send_subscription(self, ws: websocket.WebSocket, instruments: dict[str, Instrument]) -> int:
+        """Send the subscribe frames; returns how many were sent."""
+        sent = 0
         try:
             for intent, keys in _by_intent(instruments, self.broker.intent).items():
                 for frame in protocol.subscribe(keys, intent):
                     ws.send(frame)
+                    sent += 1
         except (OSError, websocket.WebSocketException) as exc:
             # the reader notices the dead socket and reconnects; the new socket subscribes everything
             log.debug("kotak connection %d: subscribe not sent: %s", self.id, exc)
+        return sent
 
     # ---------------------------------------------------------------- thread
 
@@ -142,11 +158,11 @@ class _Conn:
         self.thread.start()
 
     def wake(self) -> None:
-        ws = self.ws
-        sock = ws.sock if ws is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        for ws in (self.ws, self.opening):
+            sock = ws.sock if ws is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _run(self) -> None:
         broker = self.broker
@@ -157,6 +173,7 @@ class _Conn:
             delay: float | None = None
             started = time.monotonic()
             was_open = False
+            refused: KotakSession | None = None
             try:
                 self._session(opened_once)
                 reason = "server closed the connection"
@@ -167,9 +184,9 @@ class _Conn:
                     broker._credentials_refused(str(exc))
                     break
                 reason = str(exc)
-            except _SessionRefused:
-                reason = "the feed refused the session (1120)"
-                delay = 0.0 if failures == 0 else None
+            except _SessionRefused as exc:
+                reason = str(exc)
+                refused = exc.session
             except _Stalled as exc:
                 reason = str(exc)
             except (OSError, websocket.WebSocketException) as exc:
@@ -187,6 +204,15 @@ class _Conn:
                 break
             if was_open and time.monotonic() - started >= _STABLE_SESSION_S:
                 failures = 0
+            if refused is not None:
+                try:
+                    if broker._relogin_after_refusal(refused):
+                        delay = 0.0 if failures == 0 else None
+                except KotakAuthError as exc:
+                    if exc.permanent:
+                        broker._credentials_refused(str(exc))
+                        break
+                    reason = f"{reason}; logging in again failed: {exc}"
             self.last_error = reason
             if delay is None:
                 delay = random.uniform(0.0, min(broker.backoff_max, broker.backoff_initial * 2**failures))
@@ -212,20 +238,23 @@ class _Conn:
             log.warning("kotak connection %d: reconnected, resubscribed %d instruments", self.id, count)
         else:
             log.info("kotak connection %d: connected, subscribed %d instruments", self.id, count)
+        seen = session.serial
         while True:
-            self._read(ws, session)  # returns when a newer session exists
-            ws, session = self._change_session(ws, session)
+            self._read(ws, session, seen)  # returns when a session newer than ``seen`` exists
+            ws, session, seen = self._change_session(ws, session)
 
     def _open(self, session: KotakSession, *, publish: bool) -> websocket.WebSocket:
         """Connect and authenticate a socket; ``publish`` makes it ``self.ws`` at once (so that
         disconnect can interrupt the handshake)."""
         broker = self.broker
         ws = websocket.WebSocket(skip_utf8_validation=True)
-        if publish:
-            with self.lock:
-                if broker._stop.is_set():
-                    raise _Stop
+        with self.lock:
+            if broker._stop.is_set():
+                raise _Stop
+            if publish:
                 self.ws = ws
+            else:
+                self.opening = ws
         try:
             ws.connect(session.feed_url, timeout=min(broker.stall_timeout, _AUTH_REPLY_S))
             ws.send(protocol.auth_frame(session.ucc, session.sid, conn_req_time_ms=int(broker.clock() * 1000)))
@@ -251,9 +280,10 @@ class _Conn:
                 if message is None:
                     continue
                 if message.kind == protocol.AUTH_OK:
+                    broker._session_accepted(session)
                     break
                 if message.kind == protocol.AUTH_FAILED:
-                    raise _SessionRefused
+                    raise _SessionRefused(session)
                 if message.kind == protocol.AUTH_UNSUPPORTED_FORMAT:
                     raise KotakAuthError("the Kotak feed answered with a data format this version cannot decode "
                                          "(native_fallback): update marketfeed", permanent=True)  # fmt: skip
@@ -262,10 +292,14 @@ class _Conn:
                 with contextlib.suppress(Exception):
                     ws.shutdown()
             raise
+        finally:
+            if not publish:
+                self.opening = None
         self.last_frame = time.monotonic()
         return ws
 
-    def _read(self, ws: websocket.WebSocket, session: KotakSession) -> None:
+    def _read(self, ws: websocket.WebSocket, session: KotakSession, serial: int) -> None:
+        """Read ``ws`` (authenticated with ``session``) until a session newer than ``serial`` exists."""
         broker = self.broker
         stop = broker._stop
         stall = broker.stall_timeout
@@ -274,7 +308,6 @@ class _Conn:
         monotonic = time.monotonic
         recv = ws.recv_data
         next_ping = monotonic() + ping_every
-        serial = session.serial
         while True:
             try:
                 opcode, data = recv(control_frame=True)
@@ -297,13 +330,13 @@ class _Conn:
             if opcode == _OP_BINARY:
                 self._deliver(data)
             elif opcode == _OP_TEXT:
-                self._text(data)
+                self._text(data, session)
             elif opcode == _OP_CLOSE:
                 if stop.is_set():
                     raise _Stop
                 raise websocket.WebSocketConnectionClosedException("the server closed the connection")
-            if stop.is_set():
-                raise _Stop
+            # When stopping, frames already received are still read and handed over until the
+            # server answers our close (or the socket goes quiet): nothing that arrived is dropped.
             if self.last_frame >= next_ping:
                 ws.ping()
                 next_ping = self.last_frame + ping_every
@@ -311,45 +344,96 @@ class _Conn:
             if current is not None and current.serial != serial:
                 return
 
-    def _change_session(self, old: websocket.WebSocket, old_session: KotakSession) -> tuple[websocket.WebSocket, KotakSession]:
-        """Move to the newest session make-before-break; on failure keep the old socket."""
+    def _change_session(self, old: websocket.WebSocket, old_session: KotakSession) -> tuple[websocket.WebSocket, KotakSession, int]:
+        """Move to the newest session make-before-break; returns the socket to read, the session it
+        is authenticated with and the newest session serial handled. If the new socket cannot be
+        opened, the old one carries on (when the server ends it, the reconnect uses the new session)."""
         session = self.broker.auth.session or old_session
         try:
             new = self._open(session, publish=False)
         except (OSError, websocket.WebSocketException, _SessionRefused, _Stalled) as exc:
             log.warning("kotak connection %d: could not open a socket with the new session (%s); "
                         "keeping the current one", self.id, type(exc).__name__)  # fmt: skip
-            # the old socket carries on; when the server ends it, the reconnect uses the new session
-            return old, session
-        with self.lock:
-            self._send_subscription(new, dict(self.instruments))
-        self._drain(old)
-        with self.lock:
-            self.ws = new
+            return old, old_session, session.serial
+        try:
+            with self.lock:
+                # from here on subscribe/unsubscribe calls go to the new socket
+                frames = self._send_subscription(new, dict(self.instruments))
+                self.ws = new
+            # Close the old socket only once the server has taken the subscriptions of the new one
+            # (its 1109 acks): until then only the old socket carries some ticks. What the new socket
+            # brings meanwhile is held back and delivered after the rest of the old socket's ticks.
+            held = self._await_acks(new, session, frames)
+        except BaseException:
+            self._drain(old)
+            raise
+        # Both sockets carried the ticks sent while they overlapped, and the new one began with a
+        # snapshot of each instrument's last state: drop, for a moment, what the old one already
+        # delivered (exact copies, and anything older than its newest tick per token), so that no
+        # tick counts twice or arrives out of order.
+        overlap: set[tuple] = set()
+        self._drain(old, overlap)
+        self._dedupe = (dict(self.latest), overlap, time.monotonic() + _DRAIN_S)
+        for data in held:
+            self._deliver(data)
         self.session_changes += 1
         log.info("kotak connection %d: moved to the renewed session, %d instruments", self.id, len(self.instruments))
-        return new, session
+        return new, session, session.serial
 
-    def _drain(self, ws: websocket.WebSocket) -> None:
+    def _await_acks(self, ws: websocket.WebSocket, session: KotakSession, frames: int) -> list[bytes]:
+        """Read ``ws`` until ``frames`` subscribe acks arrived (or ``_DRAIN_S`` passed); returns the
+        binary frames read meanwhile, undelivered."""
+        held: list[bytes] = []
+        acks = 0
+        deadline = time.monotonic() + _DRAIN_S
+        while acks < frames:
+            if self.broker._stop.is_set():
+                raise _Stop
+            if time.monotonic() > deadline:
+                log.debug("kotak connection %d: %d of %d subscriptions acknowledged on the new session", self.id, acks, frames)
+                break
+            try:
+                opcode, data = ws.recv_data(control_frame=True)
+            except websocket.WebSocketTimeoutException:
+                continue
+            self.last_frame = time.monotonic()
+            if opcode == _OP_BINARY:
+                held.append(data)
+            elif opcode == _OP_TEXT:
+                if self._text(data, session) == protocol.SUBSCRIBE_ACK:
+                    acks += 1
+            elif opcode == _OP_CLOSE:
+                raise websocket.WebSocketConnectionClosedException("the server closed the new connection")
+        return held
+
+    def _drain(self, ws: websocket.WebSocket, record: set[tuple] | None = None) -> None:
         """Close the old socket, delivering what it still carries until the server's close reply."""
         deadline = time.monotonic() + _DRAIN_S
+        stop = self.broker._stop
         with contextlib.suppress(OSError, websocket.WebSocketException):
             ws.send_close()
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stop.is_set():
                 try:
                     opcode, data = ws.recv_data(control_frame=True)
                 except websocket.WebSocketTimeoutException:
                     continue
                 if opcode == _OP_BINARY:
-                    self._deliver(data)
+                    self._deliver(data, record)
                 elif opcode == _OP_CLOSE:
                     break
         with contextlib.suppress(Exception):
             ws.shutdown()
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes, record: set[tuple] | None = None) -> None:
         broker = self.broker
         ticks = self.decoder.decode(data, datetime.fromtimestamp(broker.clock(), IST))
+        if not ticks:
+            return
+        if self._dedupe is not None:
+            ticks = self._without_repeats(ticks)
+        elif record is not None:
+            record.update(map(_identity, ticks))
+        self.latest.update(zip(map(_token_of, ticks), ticks))
         if ticks and broker._on_ticks is not None:
             try:
                 broker._on_ticks(ticks)
@@ -358,12 +442,30 @@ class _Conn:
                 if self.callback_errors % _CALLBACK_LOG_EVERY == 1:
                     log.exception("kotak connection %d: on_ticks failed (%d times so far)", self.id, self.callback_errors)
 
-    def _text(self, data: bytes) -> None:
+    def _without_repeats(self, ticks: list[TickData]) -> list[TickData]:
+        assert self._dedupe is not None
+        before, overlap, until = self._dedupe
+        if time.monotonic() > until:
+            self._dedupe = None
+            return ticks
+        kept = []
+        for tick in ticks:
+            prev = before.get(tick.token)
+            if prev is not None and tick.exchange_ts < prev.exchange_ts:
+                continue
+            identity = _identity(tick)
+            if identity in overlap or (prev is not None and identity == _identity(prev)):
+                continue
+            kept.append(tick)
+        return kept
+
+    def _text(self, data: bytes, session: KotakSession) -> str | None:
+        """Handle a control frame of a socket authenticated with ``session``; returns its kind."""
         message = self.decoder.parse_text(data)
         if message is None:
-            return
+            return None
         if message.kind == protocol.AUTH_FAILED:
-            raise _SessionRefused
+            raise _SessionRefused(session)
         if message.kind == protocol.SUBSCRIBE_ACK:
             if message.ok:
                 log.debug("kotak connection %d: %d subscriptions acknowledged", self.id, len(message.symbols))
@@ -372,6 +474,7 @@ class _Conn:
                             message.message)  # fmt: skip
         elif message.kind != protocol.AUTH_OK:
             log.info("kotak connection %d: server message %s: %s", self.id, message.code, message.message)
+        return message.kind
 
     def state(self) -> ConnectionState:
         last = self.last_frame
@@ -384,6 +487,14 @@ class _Conn:
             last_frame_age=(time.monotonic() - last) if last else None,
             last_error=self.last_error,
         )
+
+
+_token_of = attrgetter("token")
+
+
+def _identity(tick: TickData) -> tuple:
+    """What makes two ticks the same update (receive time and depth aside)."""
+    return (tick.token, tick.exchange_ts, tick.last_price, tick.volume, tick.last_quantity, tick.oi)
 
 
 def _by_intent(instruments: dict[str, Instrument], intent: str) -> dict[str, list[str]]:
@@ -442,6 +553,9 @@ class KotakNeoBroker(BaseBroker):
         #: why the feed stopped for good (credentials refused), None while it may run
         self.auth_failed: str | None = None
         self.reauth_failures = 0
+        self._sessions_lock = threading.Lock()
+        self._accepted_serial = 0  # the newest session the feed has accepted
+        self._relogin_serial = 0  # the session a refusal (1120) made us log in for
 
     def __repr__(self) -> str:
         return f"KotakNeoBroker(connections={len(self._conns)}, instruments={self.subscribed_count}, auth={self.auth!r})"
@@ -551,6 +665,26 @@ class KotakNeoBroker(BaseBroker):
 
     # ---------------------------------------------------------------- sessions
 
+    def _session_accepted(self, session: KotakSession) -> None:
+        with self._sessions_lock:
+            self._accepted_serial = max(self._accepted_serial, session.serial)
+
+    def _relogin_after_refusal(self, refused: KotakSession) -> bool:
+        """After a 1120 for ``refused``: log in again, once for all connections (``reauth`` does
+        nothing when another connection already replaced the session). Returns False, without a
+        login, when ``refused`` itself came from such a login and the feed has never accepted it:
+        a feed that refuses fresh sessions is not helped by more logins, so the connection retries
+        the same session with backoff (the scheduled renewal still replaces it in time)."""
+        with self._sessions_lock:
+            if refused.serial == self._relogin_serial and refused.serial > self._accepted_serial:
+                log.debug("kotak: the feed refused a fresh session too; retrying it without logging in again")
+                return False
+        session = self.auth.reauth(refused, "the feed refused the session (1120)")
+        with self._sessions_lock:
+            if session.serial != refused.serial:
+                self._relogin_serial = max(self._relogin_serial, session.serial)
+        return True
+
     def _renew_sessions(self) -> None:
         """Log in again at the session's refresh point (90% of its life), before it expires."""
         backoff = self.backoff_initial or 1.0
@@ -580,13 +714,11 @@ class KotakNeoBroker(BaseBroker):
     @property
     def stats(self) -> DecodeStats:
         total = DecodeStats()
+        counters = [f.name for f in fields(DecodeStats) if f.name != "malformed"]
         for conn in self._conns:
             s = conn.decoder.stats
-            total.frames += s.frames
-            total.packets += s.packets
-            total.ticks += s.ticks
-            total.unknown_tokens += s.unknown_tokens
-            total.text_messages += s.text_messages
+            for name in counters:
+                setattr(total, name, getattr(total, name) + getattr(s, name))
             for kind, n in list(s.malformed.items()):
                 total.malformed[kind] = total.malformed.get(kind, 0) + n
         return total
