@@ -165,6 +165,23 @@ def test_refresh_due_follows_the_injected_clock_and_current_logs_in_again_only_p
     assert_no_secrets(server, repr(auth), repr(first), repr(second), caplog.text)
 
 
+def test_a_failed_renewal_falls_back_to_the_current_session_until_it_really_expires(
+    server: KotakFakeServer, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = make_auth(server, clock)
+    first = auth.current()
+    server.fail_next("validate", "bad_mpin", times=10)
+    clock.now = T0 + 0.95 * LIFETIME  # past the refresh point, before the expiry
+    assert auth.current() is first  # a reconnect now still gets a usable session
+    assert auth.failed is not None and "check KOTAK_MPIN / KOTAK_TOTP_SECRET" in auth.failed
+    assert auth.current() is first and server.validate_attempts == 2  # refused once: never asked again
+    clock.now = T0 + LIFETIME + 1
+    with pytest.raises(KotakAuthError, match="check KOTAK_MPIN"):
+        auth.current()
+    assert server.validate_attempts == 2
+    assert "using the current session until it expires" in caplog.text
+
+
 def test_eight_threads_reauthing_the_same_stale_session_share_exactly_one_new_login(
     server: KotakFakeServer, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

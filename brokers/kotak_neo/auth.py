@@ -158,9 +158,18 @@ class KotakAuth:
     def current(self) -> KotakSession:
         """The session, logging in first if there is none (or it is past its refresh point)."""
         session = self._session
-        if session is not None and self.clock() < session.refresh_at(self.refresh_fraction):
+        now = self.clock()
+        if session is not None and now < session.refresh_at(self.refresh_fraction):
             return session
-        return self.reauth(session, "no session yet" if session is None else "session near its end")
+        try:
+            return self.reauth(session, "no session yet" if session is None else "session near its end")
+        except KotakAuthError as exc:
+            if session is None or now >= session.expires_at:
+                raise
+            # the renewal failed (refused, or the server is in trouble), but the session has not
+            # expired yet: a reconnect may still use it
+            log.warning("kotak: using the current session until it expires in %.0f s (%s)", session.expires_at - now, exc)
+            return session
 
     def refresh_due(self) -> float | None:
         """Seconds until the proactive re-login (<= 0: due now); None without a session."""
