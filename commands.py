@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from types import FrameType
 
 from brokers.base import BaseBroker, BrokerError, Instrument
@@ -18,8 +19,10 @@ from candles.model import IST, Candle, Interval, parse_intervals
 from config.logs import setup_logging
 from config.settings import ConfigError, Settings, load_settings
 from config.symbols import SymbolError, load_symbols_file, parse_symbol, parse_symbols
+from ops import systemd
 from storage import open_store
 from storage.base import CandleStore, StoreError
+from storage.spool import SpoolError
 
 log = logging.getLogger("marketfeed")
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, UsageError, SymbolError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, BrokerError) as exc:
+    except (StoreError, BrokerError, SpoolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -79,6 +82,9 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:  # noqa: ANN001
     from publishers.mqtt import MqttConfig, MqttPublisher
     from service import Service
+    from storage.spool import Spool
+
+    spool = Spool(Path(settings.data_dir) / "spool")
 
     service = Service(
         broker,
@@ -89,6 +95,7 @@ def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:
         grace=settings.grace_seconds,
         emit_empty=settings.emit_empty_candles,
         status_interval=settings.status_interval_seconds,
+        spool=spool,
     )
     mqtt_config = MqttConfig.from_settings(settings)
     if mqtt_config is not None:
@@ -100,9 +107,26 @@ def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics = None
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    if port:
+        from ops.metrics import MetricsError, MetricsServer
+
+        metrics = MetricsServer(service, host=settings.metrics_host, port=port)
+        try:
+            metrics.start()  # before the feed connects: a busy port stops the start at once
+        except MetricsError as exc:
+            raise UsageError(f"{exc} (METRICS_PORT / --metrics-port)") from None
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", settings.metrics_host, metrics.port)
     service.start()
+    watchdog = _systemd_ready(service)
     service.wait(args.duration)
+    if watchdog is not None:
+        watchdog.stop()  # before the pipeline ends on purpose
+    systemd.stopping()
     drained = service.stop()
+    if metrics is not None:
+        metrics.stop()
     log.info(
         "stopped: %d ticks, %d candles written%s",
         service.stats.ticks,
@@ -110,6 +134,21 @@ def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:
         "" if drained else " (some candles were not stored)",
     )
     return 0 if drained else 1
+
+
+def _systemd_ready(service) -> systemd.Watchdog | None:  # noqa: ANN001
+    """Under systemd (Type=notify): report readiness, and pet the watchdog while the pipeline
+    loops. Outside systemd both do nothing."""
+    systemd.ready()
+    systemd.status(f"streaming {len(service.instruments)} instruments from {service.broker.name} into {service.store.description}")
+    interval = systemd.watchdog_interval()
+    if interval is None:
+        return None
+    max_age = max(interval, 5.0)  # the pipeline loops every 0.1 s: seconds without a loop mean it is stuck
+    watchdog = systemd.Watchdog(lambda: service.pipeline_alive(max_age), interval)
+    watchdog.start()
+    log.info("systemd watchdog: petting every %.1fs while the pipeline loops (stuck %.0fs: no more petting)", interval, max_age)
+    return watchdog
 
 
 def _watchlist(args: argparse.Namespace, store: CandleStore) -> list[tuple[str, str]]:

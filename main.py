@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-file", default=".env", metavar="PATH", help="settings file (default: .env)")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="overrides LOG_LEVEL")
     p.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz (overrides METRICS_PORT)")
 
     checks = p.add_argument_group("checks and views (each exits when done)")
     checks.add_argument("--test-database", action="store_true", help="connect, migrate, write and read back a candle")

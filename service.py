@@ -20,6 +20,7 @@ from brokers.base import BaseBroker, Instrument, TickData
 from candles.aggregator import CandleAggregator
 from candles.model import IST, Candle, Interval
 from storage.base import CandleStore, StoreError, StoreUnavailable
+from storage.spool import Spool
 from version import __version__
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Service:
         emit_empty: bool = False,
         status_interval: float = 30.0,
         publisher: CandlePublisher | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -71,16 +73,21 @@ class Service:
         self.aggregator = CandleAggregator(intervals, clock, grace=grace, emit_empty=emit_empty)
         self.stats = ServiceStats()
         self.publisher = publisher
+        self.spool = spool
         self.started_at = time.time()
         self._rate_mark: tuple[float, int] = (time.monotonic(), 0)
         self._ticks: queue.Queue[Sequence[TickData] | None] = queue.Queue()
         self._candles: queue.Queue[list[Candle] | None] = queue.Queue()
         self._stop = threading.Event()
+        self._pipeline_beat: float | None = None  # monotonic time of the pipeline's latest loop (liveness)
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
         self._writer = threading.Thread(target=self._run_writer, name="writer", daemon=True)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        if self.spool is not None and self.spool.depth:
+            log.info("the spool holds %d candles from an earlier run: writing them first", self.spool.depth)
+            self._replay_spool()  # before resuming open buckets from the store, so that it is complete
         self._resume_open_buckets()
         self._pipeline.start()
         self._writer.start()
@@ -155,6 +162,7 @@ class Service:
         get = self._ticks.get
         try:
             while True:
+                self._pipeline_beat = time.monotonic()
                 try:
                     batch = get(timeout=0.1)
                 except queue.Empty:
@@ -189,6 +197,98 @@ class Service:
             out.put(None)
 
     def _run_writer(self) -> None:
+        if self.spool is None:
+            self._run_writer_in_memory()
+            return
+        spool = self.spool
+        stats = self.stats
+        pending: list[Candle] = []
+        backlog = spool.depth > 0  # candles on disk the store has not taken (an earlier run's, or an outage's)
+        backoff = 1.0
+        next_try = 0.0
+        finished = False
+        while True:
+            if not finished:
+                finished = self._collect(pending)
+            if pending:
+                spool.append(pending)  # durable from here on: this is when a candle counts as accepted
+                if backlog:  # behind older candles: they go to the store in spool order
+                    pending.clear()
+            stats.pending = spool.depth
+            if backlog:
+                if time.monotonic() < next_try and not finished:
+                    continue
+                if finished:  # shutdown: one last try; what the store does not take stays in the spool
+                    self._replay_spool()
+                    break
+                if self._replay_spool():
+                    backlog, backoff = False, 1.0
+                else:
+                    next_try = time.monotonic() + backoff
+                    log.warning("store unavailable: %d candles wait in the spool (%s); retrying in %.0fs",
+                                spool.depth, spool.path, backoff)  # fmt: skip
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            if not pending:
+                if finished:
+                    break
+                continue
+            try:
+                self.store.upsert(pending)
+            except StoreUnavailable as exc:
+                stats.store_errors += 1
+                stats.store_down = True
+                log.warning("store unavailable (%s): keeping candles in the spool", exc)
+                backlog, next_try = True, time.monotonic() + backoff
+                pending.clear()
+                continue
+            except StoreError as exc:
+                stats.store_errors += 1
+                log.error("store rejected a batch of %d candles: %s; retrying one by one", len(pending), exc)
+                if self._write_one_by_one(pending):  # the store went away meanwhile: replay the spool later
+                    backlog, next_try = True, time.monotonic() + backoff
+                    pending.clear()
+                    continue
+            else:
+                stats.candles_written += len(pending)
+                self._published(pending)
+            stats.store_down = False
+            spool.clear()
+            pending.clear()
+            stats.pending = 0
+            stats.oldest_pending = None
+            backoff = 1.0
+        stats.pending = spool.depth
+        if spool.depth:
+            log.warning("shutdown: %d candles remain in the spool %s; the next start writes them", spool.depth, spool.path)
+
+    def _replay_spool(self) -> bool:
+        """Write what the spool holds, in order; True once all of it is in the store."""
+        spool = self.spool
+        assert spool is not None
+        for offset, chunk in spool.chunks():
+            try:
+                self.store.upsert(chunk)
+            except StoreUnavailable:
+                self.stats.store_down = True
+                return False
+            except StoreError as exc:
+                log.error("store rejected %d spooled candles: %s; retrying one by one", len(chunk), exc)
+                if self._write_one_by_one(chunk):
+                    return False
+            else:
+                self.stats.candles_written += len(chunk)
+                self._published(chunk)
+            spool.replayed(offset, len(chunk))
+        if self.stats.store_down:
+            log.info("store back: the spool was written")
+        self.stats.store_down = False
+        spool.clear()
+        self.stats.oldest_pending = None
+        return True
+
+    def _run_writer_in_memory(self) -> None:
+        """Without a spool: candles wait in memory while the store is unreachable."""
         pending: list[Candle] = []
         backoff = 1.0
         finished = False
@@ -311,6 +411,12 @@ class Service:
             "version": __version__,
         }
 
+    def pipeline_alive(self, max_age: float) -> bool:
+        """The pipeline thread runs and looped within ``max_age`` seconds (it loops at least every
+        0.1 s, ticks or not). For the systemd watchdog: a stuck pipeline stops the petting."""
+        beat = self._pipeline_beat
+        return beat is not None and self._pipeline.is_alive() and time.monotonic() - beat <= max_age
+
     def store_lag(self) -> float:
         oldest = self.stats.oldest_pending
         return 0.0 if oldest is None else time.monotonic() - oldest
@@ -318,13 +424,14 @@ class Service:
     def _log_status(self, ticks_per_second: float) -> None:
         agg = self.aggregator.stats
         log.info(
-            "status: %.1f ticks/s, %d ticks, %d candles written, queue depth %d, store lag %.1fs, "
+            "status: %.1f ticks/s, %d ticks, %d candles written, queue depth %d, store lag %.1fs, spool %d, "
             "late ticks %d, dropped %d, feed %s",
             ticks_per_second,
             self.stats.ticks,
             self.stats.candles_written,
             self._ticks.qsize(),
             self.store_lag(),
+            self.stats.pending,
             agg.late_ticks,
             agg.dropped_ticks,
             "up" if self.broker.is_connected() else f"DOWN ({self.broker.problem})" if self.broker.problem else "DOWN",

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -82,6 +83,9 @@ class Settings:
     mqtt_service_id: str = "marketfeed"
     mqtt_heartbeat_seconds: float = 30.0
     mqtt_publish_candles: bool = False
+    # Prometheus endpoint (off while metrics_port is None)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
     def __repr__(self) -> str:
         parts = []
@@ -179,6 +183,30 @@ def load_settings(
     if kite_mode not in ("ltp", "quote", "full"):
         problems.append(f"KITE_MODE is invalid: {kite_mode!r}; use ltp, quote or full")
 
+    def url(name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+        value = _text(merged, name, default)
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            problems.append(f"{name} is invalid: {value!r} is not a URL")
+            return value
+        if parts.scheme not in schemes or not parts.hostname:
+            problems.append(f"{name} is invalid: {value!r} must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
+        return value
+
+    kite_ws_url = url("KITE_WS_URL", "wss://ws.kite.trade", ("wss", "ws"))
+    kite_api_url = url("KITE_API_URL", "https://api.kite.trade", ("https", "http"))
+    kotak_login_url = url("KOTAK_LOGIN_URL", "https://mis.kotaksecurities.com", ("https", "http"))
+    kotak_feed_url = url("KOTAK_FEED_URL", None, ("wss", "ws", "https", "http"))
+
+    raw_metrics = number("METRICS_PORT", None, 1)
+    metrics_port = None if raw_metrics is None else int(raw_metrics)
+    if raw_metrics is not None and (raw_metrics != metrics_port or raw_metrics > 65535):
+        problems.append(f"METRICS_PORT is invalid: {raw_metrics:g} is not a port number")
+
     tls = flag("MQTT_TLS", False)
     mqtt_port = number("MQTT_PORT", 8883 if tls else 1883, 1)
     if mqtt_port is not None and (mqtt_port != int(mqtt_port) or mqtt_port > 65535):
@@ -208,15 +236,15 @@ def load_settings(
         kite_access_token=_text(merged, "KITE_ACCESS_TOKEN", None),
         kite_token_file=_text(merged, "KITE_TOKEN_FILE", "data/kite_access_token.json") or "",
         kite_mode=kite_mode,
-        kite_ws_url=_text(merged, "KITE_WS_URL", "wss://ws.kite.trade") or "",
-        kite_api_url=_text(merged, "KITE_API_URL", "https://api.kite.trade") or "",
+        kite_ws_url=kite_ws_url or "",
+        kite_api_url=kite_api_url or "",
         kotak_consumer_key=_text(merged, "KOTAK_CONSUMER_KEY", None),
         kotak_mobile_number=_text(merged, "KOTAK_MOBILE_NUMBER", None),
         kotak_ucc=_text(merged, "KOTAK_UCC", None),
         kotak_mpin=_text(merged, "KOTAK_MPIN", None),
         kotak_totp_secret=_text(merged, "KOTAK_TOTP_SECRET", None),
-        kotak_login_url=_text(merged, "KOTAK_LOGIN_URL", "https://mis.kotaksecurities.com") or "",
-        kotak_feed_url=_text(merged, "KOTAK_FEED_URL", None),
+        kotak_login_url=kotak_login_url or "",
+        kotak_feed_url=kotak_feed_url,
         kotak_max_symbols_per_connection=int(number("KOTAK_MAX_SYMBOLS_PER_CONNECTION", 100, 1) or 100),
         kotak_max_connections=int(number("KOTAK_MAX_CONNECTIONS", 30, 1) or 30),
         mqtt_host=_text(merged, "MQTT_HOST", None),
@@ -230,6 +258,8 @@ def load_settings(
         mqtt_service_id=service_id,
         mqtt_heartbeat_seconds=number("MQTT_HEARTBEAT_SECONDS", 30.0, 1.0) or 30.0,
         mqtt_publish_candles=flag("MQTT_PUBLISH_CANDLES", False),
+        metrics_host=_text(merged, "METRICS_HOST", "127.0.0.1") or "127.0.0.1",
+        metrics_port=metrics_port,
     )
     if problems:
         raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))

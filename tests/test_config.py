@@ -91,3 +91,13 @@ def test_env_example_documents_every_variable_the_code_reads():
             while j >= 0 and re.match(r"^#?\s*[A-Z][A-Z0-9_]+=", lines[j]):
                 j -= 1
             assert j >= 0 and lines[j].startswith("#"), f"{line!r} has no comment"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("KITE_WS_URL", "https://ws.kite.trade"), ("KITE_WS_URL", "ws://host:notaport"), ("KITE_API_URL", "api.kite.trade"),
+     ("KOTAK_LOGIN_URL", "ftp://mis"), ("KOTAK_FEED_URL", "wss://")],
+)  # fmt: skip
+def test_an_endpoint_that_is_not_a_url_of_the_right_kind_is_named(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value}, env_file=None)

@@ -802,6 +802,7 @@ POWERS = [1, 100, 10_000, 10_000_000]  # the dividers the spec lists (as powers 
 u32 = st.integers(0, 2**32 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
 i64 = st.integers(-(2**63), 2**63 - 1)
+u63 = st.integers(0, 2**63 - 1)  # a cumulative volume: a negative one is a damaged packet (counted, skipped)
 times = st.one_of(st.just(0), st.just(-2_209_008_600), st.integers(946_684_800, 2_000_000_000))
 
 
@@ -833,7 +834,7 @@ def sdk_packets(draw: st.DrawFn) -> bytes:
     nb, na = draw(st.integers(0, 6)), draw(st.integers(0, 6))
     rows = draw(st.integers(0, 14))
     body = _MP.pack(
-        token, draw(i64), draw(i64), draw(i64), draw(times), draw(times), *draw(st.lists(u32, min_size=5, max_size=5)), draw(i64),
+        token, draw(i64), draw(i64), draw(u63), draw(times), draw(times), *draw(st.lists(u32, min_size=5, max_size=5)), draw(i64),
         draw(u32), draw(u32), nb, na, draw(st.integers(-(2**15), 2**15 - 1)), draw(i32), draw(u32), 1.0, draw(i32),
         *draw(st.lists(u32, min_size=5, max_size=5)), draw(st.integers(0, 255)), draw(u32),
     )  # fmt: skip
@@ -908,6 +909,8 @@ def test_on_damaged_frames_we_keep_exactly_the_prices_the_sdk_can_decode(pkts: l
         except struct.error:  # a packet shorter than its layout: we count it and go on
             continue
         if message is not None and message.type in ("scrip", "scrip_lite", "index") and packet[4] in protocol.ID_SEGMENTS:
+            if message.type == "scrip" and message.volume_traded_today < 0:
+                continue  # a negative cumulative volume: the SDK passes it on, we count the packet as damaged
             expected.append((int(message.instrument_token), message.last_traded_price))
             keys.add(f"{message.exchange_segment}|{message.instrument_token}")
     dec = KotakDecoder({k: Instrument("X", k, 0) for k in keys})
@@ -1008,3 +1011,18 @@ def test_index_tokens_learned_by_name_are_bounded(monkeypatch: pytest.MonkeyPatc
     dec = KotakDecoder({"nse_cm|Nifty 50": Instrument("NSE", "Nifty 50")})
     ticks = dec.decode(b"".join(index(token) for token in range(1, 11)), RECEIVED)
     assert len(ticks) == 10 and len(dec._learned) <= 3 and len(dec._by_number) <= 3
+
+
+def test_a_market_picture_with_a_negative_cumulative_volume_is_counted_and_skipped() -> None:
+    """A cumulative day volume below zero can only come from a damaged packet: the aggregator would
+    take it for a new trading day."""
+    from tests.fakes.kotak_server import TapeTick, encode_tick
+
+    good = TapeTick("nse_cm", 1594, Decimal("1500.05"), 5, 1000, 1_768_448_700)
+    frame = encode_tick(good, "scrips")
+    bad = bytearray(frame)
+    bad[29:37] = (-5).to_bytes(8, "little", signed=True)  # volume @29 of the market picture
+    dec = KotakDecoder({"nse_cm|1594": Instrument("NSE", "INFY", 1594)})
+    assert dec.decode(bytes(bad) + frame, RECEIVED)[0].volume == 1000
+    assert len(dec.decode(bytes(bad) + frame, RECEIVED)) == 1
+    assert dec.stats.malformed["negative_volume"] == 2

@@ -189,7 +189,7 @@ class _Shard:
                     reason = f"handshake refused: HTTP {exc.status_code}"
             except _Stalled as exc:
                 reason = str(exc)
-            except (OSError, websocket.WebSocketException) as exc:
+            except (OSError, websocket.WebSocketException, ValueError) as exc:  # ValueError: a URL websocket-client refuses
                 reason = broker._scrub(f"{type(exc).__name__}: {exc}")
             finally:
                 with self.lock:

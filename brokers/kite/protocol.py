@@ -355,7 +355,7 @@ class KiteDecoder:
         """Parse a JSON text frame ``{"type": ..., "data": ...}``; None (and counted) if malformed."""
         try:
             message = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             self._malformed(BAD_JSON, f"text frame is not JSON ({exc})")
             return None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

@@ -152,6 +152,7 @@ SHORT_MINI = "short_mini_touch_line"  # shorter than 54 bytes
 SHORT_INDEX = "short_index"  # shorter than 87 bytes
 SHORT_MARKET_STATUS = "short_market_status"  # shorter than 16 bytes
 SHORT_CAS_REFERENCE = "short_cas_reference"  # shorter than 33 bytes
+NEGATIVE_VOLUME = "negative_volume"  # a market picture whose cumulative volume is below zero: skipped
 UNKNOWN_PACKET = "unknown_packet"  # a message code and level the spec routes nowhere
 BAD_JSON = "bad_json"  # a text frame that is not JSON
 BAD_MESSAGE = "bad_message"  # JSON, but not an object
@@ -542,7 +543,7 @@ def parse_control(text: str | bytes) -> ControlMessage:
     """Parse one JSON text frame; ValueError if it is not a JSON object."""
     try:
         data = json.loads(text)
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too; RecursionError: nested too deep
         raise ValueError(f"SFeed text frame is not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"SFeed text frame is JSON but not an object: {type(data).__name__}")
@@ -790,6 +791,9 @@ class KotakDecoder:
                 if entry is None:
                     unknown += 1
                     continue
+                if volume < 0:  # cumulative day volume cannot be negative: a damaged packet
+                    self._malformed(NEGATIVE_VOLUME, f"market picture of token {token} with volume {volume}")
+                    continue
                 exchange, symbol, prices, levels = entry
                 if level == LEVEL_TOUCH_LINE:  # always exactly one bid and one ask, whatever the counts say
                     bids = asks = 1
@@ -881,6 +885,9 @@ class KotakDecoder:
                 if entry is None:
                     unknown += 1
                     continue
+                if volume < 0:  # cumulative day volume cannot be negative: a damaged packet
+                    self._malformed(NEGATIVE_VOLUME, f"market picture of token {token} with volume {volume}")
+                    continue
                 exchange, symbol, prices, levels = entry
                 if touch_line:
                     bids = asks = 1
@@ -955,7 +962,7 @@ class KotakDecoder:
         """
         try:
             data = json.loads(text)
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too; RecursionError: nested too deep
             self._malformed(BAD_JSON, f"text frame is not JSON ({exc})")
             return None
         if not isinstance(data, dict):

@@ -1,0 +1,1 @@
+"""Running the daemon in production: service-manager integration (systemd) and monitoring."""

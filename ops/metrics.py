@@ -1,0 +1,248 @@
+"""Prometheus metrics and a health check for the running daemon, over a small HTTP server.
+
+Everything is read from the Service and its broker when a request arrives: the tick path does no
+extra work, and the numbers are the counters the service, the aggregator and the decoders already
+keep. Paths: ``/metrics`` (Prometheus text or OpenMetrics, as the scraper asks) and ``/healthz``
+(200 when the feed and the store are healthy, else 503 with the problems named).
+
+A failing scrape is logged and answered with 500; nothing raised while answering reaches the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from version import __version__
+
+if TYPE_CHECKING:
+    from service import Service
+
+log = logging.getLogger(__name__)
+
+PREFIX = "marketfeed"
+
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+
+
+class MetricsError(Exception):
+    """The metrics server could not start; the message says what to change."""
+
+
+class ServiceCollector(Collector):
+    """Turns the Service's and the broker's counters into metric families at scrape time."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        broker = service.broker
+        stats = service.stats
+        agg = service.aggregator.stats
+
+        yield InfoMetricFamily(
+            f"{PREFIX}_build", "The daemon's version and the broker it streams from.",
+            value={"version": __version__, "broker": broker.name},
+        )
+
+        up = GaugeMetricFamily(f"{PREFIX}_connection_up", "1 while the feed connection is open, else 0.", labels=["connection"])
+        frame_age = GaugeMetricFamily(
+            f"{PREFIX}_connection_last_frame_age_seconds",
+            "Seconds since the connection received its last frame of any kind (ticks or heartbeat).",
+            labels=["connection"],
+        )
+        reconnects = CounterMetricFamily(
+            f"{PREFIX}_connection_reconnects", "Successful re-opens of the connection after its first.", labels=["connection"]
+        )
+        states = getattr(broker, "connection_states", None)
+        if states is None:  # a broker with one connection and no per-connection detail (the simulator)
+            for conn_id, connected in service.feeds().items():
+                up.add_metric([conn_id], 1.0 if connected else 0.0)
+        else:
+            for state in states():
+                conn_id = str(state.id)
+                up.add_metric([conn_id], 1.0 if state.connected else 0.0)
+                reconnects.add_metric([conn_id], state.reconnects)
+                if state.last_frame_age is not None:
+                    frame_age.add_metric([conn_id], state.last_frame_age)
+        yield up
+        yield frame_age
+        yield reconnects
+
+        yield CounterMetricFamily(
+            f"{PREFIX}_reauths", "Session renewals after the first login (0 for brokers that never renew).",
+            value=getattr(broker, "reauths", 0),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_feed_problem", "1 while the feed reports a problem it cannot recover from by itself.",
+            value=1.0 if broker.problem else 0.0,
+        )
+
+        malformed = CounterMetricFamily(
+            f"{PREFIX}_malformed_frames", "Malformed input from the feed, by what was wrong with it.", labels=["kind"]
+        )
+        decode_stats = getattr(broker, "stats", None)
+        for kind, count in sorted(getattr(decode_stats, "malformed", {}).items()):
+            malformed.add_metric([kind], count)
+        yield malformed
+
+        yield CounterMetricFamily(f"{PREFIX}_ticks", "Ticks the pipeline received from the feed.", value=stats.ticks)
+        last_tick_age = GaugeMetricFamily(f"{PREFIX}_last_tick_age_seconds", "Seconds since the last batch of ticks arrived.")
+        if stats.last_tick is not None:
+            # Service stamps last_tick with time.monotonic()
+            last_tick_age.add_metric([], max(0.0, time.monotonic() - stats.last_tick))
+        yield last_tick_age
+        yield CounterMetricFamily(
+            f"{PREFIX}_late_ticks", "Ticks that landed in an already closed bucket and revised its candle.", value=agg.late_ticks
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_dropped_ticks", "Ticks dropped because their bucket closed beyond the revision horizon.",
+            value=agg.dropped_ticks,
+        )
+
+        yield CounterMetricFamily(f"{PREFIX}_candles_written", "Candles the store accepted.", value=stats.candles_written)
+        yield CounterMetricFamily(
+            f"{PREFIX}_rejected_candles", "Candles the store refused one by one (dropped).", value=stats.rejected_candles
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_spool_depth", "Closed candles waiting for the store.", value=service.health()["spool_depth"]
+        )
+        yield CounterMetricFamily(f"{PREFIX}_store_errors", "Store writes that failed.", value=stats.store_errors)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_store_up", "0 while the last write failed because the store was unreachable.",
+            value=0.0 if stats.store_down else 1.0,
+        )
+
+
+def health_problems(service: Service, pipeline_max_age: float) -> list[str]:
+    """What keeps the daemon from being healthy, in words an operator can act on; [] when all is well."""
+    broker = service.broker
+    problems: list[str] = []
+    if broker.problem:
+        problems.append(f"feed: {broker.problem}")
+    states = getattr(broker, "connection_states", None)
+    if states is None:
+        problems += [f"feed connection {conn_id} down" for conn_id, connected in service.feeds().items() if not connected]
+    else:
+        for state in states():
+            if not state.connected:
+                why = f" ({state.last_error})" if state.last_error else ""
+                problems.append(f"feed connection {state.id} down{why}")
+    if service.stats.store_down:
+        problems.append(f"store {service.store.description} unreachable")
+    pipeline_alive = getattr(service, "pipeline_alive", None)
+    if pipeline_alive is not None and not pipeline_alive(pipeline_max_age):
+        problems.append(f"pipeline thread stopped or stuck for more than {pipeline_max_age:g} s")
+    return problems
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a slow scraper must not hold up shutdown
+
+    def __init__(self, address: tuple[str, int], owner: MetricsServer) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.owner = owner
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer: nothing to fix on this side.
+        log.debug("metrics: request from %s failed", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlsplit(self.path).path
+        try:
+            status, content_type, body = self.server.owner.answer(path, self.headers.get("Accept", ""))
+        except Exception:  # noqa: BLE001 - a scrape must never take the daemon down
+            log.exception("metrics: answering %s failed", path)
+            status, content_type, body = 500, _TEXT, b"internal error while collecting; see the daemon's log\n"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.debug("metrics: %s - %s", self.address_string(), format % args)
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` for one Service, on a background thread.
+
+    ``port=0`` picks a free port (read ``.port`` after ``start``). Binds 127.0.0.1 unless told
+    otherwise: expose it wider only behind a firewall, it has no authentication.
+    """
+
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 0, *, pipeline_max_age: float = 10.0) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.pipeline_max_age = pipeline_max_age
+        self.registry = CollectorRegistry(auto_describe=False)  # no collect() at registration: the service may not run yet
+        self.registry.register(ServiceCollector(service))
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(standard)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        try:
+            server = _Server((self.host, self.port), self)
+        except OSError as exc:
+            raise MetricsError(
+                f"cannot serve metrics on {self.host}:{self.port}: {exc}; choose a free port or another address"
+            ) from exc
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics", daemon=True)
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def answer(self, path: str, accept: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a GET of ``path``."""
+        if path == "/metrics":
+            encode, content_type = choose_encoder(accept)
+            return 200, content_type, encode(self.registry)
+        if path == "/healthz":
+            problems = health_problems(self.service, self.pipeline_max_age)
+            body = {"status": "unhealthy" if problems else "ok", "problems": problems}
+            return (503 if problems else 200), _JSON, json.dumps(body).encode() + b"\n"
+        return 404, _TEXT, b"not found: try /metrics or /healthz\n"

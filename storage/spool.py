@@ -1,0 +1,177 @@
+"""A durable spool in front of the store: a closed candle is on disk before it counts as accepted.
+
+The writer appends every batch of candles (one JSON line each) and fsyncs the batch, then
+upserts it into the store. Once the store has taken everything the spool holds, the file is
+truncated. While the store is away the writer only appends (the spool grows on disk, not in
+memory) and replays the file, in order and in chunks, when the store answers again; a restart
+replays what an earlier run left. Replays are idempotent: the store upserts by primary key and
+later lines (revisions) overwrite earlier ones, as they did live.
+
+A line cut short by a crash in the middle of an append is skipped and counted. One daemon per
+spool: a lock file refuses a second one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from candles.model import IST, Candle
+
+log = logging.getLogger(__name__)
+
+
+class SpoolError(Exception):
+    """The spool cannot be used; the message says why and what to do."""
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, IST)
+
+
+def encode(candle: Candle) -> bytes:
+    return (
+        json.dumps(
+            [
+                candle.exchange, candle.symbol, candle.interval, candle.bucket.timestamp(),
+                str(candle.open), str(candle.high), str(candle.low), str(candle.close),
+                candle.volume, candle.oi, candle.tick_count, _ts(candle.first_tick), _ts(candle.last_tick),
+                candle.cum_volume, candle.final,
+            ],
+            separators=(",", ":"),
+        )
+        + "\n"
+    ).encode()  # fmt: skip
+
+
+def decode(line: bytes) -> Candle:
+    e, s, i, b, o, h, lo, c, v, oi, n, first, last, cum, final = json.loads(line)
+    return Candle(
+        e, s, i, datetime.fromtimestamp(b, IST), Decimal(o), Decimal(h), Decimal(lo), Decimal(c),
+        v, oi, n, _dt(first), _dt(last), cum, bool(final),
+    )  # fmt: skip
+
+
+class Spool:
+    """Append-only candle file with a replay cursor; used by one thread (the store writer)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.dir / "spool.lock", "a+")  # noqa: SIM115 - held for the spool's life
+        except OSError as exc:
+            raise SpoolError(f"cannot use the spool directory {self.dir}: {exc.strerror}; check DATA_DIR") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise SpoolError(
+                f"another marketfeed process uses the spool in {self.dir}: give each daemon its own DATA_DIR"
+            ) from None
+        self.path = self.dir / "candles.spool"
+        self._file = open(self.path, "ab+")  # noqa: SIM115
+        self._cut_torn_tail()
+        self.depth = sum(1 for _ in self._lines())  # candles on disk not yet known to be in the store
+        self.torn = 0  # lines cut short by a crash, skipped
+        self.appended = 0
+        self._replayed = 0  # byte offset up to which a replay has been taken by the store
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.path)!r}, depth={self.depth})"
+
+    def _cut_torn_tail(self) -> None:
+        """A crash in the middle of an append leaves a last line without its newline: drop it,
+        or the next append would glue a good line onto it."""
+        size = self._file.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        self._file.seek(max(0, size - 65536))
+        tail = self._file.read()
+        cut = tail.rfind(b"\n") + 1
+        if cut != len(tail):
+            keep = size - (len(tail) - cut)
+            log.warning("spool %s: dropping %d bytes of a line cut short by a crash", self.path, size - keep)
+            self._file.truncate(keep)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def append(self, candles: Iterable[Candle]) -> int:
+        """Append and fsync; returns how many were written."""
+        data = b"".join(map(encode, candles))
+        if not data:
+            return 0
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        n = data.count(b"\n")
+        self.depth += n
+        self.appended += n
+        return n
+
+    def clear(self) -> None:
+        """The store has everything the spool holds: start the file afresh."""
+        self._file.truncate(0)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.depth = 0
+        self._replayed = 0
+
+    def _lines(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(offset after the line, line) from ``start``; a last line without newline is torn."""
+        self._file.flush()
+        with open(self.path, "rb") as src:
+            src.seek(start)
+            offset = start
+            for line in src:
+                offset += len(line)
+                if line.endswith(b"\n"):
+                    yield offset, line
+
+    def chunks(self, size: int = 2000) -> Iterator[tuple[int, list[Candle]]]:
+        """Chunks of spooled candles not yet replayed, in order, with the offset each ends at.
+        Call ``replayed(offset)`` once the store has taken a chunk."""
+        chunk: list[Candle] = []
+        end = self._replayed
+        for offset, line in self._lines(self._replayed):
+            try:
+                chunk.append(decode(line))
+            except (ValueError, TypeError):
+                self.torn += 1
+                log.warning("spool %s: skipped an unreadable line at offset %d", self.path, offset - len(line))
+            end = offset
+            if len(chunk) >= size:
+                yield end, chunk
+                chunk = []
+        if chunk or end != self._replayed:
+            yield end, chunk
+
+    def replayed(self, offset: int, count: int) -> None:
+        self._replayed = offset
+        self.depth = max(0, self.depth - count)
+
+    @property
+    def pending_on_disk(self) -> bool:
+        return self.size_bytes > self._replayed
+
+    def close(self) -> None:
+        self._file.close()
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+        finally:
+            self._lock.close()
