@@ -276,3 +276,23 @@ def test_too_many_connections_429_backs_off_at_backoff_max(caplog):
         finally:
             broker.disconnect()
     assert "HTTP 429" in caplog.text
+
+
+def test_reconnect_log_lines_carry_the_connection_id_and_the_reason_as_json_fields(server, make_broker, caplog):
+    import json
+
+    from config.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO)
+    broker = make_broker()
+    broker.subscribe([INSTRUMENTS[INFY]])
+    broker.connect(Sink())
+    server.wait_subscribed([INFY], mode="full")
+    server.drop_all()
+    wait_until(lambda: any(getattr(r, "event", None) == "reconnected" for r in caplog.records), 5, "the reconnect")
+    entries = [json.loads(JsonFormatter().format(r)) for r in caplog.records if getattr(r, "event", None)]
+    lost = next(e for e in entries if e["event"] == "reconnecting")
+    back = next(e for e in entries if e["event"] == "reconnected")
+    assert lost["connection"] == back["connection"] == 1
+    assert "Connection" in lost["reason"] and lost["attempt"] == 1
+    assert back["reason"] == lost["reason"]

@@ -209,7 +209,10 @@ class _Shard:
             if delay is None:
                 delay = random.uniform(0.0, min(broker.backoff_max, broker.backoff_initial * 2**failures))
             failures += 1
-            log.warning("kite connection %d: %s; reconnecting in %.2f s (attempt %d)", self.id, reason, delay, failures)
+            log.warning(
+                "kite connection %d: %s; reconnecting in %.2f s (attempt %d)", self.id, reason, delay, failures,
+                extra={"event": "reconnecting", "connection": self.id, "reason": reason, "attempt": failures},
+            )  # fmt: skip
             if stop.wait(delay):
                 break
         with self.lock:
@@ -240,7 +243,10 @@ class _Shard:
             tokens = len(self.instruments)
         if reconnect:
             self.reconnects += 1
-            log.warning("kite connection %d: reconnected, resubscribed %d instruments", self.id, tokens)
+            log.warning(
+                "kite connection %d: reconnected, resubscribed %d instruments", self.id, tokens,
+                extra={"event": "reconnected", "connection": self.id, "reason": self.last_error},
+            )  # fmt: skip
         else:
             log.info("kite connection %d: connected, subscribed %d instruments", self.id, tokens)
         self._read(ws)

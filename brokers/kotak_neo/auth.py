@@ -203,7 +203,8 @@ class KotakAuth:
             if self.logins == 1:
                 log.info("kotak: logged in as %s; session valid for %.0f s", session.ucc, left)
             else:
-                log.warning("kotak: re-authenticated (%s); new session valid for %.0f s", reason, left)
+                log.warning("kotak: re-authenticated (%s); new session valid for %.0f s", reason, left,
+                            extra={"event": "reauthenticated", "reason": reason})  # fmt: skip
             return session
 
     # ---------------------------------------------------------------- the two calls

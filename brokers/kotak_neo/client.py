@@ -217,7 +217,10 @@ class _Conn:
             if delay is None:
                 delay = random.uniform(0.0, min(broker.backoff_max, broker.backoff_initial * 2**failures))
             failures += 1
-            log.warning("kotak connection %d: %s; reconnecting in %.2f s (attempt %d)", self.id, reason, delay, failures)
+            log.warning(
+                "kotak connection %d: %s; reconnecting in %.2f s (attempt %d)", self.id, reason, delay, failures,
+                extra={"event": "reconnecting", "connection": self.id, "reason": reason, "attempt": failures},
+            )  # fmt: skip
             if stop.wait(delay):
                 break
         with self.lock:
@@ -235,7 +238,10 @@ class _Conn:
             count = len(self.instruments)
         if reconnect:
             self.reconnects += 1
-            log.warning("kotak connection %d: reconnected, resubscribed %d instruments", self.id, count)
+            log.warning(
+                "kotak connection %d: reconnected, resubscribed %d instruments", self.id, count,
+                extra={"event": "reconnected", "connection": self.id, "reason": self.last_error},
+            )  # fmt: skip
         else:
             log.info("kotak connection %d: connected, subscribed %d instruments", self.id, count)
         seen = session.serial
