@@ -374,6 +374,10 @@ class Service:
             return {"1": self.broker.is_connected()}
         return {str(s.id): s.connected for s in states()}
 
+    def spool_depth(self) -> int:
+        """Closed candles the store has not taken yet (in the spool, or still queued for the writer)."""
+        return self.stats.pending + self._candles.qsize()
+
     def health(self) -> dict[str, Any]:
         """The heartbeat body: what an operator needs to tell at a glance whether all is well."""
         now = time.monotonic()
@@ -404,7 +408,7 @@ class Service:
             "ticks": ticks,
             "last_tick_age_s": None if last is None else round(now - last, 2),
             "candles_written": self.stats.candles_written,
-            "spool_depth": self.stats.pending + self._candles.qsize(),
+            "spool_depth": self.spool_depth(),
             "late_ticks": agg.late_ticks,
             "dropped_ticks": agg.dropped_ticks,
             "store": self.store.description,

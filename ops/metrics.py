@@ -119,7 +119,7 @@ class ServiceCollector(Collector):
             f"{PREFIX}_rejected_candles", "Candles the store refused one by one (dropped).", value=stats.rejected_candles
         )
         yield GaugeMetricFamily(
-            f"{PREFIX}_spool_depth", "Closed candles waiting for the store.", value=service.health()["spool_depth"]
+            f"{PREFIX}_spool_depth", "Closed candles waiting for the store.", value=service.spool_depth()
         )
         yield CounterMetricFamily(f"{PREFIX}_store_errors", "Store writes that failed.", value=stats.store_errors)
         yield GaugeMetricFamily(

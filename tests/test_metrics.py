@@ -204,15 +204,15 @@ def test_healthz_asks_the_service_whether_its_pipeline_is_alive_when_it_can(sim_
 def test_a_failing_scrape_answers_500_and_the_server_keeps_serving(sim_daemon, caplog):
     service, _, metrics = sim_daemon
 
-    def broken() -> dict:
+    def broken() -> int:
         raise RuntimeError("simulated collector failure")
 
-    service.health = broken
+    service.spool_depth = broken
     status, body = get(metrics.port, "/metrics")
     assert status == 500
     assert b"see the daemon's log" in body
     assert "simulated collector failure" in caplog.text
-    del service.health
+    del service.spool_depth
     assert value(scrape(metrics.port), "marketfeed_connection_up", connection="1") == 1
 
 
