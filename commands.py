@@ -82,9 +82,11 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:  # noqa: ANN001
     from publishers.mqtt import MqttConfig, MqttPublisher
     from service import Service
+    from storage.journal import TickJournal
     from storage.spool import Spool
 
-    spool = Spool(Path(settings.data_dir) / "spool")
+    spool = Spool(Path(settings.data_dir) / "spool")  # first: its lock keeps a second daemon off this DATA_DIR
+    journal = TickJournal(Path(settings.data_dir) / "journal")
 
     service = Service(
         broker,
@@ -96,6 +98,7 @@ def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:
         emit_empty=settings.emit_empty_candles,
         status_interval=settings.status_interval_seconds,
         spool=spool,
+        journal=journal,
     )
     mqtt_config = MqttConfig.from_settings(settings)
     if mqtt_config is not None:

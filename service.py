@@ -8,6 +8,7 @@ batches and keeps them (retrying with backoff) while the store is unreachable.
 from __future__ import annotations
 
 import logging
+import pickle
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ from brokers.base import BaseBroker, Instrument, TickData
 from candles.aggregator import CandleAggregator
 from candles.model import IST, Candle, Interval
 from storage.base import CandleStore, StoreError, StoreUnavailable
+from storage.journal import TickJournal
 from storage.spool import Spool
 from version import __version__
 
@@ -28,6 +30,13 @@ log = logging.getLogger(__name__)
 _WRITE_BATCH = 2_000
 _WRITE_LINGER = 0.2  # seconds the writer waits to fill a batch
 _BACKOFF_MAX = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """Queued after the candles emitted before journal checkpoint ``seq``."""
+
+    seq: int
 
 
 class CandlePublisher(Protocol):
@@ -48,6 +57,7 @@ class ServiceStats:
     pending: int = 0  # candles the writer holds that the store has not accepted yet
     last_tick: float | None = None  # monotonic time the last batch of ticks arrived
     store_down: bool = False  # the last write failed because the store was unreachable
+    journal_errors: int = 0
 
 
 class Service:
@@ -64,6 +74,8 @@ class Service:
         status_interval: float = 30.0,
         publisher: CandlePublisher | None = None,
         spool: Spool | None = None,
+        journal: TickJournal | None = None,
+        checkpoint_seconds: float = 60.0,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -74,9 +86,13 @@ class Service:
         self.stats = ServiceStats()
         self.publisher = publisher
         self.spool = spool
+        self.journal = journal if spool is not None else None  # releasing the journal needs the spool
+        self.checkpoint_seconds = checkpoint_seconds
+        self._release_after: int | None = None
+        self._processed = 0  # number of the last journalled batch the aggregator has taken
         self.started_at = time.time()
         self._rate_mark: tuple[float, int] = (time.monotonic(), 0)
-        self._ticks: queue.Queue[Sequence[TickData] | None] = queue.Queue()
+        self._ticks: queue.Queue[tuple[int, Sequence[TickData]] | None] = queue.Queue()  # (journal number, batch)
         self._candles: queue.Queue[list[Candle] | None] = queue.Queue()
         self._stop = threading.Event()
         self._pipeline_beat: float | None = None  # monotonic time of the pipeline's latest loop (liveness)
@@ -88,7 +104,10 @@ class Service:
         if self.spool is not None and self.spool.depth:
             log.info("the spool holds %d candles from an earlier run: writing them first", self.spool.depth)
             self._replay_spool()  # before resuming open buckets from the store, so that it is complete
-        self._resume_open_buckets()
+        if not self._recover_from_journal():
+            self._resume_open_buckets()
+        if self.journal is not None:
+            self._checkpoint()
         self._pipeline.start()
         self._writer.start()
         self.broker.subscribe(self.instruments)
@@ -101,6 +120,49 @@ class Service:
             self.broker.name,
             self.store.description,
         )
+
+    def _checkpoint(self) -> None:
+        """Snapshot the aggregator into a new journal segment (pipeline thread, or before it runs)."""
+        assert self.journal is not None
+        agg = self.aggregator
+        clock, agg._clock = agg._clock, None  # the clock is the process's, not state
+        try:
+            seq = self.journal.checkpoint(agg, self._processed)
+        except (OSError, pickle.PicklingError) as exc:
+            log.error("journal checkpoint failed (%s): a kill now would lose the open buckets' ticks", exc)
+            return
+        finally:
+            agg._clock = clock
+        self._candles.put(_Checkpoint(seq))
+
+    def _recover_from_journal(self) -> bool:
+        """After a kill: restore the aggregator from the journal and add its ticks again."""
+        if self.journal is None:
+            return False
+        try:
+            recovered = self.journal.recover()
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+            log.warning("ignoring an unreadable tick journal in %s: %s", self.journal.dir, exc)
+            return False
+        if recovered is None:
+            return False
+        state, batches = recovered
+        wanted = [i.name for i in self.aggregator.intervals]
+        if not isinstance(state, CandleAggregator) or [i.name for i in state.intervals] != wanted:
+            log.warning("the tick journal in %s was written for other intervals: resuming from the store", self.journal.dir)
+            return False
+        state._clock = self.clock
+        self.aggregator = state
+        self._processed = self.journal.number
+        for batch in batches:
+            revised = state.add(batch)
+            if revised:
+                self._candles.put(revised)
+        closed = state.advance()
+        if closed:
+            self._candles.put(closed)
+        log.info("resumed the open buckets from the tick journal (%d batches added again)", len(batches))
+        return True
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -142,7 +204,22 @@ class Service:
 
     # ---- threads ---------------------------------------------------------------------------
     def _on_ticks(self, batch: Sequence[TickData]) -> None:
-        self._ticks.put(batch)
+        journal = self.journal
+        if journal is None:
+            self._ticks.put((0, batch))
+            return
+        with journal.lock:  # one lock per batch: the journal's order is the queue's order
+            try:
+                number = journal.append(batch)
+            except OSError as exc:  # a full disk must not stop the feed: the journal is a safety net
+                number = journal.number
+                self._journal_failed(exc)
+            self._ticks.put((number, batch))
+
+    def _journal_failed(self, exc: OSError) -> None:
+        self.stats.journal_errors += 1
+        if self.stats.journal_errors % 1000 == 1:
+            log.error("tick journal write failed (%s): a kill now would lose open buckets' ticks", exc)
 
     def _resume_open_buckets(self) -> None:
         since = self.clock() - 86_400
@@ -160,15 +237,18 @@ class Service:
         out = self._candles
         stats = self.stats
         get = self._ticks.get
+        journal = self.journal
+        next_checkpoint = time.monotonic() + self.checkpoint_seconds
         try:
             while True:
                 self._pipeline_beat = time.monotonic()
                 try:
-                    batch = get(timeout=0.1)
+                    item = get(timeout=0.1)
                 except queue.Empty:
-                    batch = ()
-                if batch is None:
+                    item = (self._processed, ())
+                if item is None:
                     break
+                self._processed, batch = item
                 if batch:
                     stats.ticks += len(batch)
                     stats.last_tick = time.monotonic()
@@ -178,12 +258,18 @@ class Service:
                 closed = agg.advance()
                 if closed:
                     out.put(closed)
+                if journal is not None and time.monotonic() >= next_checkpoint:
+                    self._checkpoint()
+                    next_checkpoint = time.monotonic() + self.checkpoint_seconds
             # shutdown: drain what the feed already handed over, then flush open buckets
             while True:
                 try:
-                    batch = self._ticks.get_nowait()
+                    item = self._ticks.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:
+                    continue
+                self._processed, batch = item
                 if batch:
                     stats.ticks += len(batch)
                     out.put(agg.add(batch))
@@ -191,6 +277,8 @@ class Service:
             open_candles = agg.flush()
             out.put(open_candles)
             log.info("shutdown: flushed %d open candles as non-final", len(open_candles))
+            if journal is not None:
+                self._checkpoint()  # the next start resumes the open buckets from here
         except Exception:
             log.exception("the pipeline thread failed")
         finally:
@@ -214,6 +302,9 @@ class Service:
                 spool.append(pending)  # durable from here on: this is when a candle counts as accepted
                 if backlog:  # behind older candles: they go to the store in spool order
                     pending.clear()
+            if self._release_after is not None and self.journal is not None:
+                self.journal.release(self._release_after)  # all emitted before that checkpoint is spooled
+                self._release_after = None
             stats.pending = spool.depth
             if backlog:
                 if time.monotonic() < next_try and not finished:
@@ -361,6 +452,9 @@ class Service:
                 return False
             if item is None:
                 return True
+            if isinstance(item, _Checkpoint):
+                self._release_after = item.seq  # released once what came before it is spooled
+                return False
             if item and self.stats.oldest_pending is None:
                 self.stats.oldest_pending = time.monotonic()
             pending.extend(item)

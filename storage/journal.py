@@ -1,0 +1,167 @@
+"""Tick journal: what the open buckets were built from, so that a killed daemon resumes them exactly.
+
+Closed candles are safe in the spool; open buckets live in the aggregator's memory. The journal
+keeps a snapshot of the aggregator's state (a checkpoint, taken every minute or so) followed by
+every tick batch the pipeline added since. After a crash or SIGKILL the next start restores the
+oldest snapshot still kept and adds the journalled ticks again: the aggregator is where it was,
+and the candles it emits again are upserted with the values they already had.
+
+Tick batches are journalled by the broker threads as they hand them over (numbered, in queue
+order), so a batch still waiting in the pipeline's queue at a kill is not lost either.
+Records are written with one ``write`` per batch and no fsync: they survive the process being
+killed (the kernel has them), not the machine losing power. A checkpoint's older segments are
+deleted only once the store writer has spooled every candle emitted before it (``release``).
+
+File format, per segment ``ticks-<seq>.jnl``: records of ``kind (1 byte) · length (u32) · payload``;
+kind ``S`` = pickled (covered batch number, aggregator) snapshot (the first record), ``T`` =
+marshalled (number, tick batch). A record cut short by a kill is ignored. The journal is the
+daemon's own state in DATA_DIR: it is trusted like the code (pickle).
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+import pickle
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from brokers.base import TickData
+from candles.model import IST
+
+log = logging.getLogger(__name__)
+
+_HEAD = struct.Struct("<cI")
+_SNAPSHOT = b"S"
+_TICKS = b"T"
+
+
+def _pack(ticks: Sequence[TickData]) -> list:
+    return (
+        [
+            (t.broker, t.exchange, t.symbol, t.token, str(t.last_price), t.last_quantity, t.volume, t.oi,
+             t.exchange_ts.timestamp(), t.receive_ts.timestamp())
+            for t in ticks
+        ]
+    )  # fmt: skip
+
+
+def _unpack(rows: list) -> list[TickData]:
+    return [
+        TickData(b, e, s, tok, Decimal(p), q, v, oi, datetime.fromtimestamp(ts, IST), datetime.fromtimestamp(rts, IST))
+        for b, e, s, tok, p, q, v, oi, ts, rts in rows
+    ]
+
+
+class TickJournal:
+    """Appended to by the broker threads (``append``, under a lock that also keeps the order of
+    the pipeline's queue), checkpointed by the pipeline thread, released by the store writer.
+
+    Every tick batch gets a record number ``n``; a snapshot records the last ``n`` it includes.
+    Recovery takes the newest snapshot whose earlier candles were spooled (released) and adds the
+    batches numbered after it, wherever they are (a batch queued before a checkpoint but processed
+    after it sits in the segment before the snapshot's)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self._file: Any = None
+        self.seq = max((self._seq(p) for p in self._segments()), default=0)
+        self.number = 0  # number of the last tick batch appended
+        self.records = 0
+
+    def __repr__(self) -> str:
+        return f"TickJournal({str(self.dir)!r}, segment={self.seq})"
+
+    @staticmethod
+    def _seq(path: Path) -> int:
+        return int(path.stem.split("-")[1])
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.dir.glob("ticks-*.jnl"), key=self._seq)
+
+    # ---------------------------------------------------------------- writing
+
+    def checkpoint(self, state: Any, covered: int) -> int:
+        """Start a new segment with a snapshot of ``state``, which includes the batches numbered up
+        to ``covered``; returns the segment number, for ``release``."""
+        payload = pickle.dumps((covered, state), protocol=pickle.HIGHEST_PROTOCOL)
+        with self.lock:
+            seq = self.seq + 1
+            new = open(self.dir / f"ticks-{seq:08d}.jnl", "wb")  # noqa: SIM115 - the current segment from now on
+            new.write(_HEAD.pack(_SNAPSHOT, len(payload)) + payload)
+            new.flush()
+            os.fsync(new.fileno())
+            old, self._file, self.seq = self._file, new, seq
+        if old is not None:
+            old.close()
+        return seq
+
+    def append(self, ticks: Sequence[TickData]) -> int:
+        """Journal a batch (call with ``lock`` held); returns its number."""
+        self.number += 1
+        if self._file is not None:
+            payload = marshal.dumps((self.number, _pack(ticks)))
+            self._file.write(_HEAD.pack(_TICKS, len(payload)) + payload)
+            self._file.flush()  # in the kernel's hands: survives a kill of this process
+            self.records += 1
+        return self.number
+
+    def release(self, seq: int) -> None:
+        """Everything emitted before checkpoint ``seq`` is spooled: recovery may start from it, and
+        segments before the one preceding it can go."""
+        (self.dir / "released").write_text(str(seq))
+        for path in self._segments():
+            if self._seq(path) < seq - 1:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self.lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    # ---------------------------------------------------------------- recovery (at start)
+
+    def recover(self) -> tuple[Any, list[list[TickData]]] | None:
+        """The newest released snapshot (else the oldest one) and the batches numbered after it."""
+        try:
+            released = int((self.dir / "released").read_text())
+        except (OSError, ValueError):
+            released = 0
+        snapshots: list[tuple[int, bytes]] = []
+        batches: dict[int, bytes] = {}
+        for path in self._segments():
+            for kind, payload in self._records(path):
+                if kind == _SNAPSHOT:
+                    snapshots.append((self._seq(path), payload))
+                else:
+                    n, packed = marshal.loads(payload)
+                    batches[n] = packed
+        if not snapshots:
+            return None
+        usable = [s for s in snapshots if s[0] <= released] or snapshots[:1]
+        covered, state = pickle.loads(usable[-1][1])
+        self.number = max([covered, *batches])  # go on numbering after what is on disk
+        later = [_unpack(batches[n]) for n in sorted(batches) if n > covered]
+        return state, later
+
+    @staticmethod
+    def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:
+        data = path.read_bytes()
+        pos = 0
+        while pos + _HEAD.size <= len(data):
+            kind, length = _HEAD.unpack_from(data, pos)
+            end = pos + _HEAD.size + length
+            if end > len(data) or kind not in (_SNAPSHOT, _TICKS):
+                log.warning("journal %s: ignoring a record cut short at offset %d", path, pos)
+                return
+            yield kind, data[pos + _HEAD.size : end]
+            pos = end
