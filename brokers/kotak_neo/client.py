@@ -206,7 +206,7 @@ class _Conn:
                 failures = 0
             if refused is not None:
                 try:
-                    if broker._relogin_after_refusal(refused):
+                    if broker._relogin_after_refusal(refused, self.id):
                         delay = 0.0 if failures == 0 else None
                 except KotakAuthError as exc:
                     if exc.permanent:
@@ -675,7 +675,7 @@ class KotakNeoBroker(BaseBroker):
         with self._sessions_lock:
             self._accepted_serial = max(self._accepted_serial, session.serial)
 
-    def _relogin_after_refusal(self, refused: KotakSession) -> bool:
+    def _relogin_after_refusal(self, refused: KotakSession, conn_id: int = 0) -> bool:
         """After a 1120 for ``refused``: log in again, once for all connections (``reauth`` does
         nothing when another connection already replaced the session). Returns False, without a
         login, when ``refused`` itself came from such a login and the feed has never accepted it:
@@ -685,7 +685,7 @@ class KotakNeoBroker(BaseBroker):
             if refused.serial == self._relogin_serial and refused.serial > self._accepted_serial:
                 log.debug("kotak: the feed refused a fresh session too; retrying it without logging in again")
                 return False
-        session = self.auth.reauth(refused, "the feed refused the session (1120)")
+        session = self.auth.reauth(refused, f"connection {conn_id}: the feed refused the session (1120)")
         with self._sessions_lock:
             if session.serial != refused.serial:
                 self._relogin_serial = max(self._relogin_serial, session.serial)
