@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.waiting import free_port
+
 INSTALL_HINT = (
     "mosquitto was not found on PATH or in /usr/sbin: install it, e.g. 'sudo apt-get install -y mosquitto' on Debian/Ubuntu"
 )
@@ -32,11 +34,6 @@ def find_mosquitto() -> str:
         raise MosquittoNotFound(INSTALL_HINT)
     return found
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MosquittoServer:

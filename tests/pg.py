@@ -16,7 +16,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
+
+from tests.waiting import free_port
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found on PATH or under "
@@ -68,11 +69,6 @@ def find_bindir() -> Path:
         return max(candidates, key=version)
     raise PostgresNotFound(INSTALL_HINT)
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _unprivileged_user() -> pwd.struct_passwd:

@@ -13,6 +13,7 @@ import pytest
 from brokers.base import BrokerError, Instrument, TickData
 from brokers.kite.client import AUTH_FAILED_MESSAGE, KiteBroker
 from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick
+from tests.waiting import wait_until
 
 INSTRUMENTS = {i.token: Instrument(i.exchange, i.tradingsymbol, i.token) for i in DEFAULT_INSTRUMENTS}
 INFY, RELIANCE = 408065, 738561
@@ -38,13 +39,6 @@ class Sink:
             return list(self.ticks)
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def synthetic(n: int, start: int = 10_000) -> list[Instrument]:

@@ -25,6 +25,7 @@ from storage.sqlite import SQLiteStore
 from tests.cli import main_env, run_main, start_main
 from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, FakeInstrument, KiteFakeServer, TapeTick, is_index, random_tape
 from tests.reference import candle_to_dict, reference_candles
+from tests.waiting import wait_until
 
 BY_SYMBOL = {f"{i.exchange}:{i.tradingsymbol}": i for i in DEFAULT_INSTRUMENTS}
 WATCH = ["NSE:INFY", "NSE:RELIANCE", "NSE:NIFTY 50"]
@@ -81,13 +82,6 @@ def stored_candles(store, intervals) -> dict:
     return rows
 
 
-def wait_until(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def wait_settled(server: KiteFakeServer, timeout: float = 20.0) -> None:

@@ -19,6 +19,7 @@ from brokers.kotak_neo.auth import CREDENTIALS_HINT, KotakAuth
 from brokers.kotak_neo.client import KotakNeoBroker
 from brokers.kotak_neo.instruments import KotakInstrument
 from tests.fakes.kotak_server import DEFAULT_INSTRUMENTS, KotakFakeServer, TapeTick, synthetic_instruments
+from tests.waiting import wait_until
 
 EPOCH = 1768448700  # 2026-01-15 09:15:00 IST
 SYNTHETIC = synthetic_instruments(300)  # nse_cm SYN0001-EQ … with tokens 100001 …
@@ -75,13 +76,6 @@ class Sink:
         return lambda ticks: {t.token for t in ticks if t.volume == volume} >= wanted
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def tick(inst: Instrument, price: str, volume: int, second: int = 0, token: int | None = None) -> TapeTick:

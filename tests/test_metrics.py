@@ -8,7 +8,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +22,7 @@ from service import Service
 from storage.base import StoreUnavailable
 from storage.sqlite import SQLiteStore
 from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer
+from tests.waiting import wait_until
 from version import __version__
 
 START = 1_795_491_900.0  # 2026-11-24 09:15 IST
@@ -42,13 +43,6 @@ class SwitchableStore(SQLiteStore):
         super().upsert(candles)
 
 
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -92,7 +86,7 @@ def sim_daemon(tmp_path) -> Iterator[tuple[Service, SwitchableStore, MetricsServ
     service.start()
     metrics.start()
     try:
-        wait_until(lambda: service.stats.ticks > 0, "the simulator's first ticks")  # the pipeline is looping
+        wait_until(lambda: service.stats.ticks > 0, 10.0, "the simulator's first ticks")  # the pipeline is looping
         yield service, store, metrics
     finally:
         metrics.stop()
@@ -128,15 +122,15 @@ def kite_daemon(tmp_path) -> Iterator[tuple[KiteFakeServer, Service, MetricsServ
 
 def test_tick_counter_grows_between_scrapes(sim_daemon):
     _, _, metrics = sim_daemon
-    wait_until(lambda: value(scrape(metrics.port), "marketfeed_ticks_total") > 0, "a first tick")
+    wait_until(lambda: value(scrape(metrics.port), "marketfeed_ticks_total") > 0, 10.0, "a first tick")
     first = value(scrape(metrics.port), "marketfeed_ticks_total")
-    wait_until(lambda: value(scrape(metrics.port), "marketfeed_ticks_total") > first, "more ticks")
+    wait_until(lambda: value(scrape(metrics.port), "marketfeed_ticks_total") > first, 10.0, "more ticks")
     assert value(scrape(metrics.port), "marketfeed_last_tick_age_seconds") >= 0
 
 
 def test_candles_written_after_a_simulated_minute_and_the_store_is_up(sim_daemon):
     _, _, metrics = sim_daemon
-    wait_until(lambda: value(scrape(metrics.port), "marketfeed_candles_written_total") > 0, "a candle written")
+    wait_until(lambda: value(scrape(metrics.port), "marketfeed_candles_written_total") > 0, 10.0, "a candle written")
     samples = scrape(metrics.port)
     assert value(samples, "marketfeed_store_up") == 1
     assert value(samples, "marketfeed_store_errors_total") == 0
@@ -174,7 +168,7 @@ def test_healthz_is_503_naming_the_feed_connection_once_the_broker_disconnects(s
 def test_healthz_is_503_naming_the_store_while_it_is_unreachable_and_200_once_it_is_back(sim_daemon):
     service, store, metrics = sim_daemon
     store.reachable = False
-    wait_until(lambda: service.stats.store_down, "a failed write")
+    wait_until(lambda: service.stats.store_down, 10.0, "a failed write")
     status, body = healthz(metrics.port)
     assert status == 503
     assert body["problems"] == [f"store {store.description} unreachable"]
@@ -182,7 +176,7 @@ def test_healthz_is_503_naming_the_store_while_it_is_unreachable_and_200_once_it
     assert value(samples, "marketfeed_store_up") == 0
     assert value(samples, "marketfeed_store_errors_total") >= 1
     store.reachable = True
-    wait_until(lambda: healthz(metrics.port)[0] == 200, "recovery once the store is reachable")
+    wait_until(lambda: healthz(metrics.port)[0] == 200, 10.0, "recovery once the store is reachable")
     assert value(scrape(metrics.port), "marketfeed_store_up") == 1
 
 
@@ -252,6 +246,7 @@ def test_malformed_kite_frame_is_counted_by_kind(kite_daemon):
     server.send_raw(b"\x00\x01\x00\x05abc")  # one packet of 5 bytes announced, 3 bytes sent
     wait_until(
         lambda: scrape(metrics.port).get(("marketfeed_malformed_frames_total", (("kind", "packet_overrun"),))) == 1,
+        10.0,
         "the malformed frame to be counted",
     )
 
@@ -265,9 +260,10 @@ def test_kite_reconnect_after_a_dropped_connection_shows_in_its_reconnects_count
     server.drop_all()
     wait_until(
         lambda: value(scrape(metrics.port), "marketfeed_connection_reconnects_total", connection="1") == 1,
+        10.0,
         "the reconnect to be counted",
     )
-    wait_until(service.broker.is_connected, "the connection to be up again")
+    wait_until(service.broker.is_connected, 10.0, "the connection to be up again")
     assert healthz(metrics.port)[0] == 200
 
 

@@ -10,9 +10,8 @@ import signal
 import socket
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from ops import systemd
 from service import Service
 from storage.sqlite import SQLiteStore
 from tests.cli import main_env, start_main
+from tests.waiting import wait_until
 
 
 def _bound_socket(address: str) -> socket.socket:
@@ -81,12 +81,6 @@ def _pending(sock: socket.socket) -> list[bytes]:
         sock.settimeout(timeout)
 
 
-def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(0.01)
 
 
 # ---- the protocol ----------------------------------------------------------------------------
@@ -250,7 +244,7 @@ def test_stopped_watchdog_ends_without_reporting_a_failure(caplog):
     pets = []
     dog = systemd.Watchdog(ScriptedCheck(True), 0.05, pet=lambda: pets.append(1) or True)
     dog.start()
-    _wait_until(lambda: len(pets) >= 1, "a first pet")
+    wait_until(lambda: len(pets) >= 1, 10.0, "a first pet")
     dog.stop()
     assert dog.join(5)
     assert not dog.failed
@@ -282,7 +276,7 @@ def sim_service(tmp_path) -> Iterator[Service]:
 def test_pipeline_alive_only_while_the_pipeline_thread_runs(sim_service):
     assert not sim_service.pipeline_alive(max_age=60.0), "not started yet"
     sim_service.start()
-    _wait_until(lambda: sim_service.pipeline_alive(max_age=60.0), "the pipeline's first loop")
+    wait_until(lambda: sim_service.pipeline_alive(max_age=60.0), 10.0, "the pipeline's first loop")
     sim_service.stop()
     assert not sim_service.pipeline_alive(max_age=60.0), "stopped"
 
@@ -290,15 +284,15 @@ def test_pipeline_alive_only_while_the_pipeline_thread_runs(sim_service):
 def test_pipeline_stuck_inside_a_loop_is_not_alive(sim_service):
     release = threading.Event()
     sim_service.start()
-    _wait_until(lambda: sim_service.pipeline_alive(max_age=60.0), "the pipeline's first loop")
+    wait_until(lambda: sim_service.pipeline_alive(max_age=60.0), 10.0, "the pipeline's first loop")
     advance = sim_service.aggregator.advance
     sim_service.aggregator.advance = lambda: release.wait() and advance()  # the next loop hangs here
     try:
-        _wait_until(lambda: not sim_service.pipeline_alive(max_age=0.3), "the stuck pipeline noticed")
+        wait_until(lambda: not sim_service.pipeline_alive(max_age=0.3), 10.0, "the stuck pipeline noticed")
         assert sim_service._pipeline.is_alive(), "stuck, not dead: only the loop's age tells"
     finally:
         release.set()
-    _wait_until(lambda: sim_service.pipeline_alive(max_age=60.0), "the pipeline looping again")
+    wait_until(lambda: sim_service.pipeline_alive(max_age=60.0), 10.0, "the pipeline looping again")
 
 
 def test_watchdog_on_the_service_stops_petting_when_the_pipeline_hangs(sim_service, notify_socket):

@@ -80,7 +80,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,6 +97,7 @@ from tests.fakes.kite_server import (
     OP_TEXT,
     _http_response,
     _read_ws_frame,
+    _snap,
     _ws_frame,
 )
 
@@ -611,10 +612,6 @@ _BASE_PRICES = {
     "CRUDEOIL26JANFUT": "5412",
 }  # fmt: skip
 DEFAULT_START_EPOCH = 1768448700  # 2026-01-15 09:15:00 IST
-
-
-def _snap(price: Decimal, grid: Decimal) -> Decimal:
-    return (price / grid).to_integral_value(ROUND_HALF_EVEN) * grid
 
 
 def random_tape(
