@@ -1,8 +1,10 @@
 """Wires broker → aggregator → store: owns the threads, the status line and shutdown.
 
 Threads: the broker's own socket threads hand batches of ticks to one queue; the pipeline thread
-aggregates them and closes buckets on the clock; the writer thread upserts closed candles in
-batches and keeps them (retrying with backoff) while the store is unreachable.
+aggregates them and closes buckets on the clock; the writer thread appends closed candles to the
+durable spool, upserts them in batches, and while the store is unreachable keeps them in the spool
+(on disk) and replays them, with backoff, when it answers again. The broker threads also journal
+every batch (storage/journal.py) so that a killed daemon resumes its open buckets.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class Service:
         emit_empty: bool = False,
         status_interval: float = 30.0,
         publisher: CandlePublisher | None = None,
-        spool: Spool | None = None,
+        spool: Spool,
         journal: TickJournal | None = None,
         checkpoint_seconds: float = 60.0,
     ) -> None:
@@ -86,7 +88,7 @@ class Service:
         self.stats = ServiceStats()
         self.publisher = publisher
         self.spool = spool
-        self.journal = journal if spool is not None else None  # releasing the journal needs the spool
+        self.journal = journal
         self.checkpoint_seconds = checkpoint_seconds
         self._release_after: int | None = None
         self._processed = 0  # number of the last journalled batch the aggregator has taken
@@ -101,7 +103,7 @@ class Service:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        if self.spool is not None and self.spool.depth:
+        if self.spool.depth:
             log.info("the spool holds %d candles from an earlier run: writing them first", self.spool.depth)
             self._replay_spool()  # before resuming open buckets from the store, so that it is complete
         if not self._recover_from_journal():
@@ -285,9 +287,6 @@ class Service:
             out.put(None)
 
     def _run_writer(self) -> None:
-        if self.spool is None:
-            self._run_writer_in_memory()
-            return
         spool = self.spool
         stats = self.stats
         pending: list[Candle] = []
@@ -356,7 +355,6 @@ class Service:
     def _replay_spool(self) -> bool:
         """Write what the spool holds, in order; True once all of it is in the store."""
         spool = self.spool
-        assert spool is not None
         for offset, chunk in spool.chunks():
             try:
                 self.store.upsert(chunk)
@@ -377,44 +375,6 @@ class Service:
         spool.clear()
         self.stats.oldest_pending = None
         return True
-
-    def _run_writer_in_memory(self) -> None:
-        """Without a spool: candles wait in memory while the store is unreachable."""
-        pending: list[Candle] = []
-        backoff = 1.0
-        finished = False
-        while not (finished and not pending):
-            if not finished:
-                finished = self._collect(pending)
-            self.stats.pending = len(pending)
-            if not pending:
-                continue
-            try:
-                self.store.upsert(pending)
-            except StoreUnavailable as exc:
-                self.stats.store_errors += 1
-                self.stats.store_down = True
-                log.warning("store unavailable, %d candles kept for retry in %.0fs: %s", len(pending), backoff, exc)
-                if finished and self._stop.is_set() and backoff >= _BACKOFF_MAX:
-                    log.error("giving up on %d candles at shutdown: store unreachable", len(pending))
-                    return
-                time.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                continue
-            except StoreError as exc:
-                # The store refuses the batch itself (not its connection): find the candles it
-                # refuses one by one, so one bad candle cannot hold back everything behind it.
-                self.stats.store_errors += 1
-                log.error("store rejected a batch of %d candles: %s; retrying one by one", len(pending), exc)
-                pending[:] = self._write_one_by_one(pending)
-                continue
-            self.stats.candles_written += len(pending)
-            self.stats.store_down = False
-            self._published(pending)
-            pending.clear()
-            self.stats.pending = 0
-            self.stats.oldest_pending = None
-            backoff = 1.0
 
     def _write_one_by_one(self, candles: list[Candle]) -> list[Candle]:
         """Write each candle alone; drop (and log) the ones the store refuses. Returns the

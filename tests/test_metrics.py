@@ -20,6 +20,7 @@ from candles.model import Candle, parse_intervals
 from ops.metrics import MetricsError, MetricsServer
 from service import Service
 from storage.base import StoreUnavailable
+from storage.spool import Spool
 from storage.sqlite import SQLiteStore
 from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer
 from tests.waiting import wait_until
@@ -81,7 +82,7 @@ def sim_daemon(tmp_path) -> Iterator[tuple[Service, SwitchableStore, MetricsServ
     store.migrate()
     clock = SimClock(START, SPEED)
     broker = SimBroker(clock, seed=1, tick_rate=2.0, resume=False)
-    service = Service(broker, store, SYMBOLS, parse_intervals("1m"), clock=clock)
+    service = Service(broker, store, SYMBOLS, parse_intervals("1m"), clock=clock, spool=Spool(tmp_path / "spool"))
     metrics = MetricsServer(service, port=0)
     service.start()
     metrics.start()
@@ -104,7 +105,7 @@ def kite_daemon(tmp_path) -> Iterator[tuple[KiteFakeServer, Service, MetricsServ
             server.api_key, server.access_token,
             ws_url=server.ws_url, instruments=KITE_INSTRUMENTS, backoff_initial=0.05, backoff_max=0.5,
         )
-        service = Service(broker, store, [KITE_INSTRUMENTS[INFY]], parse_intervals("1m"))
+        service = Service(broker, store, [KITE_INSTRUMENTS[INFY]], parse_intervals("1m"), spool=Spool(tmp_path / "spool"))
         metrics = MetricsServer(service, port=0)
         service.start()
         metrics.start()

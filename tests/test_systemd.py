@@ -21,6 +21,7 @@ from brokers.sim import SimBroker, SimClock
 from candles.model import parse_intervals
 from ops import systemd
 from service import Service
+from storage.spool import Spool
 from storage.sqlite import SQLiteStore
 from tests.cli import main_env, start_main
 from tests.waiting import wait_until
@@ -265,7 +266,8 @@ def sim_service(tmp_path) -> Iterator[Service]:
     store.migrate()
     clock = SimClock(1_795_491_900.0, 60.0)
     broker = SimBroker(clock, seed=1, resume=False)
-    service = Service(broker, store, [Instrument("NSE", "INFY")], parse_intervals("1m"), clock=clock)
+    spool = Spool(tmp_path / "spool")
+    service = Service(broker, store, [Instrument("NSE", "INFY")], parse_intervals("1m"), clock=clock, spool=spool)
     try:
         yield service
     finally:
