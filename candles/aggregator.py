@@ -13,6 +13,12 @@ How the rules map onto the state kept here:
   the little that survives eviction (``_SeriesDay``).
 * Volume of a bucket = max cumulative volume seen in it minus the max seen in earlier buckets of
   the same day (or the day's baseline). It is computed when a candle is emitted, not per tick.
+* Per symbol, ticks that fall inside the current bucket of every interval (nearly all of them)
+  are folded into one accumulator on the ``_Symbol`` (the same OHLC / count / max-volume / OI
+  state a bucket keeps) instead of into each interval's bucket. The accumulator is merged into
+  those buckets (``_drain``) before anything reads them: before a tick that falls outside that
+  window, before a volume reset, and in ``advance()``/``flush()``. The merge is exact: every
+  field is a max, min, sum or "latest by exchange time, last arrival on ties".
 * Closing is driven by ``advance()``: buckets are filed by their close time (bucket end + grace)
   in a heap of distinct times; since buckets share grid boundaries, one heap entry closes
   thousands of buckets.
@@ -133,7 +139,10 @@ class _Series:
 
 
 class _Symbol:
-    __slots__ = ("exchange", "symbol", "series", "days", "cur")
+    __slots__ = (
+        "exchange", "symbol", "series", "days", "cur", "lo", "hi", "dirty",
+        "count", "open", "high", "low", "close", "first_ts", "last_ts", "maxcum", "oi", "oi_ts",
+    )  # fmt: skip
 
     def __init__(self, exchange: str, symbol: str) -> None:
         self.exchange = exchange
@@ -141,6 +150,24 @@ class _Symbol:
         self.series: list[_Series] = []
         self.days: dict[int, _SymDay] = {}
         self.cur = _NO_DAY
+        # the window [lo, hi): inside every interval's current bucket, all open, all of one IST day
+        self.lo = _INF
+        self.hi = -_INF
+        self.dirty = False  # the accumulator holds ticks not yet merged into the buckets
+        self._clear()
+
+    def _clear(self) -> None:
+        """Empty the accumulator (the fields mean what they mean on a ``_Bucket``)."""
+        self.count = 0
+        self.open: Decimal | None = None
+        self.high: Decimal | None = None
+        self.low: Decimal | None = None
+        self.close: Decimal | None = None
+        self.first_ts = _INF
+        self.last_ts = -_INF
+        self.maxcum = _NO_VOLUME
+        self.oi: int | None = None
+        self.oi_ts = -_INF
 
 
 class _Bucket:
@@ -222,6 +249,7 @@ class CandleAggregator:
         self._evicting_heap: list[float] = []
         self._prune_at = -_INF
         self._bucket_dt: dict[int, datetime] = {}
+        self._dirty: list[_Symbol] = []  # symbols whose accumulator may hold ticks
         self.stats = AggregatorStats()
 
     # ---- public ------------------------------------------------------------------------------
@@ -235,13 +263,19 @@ class CandleAggregator:
         memory = self._memory
         emit_empty = self._emit_empty
         locate = self._locate
+        dirty = self._dirty
+        last_dt: object = None
+        ts = 0.0
         n_ticks = n_trades = n_quotes = n_late = n_dropped = 0
         for tick in ticks:
             n_ticks += 1
             sym = symbols.get((tick.exchange, tick.symbol))
             if sym is None:
                 sym = self._new_symbol(tick.exchange, tick.symbol)
-            ts = tick.exchange_ts.timestamp()
+            dt = tick.exchange_ts
+            if dt is not last_dt:  # decoders share one datetime per exchange second
+                last_dt = dt
+                ts = dt.timestamp()
             sd = sym.cur
             if not sd.start <= ts < sd.end:
                 found = self._sym_day_for(sym, ts, now)
@@ -276,6 +310,8 @@ class CandleAggregator:
                         # (timestamps have one-second resolution), not a new day
                         trade = False
                     else:  # rule 3: volume fell on a newer tick: the feed began a new trading day
+                        if sym.dirty:
+                            self._drain(sym, out)
                         self._reset_day(sym, sd)
                         trade = True
                         sd.run_max = v
@@ -298,8 +334,37 @@ class CandleAggregator:
                 n_trades += 1
             else:
                 n_quotes += 1
-            day = sd.day
             price = tick.last_price
+            if sym.lo <= ts < sym.hi:  # the fast path: into the accumulator (same rules as below)
+                if trade:
+                    n = sym.count
+                    if n:
+                        if ts >= sym.last_ts:
+                            sym.close = price
+                            sym.last_ts = ts
+                        elif ts < sym.first_ts:
+                            sym.open = price
+                            sym.first_ts = ts
+                        if price > sym.high:  # type: ignore[operator]
+                            sym.high = price
+                        elif price < sym.low:  # type: ignore[operator]
+                            sym.low = price
+                    else:
+                        sym.open = sym.high = sym.low = sym.close = price
+                        sym.first_ts = sym.last_ts = ts
+                    sym.count = n + 1
+                if v is not None and v > sym.maxcum:
+                    sym.maxcum = v
+                if ts >= sym.oi_ts:
+                    sym.oi = tick.oi
+                    sym.oi_ts = ts
+                if not sym.dirty:
+                    sym.dirty = True
+                    dirty.append(sym)
+                continue
+            if sym.dirty:  # it arrived before this tick: merge it first
+                self._drain(sym, out)
+            day = sd.day
             oi = tick.oi
             late = dropped = False
             for ser in sym.series:
@@ -345,6 +410,8 @@ class CandleAggregator:
                 n_late += 1
             if dropped:
                 n_dropped += 1
+            else:
+                self._set_window(sym, sd)
 
         st = self.stats
         st.ticks += n_ticks
@@ -364,6 +431,7 @@ class CandleAggregator:
         out: list[Candle] = []
         heap = self._closing_heap
         if heap and heap[0] <= now:
+            self._drain_all(out)
             closing = self._closing
             horizon = self._horizon
             while heap and heap[0] <= now:
@@ -371,6 +439,7 @@ class CandleAggregator:
                 batch = closing.pop(at)
                 for b in batch:
                     b.closed = True
+                    b.series.symbol.hi = -_INF  # its window ends with the bucket
                 _file_many(self._evicting, self._evicting_heap, at + horizon, batch)
                 self.stats.open_buckets -= len(batch)
                 for b in batch:
@@ -393,8 +462,12 @@ class CandleAggregator:
         return out
 
     def flush(self) -> list[Candle]:
-        """Candles of every open bucket with a trade, final=False. The buckets stay open."""
-        return [self._candle(b, False) for batch in self._closing.values() for b in batch if b.count]
+        """Candles of every open bucket with a trade, final=False. The buckets stay open.
+        (With ``emit_empty``, flat candles of gaps the pending ticks close come first.)"""
+        out: list[Candle] = []
+        self._drain_all(out)
+        out.extend(self._candle(b, False) for batch in self._closing.values() for b in batch if b.count)
+        return out
 
     def seed(self, candles: Iterable[Candle]) -> None:
         """Resume after a restart from the newest stored candle of each (exchange, symbol,
@@ -426,6 +499,10 @@ class CandleAggregator:
                 sd.floor = max(sd.floor, cum)
                 sd.baseline = cum if sd.baseline is None else max(sd.baseline, cum)
             sd.latest_ts = max(sd.latest_ts, last)
+            if cum is None and c.tick_count and last >= sd.plain_ts:
+                # a feed without volume: an exact repeat of the last tick is not a new trade
+                sd.plain_ts = last
+                sd.plain_price = c.close
             sday = self._series_day(ser, sd)
             if cum is not None and sday.baseline is None:
                 sday.baseline = cum - c.volume  # so that this bucket keeps its stored volume
@@ -465,6 +542,67 @@ class CandleAggregator:
         sym.series = [_Series(sym, name, width, offset) for name, width, offset in self._specs]
         self._symbols[(exchange, symbol)] = sym
         return sym
+
+    @staticmethod
+    def _set_window(sym: _Symbol, sd: _SymDay) -> None:
+        """Where the next ticks of ``sym`` may take the fast path: inside the current bucket of
+        every interval, while all are open and hold the volume of ``sd``'s day."""
+        lo = sd.start
+        hi = sd.end
+        day = sd.day
+        for ser in sym.series:
+            b = ser.cur
+            if b is None or b.closed or b.day != day:
+                sym.hi = -_INF
+                return
+            if b.start > lo:
+                lo = b.start
+            if b.end < hi:
+                hi = b.end
+        sym.lo = lo
+        sym.hi = hi
+
+    def _drain(self, sym: _Symbol, out: list[Candle]) -> None:
+        """Merge the accumulator into the window's buckets (each interval's current bucket)."""
+        n = sym.count
+        cum = sym.maxcum
+        oi_ts = sym.oi_ts
+        for ser in sym.series:
+            b = ser.cur
+            assert b is not None  # the window lies inside it
+            if n:
+                m = b.count
+                if m:
+                    if sym.last_ts >= b.last_ts:
+                        b.close = sym.close
+                        b.last_ts = sym.last_ts
+                    if sym.first_ts < b.first_ts:
+                        b.open = sym.open
+                        b.first_ts = sym.first_ts
+                    if sym.high > b.high:  # type: ignore[operator]
+                        b.high = sym.high
+                    if sym.low < b.low:  # type: ignore[operator]
+                        b.low = sym.low
+                else:
+                    b.open, b.high, b.low, b.close = sym.open, sym.high, sym.low, sym.close
+                    b.first_ts = sym.first_ts
+                    b.last_ts = sym.last_ts
+                    if self._emit_empty:
+                        self._fill_gap(b, out)
+                b.count = m + n
+            if cum > b.maxcum:  # same day: the window holds only buckets of the accumulator's day
+                b.maxcum = cum
+            if oi_ts >= b.oi_ts:
+                b.oi = sym.oi
+                b.oi_ts = oi_ts
+        sym._clear()
+        sym.dirty = False
+
+    def _drain_all(self, out: list[Candle]) -> None:
+        for sym in self._dirty:
+            if sym.dirty:
+                self._drain(sym, out)
+        self._dirty.clear()
 
     def _new_sym_day(self, sym: _Symbol, day: int) -> _SymDay:
         sd = _SymDay(day)
