@@ -13,7 +13,8 @@ killed (the kernel has them), not the machine losing power. A checkpoint's older
 deleted only once the store writer has spooled every candle emitted before it (``release``).
 
 File format, per segment ``ticks-<seq>.jnl``: records of ``kind (1 byte) · length (u32) · payload``;
-kind ``S`` = pickled (covered batch number, aggregator) snapshot (the first record), ``T`` =
+kind ``S`` = pickled (covered batch number, snapshot) (the first record; the service stores
+``CandleAggregator.snapshot()`` bytes), ``T`` =
 marshalled (number, tick batch). A record cut short by a kill is ignored. The journal is the
 daemon's own state in DATA_DIR: it is trusted like the code (pickle).
 """
@@ -96,7 +97,8 @@ class TickJournal:
         with self.lock:
             seq = self.seq + 1
             new = open(self.dir / f"ticks-{seq:08d}.jnl", "wb")  # noqa: SIM115 - the current segment from now on
-            new.write(_HEAD.pack(_SNAPSHOT, len(payload)) + payload)
+            new.write(_HEAD.pack(_SNAPSHOT, len(payload)))
+            new.write(payload)
             new.flush()
             os.fsync(new.fileno())
             old, self._file, self.seq = self._file, new, seq

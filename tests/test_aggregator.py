@@ -436,14 +436,19 @@ def tick_streams(draw) -> list[tuple[TickData, float]]:
 interval_sets = st.sets(st.sampled_from(sorted(INTERVALS)), min_size=1).map(lambda s: [INTERVALS[n] for n in sorted(s)])
 
 
-def _run(agg: CandleAggregator, clock: Clock, stream, store: dict, latest: dict, batch: int) -> None:
+def _run(
+    agg: CandleAggregator, clock: Clock, stream, store: dict, latest: dict, batch: int, restore_every: int = 0
+) -> CandleAggregator:
+    """Feed ``stream`` in chunks; with ``restore_every``, go on from ``snapshot``/``restore`` of
+    the aggregator every that many chunks (what a journal checkpoint and a restart do)."""
+
     def take(candles: list[Candle]) -> None:
         for c in candles:
             key, value = candle_to_dict(c)
             store[key] = value
             latest[key] = c
 
-    i = 0
+    i = chunks = 0
     while i < len(stream):  # up to ``batch`` ticks that arrived within one second of each other
         j = i + 1
         while j < len(stream) and j - i < batch and stream[j][1] - stream[i][1] <= 1.0:
@@ -453,7 +458,11 @@ def _run(agg: CandleAggregator, clock: Clock, stream, store: dict, latest: dict,
         clock.now = chunk[-1][1]
         take(agg.advance(clock.now))
         take(agg.add([t for t, _ in chunk]))
+        chunks += 1
+        if restore_every and chunks % restore_every == 0:
+            agg = CandleAggregator.restore(agg.snapshot(), clock)
     take(agg.advance())
+    return agg
 
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -465,8 +474,9 @@ PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
     intervals=interval_sets,
     batch=st.sampled_from([1, 1, 1, 3]),
     horizon_margin=st.sampled_from([None, 0.5, 30.0, 200.0]),
+    restore_every=st.sampled_from([0, 0, 1, 7]),
 )
-def test_random_streams_upserted_equal_the_reference(stream, intervals, batch, horizon_margin):
+def test_random_streams_upserted_equal_the_reference(stream, intervals, batch, horizon_margin, restore_every):
     clock = Clock(stream[0][1])
     # a short revision horizon (just above the worst delay, so nothing is dropped) makes buckets
     # get evicted while their day goes on
@@ -474,7 +484,7 @@ def test_random_streams_upserted_equal_the_reference(stream, intervals, batch, h
     horizon = 900.0 if horizon_margin is None else worst_delay + horizon_margin
     agg = CandleAggregator(intervals, clock, reorder_memory=REORDER_MEMORY, revision_horizon=horizon)
     store: dict = {}
-    _run(agg, clock, stream, store, {}, batch)
+    agg = _run(agg, clock, stream, store, {}, batch, restore_every)
     for c in agg.flush():
         key, value = candle_to_dict(c)
         store[key] = value
@@ -490,7 +500,7 @@ def test_random_streams_with_emit_empty_add_only_flat_candles(stream, intervals)
     clock = Clock(stream[0][1])
     agg = CandleAggregator(intervals, clock, emit_empty=True, reorder_memory=REORDER_MEMORY)
     store: dict = {}
-    _run(agg, clock, stream, store, {}, 1)
+    agg = _run(agg, clock, stream, store, {}, 1, restore_every=3)
     for c in agg.flush():
         key, value = candle_to_dict(c)
         store[key] = value
