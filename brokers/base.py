@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,10 +17,71 @@ class DepthLevel:
     orders: int
 
 
-@dataclass(frozen=True, slots=True)
+class DepthSource(Protocol):
+    """What decodes a deferred book: raw bytes -> (bids, asks)."""
+
+    def depth_levels(self, raw: bytes) -> tuple[tuple[DepthLevel, ...], tuple[DepthLevel, ...]]: ...
+
+
 class Depth:
-    bids: tuple[DepthLevel, ...]
-    asks: tuple[DepthLevel, ...]
+    """The best bids and asks, best first; immutable, compared and hashed by value.
+
+    A decoder may hand over the raw book with what decodes it (``brokers.fastbuild.deferred_depth``):
+    the levels are then built on first read of ``bids`` or ``asks``, so a consumer that never
+    looks at depth (the candle pipeline) does not pay for it. Either way it reads the same.
+    """
+
+    __slots__ = ("_bids", "_asks", "_raw", "_source")
+    __match_args__ = ("bids", "asks")
+
+    def __init__(self, bids: tuple[DepthLevel, ...], asks: tuple[DepthLevel, ...]) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "_bids", bids)
+        setattr_(self, "_asks", asks)
+        setattr_(self, "_raw", None)
+        setattr_(self, "_source", None)
+
+    def _decode(self) -> None:
+        source = self._source
+        if source is not None:
+            bids, asks = source.depth_levels(self._raw)
+            setattr_ = object.__setattr__
+            setattr_(self, "_bids", bids)
+            setattr_(self, "_asks", asks)
+            setattr_(self, "_source", None)
+            setattr_(self, "_raw", None)
+
+    @property
+    def bids(self) -> tuple[DepthLevel, ...]:
+        if self._source is not None:
+            self._decode()
+        return self._bids
+
+    @property
+    def asks(self) -> tuple[DepthLevel, ...]:
+        if self._source is not None:
+            self._decode()
+        return self._asks
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Depth):
+            return self.bids == other.bids and self.asks == other.asks
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.bids, self.asks))
+
+    def __repr__(self) -> str:
+        return f"Depth(bids={self.bids!r}, asks={self.asks!r})"
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (Depth, (self.bids, self.asks))
 
 
 @dataclass(frozen=True, slots=True)

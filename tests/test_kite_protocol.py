@@ -416,3 +416,25 @@ def test_unknown_mode_is_refused_with_the_valid_choices() -> None:
 def test_tokens_that_are_not_32_bit_positive_integers_are_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="instrument token"):
         subscribe([bad])  # type: ignore[list-item]
+
+
+def test_depth_is_decoded_on_first_read_and_equals_an_eagerly_built_one() -> None:
+    import pickle
+    from dataclasses import FrozenInstanceError
+
+    from brokers.base import DepthLevel
+
+    packets = [full_packet(INFY, 150_000 + i) for i in range(3)]
+    mixed = frame(ltp_packet(INFY, 1), *packets)  # the general path
+    for ticks in (decoder().decode(frame(*packets), RECEIVED), decoder().decode(mixed, RECEIVED)[1:]):
+        depth = ticks[0].depth
+        assert depth._source is not None  # nothing built yet
+        expected = Depth(
+            tuple(DepthLevel(Decimal(f"1500.0{i}"), 100 + i, i) for i in range(5)),
+            tuple(DepthLevel(Decimal(f"1500.0{5 + i}"), 105 + i, 5 + i) for i in range(5)),
+        )
+        assert depth == expected and hash(depth) == hash(expected) and repr(depth) == repr(expected)
+        assert depth._source is None and type(depth.bids) is tuple and len(depth.asks) == 5
+        assert pickle.loads(pickle.dumps(ticks[1])) == ticks[1]
+        with pytest.raises(FrozenInstanceError):
+            depth.bids = ()  # type: ignore[misc]
