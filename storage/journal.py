@@ -44,20 +44,34 @@ _TICKS = b"T"
 
 
 def _pack(ticks: Sequence[TickData]) -> list:
-    return (
-        [
-            (t.broker, t.exchange, t.symbol, t.token, str(t.last_price), t.last_quantity, t.volume, t.oi,
-             t.exchange_ts.timestamp(), t.receive_ts.timestamp())
-            for t in ticks
-        ]
-    )  # fmt: skip
+    rows = []
+    append = rows.append
+    # a batch shares its receive time, and the decoders one datetime per exchange second:
+    # convert each datetime object once (an aware timestamp() is the costliest step here)
+    last_dt: object = None
+    last_rx: object = None
+    ts = rts = 0.0
+    for t in ticks:
+        dt = t.exchange_ts
+        if dt is not last_dt:
+            last_dt = dt
+            ts = dt.timestamp()
+        rx = t.receive_ts
+        if rx is not last_rx:
+            last_rx = rx
+            rts = rx.timestamp()
+        append((t.broker, t.exchange, t.symbol, t.token, str(t.last_price), t.last_quantity, t.volume, t.oi, ts, rts))
+    return rows
 
 
-def _unpack(rows: list) -> list[TickData]:
-    return [
-        TickData(b, e, s, tok, Decimal(p), q, v, oi, datetime.fromtimestamp(ts, IST), datetime.fromtimestamp(rts, IST))
-        for b, e, s, tok, p, q, v, oi, ts, rts in rows
-    ]
+def _unpack(rows: list, times: dict[float, datetime]) -> list[TickData]:
+    def when(epoch: float) -> datetime:
+        value = times.get(epoch)
+        if value is None:
+            value = times[epoch] = datetime.fromtimestamp(epoch, IST)
+        return value
+
+    return [TickData(b, e, s, tok, Decimal(p), q, v, oi, when(ts), when(rts)) for b, e, s, tok, p, q, v, oi, ts, rts in rows]
 
 
 class TickJournal:
@@ -152,7 +166,8 @@ class TickJournal:
         usable = [s for s in snapshots if s[0] <= released] or snapshots[:1]
         covered, state = pickle.loads(usable[-1][1])
         self.number = max([covered, *batches])  # go on numbering after what is on disk
-        later = [_unpack(batches[n]) for n in sorted(batches) if n > covered]
+        times: dict[float, datetime] = {}
+        later = [_unpack(batches[n], times) for n in sorted(batches) if n > covered]
         return state, later
 
     @staticmethod
