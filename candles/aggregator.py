@@ -244,6 +244,7 @@ class CandleAggregator:
         self._emit_empty = emit_empty
         self._memory = reorder_memory
         self._symbols: dict[tuple[str, str], _Symbol] = {}
+        self._by_name: dict[str, _Symbol] = {}
         self._closing: dict[float, list[_Bucket]] = {}  # close time -> open buckets
         self._closing_heap: list[float] = []
         self._evicting: dict[float, list[_Bucket]] = {}  # eviction time -> closed buckets
@@ -261,6 +262,7 @@ class CandleAggregator:
         out: list[Candle] = []
         touched: dict[_Bucket, None] = {}
         symbols = self._symbols
+        by_name = self._by_name
         memory = self._memory
         emit_empty = self._emit_empty
         locate = self._locate
@@ -270,9 +272,11 @@ class CandleAggregator:
         n_ticks = n_trades = n_late = n_dropped = n_early_dropped = 0
         for tick in ticks:
             n_ticks += 1
-            sym = symbols.get((tick.exchange, tick.symbol))
-            if sym is None:
-                sym = self._new_symbol(tick.exchange, tick.symbol)
+            sym = by_name.get(tick.symbol)  # the symbol is nearly always the key: one str lookup
+            if sym is None or sym.exchange != tick.exchange:
+                sym = symbols.get((tick.exchange, tick.symbol))
+                if sym is None:
+                    sym = self._new_symbol(tick.exchange, tick.symbol)
             dt = tick.exchange_ts
             if dt is not last_dt:  # decoders share one datetime per exchange second
                 last_dt = dt
@@ -301,16 +305,14 @@ class CandleAggregator:
             else:
                 if sd.baseline is None:
                     sd.baseline = v
-                if ts >= sd.latest_ts:
-                    newer = ts > sd.latest_ts
+                latest = sd.latest_ts
+                if ts > latest:
                     sd.latest_ts = ts
                     top = sd.run_max
                     if v > top:
                         trade = True
                         sd.run_max = v
-                    elif v == top or not newer:
-                        # a lower volume within the same exchange second is a reordered update
-                        # (timestamps have one-second resolution), not a new day
+                    elif v == top:
                         trade = False
                     else:  # rule 3: volume fell on a newer tick: the feed began a new trading day
                         if sym.dirty:
@@ -318,6 +320,14 @@ class CandleAggregator:
                         self._reset_day(sym, sd)
                         trade = True
                         sd.run_max = v
+                elif ts == latest:
+                    # a lower volume within the same exchange second is a reordered update
+                    # (timestamps have one-second resolution), not a new day
+                    if v > sd.run_max:
+                        trade = True
+                        sd.run_max = v
+                    else:
+                        trade = False
                 else:
                     top = sd.floor
                     for seen_ts, seen_v in sd.recent:
@@ -692,6 +702,7 @@ class CandleAggregator:
         sym = _Symbol(exchange, symbol)
         sym.series = [_Series(sym, name, width, offset) for name, width, offset in self._specs]
         self._symbols[(exchange, symbol)] = sym
+        self._by_name.setdefault(symbol, sym)  # the first exchange's; others go by (exchange, symbol)
         return sym
 
     @staticmethod
