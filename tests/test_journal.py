@@ -62,3 +62,48 @@ def test_release_keeps_the_segment_before_the_checkpoint_and_drops_older_ones(tm
     assert [p.name for p in sorted(tmp_path.glob("ticks-*.jnl"))] == ["ticks-00000003.jnl", "ticks-00000004.jnl"]
     journal.close()
     assert TickJournal(tmp_path).recover() == (3, [])
+
+
+# ---- the service's checkpoints ---------------------------------------------------------------
+
+
+def _service(tmp_path, intervals: str, now: float, journal: TickJournal | None = None):
+    from brokers.base import Instrument
+    from brokers.sim import SimBroker, SimClock
+    from candles.model import parse_intervals
+    from service import Service
+    from storage.spool import Spool
+    from storage.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "candles.db")
+    store.migrate()
+    broker = SimBroker(SimClock(now), seed=1, resume=False)
+    service = Service(
+        broker, store, [Instrument("NSE", "INFY")], parse_intervals(intervals), clock=lambda: now,
+        spool=Spool(tmp_path / "spool"), journal=journal,
+    )  # fmt: skip
+    return service, store
+
+
+def test_checkpoints_fall_mid_bucket_away_from_the_closes(tmp_path):
+    at_0915_10 = datetime(2026, 11, 24, 9, 15, 10, tzinfo=IST).timestamp()
+    service, store = _service(tmp_path, "1m,5m", at_0915_10)
+    # due at 09:16:10; 1m buckets close at hh:mm:02 (grace 2 s): moved to 09:16:32
+    assert service._checkpoint_delay() == 82.0
+    service.checkpoint_seconds = 30.0  # due at 09:15:40: moved to 09:16:32 too
+    assert service._checkpoint_delay() == 82.0
+    store.close()
+    service, store = _service(tmp_path / "daily", "1d", at_0915_10)
+    assert service._checkpoint_delay() == 60.0  # closes a day apart: no need to move
+    store.close()
+
+
+def test_a_journal_from_another_version_is_ignored_and_the_store_resumes(tmp_path, caplog):
+    journal = TickJournal(tmp_path / "journal")
+    journal.checkpoint({"an": "old pickled aggregator"}, covered=0)
+    journal.close()
+    at = datetime(2026, 11, 24, 9, 15, 10, tzinfo=IST).timestamp()
+    service, store = _service(tmp_path, "1m", at, TickJournal(tmp_path / "journal"))
+    assert service._recover_from_journal() is False
+    assert "ignoring the tick journal" in caplog.text
+    store.close()
