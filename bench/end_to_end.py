@@ -75,7 +75,7 @@ PY = sys.executable
 LOAD = str(ROOT / "bench" / "kite_load.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SECTIONS = ("e2e", "latency", "capacity", "cpu")
-DEFAULT_STEPS = "10000,20000,30000,40000,50000,60000,80000,100000,125000,150000,200000,250000,300000,400000,500000"
+DEFAULT_STEPS = "10000,20000,30000,40000,50000,60000,80000,100000,120000,150000,200000,250000,300000,400000,500000"
 E2E_BAR = 100_000
 CAPACITY_BAR = 5.0
 CPU_BAR = 15.0
@@ -464,7 +464,7 @@ def read_candles(dsn: str) -> StoredCandles:
                     "first_tick_epoch": first.timestamp(), "last_tick_epoch": last.timestamp(), "cum_volume": cum,
                 }  # fmt: skip
                 out.final[key] = bool(final)
-                out.committed[key] = commit.timestamp()
+                out.committed[key] = (commit or upd).timestamp()
                 out.started[key] = upd.timestamp()
     finally:
         conn.close()
@@ -522,8 +522,9 @@ class FinalWatcher:
                         (since,),
                     )
                     for ex, sym, iv, bucket, committed in cur.fetchall():
-                        self.first.setdefault((ex, sym, iv, int(bucket.timestamp())), committed.timestamp())
-                        since = max(since, committed)
+                        if committed is not None:
+                            self.first.setdefault((ex, sym, iv, int(bucket.timestamp())), committed.timestamp())
+                            since = max(since, committed)
         except psycopg2.Error as exc:
             say(f"  final-candle watcher stopped: {exc}")
         finally:
@@ -738,7 +739,8 @@ class Bench:
             say("  track_commit_timestamp is off: using updated_at (the upsert's transaction start) instead")
         first_lat: dict[str, list[float]] = {}
         last_lat: list[float] = []
-        closes: dict[tuple[str, int], int] = {}
+        closes: dict[tuple[str, int], list[float]] = {}
+        upserts: list[float] = []  # commit minus transaction start, for candles written once
         revised = 0
         for key, final in stored.final.items():
             if not final:
@@ -747,12 +749,20 @@ class Bench:
             became = first.get(key, stored.committed[key])
             first_lat.setdefault(key[2], []).append(became - close_at)
             last_lat.append(stored.committed[key] - close_at)
-            revised += stored.committed[key] > became
-            closes[(key[2], key[3])] = closes.get((key[2], key[3]), 0) + 1
-        for (iv, bucket), n in sorted(closes.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if stored.committed[key] > became:
+                revised += 1
+            else:
+                upserts.append(stored.committed[key] - stored.started[key])
+            closes.setdefault((key[2], key[3]), []).append(became)
+        for (iv, bucket), commits in sorted(closes.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             end = datetime.fromtimestamp(bucket + Interval.parse(iv).seconds, IST)
             when = end.timestamp() - wall_start
-            say(f"  {iv:>4} bucket ending {end:%H:%M:%S}: {n:,} final candles ({when:+.0f} s from the feed's start)")
+            say(f"  {iv:>4} bucket ending {end:%H:%M:%S}: {len(commits):,} final candles ({when:+.0f} s from the feed's start), "
+                f"committed in {len(set(commits))} transaction(s) between {min(commits) - end.timestamp() - grace:.3f} and "
+                f"{max(commits) - end.timestamp() - grace:.3f} s after bucket end + grace")  # fmt: skip
+        if upserts:
+            say(f"  the upsert transactions themselves (commit minus updated_at = now() at their start): "
+                f"p50 {percentile(upserts, 0.5):.3f} s, max {max(upserts):.3f} s")  # fmt: skip
         every = [v for values in first_lat.values() for v in values]
         if not every:
             say("  no final candle in the run: make it longer or cross a minute boundary (--align)")

@@ -364,6 +364,7 @@ class KiteBroker(BaseBroker):
         self._shards = [_Shard(self, k) for k in range(1, self.max_connections + 1)]
         self._stop = threading.Event()
         self._on_ticks: TickBatchCallback | None = None
+        self._by_symbol: dict[tuple[str, str], Instrument] | None = None
         self._running = False
         self._api_lock = threading.Lock()  # subscribe/unsubscribe/connect/disconnect (not the hot path)
 
@@ -431,7 +432,10 @@ class KiteBroker(BaseBroker):
 
     def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
         """Look (exchange, symbol) pairs up in the instruments mapping given to the constructor."""
-        return lookup_symbols({(i.exchange, i.symbol): i for i in self.instruments.values()}, symbols)
+        table = self._by_symbol
+        if table is None:  # built once: the dump has about 100,000 rows
+            table = self._by_symbol = {(i.exchange, i.symbol): i for i in self.instruments.values()}
+        return lookup_symbols(table, symbols)
 
     # ---------------------------------------------------------------- BaseBroker
 
