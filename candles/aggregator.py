@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import heapq
 import marshal
-from collections import deque
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +52,7 @@ _DAY = 86_400
 _IST_OFFSET = 19_800
 _NO_VOLUME = -1  # "no cumulative volume seen": the feed's volumes are never negative
 _INF = float("inf")
+_EMPTY_ARRIVAL = (_INF, _NO_VOLUME)  # a free slot of the arrivals ring: later than any tick, no volume
 
 
 class TickLike(Protocol):
@@ -95,16 +96,19 @@ class AggregatorStats:
 class _SymDay:
     """Trade classification state of one symbol on one IST day."""
 
-    __slots__ = ("day", "start", "end", "latest_ts", "run_max", "recent", "floor", "baseline", "plain_ts", "plain_price")
+    __slots__ = ("day", "start", "end", "latest_ts", "run_max", "hist", "pos", "floor", "baseline", "plain_ts", "plain_price")
 
-    def __init__(self, day: int) -> None:
+    def __init__(self, day: int, memory: int = 1) -> None:
         self.day = day
         self.start = day * _DAY - _IST_OFFSET  # epoch range of the IST day, for a cheap check
         self.end = self.start + _DAY
         self.latest_ts = -_INF
         self.run_max = _NO_VOLUME  # max volume of the day (since the last reset)
-        self.recent: deque[tuple[float, int]] = deque()  # last arrivals, for out-of-order ticks
-        self.floor = _NO_VOLUME  # max volume of arrivals that fell out of ``recent``
+        # the last ``memory`` arrivals, for out-of-order ticks: a ring of (exchange ts, volume) pairs
+        # in one flat array of floats (no object per tick; volumes stay exact below 2**53)
+        self.hist = array("d", _EMPTY_ARRIVAL * memory)
+        self.pos = 0  # where the next arrival goes (an even index)
+        self.floor: float = _NO_VOLUME  # max volume of arrivals that fell out of ``hist``
         self.baseline: int | None = None  # first volume seen that day: what traded before we started
         self.plain_ts = -_INF  # exchange ts and price of the last tick without volume
         self.plain_price: object = None
@@ -263,7 +267,7 @@ class CandleAggregator:
         touched: dict[_Bucket, None] = {}
         symbols = self._symbols
         by_name = self._by_name
-        memory = self._memory
+        ring = 2 * self._memory
         emit_empty = self._emit_empty
         locate = self._locate
         dirty = self._dirty
@@ -330,18 +334,22 @@ class CandleAggregator:
                         trade = False
                 else:
                     top = sd.floor
-                    for seen_ts, seen_v in sd.recent:
-                        if seen_v > top and seen_ts <= ts:
-                            top = seen_v
+                    hist = sd.hist
+                    for i in range(0, len(hist), 2):
+                        if hist[i + 1] > top and hist[i] <= ts:
+                            top = hist[i + 1]
                     trade = v > top
                     if v > sd.run_max:
                         sd.run_max = v
-                recent = sd.recent
-                if len(recent) >= memory:
-                    folded = recent.popleft()[1]
-                    if folded > sd.floor:
-                        sd.floor = folded
-                recent.append((ts, v))
+                hist = sd.hist
+                pos = sd.pos
+                folded = hist[pos + 1]  # the arrival ``memory`` ticks ago leaves the ring
+                if folded > sd.floor:
+                    sd.floor = folded
+                hist[pos] = ts
+                hist[pos + 1] = v
+                pos += 2
+                sd.pos = pos if pos < ring else 0
 
             n_trades += trade
             price = tick.last_price
@@ -582,7 +590,7 @@ class CandleAggregator:
                     sday_rows.append((id(x.sym_day), x.evicted_max, x.baseline, last, id(x) in listed_sdays))
                 series.append((sday_rows, buckets, None if ser.cur is None else ser.cur.start))
             day_rows = [
-                (key, sd.day, sd.latest_ts, sd.run_max, tuple(sd.recent), sd.floor, sd.baseline, sd.plain_ts,
+                (key, sd.day, sd.latest_ts, sd.run_max, (sd.hist.tolist(), sd.pos), sd.floor, sd.baseline, sd.plain_ts,
                  None if sd.plain_price is None else str(sd.plain_price))
                 for key, sd in sym_days.items()
             ]
@@ -639,10 +647,11 @@ class CandleAggregator:
         for exchange, symbol, day_rows, listed, cur, series, win_lo, win_hi, acc in symbols:
             sym = agg._new_symbol(exchange, symbol)
             sym_days: dict[int, _SymDay] = {}
-            for key, day, latest_ts, run_max, recent, floor, baseline, plain_ts, plain_price in day_rows:
-                sd = sym_days[key] = _SymDay(day)
+            for key, day, latest_ts, run_max, (hist, pos), floor, baseline, plain_ts, plain_price in day_rows:
+                sd = sym_days[key] = _SymDay(day, 0)
+                sd.hist = array("d", hist)
+                sd.pos = pos
                 sd.latest_ts, sd.run_max, sd.floor, sd.baseline = latest_ts, run_max, floor, baseline
-                sd.recent.extend(recent)
                 sd.plain_ts, sd.plain_price = plain_ts, None if plain_price is None else dec(plain_price)
             for key in listed:
                 sym.days[sym_days[key].day] = sym_days[key]
@@ -767,7 +776,7 @@ class CandleAggregator:
         self._dirty.clear()
 
     def _new_sym_day(self, sym: _Symbol, day: int) -> _SymDay:
-        sd = _SymDay(day)
+        sd = _SymDay(day, self._memory)
         sym.days[day] = sd
         if day >= sym.cur.day:
             sym.cur = sd
@@ -913,7 +922,8 @@ class CandleAggregator:
                 sday.evicted_max = _NO_VOLUME
                 sday.baseline = None
         sd.run_max = _NO_VOLUME
-        sd.recent.clear()
+        sd.hist = array("d", _EMPTY_ARRIVAL * self._memory)
+        sd.pos = 0
         sd.floor = _NO_VOLUME
         sd.baseline = 0
 
