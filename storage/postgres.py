@@ -8,6 +8,7 @@ connects afresh. Error messages and ``description`` never contain the password.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -42,6 +43,21 @@ ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
     cum_volume = EXCLUDED.cum_volume, final = EXCLUDED.final, updated_at = now()
 """
 _PAGE_SIZE = 1000
+# Candles go in with COPY into a per-session staging table, then one INSERT ... SELECT upserts
+# them: about a tenth of the client-side work of a VALUES list (the writer shares the
+# interpreter with the feed threads, so its Python time is what delays a bucket's candles).
+_STAGE = "marketfeed_candles_stage"
+_CREATE_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
+    exchange text, symbol text, "interval" text, bucket timestamptz, open numeric, high numeric,
+    low numeric, close numeric, volume bigint, oi bigint, tick_count integer, first_tick timestamptz,
+    last_tick timestamptz, cum_volume bigint, final boolean
+) ON COMMIT DELETE ROWS
+"""
+_COPY = f"COPY {_STAGE} ({_COLUMNS}) FROM STDIN"
+_UPSERT_STAGED = _UPSERT.replace("VALUES %s", f"SELECT {_COLUMNS} FROM {_STAGE}")
+# COPY text format: backslash, tab, newline and carriage return are escaped; \N is NULL
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 # Any constant: serialises concurrent migrations of daemons sharing one database (--shard i/n).
 _MIGRATION_LOCK = 0x6D66_6565_6431  # "mfeed1"
 _URL_SCHEMES = ("postgresql://", "postgres://")
@@ -259,20 +275,23 @@ class PostgresStore(CandleStore):
         # One statement may not touch a row twice (ON CONFLICT ... cardinality violation), so
         # the last version of each key wins here, as if the candles had been written in order.
         unique = {c.key: c for c in candles}.values()
-        rows = [
-            (
-                c.exchange, c.symbol, c.interval, _aware(c.bucket),
-                _price(c.open), _price(c.high), _price(c.low), _price(c.close),
-                c.volume, c.oi, c.tick_count, _aware(c.first_tick), _aware(c.last_tick),
-                c.cum_volume, c.final,
-            )
-            for c in unique
-        ]
+        esc = _COPY_ESCAPES
+        text = "".join(
+            [
+                f"{c.exchange.translate(esc)}\t{c.symbol.translate(esc)}\t{c.interval.translate(esc)}\t"
+                f"{_iso(c.bucket)}\t{_price(c.open)}\t{_price(c.high)}\t{_price(c.low)}\t{_price(c.close)}\t"
+                f"{int(c.volume)}\t{_nullable(c.oi)}\t{int(c.tick_count)}\t{_iso(c.first_tick)}\t{_iso(c.last_tick)}\t"
+                f"{_nullable(c.cum_volume)}\t{'t' if c.final else 'f'}\n"
+                for c in unique
+            ]
+        )
 
         def work(cur: Any) -> None:
-            psycopg2.extras.execute_values(cur, _UPSERT, rows, page_size=_PAGE_SIZE)
+            cur.execute(_CREATE_STAGE)
+            cur.copy_expert(_COPY, io.StringIO(text))
+            cur.execute(_UPSERT_STAGED)
 
-        self._run(f"write {len(rows)} candles", work)
+        self._run(f"write {len(unique)} candles", work)
 
     def delete(self, candles: Sequence[Candle]) -> int:
         """Remove these candles' keys (the self-test's probe); returns how many rows went."""
@@ -357,6 +376,14 @@ def _aware(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise StoreError(f"refusing a naive datetime {value.isoformat()}: candle times must be timezone-aware")
     return value
+
+
+def _iso(value: datetime) -> str:
+    return _aware(value).isoformat()
+
+
+def _nullable(value: int | None) -> str:
+    return "\\N" if value is None else str(int(value))
 
 
 def _price(value: Decimal) -> Decimal:

@@ -301,6 +301,13 @@ def test_optional_oi_and_cumulative_volume_round_trip_as_none_or_int(store: Cand
     assert store.latest("NSE", "NIFTYFUT", "1m")[0].oi == 9_876_543_210
 
 
+@pytest.mark.parametrize("symbol", ["NIFTY 50", "M&M", "BAJAJ-AUTO", "A\\B", "TAB\tSEP", "LINE\nBREAK", "CR\rX", "\\N", "ÄÖ₹"])
+def test_any_symbol_text_round_trips(store: CandleStore, symbol: str) -> None:
+    c = make_candle(symbol)
+    store.upsert([c])
+    assert store.latest("NSE", symbol, "1m") == [c]
+
+
 # -- reading ------------------------------------------------------------------------------------
 
 
