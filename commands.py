@@ -121,6 +121,9 @@ def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:
         except MetricsError as exc:
             raise UsageError(f"{exc} (METRICS_PORT / --metrics-port)") from None
         log.info("metrics on http://%s:%d/metrics, health on /healthz", settings.metrics_host, metrics.port)
+    from ops.gc_tuning import tune_for_streaming
+
+    tune_for_streaming()
     service.start()
     watchdog = _systemd_ready(service)
     service.wait(args.duration)

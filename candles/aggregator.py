@@ -949,7 +949,7 @@ class CandleAggregator:
                     sym.cur = _NO_DAY
                 for ser in sym.series:
                     for day in [d for d in ser.days if d <= cutoff]:
-                        del ser.days[day]
+                        ser.days.pop(day).last_trade = None  # its bucket points back at it: no cycle left behind
         self._prune_at = self._day_forgotten_at(cutoff + 1)
 
 
