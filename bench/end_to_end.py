@@ -14,10 +14,15 @@ track_commit_timestamp on). Sections:
   of exactly those ticks, final and non-final alike, and the daemon's tick count must equal the
   ticks sent. Bar: >= 100,000 ticks/s for 60 s with zero loss (offered rate reached, the daemon
   done within ``--lag`` seconds of the feed stopping, candles exact). A loss exits 1.
-- ``latency`` (same run): for every final candle, its commit time in PostgreSQL
-  (``pg_xact_commit_timestamp(xmin)`` of the row) minus its bucket end + the daemon's grace.
-  The run starts at second ``--align`` of a minute so that a 1m close falls inside the load.
-  Bar: p99 <= 1 s.
+  When the daemon is still behind ``--drain-max`` seconds after the feed stopped, the candles are
+  reported as incomplete (not as a loss); a daemon that stops counting short of the ticks sent,
+  or candles that differ after it caught up, are a loss.
+- ``latency`` (same run): for every final candle, the commit time of the row version in which it
+  first appeared final (``pg_xact_commit_timestamp(xmin)``, polled during the run) minus its
+  bucket end + the daemon's grace (CANDLE_GRACE_SECONDS, 2 s); revisions by late ticks are shown
+  apart. The run starts at second ``--align`` of a minute (of ``--align-period`` seconds, counted from
+  the epoch; IST is a whole number of quarter hours ahead) so that a 1m close (9,000 candles; 5m
+  and 15m ones too at those boundaries) falls inside the load. Bar: p99 <= 1 s.
 - ``capacity``: the offered rate climbs ``--steps`` (``--step-seconds`` each); a receiver keeps up
   with a step when it has counted every tick sent within ``--step-lag`` seconds of the step's end.
   The daemon (its ``marketfeed_ticks`` counter: ticks through the aggregator) against pykiteconnect's
@@ -26,8 +31,11 @@ track_commit_timestamp on). Sections:
 - ``cpu``: the daemon's utime+stime (/proc/<pid>/stat) at one tick per instrument per second over
   ``--cpu-window`` seconds after ``--cpu-warmup``. Bar: <= 15% of one core.
 
-``--profile`` samples the daemon with py-spy (if installed) during the e2e run and prints where
-its threads spend their time. The figures depend on what else the machine runs: re-run to compare.
+Every section prints the daemon's CPU per thread (thread names from ``py-spy dump`` when py-spy
+is installed); ``--profile`` also samples the daemon with py-spy during the e2e run and prints
+where its threads spend their time. ``--keep`` keeps the work directory (daemon logs, the tick
+log). Exit status 1 only when candles were lost or wrong; a missed bar is a figure, not a failure.
+The figures depend on what else the machine runs: re-run to compare.
 """
 
 from __future__ import annotations
@@ -564,15 +572,19 @@ class Bench:
         workdir = self.tmp / label
         workdir.mkdir(parents=True, exist_ok=True)
         load = Load(a.instruments, a.seed, workdir)
+        daemon: Daemon | None = None
         try:
             daemon = Daemon(load, self.database(label), workdir, a.instruments, a.intervals)
             t0 = time.monotonic()
             daemon.wait_ready()
             sub = load.wait_subscribed(a.instruments)
             daemon.metrics()
-            say(f"  daemon pid {daemon.pid}: {sub['tokens']:,} tokens subscribed in full mode on {sub['connections']} connections "
+            say(f"  daemon pid {daemon.pid}: {sub['tokens']:,} tokens subscribed in full mode on "
+                f"{sub['connections']} connection(s) "
                 f"{time.monotonic() - t0:.1f} s after its start")  # fmt: skip
         except BaseException:
+            if daemon is not None:
+                daemon.stop(timeout=30)
             load.close()
             raise
         time.sleep(a.settle)
@@ -593,8 +605,9 @@ class Bench:
         watcher = FinalWatcher(dsn)
         try:
             if a.align >= 0 and a.seconds >= 20:
-                wait = (a.align - time.time() % 60) % 60
-                say(f"  waiting {wait:.0f} s to start at second {a.align} of a minute (a 1m bucket closes under load)")
+                period = a.align_period
+                wait = (a.align - time.time() % period) % period
+                say(f"  waiting {wait:.0f} s to start at second {a.align} of a {period} s period (buckets close under load)")
                 time.sleep(wait)
             base = daemon.ticks()
             cpu0, threads0, t_start = cpu_seconds(daemon.pid), thread_cpu(daemon.pid), time.monotonic()
@@ -612,7 +625,7 @@ class Bench:
                     duration = max(5, min(30, int(a.seconds - el - 3)))
                     profile = subprocess.Popen(
                         [pyspy() or "py-spy", "record", "--pid", str(daemon.pid), "--duration", str(duration), "--rate", "100",
-                         "--format", "raw", "--output", str(profile_path), "--nonblocking", "--threads"],
+                         "--format", "raw", "--output", str(profile_path), "--nonblocking", "--threads", "--gil"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )  # fmt: skip
 
@@ -923,7 +936,8 @@ class Bench:
         say(f"  load generator: {100 * (g1 - g0) / span:.1f}% of one core; whole machine busy "
             f"{100 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]):.0f}% of {ncpu} cores")  # fmt: skip
         name = f"daemon CPU at {rate:,.0f} ticks/s"
-        self.results.append(Result(name, f"{pct:.1f}% of one core", f"<= {CPU_BAR:g}% of one core", pct <= CPU_BAR))
+        met = pct <= CPU_BAR if rate >= 9000 or pct > CPU_BAR else None  # the bar is for 9,000 ticks/s
+        self.results.append(Result(name, f"{pct:.1f}% of one core", f"<= {CPU_BAR:g}% of one core at 9,000 ticks/s", met))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -948,8 +962,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=100_000, help="e2e: offered ticks/s (default 100000)")
     ap.add_argument("--seconds", type=float, default=60, help="e2e: seconds of feed (default 60)")
     ap.add_argument("--lag", type=float, default=2.0, help="e2e: the daemon must have every tick this long after the feed stops")
-    ap.add_argument("--drain-max", type=float, default=180, help="e2e: give up waiting for the daemon to catch up after this long")
-    ap.add_argument("--align", type=int, default=15, help="e2e: start at this second of a minute (-1: at once)")
+    ap.add_argument("--drain-max", type=float, default=120, help="e2e: give up waiting for the daemon to catch up after this long")
+    ap.add_argument("--align", type=int, default=15, help="e2e: start at this second of --align-period (-1: at once)")
+    ap.add_argument("--align-period", type=int, default=60,
+                    help="e2e: seconds; 900 with --align 870 puts a 15m close (27,000 candles at once) in the run")
     ap.add_argument("--fps", type=float, default=20, help="frames per second per connection (raised when needed)")
     ap.add_argument("--steps", default=DEFAULT_STEPS, help="capacity: offered rates to climb, ticks/s")
     ap.add_argument("--step-seconds", type=float, default=10)

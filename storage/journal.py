@@ -15,7 +15,9 @@ deleted only once the store writer has spooled every candle emitted before it (`
 File format, per segment ``ticks-<seq>.jnl``: records of ``kind (1 byte) · length (u32) · payload``;
 kind ``S`` = pickled (covered batch number, snapshot) (the first record; the service stores
 ``CandleAggregator.snapshot()`` bytes), ``T`` =
-marshalled (number, tick batch). A record cut short by a kill is ignored. The journal is the
+marshalled (number, (broker, receive time, rows of what the aggregator reads of each tick)): the
+token, last quantity and depth are not kept, and every tick of a batch gets the batch's first
+receive time. A record cut short by a kill is ignored. The journal is the
 daemon's own state in DATA_DIR: it is trusted like the code (pickle).
 """
 
@@ -43,35 +45,37 @@ _SNAPSHOT = b"S"
 _TICKS = b"T"
 
 
-def _pack(ticks: Sequence[TickData]) -> list:
+def _pack(ticks: Sequence[TickData]) -> tuple:
+    """A batch as what the aggregator reads of it: per tick (exchange, symbol, price as text,
+    volume, OI, exchange time as epoch seconds); the broker and receive time once per batch."""
+    if not ticks:
+        return ("", 0.0, [])
     rows = []
     append = rows.append
-    # a batch shares its receive time, and the decoders one datetime per exchange second:
-    # convert each datetime object once (an aware timestamp() is the costliest step here)
+    # the decoders share one datetime per exchange second: convert each datetime object once
+    # (an aware timestamp() is the costliest step here)
     last_dt: object = None
-    last_rx: object = None
-    ts = rts = 0.0
+    ts = 0.0
     for t in ticks:
         dt = t.exchange_ts
         if dt is not last_dt:
             last_dt = dt
             ts = dt.timestamp()
-        rx = t.receive_ts
-        if rx is not last_rx:
-            last_rx = rx
-            rts = rx.timestamp()
-        append((t.broker, t.exchange, t.symbol, t.token, str(t.last_price), t.last_quantity, t.volume, t.oi, ts, rts))
-    return rows
+        append((t.exchange, t.symbol, str(t.last_price), t.volume, t.oi, ts))
+    first = ticks[0]
+    return (first.broker, first.receive_ts.timestamp(), rows)
 
 
-def _unpack(rows: list, times: dict[float, datetime]) -> list[TickData]:
+def _unpack(packed: tuple, times: dict[float, datetime]) -> list[TickData]:
     def when(epoch: float) -> datetime:
         value = times.get(epoch)
         if value is None:
             value = times[epoch] = datetime.fromtimestamp(epoch, IST)
         return value
 
-    return [TickData(b, e, s, tok, Decimal(p), q, v, oi, when(ts), when(rts)) for b, e, s, tok, p, q, v, oi, ts, rts in rows]
+    broker, rts, rows = packed
+    received = when(rts)
+    return [TickData(broker, e, s, 0, Decimal(p), None, v, oi, when(ts), received) for e, s, p, v, oi, ts in rows]
 
 
 class TickJournal:
