@@ -277,6 +277,7 @@ def _make_kite(settings: Settings, token: tuple[str, str, Callable[[], str | Non
         instruments={i.token: i for i in dump.values()},
         stall_timeout=settings.feed_stall_seconds or 10.0,
         token_provider=provider,
+        depth=False,  # full mode for exchange times and OI; candles never read the depth
     )
 
 

@@ -438,3 +438,12 @@ def test_depth_is_decoded_on_first_read_and_equals_an_eagerly_built_one() -> Non
         assert pickle.loads(pickle.dumps(ticks[1])) == ticks[1]
         with pytest.raises(FrozenInstanceError):
             depth.bids = ()  # type: ignore[misc]
+
+
+def test_without_depth_full_ticks_carry_everything_else() -> None:
+    packets = [full_packet(INFY, 150_000 + i, volume=1000 + i, oi=7) for i in range(3)]
+    for raw in (frame(*packets), frame(ltp_packet(INFY, 1), *packets)):  # the fast and the general path
+        with_depth = KiteDecoder({INFY: Instrument("NSE", f"T{INFY}", INFY)}).decode(raw, RECEIVED)
+        without = KiteDecoder({INFY: Instrument("NSE", f"T{INFY}", INFY)}, depth=False).decode(raw, RECEIVED)
+        assert [t.depth for t in without] == [None] * len(without)
+        assert [dataclasses.replace(t, depth=None) for t in with_depth] == without

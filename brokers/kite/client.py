@@ -90,7 +90,7 @@ class _Shard:
         self.broker = broker
         self.id = shard_id
         self.instruments: dict[int, Instrument] = {}  # token -> instrument
-        self.decoder = KiteDecoder({}, timed_only=broker.mode == "full")
+        self.decoder = KiteDecoder({}, timed_only=broker.mode == "full", depth=broker.depth)
         self.lock = threading.Lock()  # guards instruments/ws/connected against subscribe() calls
         self.ws: websocket.WebSocket | None = None
         self.connected = False
@@ -337,6 +337,7 @@ class KiteBroker(BaseBroker):
         clock: Callable[[], float] = time.time,
         token_provider: Callable[[], str | None] | None = None,
         token_poll_seconds: float = 5.0,
+        depth: bool = True,
     ) -> None:
         if mode not in protocol.MODES:
             raise BrokerError(f"unknown Kite mode {mode!r}: use one of {', '.join(protocol.MODES)}")
@@ -351,6 +352,8 @@ class KiteBroker(BaseBroker):
         self._access_token = access_token
         self.ws_url = ws_url
         self.mode = mode
+        #: full mode: hand over each tick's market depth (False: ``depth=None``, cheaper to decode)
+        self.depth = depth
         self.instruments: dict[int, Instrument] = dict(instruments or {})
         self.stall_timeout = stall_timeout
         self.backoff_initial = backoff_initial

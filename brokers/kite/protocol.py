@@ -72,6 +72,7 @@ _LEVEL = struct.Struct(">IIH")
 # iter_unpack over records of u16 length + 184-byte packet: no per-packet offset arithmetic.
 # The depth block stays raw bytes: the Depth decodes it on first read (most consumers never do).
 _FULL_RECORD = struct.Struct(">HIII4xI28xI8xI120s")
+_FULL_RECORD_NO_DEPTH = struct.Struct(">HIII4xI28xI8xI120x")
 _DEPTH_OFFSET = 64
 _BOOK = struct.Struct("120s")
 _FULL_RECORD_LEN = 2 + FULL_LEN
@@ -166,14 +167,17 @@ class KiteDecoder:
     ``stats.malformed`` (logged once per kind) and the good packets of the frame are kept.
     """
 
-    __slots__ = ("stats", "timed_only", "_entries", "_times", "_exponents", "_logged")
+    __slots__ = ("stats", "timed_only", "depth", "_entries", "_times", "_exponents", "_logged")
 
-    def __init__(self, instruments: Mapping[int, Instrument], *, timed_only: bool = False) -> None:
+    def __init__(self, instruments: Mapping[int, Instrument], *, timed_only: bool = False, depth: bool = True) -> None:
         #: skip packets that carry no exchange timestamp (quote 44, index quote 28, LTP 8). In full
         #: mode these are only the snapshot a new subscription gets before its mode change takes
         #: effect (subscriptions start in quote mode); placed by arrival time they would put a stale
         #: price into the current bucket. The full snapshot that follows carries the same values.
         self.timed_only = timed_only
+        #: hand over the market depth of full packets (decoded on first read); without it full
+        #: ticks have ``depth=None`` and cost less (the daemon's candles never read depth)
+        self.depth = depth
         self.stats = DecodeStats()
         self._times = _TimeCache()
         self._exponents: dict[int, tuple[_PriceCache, _LevelCache]] = {}
@@ -247,8 +251,10 @@ class KiteDecoder:
                     unknown += 1
                     continue
                 exchange, symbol, prices, levels = entry
-                (book,) = _BOOK.unpack_from(frame, start + _DEPTH_OFFSET)
-                depth = _deferred_depth(book, levels)
+                depth = None
+                if self.depth:
+                    (book,) = _BOOK.unpack_from(frame, start + _DEPTH_OFFSET)
+                    depth = _deferred_depth(book, levels)
                 append(
                     new_tick(
                         BROKER, exchange, symbol, token, prices[price], quantity, volume, oi,
@@ -296,6 +302,8 @@ class KiteDecoder:
 
     def _decode_full_frame(self, frame: bytes, receive_ts: datetime) -> list[TickData] | None:
         """Fast path for a frame of full packets only; None if a length says otherwise."""
+        if not self.depth:
+            return self._decode_full_frame_without_depth(frame, receive_ts)
         entries_get = self._entries.get
         times = self._times
         new_tick = _new_tick
@@ -322,6 +330,33 @@ class KiteDecoder:
                     new_depth(book, levels),
                 )
             )
+        stats = self.stats
+        stats.packets += len(ticks) + unknown
+        stats.unknown_tokens += unknown
+        stats.ticks += len(ticks)
+        return ticks
+
+    def _decode_full_frame_without_depth(self, frame: bytes, receive_ts: datetime) -> list[TickData] | None:
+        """``_decode_full_frame`` for ``depth=False``: the depth block is skipped unread."""
+        entries_get = self._entries.get
+        times = self._times
+        new_tick = _new_tick
+        ticks: list[TickData] = []
+        append = ticks.append
+        unknown = 0
+        last_ts = 0
+        last_dt = receive_ts
+        for length, token, price, quantity, volume, oi, ts in _FULL_RECORD_NO_DEPTH.iter_unpack(memoryview(frame)[2:]):
+            if length != FULL_LEN:
+                return None
+            entry = entries_get(token)
+            if entry is None:
+                unknown += 1
+                continue
+            if ts != last_ts:
+                last_ts = ts
+                last_dt = times[ts] if ts else receive_ts
+            append(new_tick(BROKER, entry[0], entry[1], token, entry[2][price], quantity, volume, oi, last_dt, receive_ts, None))
         stats = self.stats
         stats.packets += len(ticks) + unknown
         stats.unknown_tokens += unknown
