@@ -555,7 +555,7 @@ class CandleAggregator:
                 self.stats.open_buckets += 1
 
     # ---- snapshot (the tick journal's checkpoints) ---------------------------------------------
-    SNAPSHOT_VERSION = 1
+    SNAPSHOT_VERSION = 2
 
     def snapshot(self) -> bytes:
         """The whole state as bytes, for ``restore``: marshalled plain tuples (prices as text), many
@@ -601,7 +601,9 @@ class CandleAggregator:
                 if sym.dirty else None
             )  # fmt: skip
             cur = id(sym.cur) if sym.cur is not _NO_DAY else None
-            symbols.append((sym.exchange, sym.symbol, day_rows, listed, cur, series, sym.lo, sym.hi, acc))
+            # marshalled per symbol: only one symbol's tuples exist at a time (at 9,000 symbols the
+            # whole state as tuples took about 190 MB for a moment)
+            symbols.append(marshal.dumps((sym.exchange, sym.symbol, day_rows, listed, cur, series, sym.lo, sym.hi, acc)))
         st = self.stats
         head = (
             self.SNAPSHOT_VERSION, [iv.name for iv in self.intervals], self._grace, self._horizon, self._emit_empty,
@@ -644,7 +646,8 @@ class CandleAggregator:
                 value = decimals[text] = Decimal(text)
             return value
 
-        for exchange, symbol, day_rows, listed, cur, series, win_lo, win_hi, acc in symbols:
+        for raw in symbols:
+            exchange, symbol, day_rows, listed, cur, series, win_lo, win_hi, acc = marshal.loads(raw)
             sym = agg._new_symbol(exchange, symbol)
             sym_days: dict[int, _SymDay] = {}
             for key, day, latest_ts, run_max, (hist, pos), floor, baseline, plain_ts, plain_price in day_rows:
