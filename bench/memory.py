@@ -1,26 +1,32 @@
 """Daemon memory: RSS of main.py --broker sim with many instruments over a simulated session.
 
-    .venv/bin/python bench/memory.py [--symbols 9000] [--intervals 1m,5m,15m] [--sim-minutes 60] [--speed 6]
+    .venv/bin/python bench/memory.py [--symbols 9000] [--intervals 1m,5m,15m] [--sim-minutes 60] [--speed 4]
                                      [--tick-rate 1] [--sample 2] [--store postgres|sqlite] [--every 5]
+    .venv/bin/python bench/memory.py --paced [--sim-minutes 60]
     .venv/bin/python bench/memory.py --profile [--sim-minutes 20] [--top 15]
 
 Default: runs the real daemon as a separate process (`main.py --broker sim`, PostgreSQL as the store: a
 throwaway server from tests/pg.py; `--store sqlite` for the embedded one) on a fresh DATA_DIR, and reads
 VmRSS and VmHWM from /proc/<pid>/status every `--sample` wall seconds. The simulated clock runs `--speed`
-times the wall clock, so 60 simulated minutes take 60/speed wall minutes (10 at the default 6x). Prints
+times the wall clock, so 60 simulated minutes take 60/speed wall minutes (15 at the default 4x). Prints
 one row per `--every` simulated minutes and a summary: peak, RSS at 15/30/45/60 simulated minutes, the
 growth over the second half of the run, whether the daemon kept up with the simulated feed (lag of the
-ticks it processed behind the simulated clock, late ticks, queue depth; from its status lines), and the
-verdict against the bar (peak <= --bar-mb and flat: second-half growth <= --flat-mb).
+ticks it processed behind the simulated clock, late ticks, queue depth; from its status lines), the
+machine's load, and the verdict against the bar (peak <= --bar-mb and flat: second-half growth <= --flat-mb).
+A daemon that falls behind builds ever larger tick batches, and its RSS with them: the run stops once it
+is --abort-lag simulated seconds behind. After any pause (a journal checkpoint) the simulator hands over
+pause x speed seconds of ticks at once, so a faster simulation also means larger bursts than a live feed.
 
 The simulation starts at IST midnight by default: the simulator replays the day from midnight up to
 `--sim-start` before streaming (at 09:15 that is 300 million ticks for 9,000 symbols).
 
-`--profile` runs the same objects in this process instead (SimBroker, CandleAggregator, TickJournal,
-Spool, the store and Service with its pipeline and writer threads, as commands.py `_serve` wires them),
-the feed paced by the pipeline instead of the wall clock, under tracemalloc: top allocation sites, what
-grew over the second half, live objects by type, and the transient of one journal checkpoint (a pickle
-of the aggregator). Exit status is 0 either way: a benchmark, not a test.
+`--paced` runs the same objects in this process instead (SimBroker, CandleAggregator, TickJournal, Spool,
+the store and Service with its pipeline and writer threads, as commands.py `_serve` wires them), the feed
+handed over batch by batch as fast as the pipeline takes it: it cannot fall behind, so it gives the figure
+on a busy machine too, and counts live allocated blocks to tell a leak from allocator slack. `--profile`
+does the same under tracemalloc: top allocation sites, what grew over the second half, live objects by
+type, and the transient of one journal checkpoint (a snapshot of the aggregator); its RSS includes
+tracemalloc's own tables. Exit status is 0 either way: a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import linecache
-import pickle
+import os
 import re
 import signal
 import subprocess
@@ -127,6 +133,7 @@ class Sample:
     rss: int
     hwm: int
     status: Status | None  # the newest status line at the time
+    load: float  # the machine's 1-minute load average
 
 
 @dataclass
@@ -234,7 +241,7 @@ def run_daemon(args: argparse.Namespace) -> None:
             if mem is not None and proc.poll() is None:
                 sim = None if log.ready_at is None else (now - log.ready_at) * args.speed
                 st = log.statuses[-1] if log.statuses else None
-                samples.append(Sample(now, now - started, sim, mem[0], mem[1], st))
+                samples.append(Sample(now, now - started, sim, mem[0], mem[1], st, os.getloadavg()[0]))
                 if sim is not None and sim >= next_mark * 60 and sim <= total_sim + args.speed * args.sample:
                     _print_row(samples[-1], lag)
                     next_mark = (int(sim / 60 / args.every) + 1) * args.every
@@ -254,7 +261,7 @@ def run_daemon(args: argparse.Namespace) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 break
-            time.sleep(args.sample)
+            time.sleep(args.sample if log.streaming_at is not None else 0.05)  # start-up in finer steps
         proc.wait()
         log.poll()
         counts = _stored_counts(env.get("PG_CONN_STR"), tmp / "data" / "marketfeed.db")
@@ -303,11 +310,6 @@ def _stored_counts(dsn: str | None, sqlite_path: Path) -> dict[str, int] | None:
         return None
 
 
-def _nearest(samples: list[Sample], sim: float, within: float) -> Sample | None:
-    best = min((s for s in samples if s.sim is not None), key=lambda s: abs((s.sim or 0) - sim), default=None)
-    return best if best is not None and abs((best.sim or 0) - sim) <= within else None
-
-
 def _summary(
     args: argparse.Namespace,
     samples: list[Sample],
@@ -333,54 +335,81 @@ def _summary(
     print(f"exit status {returncode}; {log.stopped or 'no stop line'}")
     if counts is not None:
         print("stored candles: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: kv[1], reverse=True)))
-    first = next((s for s in samples if s.sim is not None), None)
-    subscribed = next((s for s in samples if log.streaming_at and s.at >= log.streaming_at), None)
-    if first is not None:
-        print(f"start-up: {first.rss / MB:.1f} MB once the store was ready (interpreter, imports, store connection)"
-              + (f", {subscribed.rss / MB:.1f} MB once streaming" if subscribed else ""))  # fmt: skip
+    imports = [s for s in samples if s.at < (log.ready_at or 0)]
+    streaming = next((s for s in samples if log.streaming_at and s.at >= log.streaming_at), None)
+    print("start-up: "
+          + (f"{imports[-1].rss / MB:.1f} MB before the store was ready (interpreter, first imports), " if imports else "")
+          + (f"{streaming.rss / MB:.1f} MB once streaming (simulator subscribed)" if streaming else ""))  # fmt: skip
     print(f"peak: VmHWM {peak_hwm / MB:.1f} MB (highest sampled VmRSS {peak_rss / MB:.1f} MB)")
-    marks = [m for m in (15, 30, 45, 60) if m * 60 <= total_sim] or [args.sim_minutes]
-    at = []
-    for m in marks:
-        s = _nearest(running, m * 60, within)
-        at.append(f"{m:g} min {s.rss / MB:.1f}" if s else f"{m:g} min -")
-    print("RSS at simulated " + ", ".join(at) + " MB")
-    half = [s for s in running if (s.sim or 0) >= total_sim / 2]
-    growth = fitted = slope = 0.0
-    if len(half) >= 2:
-        a = _nearest(running, total_sim / 2, within) or half[0]
-        b = _nearest(running, total_sim, within) or half[-1]
-        growth = (b.rss - a.rss) / MB
-        slope = fitted_slope([((s.sim or 0) / 3600, s.rss / MB) for s in half])
-        fitted = slope * (total_sim / 2 / 3600)
-        print(f"second half ({total_sim / 120:g}-{total_sim / 60:g} simulated min): {growth:+.1f} MB end to end, "
-              f"fitted {fitted:+.1f} MB ({slope:+.1f} MB per simulated hour over {len(half)} samples)")  # fmt: skip
-    else:
-        print("second half: too few samples to judge growth")
+    judged = rss_over_time([(s.sim or 0.0, s.rss) for s in running], total_sim, within)
     statuses = [st for st in log.statuses if st.at <= (log.ready_at or 0) + total_sim / args.speed]
-    lags = [x for x in (lag.lag(st) for st in statuses) if x is not None]
+    lags = [(x, st) for x, st in ((lag.lag(st), st) for st in statuses) if x is not None]
     late = statuses[-1].late if statuses else 0
     max_queue = max((st.queue for st in statuses), default=0)
-    end_lag = sorted(lags[-3:])[len(lags[-3:]) // 2] if lags else 0.0
-    kept_up = bool(lags) and end_lag <= args.max_lag and not aborted
-    print(f"keeping up: lag of the processed ticks behind the simulated clock max {max(lags, default=0):.1f}, at the end "
-          f"{end_lag:.1f} simulated s; late ticks {late:,}; largest queue depth {max_queue:,}; "
-          + ("KEPT UP" if kept_up else "FELL BEHIND: the reading may include a backlog; lower --speed"))  # fmt: skip
+    tail = sorted(x for x, _ in lags[-3:])
+    end_lag = tail[len(tail) // 2] if tail else 0.0
+    worst, worst_st = max(lags, key=lambda p: p[0]) if lags else (0.0, None)
+    worst_min = 0.0 if worst_st is None else (worst_st.at - (log.ready_at or 0)) * args.speed / 60
+    if aborted or not lags or end_lag > args.max_lag:
+        keeping, kept_up = "FELL BEHIND: the reading includes a backlog; lower --speed", False
+    elif worst > args.max_lag:
+        keeping, kept_up = (f"FELL BEHIND FOR A WHILE (up to {worst:.0f} s at simulated minute {worst_min:.0f}), then caught up: "
+                            "from then on RSS also holds what the backlog left (memory the allocator keeps)", False)  # fmt: skip
+    else:
+        keeping, kept_up = "KEPT UP", True
+    print(f"keeping up: lag of the processed ticks behind the simulated clock max {worst:.1f}, at the end {end_lag:.1f} "
+          f"simulated s; late ticks {late:,}; largest queue depth {max_queue:,}; {keeping}")  # fmt: skip
     if late:
         print(f"  late ticks reached the pipeline after their bucket closed (end + 2 s grace, simulated): a pause in the "
               f"feed or the pipeline of more than {2 / args.speed:.2f} wall s at {args.speed:g}x")  # fmt: skip
+    loads = [s.load for s in running] or [0.0]
+    print(f"machine load (1-minute average) during the run: {loads[0]:.1f} at the start, {max(loads):.1f} at most, "
+          f"{loads[-1]:.1f} at the end, on {os.cpu_count()} CPUs (the daemon needs about one)")  # fmt: skip
     if log.problems:
         print(f"log: {len(log.problems)} warning/error lines, first: {log.problems[0][:160]}")
+    verdict(args, peak_hwm, judged, None if kept_up else "the daemon fell behind (a lower --speed or a quieter machine "
+            "gives a cleaner reading)")  # fmt: skip
+
+
+def rss_over_time(points: list[tuple[float, int]], total_sim: float, within: float) -> float | None:
+    """Print RSS at 15/30/45/60 simulated minutes and the growth over the second half; returns that growth
+    in MB (the larger of end to end and fitted), None when there are too few points to tell.
+    ``points``: (simulated seconds, RSS bytes)."""
+
+    def nearest(sim: float) -> tuple[float, int] | None:
+        best = min(points, key=lambda p: abs(p[0] - sim), default=None)
+        return best if best is not None and abs(best[0] - sim) <= within else None
+
+    marks = [m for m in (15, 30, 45, 60) if m * 60 <= total_sim] or [total_sim / 60]
+    at = [f"{m:g} min " + (f"{p[1] / MB:.1f}" if (p := nearest(m * 60)) else "-") for m in marks]
+    print("RSS at simulated " + ", ".join(at) + " MB")
+    half = [p for p in points if p[0] >= total_sim / 2]
+    if len(half) < 2:
+        print("second half: too few samples to judge growth")
+        return None
+    a = nearest(total_sim / 2) or half[0]
+    b = nearest(total_sim) or half[-1]
+    growth = (b[1] - a[1]) / MB
+    slope = fitted_slope([(sim / 3600, rss / MB) for sim, rss in half])
+    fitted = slope * (total_sim / 2 / 3600)
+    print(f"second half ({total_sim / 120:g}-{total_sim / 60:g} simulated min): {growth:+.1f} MB end to end, "
+          f"fitted {fitted:+.1f} MB ({slope:+.1f} MB per simulated hour over {len(half)} samples)")  # fmt: skip
+    return max(growth, fitted)
+
+
+def verdict(args: argparse.Namespace, peak_hwm: int, growth: float | None, disturbed: str | None) -> None:
     meets_peak = peak_hwm / MB <= args.bar_mb
-    flat = len(half) >= 2 and max(growth, fitted) <= args.flat_mb
-    verdict = "MEETS the bar" if meets_peak and flat and kept_up else "MISSES the bar"
+    flat = growth is not None and growth <= args.flat_mb
+    text = "MEETS the bar" if meets_peak and flat else "MISSES the bar"
     why = [
         f"peak {peak_hwm / MB:.1f} MB {'<=' if meets_peak else '>'} {args.bar_mb:g} MB",
-        f"{'flat' if flat else 'not flat'} (second-half growth {max(growth, fitted):+.1f} MB, limit {args.flat_mb:g} MB)",
+        ("flat" if flat else "not flat")
+        + (f" (second-half growth {growth:+.1f} MB, limit {args.flat_mb:g} MB)" if growth is not None else " (not measured)"),
     ]
-    if not kept_up:
-        why.append("the daemon fell behind")
-    print(f"verdict: {verdict}: " + "; ".join(why))
+    if disturbed:
+        text += " (reading disturbed)"
+        why.append(disturbed)
+    print(f"verdict: {text}: " + "; ".join(why))
     if args.sim_minutes < 60:
         print(f"  (the bar is for 60 simulated minutes; this run had {args.sim_minutes:g})")
 
@@ -425,27 +454,30 @@ def _where(filename: str) -> str:
     return path.name if filename.startswith("<") else f"python/{path.name}"
 
 
-def profile(args: argparse.Namespace) -> None:
+def in_process(args: argparse.Namespace) -> None:
+    """--paced and --profile: the daemon's objects in this process, the feed paced by the pipeline."""
     import tracemalloc
 
-    from candles.aggregator import CandleAggregator
+    from ops.gc_tuning import tune_for_streaming
     from service import Service
     from storage import open_store
     from storage.journal import TickJournal
     from storage.spool import Spool
 
+    trace = args.profile
     intervals = parse_intervals(args.intervals)
     total_sim = args.sim_minutes * 60.0
     start = datetime.fromisoformat(args.sim_start)
     start_ts = (start if start.tzinfo else start.replace(tzinfo=IST)).timestamp()
-    tmp = Path(tempfile.mkdtemp(prefix="marketfeed-memory-profile-"))
+    tmp = Path(tempfile.mkdtemp(prefix="marketfeed-memory-inproc-"))
     server = None
     dsn = None
     if args.store == "postgres":
         server, dsn = start_postgres()
     _keep_sources()
     rss_imports = (proc_mem() or (0, 0))[0]
-    tracemalloc.start(args.frames)
+    if trace:
+        tracemalloc.start(args.frames)
     try:
         store = open_store(dsn, str(tmp / "marketfeed.db"))
         store.migrate()
@@ -456,24 +488,27 @@ def profile(args: argparse.Namespace) -> None:
             broker, store, instruments, intervals, clock=clock, status_interval=3600.0,
             spool=Spool(tmp / "spool"), journal=TickJournal(tmp / "journal"),
         )  # fmt: skip
+        tune_for_streaming()  # as commands.py does before the service starts
         service.start()
         rss_streaming = (proc_mem() or (0, 0))[0]
         on_ticks = broker.on_ticks
         assert on_ticks is not None
         step = args.batch
-        print(
-            f"profile: {args.symbols:,} symbols x {','.join(i.name for i in intervals)}, {args.sim_minutes:g} simulated "
-            f"minutes in batches of {step:g} simulated s, store {store.description}, tracemalloc {args.frames} frame(s)"
-        )
-        print(f"RSS after imports {rss_imports / MB:.1f} MB, once streaming {rss_streaming / MB:.1f} MB (traced "
-              f"{tracemalloc.get_traced_memory()[0] / MB:.1f} MB)\n")  # fmt: skip
-        print(f"{'sim min':>7} {'wall s':>7} {'RSS MB':>7} {'traced MB':>9} {'peak MB':>8} {'ticks':>12}")
+        print(f"{'profile' if trace else 'paced'}: {args.symbols:,} symbols x {','.join(i.name for i in intervals)}, "
+              f"{args.sim_minutes:g} simulated minutes in batches of {step:g} simulated s, store {store.description}"
+              + (f", tracemalloc {args.frames} frame(s)" if trace else ""))  # fmt: skip
+        print(f"RSS after imports {rss_imports / MB:.1f} MB, once streaming {rss_streaming / MB:.1f} MB"
+              + (f" (traced {tracemalloc.get_traced_memory()[0] / MB:.1f} MB)" if trace else "") + "\n")  # fmt: skip
+        print(f"{'sim min':>7} {'wall s':>7} {'RSS MB':>7} {'HWM MB':>7} {'blocks k':>9} {'ticks':>12}"
+              + (f" {'traced MB':>9} {'peak MB':>8}" if trace else ""))  # fmt: skip
         sent = 0
         t = start_ts
         t0 = time.perf_counter()
         half: Any = None
+        points: list[tuple[float, int, int]] = []  # (simulated s, RSS, allocated blocks), once a simulated minute
         transients: list[tuple[float, float]] = []  # (sim minute, traced peak above the level after it)
-        tracemalloc.reset_peak()
+        if trace:
+            tracemalloc.reset_peak()
         next_minute = start_ts + 60
         while t < start_ts + total_sim - 1e-9:
             t = min(t + step, start_ts + total_sim)
@@ -484,33 +519,83 @@ def profile(args: argparse.Namespace) -> None:
                 on_ticks(batch)  # journals the batch and queues it, as the feed thread does
             while service.stats.ticks < sent:  # the pipeline took it
                 time.sleep(0.0005)
-            if t >= next_minute - 1e-9:
-                next_minute += 60
-                minute = (t - start_ts) / 60
+            if t < next_minute - 1e-9:
+                continue
+            next_minute += 60
+            minute = (t - start_ts) / 60
+            rss, hwm = proc_mem() or (0, 0)
+            points.append((t - start_ts, rss, sys.getallocatedblocks()))
+            traced = ""
+            if trace:
                 current, peak = tracemalloc.get_traced_memory()
                 transients.append((minute, (peak - current) / MB))
                 tracemalloc.reset_peak()
-                if round(minute) % args.every == 0:
-                    rss = (proc_mem() or (0, 0))[0]
-                    print(f"{minute:7.0f} {time.perf_counter() - t0:7.0f} {rss / MB:7.1f} {current / MB:9.1f} "
-                          f"{peak / MB:8.1f} {sent:12,}", flush=True)  # fmt: skip
-                if half is None and t - start_ts >= total_sim / 2:
-                    half = _settled_snapshot(service, tracemalloc)
-        census = _census()  # before the snapshots: they are large lists themselves
-        end = _settled_snapshot(service, tracemalloc)
-        rss_end = (proc_mem() or (0, 0))[0]
-        _report_profile(args, end, half, transients, rss_imports, rss_end, service, census)
-        del end, half
-        service.stop()  # the pipeline no longer touches the aggregator: it can be pickled here
-        _checkpoint_cost(service.aggregator, CandleAggregator, tracemalloc)
+                traced = f" {current / MB:9.1f} {peak / MB:8.1f}"
+            if round(minute) % args.every == 0:
+                print(f"{minute:7.0f} {time.perf_counter() - t0:7.0f} {rss / MB:7.1f} {hwm / MB:7.1f} "
+                      f"{points[-1][2] / 1000:9,.0f} {sent:12,}{traced}", flush=True)  # fmt: skip
+            if trace and half is None and t - start_ts >= total_sim / 2:
+                half = _settled_snapshot(service, tracemalloc)
+        print()
+        if trace:
+            census = _census()  # before the snapshots: they are large lists themselves
+            end = _settled_snapshot(service, tracemalloc)
+            rss_end = (proc_mem() or (0, 0))[0]
+            _report_profile(args, end, half, transients, rss_imports, rss_end, service, census)
+            del end, half
+        else:
+            _paced_summary(args, points, rss_imports, rss_streaming, total_sim)
+        service.stop()  # the pipeline no longer touches the aggregator: a checkpoint can be taken from here
+        _checkpoint_cost(service, tracemalloc if trace else None)
         store.close()
     finally:
-        tracemalloc.stop()
+        if trace:
+            tracemalloc.stop()
         if server is not None:
             server.cleanup()
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _paced_summary(
+    args: argparse.Namespace, points: list[tuple[float, int, int]], rss_imports: int, rss_streaming: int, total_sim: float
+) -> None:
+    hwm = (proc_mem() or (0, 0))[1]
+    print(f"start-up: {rss_imports / MB:.1f} MB after imports, {rss_streaming / MB:.1f} MB once streaming (simulator subscribed)")
+    print(f"peak: VmHWM {hwm / MB:.1f} MB (highest VmRSS at a minute boundary {max(p[1] for p in points) / MB:.1f} MB)")
+    growth = rss_over_time([(sim, rss) for sim, rss, _ in points], total_sim, 61.0)
+    half = [(sim, blocks) for sim, _, blocks in points if sim >= total_sim / 2]
+    if len(half) >= 2:
+        change = (half[-1][1] - half[0][1]) / half[0][1]
+        print(f"allocated blocks (live Python objects) over the second half: {half[0][1]:,} -> {half[-1][1]:,} ({change:+.1%}): "
+              + ("flat, so RSS growth is allocator slack (freed memory kept in partly used arenas), not live data"
+                 if abs(change) < 0.02 else "live data grew"))  # fmt: skip
+    _trim_probe()
+    verdict(args, hwm, growth, None)
+    print(
+        "  (in-process, paced by the pipeline: the same objects and threads as the daemon, no falling behind; the daemon's own "
+        "figure is the default mode's)"
+    )
+
+
+def _trim_probe() -> None:
+    """How much of the RSS is free memory the C allocator keeps (glibc's malloc_trim gives it back)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    before = (proc_mem() or (0, 0))[0]
+    trim(0)
+    after = (proc_mem() or (0, 0))[0]
+    print(f"malloc_trim(0) after the run: RSS {before / MB:.1f} -> {after / MB:.1f} MB (what stays is live objects and "
+          "Python's own partly used arenas)")  # fmt: skip
 
 
 def _keep_sources() -> None:
@@ -571,7 +656,7 @@ def _report_profile(
         minute, size = max(transients, key=lambda x: x[1])
         print(
             f"\nlargest transient within a simulated minute: {size:.1f} MB above the level after it (minute {minute:.0f};"
-            " journal checkpoints pickle the aggregator, closes build a minute's candles at once)"
+            " journal checkpoints snapshot the aggregator, closes build a minute's candles at once)"
         )
     agg = service.aggregator
     print(f"\naggregator: {agg.stats.open_buckets:,} open buckets; live objects by type (gc-tracked, shallow sizes):")
@@ -590,23 +675,26 @@ def _census() -> list[tuple[str, tuple[int, int]]]:
     return [(name, (counts[name], size)) for name, size in sizes.most_common()]
 
 
-def _checkpoint_cost(agg: Any, cls: type, tracemalloc: Any) -> None:
-    """What one journal checkpoint costs: the aggregator pickled whole (as TickJournal.checkpoint does)."""
-    assert isinstance(agg, cls)
-    clock, agg._clock = agg._clock, None  # as Service._checkpoint does
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+def _checkpoint_cost(service: Any, tracemalloc: Any | None) -> None:
+    """What one journal checkpoint costs, taken as the pipeline takes it (Service._checkpoint: a snapshot of
+    the aggregator into a new journal segment). The pipeline holds the GIL meanwhile: feed and pipeline wait."""
+    hwm_before = (proc_mem() or (0, 0))[1]
+    before = tracemalloc.get_traced_memory()[0] if tracemalloc else 0
+    if tracemalloc:
         tracemalloc.reset_peak()
-        t0 = time.perf_counter()
-        payload = pickle.dumps((0, agg), protocol=pickle.HIGHEST_PROTOCOL)
-        took = time.perf_counter() - t0
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        agg._clock = clock
-    print(
-        f"\njournal checkpoint: pickle of the aggregator {len(payload) / MB:.1f} MB, {took:.1f} s under tracemalloc, "
-        f"traced peak {(peak - before) / MB:.1f} MB above the live level (payload and pickle's memo)"
-    )
+    t0 = time.perf_counter()
+    service._checkpoint()
+    took = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] if tracemalloc else 0
+    hwm_after = (proc_mem() or (0, 0))[1]
+    segments = sorted(service.journal.dir.glob("ticks-*.jnl"))
+    size = segments[-1].stat().st_size if segments else 0
+    if tracemalloc:
+        print(f"\njournal checkpoint: {size / MB:.1f} MB snapshot in {took:.1f} s under tracemalloc, traced peak "
+              f"{(peak - before) / MB:.1f} MB above the live level")  # fmt: skip
+    else:
+        print(f"journal checkpoint (one, after the run): {size / MB:.1f} MB snapshot in {took:.2f} s (a pause of the pipeline "
+              f"and the feed); VmHWM {hwm_before / MB:.1f} -> {hwm_after / MB:.1f} MB")  # fmt: skip
 
 
 def _terminated(signum: int, _frame: object) -> None:
@@ -621,7 +709,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--symbols", type=int, default=9000, help="instruments in the watchlist (default 9000)")
     ap.add_argument("--intervals", default="1m,5m,15m")
     ap.add_argument("--sim-minutes", type=float, help="simulated minutes (default 60; 20 with --profile)")
-    ap.add_argument("--speed", type=float, default=6.0, help="simulated seconds per wall second (default 6)")
+    ap.add_argument("--speed", type=float, default=4.0, help="simulated seconds per wall second (default 4)")
     ap.add_argument("--tick-rate", type=float, default=1.0, help="ticks per simulated second per symbol (default 1)")
     ap.add_argument("--sim-start", default=SIM_START, help=f"simulated start (default {SIM_START})")
     ap.add_argument("--seed", type=int, default=1)
@@ -636,9 +724,10 @@ def main(argv: list[str] | None = None) -> None:
                     "seconds behind in three status lines in a row (default 300)")  # fmt: skip
     ap.add_argument("--startup-allowance", type=float, default=180.0, help="wall seconds allowed beyond --duration")
     ap.add_argument("--keep", action="store_true", help="keep the temporary DATA_DIR and the daemon's log")
+    ap.add_argument("--paced", action="store_true", help="in-process run of the same objects, paced by the pipeline")
     ap.add_argument("--profile", action="store_true", help="in-process run under tracemalloc instead of the daemon")
-    ap.add_argument("--batch", type=float, default=0.3, help="--profile: simulated seconds per tick batch (default 0.3, "
-                    "the daemon's batch at 6x)")  # fmt: skip
+    ap.add_argument("--batch", type=float, default=0.2, help="--paced, --profile: simulated seconds per tick batch (default 0.2, "
+                    "the daemon's batch at 4x)")  # fmt: skip
     ap.add_argument("--frames", type=int, default=1, help="--profile: tracemalloc frames per allocation (default 1)")
     ap.add_argument("--top", type=int, default=15, help="--profile: allocation sites to print (default 15)")
     args = ap.parse_args(argv)
@@ -647,8 +736,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.speed <= 0 or args.sim_minutes <= 0 or args.symbols <= 0:
         ap.error("--speed, --sim-minutes and --symbols must be positive")
     signal.signal(signal.SIGTERM, _terminated)  # clean up the daemon and the PostgreSQL server on a kill too
-    if args.profile:
-        profile(args)
+    if args.profile or args.paced:
+        in_process(args)
     else:
         run_daemon(args)
 
