@@ -34,15 +34,6 @@ _COLUMNS = (
     'exchange, symbol, "interval", bucket, open, high, low, close, volume, oi, tick_count, '
     "first_tick, last_tick, cum_volume, final"
 )
-_UPSERT = f"""
-INSERT INTO candles ({_COLUMNS}) VALUES %s
-ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
-    open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
-    volume = EXCLUDED.volume, oi = EXCLUDED.oi, tick_count = EXCLUDED.tick_count,
-    first_tick = EXCLUDED.first_tick, last_tick = EXCLUDED.last_tick,
-    cum_volume = EXCLUDED.cum_volume, final = EXCLUDED.final, updated_at = now()
-"""
-_PAGE_SIZE = 1000
 # Candles go in with COPY into a per-session staging table, then one INSERT ... SELECT upserts
 # them: about a tenth of the client-side work of a VALUES list (the writer shares the
 # interpreter with the feed threads, so its Python time is what delays a bucket's candles).
@@ -55,7 +46,14 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
 ) ON COMMIT DELETE ROWS
 """
 _COPY = f"COPY {_STAGE} ({_COLUMNS}) FROM STDIN"
-_UPSERT_STAGED = _UPSERT.replace("VALUES %s", f"SELECT {_COLUMNS} FROM {_STAGE}")
+_UPSERT_STAGED = f"""
+INSERT INTO candles ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGE}
+ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
+    open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+    volume = EXCLUDED.volume, oi = EXCLUDED.oi, tick_count = EXCLUDED.tick_count,
+    first_tick = EXCLUDED.first_tick, last_tick = EXCLUDED.last_tick,
+    cum_volume = EXCLUDED.cum_volume, final = EXCLUDED.final, updated_at = now()
+"""
 # COPY text format: backslash, tab, newline and carriage return are escaped; \N is NULL
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 # Any constant: serialises concurrent migrations of daemons sharing one database (--shard i/n).

@@ -78,8 +78,8 @@ def test_a_second_process_on_the_same_spool_is_refused_with_what_to_do(tmp_path)
     Spool(tmp_path).close()  # free again once the first one closed
 
 
-def _stored(dsn: str, intervals) -> dict:
-    store = PostgresStore(dsn)
+def _stored(store, intervals) -> dict:
+    """Every stored candle of SYMBOLS as the reference's dicts; closes the store."""
     try:
         rows = {}
         for sym in SYMBOLS:
@@ -120,7 +120,7 @@ def test_candles_closed_while_the_database_is_down_survive_a_shutdown_and_are_wr
         assert proc.returncode == 0, proc.stderr
         assert "the spool holds" in proc.stderr
         assert (tmp_path / "data" / "spool" / "candles.spool").stat().st_size == 0
-        stored = _stored(dsn, intervals)
+        stored = _stored(PostgresStore(dsn), intervals)
     arrivals = read_tape(first) + read_tape(second)
     assert stored == reference_candles(arrivals, intervals)
 
@@ -145,21 +145,11 @@ def test_a_daemon_killed_with_sigkill_resumes_its_open_buckets_and_the_table_equ
     assert proc.returncode == 0, proc.stderr
     assert "resumed the open buckets from the tick journal" in proc.stderr
     if kind == "postgres":
-        stored = _stored(dsn, intervals)
+        stored = _stored(PostgresStore(dsn), intervals)
     else:
         from storage.sqlite import SQLiteStore
 
-        store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
-        try:
-            stored = {}
-            for sym in SYMBOLS:
-                exchange, name = sym.split(":")
-                for iv in intervals:
-                    for c in store.latest(exchange, name, iv.name, limit=10_000):
-                        key, value = candle_to_dict(c)
-                        stored[key] = value
-        finally:
-            store.close()
+        stored = _stored(SQLiteStore(tmp_path / "data" / "marketfeed.db"), intervals)
     expected = reference_candles(read_tape(first) + read_tape(second), intervals)
     assert len(expected) > 10
     assert stored == expected
