@@ -127,7 +127,7 @@ class Service:
         """Snapshot the aggregator into a new journal segment (pipeline thread, or before it runs)."""
         assert self.journal is not None
         try:
-            seq = self.journal.checkpoint(self.aggregator.snapshot(), self._processed)
+            seq = self.journal.checkpoint(self.aggregator.snapshot_chunks(), self._processed)
         except (OSError, pickle.PicklingError) as exc:
             log.error("journal checkpoint failed (%s): a kill now would lose the open buckets' ticks", exc)
             return

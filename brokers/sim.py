@@ -6,10 +6,11 @@ wall clock runs, so a run at ``speed=60`` produces the same ticks as one at ``sp
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import logging
-import random
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,52 @@ log = logging.getLogger(__name__)
 
 _TICK = Decimal("0.05")
 _IST_OFFSET = 19_800
+_MASK64 = (1 << 64) - 1
+_PRICE_CACHE_MAX = 1 << 17
+
+
+class _Prices(dict):
+    """price in ticks of 0.05 -> Decimal, one shared object per price as the broker decoders hand
+    them over (a fresh Decimal per tick kept a million of them alive in the open buckets)."""
+
+    __slots__ = ()
+
+    def __missing__(self, ticks: int) -> Decimal:
+        if len(self) >= _PRICE_CACHE_MAX:
+            self.clear()
+        value = self[ticks] = Decimal(ticks) * _TICK
+        return value
+
+
+_PRICES = _Prices()
+
+
+class _SplitMix64:
+    """A small deterministic generator (SplitMix64) for one instrument's day: 8 bytes of state
+    where a ``random.Random`` holds 2.5 KB (22 MB at 9,000 instruments)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, seed_text: str) -> None:
+        self.state = int.from_bytes(hashlib.blake2b(seed_text.encode(), digest_size=8).digest(), "big")
+
+    def next64(self) -> int:
+        s = self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((s ^ (s >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+
+    def random(self) -> float:
+        """Uniform in [0, 1)."""
+        return (self.next64() >> 11) * (1.0 / 9007199254740992.0)
+
+    def below(self, n: int) -> int:
+        """Uniform in [0, n) (the modulo bias is below 1e-15 for the small n used here)."""
+        return self.next64() % n
+
+    def exponential(self) -> float:
+        """Exponentially distributed with mean 1."""
+        return -math.log(1.0 - self.random())
 
 
 class SimClock:
@@ -44,6 +91,11 @@ class SimClock:
         return self.start + (self._monotonic() - self._origin) * self.speed
 
 
+_INDEX_STEPS = (-2, -1, 0, 1, 2)
+_STOCK_STEPS = (-3, -2, -1, -1, 0, 0, 1, 1, 2, 3)
+_QUANTITIES = (1, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
+
+
 def _is_index(instrument: Instrument) -> bool:
     return " " in instrument.symbol or instrument.symbol.startswith(("NIFTY", "SENSEX"))
 
@@ -56,7 +108,7 @@ class _Walk:
     running: restarts can be tested against a continuous reference.
     """
 
-    __slots__ = ("instrument", "rng", "price", "volume", "day", "last_qty", "ts_ms", "mean_gap_ms", "index", "seed")
+    __slots__ = ("instrument", "rng", "ticks", "price", "volume", "day", "last_qty", "ts_ms", "mean_gap_ms", "index", "seed")
 
     def __init__(self, instrument: Instrument, seed: int, start_ms: int, tick_rate: float, resume: bool) -> None:
         self.instrument = instrument
@@ -73,11 +125,12 @@ class _Walk:
 
     def _begin_day(self, day: int, origin_ms: int) -> None:
         self.day = day
-        self.rng = random.Random(f"{self.seed}:{self.instrument.key}:{day}")
-        self.price = Decimal(self.rng.randrange(2_000, 60_000)) * _TICK  # 100.00 .. 3000.00
+        self.rng = _SplitMix64(f"{self.seed}:{self.instrument.key}:{day}")
+        self.ticks = 2_000 + self.rng.below(58_000)  # price in ticks of 0.05: 100.00 .. 3000.00
+        self.price = _PRICES[self.ticks]
         self.volume = 0
         self.last_qty = 0
-        self.ts_ms = origin_ms + int(self.rng.expovariate(1.0) * self.mean_gap_ms)
+        self.ts_ms = origin_ms + int(self.rng.exponential() * self.mean_gap_ms)
 
     def next_tick(self) -> tuple[int, Decimal, int | None, int | None]:
         """Advance one event; returns (ts_ms, price, last_qty, cumulative volume)."""
@@ -87,17 +140,19 @@ class _Walk:
         ts_ms = self.ts_ms
         rng = self.rng
         if self.index:
-            self.price = max(_TICK, self.price + _TICK * rng.choice((-2, -1, 0, 1, 2)))
+            self.ticks = max(1, self.ticks + _INDEX_STEPS[rng.below(5)])
+            self.price = _PRICES[self.ticks]
             volume = qty = None
         elif self.last_qty and rng.random() < 0.3:  # quote-only update: depth moved, no trade
             volume, qty = self.volume, self.last_qty
         else:
-            self.price = max(_TICK, self.price + _TICK * rng.choice((-3, -2, -1, -1, 0, 0, 1, 1, 2, 3)))
-            qty = rng.choice((1, 1, 2, 5, 10, 25, 50, 100, 250, 1000))
+            self.ticks = max(1, self.ticks + _STOCK_STEPS[rng.below(10)])
+            self.price = _PRICES[self.ticks]
+            qty = _QUANTITIES[rng.below(10)]
             self.volume += qty
             self.last_qty = qty
             volume = self.volume
-        self.ts_ms = ts_ms + max(1, int(rng.expovariate(1.0) * self.mean_gap_ms))
+        self.ts_ms = ts_ms + max(1, int(rng.exponential() * self.mean_gap_ms))
         return ts_ms, self.price, qty, volume
 
 

@@ -13,8 +13,10 @@ killed (the kernel has them), not the machine losing power. A checkpoint's older
 deleted only once the store writer has spooled every candle emitted before it (``release``).
 
 File format, per segment ``ticks-<seq>.jnl``: records of ``kind (1 byte) · length (u32) · payload``;
-kind ``S`` = pickled (covered batch number, snapshot) (the first record; the service stores
-``CandleAggregator.snapshot()`` bytes), ``T`` =
+the first record is the snapshot: kind ``C`` = covered batch number (u64) followed by the snapshot's
+bytes, written piece by piece as they are made (the service passes
+``CandleAggregator.snapshot_chunks()``), or kind ``S`` = pickled (covered batch number, state) for any
+other state; ``T`` =
 marshalled (number, (broker, receive time, rows of what the aggregator reads of each tick)): the
 token, last quantity and depth are not kept, and every tick of a batch gets the batch's first
 receive time. A record cut short by a kill is ignored. The journal is the
@@ -29,7 +31,7 @@ import os
 import pickle
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("<cI")
 _SNAPSHOT = b"S"
+_CHUNKED = b"C"
+_COVERED = struct.Struct("<Q")
 _TICKS = b"T"
 
 
@@ -110,19 +114,41 @@ class TickJournal:
 
     def checkpoint(self, state: Any, covered: int) -> int:
         """Start a new segment with a snapshot of ``state``, which includes the batches numbered up
-        to ``covered``; returns the segment number, for ``release``."""
-        payload = pickle.dumps((covered, state), protocol=pickle.HIGHEST_PROTOCOL)
-        with self.lock:
-            seq = self.seq + 1
-            new = open(self.dir / f"ticks-{seq:08d}.jnl", "wb")  # noqa: SIM115 - the current segment from now on
-            new.write(_HEAD.pack(_SNAPSHOT, len(payload)))
-            new.write(payload)
+        to ``covered``; returns the segment number, for ``release``. ``state`` is either an iterator
+        of ``bytes`` pieces, written as they come (recovery returns them joined), or any picklable
+        object. Only one thread checkpoints; ``append`` goes on into the old segment meanwhile."""
+        seq = self.seq + 1
+        new = open(self.dir / f"ticks-{seq:08d}.jnl", "wb")  # noqa: SIM115 - the current segment from now on
+        try:
+            if isinstance(state, Iterator):
+                self._write_chunked(new, state, covered)
+            else:
+                payload = pickle.dumps((covered, state), protocol=pickle.HIGHEST_PROTOCOL)
+                new.write(_HEAD.pack(_SNAPSHOT, len(payload)))
+                new.write(payload)
             new.flush()
             os.fsync(new.fileno())
+        except BaseException:
+            new.close()
+            (self.dir / f"ticks-{seq:08d}.jnl").unlink(missing_ok=True)
+            raise
+        with self.lock:
             old, self._file, self.seq = self._file, new, seq
         if old is not None:
             old.close()
         return seq
+
+    @staticmethod
+    def _write_chunked(out: Any, chunks: Iterable[bytes], covered: int) -> None:
+        out.write(_HEAD.pack(_CHUNKED, 0))  # the length is filled in once known
+        length = out.write(_COVERED.pack(covered))
+        for chunk in chunks:
+            length += out.write(chunk)
+        if length >= 1 << 32:
+            raise OSError(f"a journal snapshot of {length} bytes does not fit a record (4 GiB at most)")
+        out.seek(0)
+        out.write(_HEAD.pack(_CHUNKED, length))
+        out.seek(0, os.SEEK_END)
 
     def append(self, ticks: Sequence[TickData]) -> int:
         """Journal a batch (call with ``lock`` held); returns its number."""
@@ -156,19 +182,24 @@ class TickJournal:
             released = int((self.dir / "released").read_text())
         except (OSError, ValueError):
             released = 0
-        snapshots: list[tuple[int, bytes]] = []
+        snapshots: list[tuple[int, bytes, bytes]] = []
         batches: dict[int, bytes] = {}
         for path in self._segments():
             for kind, payload in self._records(path):
-                if kind == _SNAPSHOT:
-                    snapshots.append((self._seq(path), payload))
-                else:
+                if kind == _TICKS:
                     n, packed = marshal.loads(payload)
                     batches[n] = packed
+                else:
+                    snapshots.append((self._seq(path), kind, payload))
         if not snapshots:
             return None
         usable = [s for s in snapshots if s[0] <= released] or snapshots[:1]
-        covered, state = pickle.loads(usable[-1][1])
+        _, kind, payload = usable[-1]
+        if kind == _CHUNKED:
+            (covered,) = _COVERED.unpack_from(payload)
+            state: Any = payload[_COVERED.size :]
+        else:
+            covered, state = pickle.loads(payload)
         self.number = max([covered, *batches])  # go on numbering after what is on disk
         times: dict[float, datetime] = {}
         later = [_unpack(batches[n], times) for n in sorted(batches) if n > covered]
@@ -181,7 +212,8 @@ class TickJournal:
         while pos + _HEAD.size <= len(data):
             kind, length = _HEAD.unpack_from(data, pos)
             end = pos + _HEAD.size + length
-            if end > len(data) or kind not in (_SNAPSHOT, _TICKS):
+            if end > len(data) or kind not in (_SNAPSHOT, _CHUNKED, _TICKS) or (kind == _CHUNKED and length < _COVERED.size):
+                # (a snapshot being written when the process was killed still has its length 0)
                 log.warning("journal %s: ignoring a record cut short at offset %d", path, pos)
                 return
             yield kind, data[pos + _HEAD.size : end]

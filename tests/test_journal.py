@@ -112,3 +112,35 @@ def test_a_journal_from_another_version_is_ignored_and_the_store_resumes(tmp_pat
     assert service._recover_from_journal() is False
     assert "ignoring the tick journal" in caplog.text
     store.close()
+
+
+def test_a_snapshot_given_in_pieces_is_written_as_they_come_and_recovered_whole(tmp_path):
+    journal = TickJournal(tmp_path)
+    written: list[bytes] = []
+
+    def pieces():
+        for part in (b"head", b"-one", b"-two"):
+            written.append(part)
+            yield part
+
+    journal.checkpoint(pieces(), covered=0)
+    assert written == [b"head", b"-one", b"-two"]
+    with journal.lock:
+        journal.append([tick(4)])
+    journal.close()
+    state, batches = TickJournal(tmp_path).recover()
+    assert state == b"head-one-two"
+    assert [seen(b[0]) for b in batches] == [seen(tick(4))]
+
+
+def test_a_snapshot_cut_short_by_a_kill_is_not_trusted(tmp_path):
+    journal = TickJournal(tmp_path)
+    journal.checkpoint(iter([b"first"]), covered=0)
+    with journal.lock:
+        journal.append([tick(1)])
+    journal.close()
+    # killed while the next checkpoint was being written: its length is still the placeholder 0
+    (tmp_path / "ticks-00000002.jnl").write_bytes(b"C\x00\x00\x00\x00" + b"\x01" * 8 + b"partial state")
+    state, batches = TickJournal(tmp_path).recover()
+    assert state == b"first"
+    assert [seen(b[0]) for b in batches] == [seen(tick(1))]

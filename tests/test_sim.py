@@ -91,3 +91,12 @@ def test_a_restarted_simulator_continues_the_same_stream():
     assert [(t.symbol, t.exchange_ts, t.last_price, t.volume) for t in later] == [
         (t.symbol, t.exchange_ts, t.last_price, t.volume) for t in tail
     ]
+
+
+def test_equal_prices_are_one_shared_object_as_the_broker_decoders_hand_them_over():
+    ticks = _ticks(6, START + 600)
+    by_value: dict[Decimal, set[int]] = {}
+    for t in ticks:
+        by_value.setdefault(t.last_price, set()).add(id(t.last_price))
+    assert len(by_value) < len(ticks) / 4  # prices repeat on a random walk
+    assert all(len(ids) == 1 for ids in by_value.values())
