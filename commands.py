@@ -122,8 +122,10 @@ def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:
             raise UsageError(f"{exc} (METRICS_PORT / --metrics-port)") from None
         log.info("metrics on http://%s:%d/metrics, health on /healthz", settings.metrics_host, metrics.port)
     from ops.gc_tuning import tune_for_streaming
+    from ops.malloc_tuning import tune_allocator
 
     tune_for_streaming()
+    tune_allocator()
     service.start()
     watchdog = _systemd_ready(service)
     service.wait(args.duration)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from brokers.base import BaseBroker, Instrument, TickData
 from candles.aggregator import CandleAggregator
 from candles.model import IST, Candle, Interval
+from ops.malloc_tuning import release_free_memory
 from storage.base import CandleStore, StoreError, StoreUnavailable
 from storage.journal import TickJournal
 from storage.spool import Spool
@@ -132,6 +133,7 @@ class Service:
             log.error("journal checkpoint failed (%s): a kill now would lose the open buckets' ticks", exc)
             return
         self._candles.put(_Checkpoint(seq))
+        release_free_memory()  # once a minute, mid-bucket: the C heap's free pages go back to the system
 
     def _checkpoint_delay(self) -> float:
         """Seconds to the next checkpoint: about ``checkpoint_seconds``, moved to the middle of the

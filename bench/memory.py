@@ -459,6 +459,7 @@ def in_process(args: argparse.Namespace) -> None:
     import tracemalloc
 
     from ops.gc_tuning import tune_for_streaming
+    from ops.malloc_tuning import tune_allocator
     from service import Service
     from storage import open_store
     from storage.journal import TickJournal
@@ -489,6 +490,7 @@ def in_process(args: argparse.Namespace) -> None:
             spool=Spool(tmp / "spool"), journal=TickJournal(tmp / "journal"),
         )  # fmt: skip
         tune_for_streaming()  # as commands.py does before the service starts
+        tune_allocator()
         service.start()
         rss_streaming = (proc_mem() or (0, 0))[0]
         on_ticks = broker.on_ticks

@@ -556,7 +556,7 @@ class CandleAggregator:
                 if b.maxcum > sday.evicted_max:
                     sday.evicted_max = b.maxcum
                 continue
-            ser.buckets[start] = b
+            ser.buckets[b.start] = b
             if ser.cur is None or start > ser.cur.start:
                 ser.cur = b
             if now >= close_at and c.final:
@@ -716,7 +716,7 @@ class CandleAggregator:
                     b.first_ts, b.last_ts, b.count = first_ts, last_ts, count
                     b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts = maxcum, carry, frozen_cum, oi, oi_ts
                     b.closed, b.emitted_volume = closed, emitted
-                    ser.buckets[start] = b
+                    ser.buckets[b.start] = b
                     at = b.end + grace
                     if closed:
                         evicting.setdefault(at + horizon, []).append(b)
@@ -846,6 +846,8 @@ class CandleAggregator:
         offset = ser.offset
         start = int((ts - offset) // width * width + offset)  # == Interval.bucket_start(ts)
         b = ser.buckets.get(start)
+        if b is None:
+            start = _shared(start)  # the key of ser.buckets lives as long as the bucket
         close_at = start + width + self._grace
         if b is not None:
             if b.closed and now >= close_at + self._horizon:
@@ -854,7 +856,7 @@ class CandleAggregator:
         if now >= close_at + self._horizon:
             return None
         b = _Bucket(ser, start, self._series_day(ser, sd))
-        ser.buckets[start] = b
+        ser.buckets[b.start] = b
         if ser.cur is None or start > ser.cur.start:
             ser.cur = b
         if now >= close_at:  # its time has passed: born closed, the tick is late

@@ -144,3 +144,15 @@ def test_a_snapshot_cut_short_by_a_kill_is_not_trusted(tmp_path):
     state, batches = TickJournal(tmp_path).recover()
     assert state == b"first"
     assert [seen(b[0]) for b in batches] == [seen(tick(1))]
+
+
+def test_equal_prices_spelt_differently_come_back_as_they_were_spelt(tmp_path):
+    journal = TickJournal(tmp_path)
+    journal.checkpoint(iter([b"state"]), covered=0)
+    at = datetime(2026, 11, 24, 9, 15, 1, tzinfo=IST)
+    spellings = [Decimal("1.5"), Decimal("1.50"), Decimal("1.5"), Decimal("1.500")]
+    with journal.lock:
+        journal.append([TickData("sim", "NSE", "INFY", 0, p, 1, 10, None, at, at) for p in spellings])
+    journal.close()
+    _, batches = TickJournal(tmp_path).recover()
+    assert [str(t.last_price) for t in batches[0]] == ["1.5", "1.50", "1.5", "1.500"]
