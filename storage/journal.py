@@ -49,20 +49,13 @@ _COVERED = struct.Struct("<Q")
 _TICKS = b"T"
 
 
-_PRICE_TEXT_MAX = 1 << 16
-
-
-def _pack(ticks: Sequence[TickData], texts: dict[Decimal, tuple[Decimal, str]]) -> tuple:
+def _pack(ticks: Sequence[TickData]) -> tuple:
     """A batch as what the aggregator reads of it: per tick (exchange, symbol, price as text,
-    volume, OI, exchange time as epoch seconds); the broker and receive time once per batch.
-    ``texts`` caches the text of price objects (a dict hit costs half a ``str()`` of a Decimal)."""
+    volume, OI, exchange time as epoch seconds); the broker and receive time once per batch."""
     if not ticks:
         return ("", 0.0, [])
-    if len(texts) >= _PRICE_TEXT_MAX:
-        texts.clear()
     rows = []
     append = rows.append
-    text_of = texts.get
     # the decoders share one datetime per exchange second: convert each datetime object once
     # (an aware timestamp() is the costliest step here)
     last_dt: object = None
@@ -72,14 +65,7 @@ def _pack(ticks: Sequence[TickData], texts: dict[Decimal, tuple[Decimal, str]]) 
         if dt is not last_dt:
             last_dt = dt
             ts = dt.timestamp()
-        price = t.last_price
-        known = text_of(price)
-        if known is not None and known[0] is price:  # the decoders share one Decimal per price
-            text = known[1]
-        else:  # (an equal Decimal may be spelt otherwise: 1.5 and 1.50)
-            text = str(price)
-            texts[price] = (price, text)
-        append((t.exchange, t.symbol, text, t.volume, t.oi, ts))
+        append((t.exchange, t.symbol, str(t.last_price), t.volume, t.oi, ts))
     first = ticks[0]
     return (first.broker, first.receive_ts.timestamp(), rows)
 
@@ -112,7 +98,6 @@ class TickJournal:
         self._file: Any = None
         self.seq = max((self._seq(p) for p in self._segments()), default=0)
         self.number = 0  # number of the last tick batch appended
-        self._price_texts: dict[Decimal, tuple[Decimal, str]] = {}  # under ``lock``, as ``append``
         self.records = 0
 
     def __repr__(self) -> str:
@@ -169,7 +154,7 @@ class TickJournal:
         """Journal a batch (call with ``lock`` held); returns its number."""
         self.number += 1
         if self._file is not None:
-            payload = marshal.dumps((self.number, _pack(ticks, self._price_texts)))
+            payload = marshal.dumps((self.number, _pack(ticks)))
             self._file.write(_HEAD.pack(_TICKS, len(payload)) + payload)
             self._file.flush()  # in the kernel's hands: survives a kill of this process
             self.records += 1
