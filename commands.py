@@ -126,9 +126,6 @@ def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:
 
     tune_for_streaming()
     tune_allocator()
-    import os as _os
-    if _os.environ.get("MF_SWITCH"):
-        sys.setswitchinterval(float(_os.environ["MF_SWITCH"]))
     service.start()
     watchdog = _systemd_ready(service)
     service.wait(args.duration)
