@@ -22,6 +22,12 @@ How the rules map onto the state kept here:
 * Closing is driven by ``advance()``: buckets are filed by their close time (bucket end + grace)
   in a heap of distinct times; since buckets share grid boundaries, one heap entry closes
   thousands of buckets.
+* A closed bucket is kept packed (``_pack_bucket``: one ``bytes`` record of about 110 bytes instead
+  of an object pointing at half a dozen number objects, about 300 bytes) for the rest of its
+  revision horizon: three quarters of the retained buckets are such closed 1m buckets. Packing
+  happens a few thousand buckets per ``advance()`` after their candles went out; the series' newest
+  bucket and the gap filler's reference stay objects. A late tick that lands in a packed bucket
+  unpacks it (``_inflate``) and it is packed again later.
 
 Documented approximations (exact for any feed whose ticks are reordered by fewer than
 ``reorder_memory`` positions per symbol, and whose buckets hold one IST day each):
@@ -176,6 +182,13 @@ class _Symbol:
         self.oi_ts = -_INF
 
 
+# A packed closed bucket: maxcum, day, flags (1: no frozen_cum, 2: no OI), count, carry, frozen_cum,
+# oi, emitted_volume, first_ts, last_ts, oi_ts; then "open high low close" as ASCII text when count > 0
+# (the exact spelling of each Decimal). maxcum and day lead: _volume reads only them.
+_REC = struct.Struct("<qiBqqqqqddd")
+_REC_KEY = struct.Struct("<qi")
+_PACK_PER_ADVANCE = 2048  # closed buckets packed per advance() call: a 15m close spreads over a few calls
+
 _GRID: dict[int, int] = {}  # bucket boundaries: one int object per boundary, shared by every symbol's buckets
 
 
@@ -216,13 +229,33 @@ class _Bucket:
         self.emitted_volume = -1
 
 
-def _file(index: dict[float, list[_Bucket]], heap: list[float], at: float, bucket: _Bucket) -> None:
+def _file(index: dict[float, list], heap: list[float], at: float, item: object) -> None:
     found = index.get(at)
     if found is None:
-        index[at] = [bucket]
+        index[at] = [item]
         heapq.heappush(heap, at)
     else:
-        found.append(bucket)
+        found.append(item)
+
+
+def _pack_bucket(b: _Bucket) -> bytes | None:
+    """A closed bucket as one record; None when a field does not fit (it then stays an object)."""
+    if b.count:
+        o, h, lo, c = b.open, b.high, b.low, b.close
+        if type(o) is not Decimal or type(h) is not Decimal or type(lo) is not Decimal or type(c) is not Decimal:
+            return None
+        text = f"{o} {h} {lo} {c}".encode("ascii")
+    else:
+        text = b""
+    frozen = b.frozen_cum
+    oi = b.oi
+    try:
+        return _REC.pack(
+            b.maxcum, b.day, (frozen is None) | (oi is None) << 1, b.count, b.carry, frozen or 0, oi or 0,
+            b.emitted_volume, b.first_ts, b.last_ts, b.oi_ts,
+        ) + text  # fmt: skip
+    except (struct.error, OverflowError):
+        return None
 
 
 class CandleAggregator:
@@ -264,8 +297,9 @@ class CandleAggregator:
         self._by_name: dict[str, _Symbol] = {}
         self._closing: dict[float, list[_Bucket]] = {}  # close time -> open buckets
         self._closing_heap: list[float] = []
-        self._evicting: dict[float, list[_Bucket]] = {}  # eviction time -> closed buckets
+        self._evicting: dict[float, list[_Series]] = {}  # eviction time -> series of the closed buckets
         self._evicting_heap: list[float] = []
+        self._to_pack: list[_Bucket] = []  # closed buckets to pack (``_pack_some``)
         self._prune_at = -_INF
         self._bucket_dt: dict[int, datetime] = {}
         self._dirty: list[_Symbol] = []  # symbols whose accumulator may hold ticks
@@ -471,25 +505,19 @@ class CandleAggregator:
                 for b in batch:
                     b.closed = True
                     b.series.symbol.hi = -_INF  # its window ends with the bucket
-                _file_many(self._evicting, self._evicting_heap, at + horizon, batch)
+                _file_many(self._evicting, self._evicting_heap, at + horizon, [b.series for b in batch])
                 self.stats.open_buckets -= len(batch)
                 for b in batch:
                     if b.count:
                         out.append(self._candle(b, True))
+                self._to_pack.extend(batch)
         heap = self._evicting_heap
         if heap and heap[0] <= now:
-            evicting = self._evicting
-            while heap and heap[0] <= now:
-                for b in evicting.pop(heapq.heappop(heap)):
-                    ser = b.series
-                    del ser.buckets[b.start]
-                    if ser.cur is b:
-                        ser.cur = None
-                    sday = b.sday
-                    if b.maxcum > sday.evicted_max:
-                        sday.evicted_max = b.maxcum
+            self._evict(now)
         if now >= self._prune_at:
             self._prune_days(now)
+        if self._to_pack:
+            self._pack_some(_PACK_PER_ADVANCE)
         return out
 
     def flush(self) -> list[Candle]:
@@ -562,13 +590,14 @@ class CandleAggregator:
             if now >= close_at and c.final:
                 b.closed = True
                 b.emitted_volume = c.volume
-                _file(self._evicting, self._evicting_heap, close_at + horizon, b)
+                _file(self._evicting, self._evicting_heap, close_at + horizon, ser)
+                self._to_pack.append(b)
             else:  # open, or stored non-final and overdue: the next advance() closes it once
                 _file(self._closing, self._closing_heap, close_at, b)
                 self.stats.open_buckets += 1
 
     # ---- snapshot (the tick journal's checkpoints) ---------------------------------------------
-    SNAPSHOT_VERSION = 3
+    SNAPSHOT_VERSION = 4
     _CHUNK = struct.Struct("<I")  # length of each marshalled chunk of a snapshot
 
     def snapshot(self) -> bytes:
@@ -596,16 +625,18 @@ class CandleAggregator:
             for ser in sym.series:
                 sdays = {id(x): x for x in ser.days.values()}
                 for b in ser.buckets.values():
-                    sdays.setdefault(id(b.sday), b.sday)
+                    if type(b) is not bytes:  # a packed one's is ser.days[its day]
+                        sdays.setdefault(id(b.sday), b.sday)
                 for x in sdays.values():
                     sym_days.setdefault(id(x.sym_day), x.sym_day)
                 sday_index = {k: i for i, k in enumerate(sdays)}
                 listed_sdays = {id(x) for x in ser.days.values()}
                 buckets = [
+                    (start, b) if type(b) is bytes else
                     (b.start, b.day, sday_index[id(b.sday)],
                      (str(b.open), str(b.high), str(b.low), str(b.close)) if b.count else None,
                      b.first_ts, b.last_ts, b.count, b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts, b.closed, b.emitted_volume)
-                    for b in ser.buckets.values()
+                    for start, b in ser.buckets.items()
                 ]  # fmt: skip
                 sday_rows = []
                 for x in sdays.values():
@@ -671,7 +702,8 @@ class CandleAggregator:
         agg._prune_at = prune_at
         agg.stats = AggregatorStats(*counters)
         closing: dict[float, list[_Bucket]] = {}
-        evicting: dict[float, list[_Bucket]] = {}
+        evicting: dict[float, list[_Series]] = {}
+        to_pack = agg._to_pack
         new = object.__new__
         decimals: dict[str, Decimal] = {}  # one object per price, as the decoders share them
 
@@ -705,8 +737,15 @@ class CandleAggregator:
                     sdays.append(x)
                     lasts.append(last)
                 width = ser.width
-                for (start, day, sday, ohlc, first_ts, last_ts, count, maxcum, carry, frozen_cum, oi, oi_ts, closed,
-                     emitted) in buckets:  # fmt: skip
+                for row in buckets:
+                    if len(row) == 2:  # a packed closed bucket, kept as it is
+                        start, rec = row
+                        start = _shared(start)
+                        ser.buckets[start] = rec
+                        evicting.setdefault(_shared(start + width) + grace + horizon, []).append(ser)
+                        continue
+                    (start, day, sday, ohlc, first_ts, last_ts, count, maxcum, carry, frozen_cum, oi, oi_ts, closed,
+                     emitted) = row  # fmt: skip
                     b = new(_Bucket)
                     b.series, b.start, b.end, b.day, b.sday = ser, _shared(start), _shared(start + width), day, sdays[sday]
                     if ohlc is None:
@@ -719,7 +758,8 @@ class CandleAggregator:
                     ser.buckets[b.start] = b
                     at = b.end + grace
                     if closed:
-                        evicting.setdefault(at + horizon, []).append(b)
+                        evicting.setdefault(at + horizon, []).append(ser)
+                        to_pack.append(b)
                     else:
                         closing.setdefault(at, []).append(b)
                 for x, last in zip(sdays, lasts):
@@ -850,6 +890,10 @@ class CandleAggregator:
             start = _shared(start)  # the key of ser.buckets lives as long as the bucket
         close_at = start + width + self._grace
         if b is not None:
+            if type(b) is bytes:  # packed, hence closed
+                if now >= close_at + self._horizon:
+                    return None
+                return self._inflate(ser, start, b)
             if b.closed and now >= close_at + self._horizon:
                 return None
             return b
@@ -857,11 +901,15 @@ class CandleAggregator:
             return None
         b = _Bucket(ser, start, self._series_day(ser, sd))
         ser.buckets[b.start] = b
-        if ser.cur is None or start > ser.cur.start:
+        cur = ser.cur
+        if cur is None or start > cur.start:
             ser.cur = b
+            if cur is not None and cur.closed:  # no longer the newest: it may be packed now
+                self._to_pack.append(cur)
         if now >= close_at:  # its time has passed: born closed, the tick is late
             b.closed = True
-            _file(self._evicting, self._evicting_heap, close_at + self._horizon, b)
+            _file(self._evicting, self._evicting_heap, close_at + self._horizon, ser)
+            self._to_pack.append(b)
         else:
             _file(self._closing, self._closing_heap, close_at, b)
             self.stats.open_buckets += 1
@@ -873,17 +921,26 @@ class CandleAggregator:
         top = b.maxcum
         if top < 0:
             return b.carry
-        sday = b.sday
+        return self._volume_of(b.series, b.start, b.day, b.sday, top, b.carry)
+
+    @staticmethod
+    def _volume_of(ser: _Series, start: int, day: int, sday: _SeriesDay, top: int, carry: int) -> int:
+        """``_volume`` of the bucket of ``ser`` at ``start`` that holds these (packed or not)."""
         base = sday.evicted_max
-        start = b.start
-        day = b.day
-        for other in b.series.buckets.values():
-            if other.maxcum > base and other.start < start and other.day == day:
-                base = other.maxcum
+        unpack = _REC_KEY.unpack_from
+        for other_start, other in ser.buckets.items():
+            if other_start < start:
+                if type(other) is bytes:
+                    m, d = unpack(other)
+                else:
+                    m = other.maxcum
+                    d = other.day
+                if m > base and d == day:
+                    base = m
         if base < 0:
             baseline = sday.baseline if sday.baseline is not None else sday.sym_day.baseline
             base = top if baseline is None else baseline
-        return b.carry + top - base if top > base else b.carry
+        return carry + top - base if top > base else carry
 
     def _candle(self, b: _Bucket, final: bool, volume: int | None = None) -> Candle:
         if volume is None:
@@ -922,11 +979,95 @@ class CandleAggregator:
         """Re-emit closed buckets that late ticks changed, and later closed buckets of the same
         series whose volume moved because an earlier bucket's cumulative volume rose."""
         for ser in dict.fromkeys(b.series for b in touched):
-            for b in sorted(ser.buckets.values(), key=lambda b: b.start):
-                if b.closed and b.count:
+            buckets = ser.buckets
+            for start in sorted(buckets):
+                b = buckets[start]
+                if type(b) is bytes:  # packed: not touched; re-emitted only if its volume moved
+                    top, day, _, count, carry, _, _, emitted = _REC.unpack_from(b)[:8]
+                    sday = ser.days.get(day)
+                    if not count or sday is None:
+                        continue
+                    volume = carry if top < 0 else self._volume_of(ser, start, day, sday, top, carry)
+                    if volume != emitted:
+                        out.append(self._candle(self._inflate(ser, start, b), True, volume))
+                elif b.closed and b.count:
                     volume = self._volume(b)
                     if b in touched or volume != b.emitted_volume:
                         out.append(self._candle(b, True, volume))
+
+    def _evict(self, now: float) -> None:
+        """Forget closed buckets whose revision horizon has passed; keep their volume per day."""
+        heap = self._evicting_heap
+        evicting = self._evicting
+        unpack = _REC_KEY.unpack_from
+        while heap and heap[0] <= now:
+            at = heapq.heappop(heap)
+            end = round(at - self._horizon - self._grace)  # filed at end + grace + horizon
+            for ser in evicting.pop(at):
+                b = ser.buckets.pop(end - ser.width, None)
+                if b is None:
+                    continue
+                if type(b) is bytes:
+                    maxcum, day = unpack(b)
+                    sday = ser.days.get(day)
+                else:
+                    if ser.cur is b:
+                        ser.cur = None
+                    maxcum = b.maxcum
+                    sday = b.sday
+                if sday is not None and maxcum > sday.evicted_max:
+                    sday.evicted_max = maxcum
+
+    def _pack_some(self, limit: int) -> None:
+        """Pack up to ``limit`` of the closed buckets waiting for it: not the series' newest (ticks
+        go there; it is packed once a newer one exists), not the gap filler's reference."""
+        todo = self._to_pack
+        batch = todo[-limit:]
+        del todo[-limit:]
+        for b in batch:
+            ser = b.series
+            if ser.cur is b or not b.closed:
+                continue
+            buckets = ser.buckets
+            start = b.start
+            sday = b.sday
+            if buckets.get(start) is not b or sday.last_trade is b or ser.days.get(b.day) is not sday:
+                continue
+            rec = _pack_bucket(b)
+            if rec is not None:
+                buckets[start] = rec
+
+    def _inflate(self, ser: _Series, start: int, rec: bytes) -> _Bucket:
+        """The packed bucket of ``ser`` at ``start`` as an object again (in ``ser.buckets`` too)."""
+        maxcum, day, flags, count, carry, frozen, oi, emitted, first_ts, last_ts, oi_ts = _REC.unpack_from(rec)
+        b = object.__new__(_Bucket)
+        b.series = ser
+        b.start = _shared(start)
+        b.end = _shared(start + ser.width)
+        b.day = day
+        sday = ser.days.get(day)
+        if sday is None:  # not kept when packed (packing requires it); a safe stand-in all the same
+            sday = _SeriesDay(ser.symbol.days.get(day) or _SymDay(day))
+        b.sday = sday
+        if count:
+            o, h, lo, c = rec[_REC.size :].decode("ascii").split(" ")
+            b.open, b.high, b.low, b.close = Decimal(o), Decimal(h), Decimal(lo), Decimal(c)
+        else:
+            b.open = b.high = b.low = b.close = None
+        b.first_ts, b.last_ts, b.count, b.maxcum, b.carry = first_ts, last_ts, count, maxcum, carry
+        b.frozen_cum = None if flags & 1 else frozen
+        b.oi = None if flags & 2 else oi
+        b.oi_ts = oi_ts
+        b.closed = True
+        b.emitted_volume = emitted
+        ser.buckets[b.start] = b
+        self._to_pack.append(b)  # packed again once the late ticks are in
+        return b
+
+    def _inflate_all(self, ser: _Series) -> None:
+        for start, b in list(ser.buckets.items()):
+            if type(b) is bytes:
+                self._inflate(ser, start, b)
 
     def _fill_gap(self, b: _Bucket, out: list[Candle]) -> None:
         """emit_empty: flat candles between the previous trade bucket of the day and ``b``."""
@@ -952,6 +1093,7 @@ class CandleAggregator:
         self.stats.volume_resets += 1
         day = sd.day
         for ser in sym.series:
+            self._inflate_all(ser)  # rare: the whole series as objects, packed again later
             frozen = [(b, self._volume(b)) for b in ser.buckets.values() if b.day == day and b.maxcum >= 0]
             for b, volume in frozen:  # compute all first: volumes depend on each other's maxcum
                 b.carry = volume
@@ -993,10 +1135,10 @@ class CandleAggregator:
         self._prune_at = self._day_forgotten_at(cutoff + 1)
 
 
-def _file_many(index: dict[float, list[_Bucket]], heap: list[float], at: float, buckets: list[_Bucket]) -> None:
+def _file_many(index: dict[float, list], heap: list[float], at: float, items: list) -> None:
     found = index.get(at)
     if found is None:
-        index[at] = list(buckets)
+        index[at] = items
         heapq.heappush(heap, at)
     else:
-        found.extend(buckets)
+        found.extend(items)

@@ -608,3 +608,122 @@ def test_forgetting_a_day_leaves_no_reference_cycle_behind():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+# ---- closed buckets are kept packed -----------------------------------------------------------------
+def _retained(agg: CandleAggregator, symbol: str = "INFY", interval: int = 0) -> dict:
+    return agg._symbols[("NSE", symbol)].series[interval].buckets
+
+
+def test_a_late_tick_into_a_packed_bucket_revises_it_exactly():
+    feed = Feed("1m,5m")
+    feed.clock.now = DAY0 + 50
+    first = [tick(1, "100.50", 1000, oi=0), tick(20, "101.10", 1010), tick(40, "99.90", 1030, oi=12)]
+    feed.add(*first)
+    feed.clock.now = DAY0 + 61
+    feed.add(tick(61, "100.00", 1040, oi=None))  # the 1m bucket of 09:16 is now the newest
+    feed.at(63)  # 09:15 closes: its candle goes out, then the bucket is packed
+    assert type(_retained(feed.agg)[int(DAY0)]) is bytes
+    late = [tick(30, "102.00", 1020, received=64), tick(0, "98.00", 990, oi=3, received=64)]
+    feed.clock.now = DAY0 + 64
+    revised = feed.add(*late)
+    assert {(c.interval, c.bucket.timestamp()) for c in revised} >= {("1m", DAY0)}
+    feed.at(300 + 3)
+    assert feed.as_reference() == reference_candles(first + [tick(61, "100.00", 1040)] + late, feed.intervals)
+    c = feed.candle("1m", 0)
+    assert (str(c.open), str(c.high), str(c.low), str(c.close)) == ("98.00", "102.00", "98.00", "99.90")
+    assert (c.tick_count, c.volume, c.oi) == (5, 30, 12)  # the first volume seen (1000) is the baseline
+    assert feed.agg.stats.late_ticks == 2
+
+
+def test_packing_keeps_every_field_of_a_closed_bucket():
+    from candles.aggregator import _Bucket, _pack_bucket
+
+    feed = Feed("1m,5m")
+    feed.clock.now = DAY0 + 200
+    ticks = [
+        tick(1, "100.50", 1000, oi=5), tick(2, "101", 1010, oi=0), tick(61, "100.00", 1010),  # 09:16: a quote first
+        tick(70, "99.95", 900, oi=7),  # volume fell: a new trading day, the 09:15 volume becomes carry
+        tick(121, "1E+2", None), tick(130, "0.05", 905, oi=None),
+    ]  # fmt: skip
+    for t in ticks:
+        feed.add(t)
+    feed.at(400)
+    series = [ser for sym in feed.agg._symbols.values() for ser in sym.series]
+    assert sum(type(b) is bytes for ser in series for b in ser.buckets.values()) == 2  # 1m 09:15 and 09:16
+    for ser in series:
+        feed.agg._inflate_all(ser)
+    objects = [b for ser in series for b in ser.buckets.values() if b.closed]
+    assert len(objects) == 4  # 1m 09:15, 09:16, 09:17 and 5m 09:15
+    assert {b.oi for b in objects} == {None, 0, 7} and {b.frozen_cum for b in objects} == {None, 1010}
+    assert {b.carry for b in objects} == {0, 10} and -1 in {b.maxcum for b in objects}
+    for b in objects:
+        ser = b.series
+        rec = _pack_bucket(b)
+        assert rec is not None
+        back = feed.agg._inflate(ser, b.start, rec)
+        for name in _Bucket.__slots__:
+            assert getattr(back, name) == getattr(b, name), name
+        for name in ("open", "high", "low", "close"):
+            assert str(getattr(back, name)) == str(getattr(b, name))  # the spelling too, e.g. 100.50
+        ser.buckets[b.start] = b
+
+
+def test_a_bucket_whose_numbers_do_not_fit_a_record_stays_an_object():
+    from candles.aggregator import _Bucket
+
+    feed = Feed("1m")
+    feed.clock.now = DAY0 + 2
+    big = 2**64  # a cumulative volume no broker sends, beyond 64 bits (steps of 4096 stay exact as floats)
+    feed.add(tick(1, "100", big))
+    feed.add(tick(61, "101", big + 3 * 4096, received=61))
+    feed.at(63)
+    kept = _retained(feed.agg)[int(DAY0)]
+    assert isinstance(kept, _Bucket)
+    feed.add(tick(30, "99", big + 4096, received=64))
+    feed.at(300)
+    assert (feed.candle("1m", 0).low, feed.candle("1m", 0).volume) == (99, 4096)
+
+
+def test_snapshot_keeps_packed_buckets_and_late_ticks_revise_them_after_restore():
+    feed = Feed("1m,5m")
+    feed.clock.now = DAY0 + 200
+    before = [tick(s, 100 + s % 7, 1000 + s) for s in range(1, 190, 9)]
+    feed.add(*before)
+    feed.at(200)
+    assert sum(type(b) is bytes for b in _retained(feed.agg).values()) == 3  # 09:15 to 09:17; 09:18 is the newest
+    feed.agg = CandleAggregator.restore(feed.agg.snapshot(), feed.clock)
+    assert sum(type(b) is bytes for b in _retained(feed.agg).values()) == 3
+    late = [tick(30, "150.25", 1029, received=201), tick(70, 50, 1065, received=201)]  # trades: volume rose
+    feed.clock.now = DAY0 + 201
+    feed.add(*late)
+    feed.at(900 + 3)
+    assert feed.as_reference() == reference_candles(before + late, feed.intervals)
+    assert feed.candle("1m", 0).high == Decimal("150.25") and feed.candle("1m", 1).low == 50
+
+
+def test_closed_buckets_are_kept_packed_in_a_fraction_of_the_memory(monkeypatch):
+    import gc
+    import tracemalloc
+
+    def retained(pack: bool) -> int:
+        if not pack:
+            monkeypatch.setattr(CandleAggregator, "_pack_some", lambda self, limit: self._to_pack.clear())
+        clock = Clock(DAY0)
+        agg = CandleAggregator(parse_intervals("1m,5m,15m"), clock)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            for s in range(0, 16 * 60, 2):  # 16 minutes, 150 symbols, a trade every 2 s each
+                clock.now = DAY0 + s + 1
+                agg.add([tick(s, 100 + (s * 7 + i) % 40 / 20, 1000 + s + i, symbol=f"S{i}") for i in range(150)])
+                agg.advance()
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+            monkeypatch.undo()
+
+    packed, unpacked = retained(True), retained(False)
+    assert packed < 0.65 * unpacked, (packed, unpacked)
