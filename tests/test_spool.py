@@ -43,6 +43,18 @@ def test_append_counts_depth_and_clear_empties_the_file(tmp_path):
     spool.close()
 
 
+def test_an_append_of_several_thousand_candles_keeps_every_one_in_order(tmp_path):
+    # More than one piece of the append's encoding, passed as a one-shot iterator.
+    spool = Spool(tmp_path)
+    batch = [candle(m, close=f"1500.{m % 100:02d}") for m in range(2_345)]
+    assert spool.append(iter(batch)) == 2_345 and spool.depth == 2_345
+    assert spool.append(iter([])) == 0 and spool.depth == 2_345
+    spool.close()
+    again = Spool(tmp_path)
+    assert [c for _, chunk in again.chunks(size=1_000) for c in chunk] == batch
+    again.close()
+
+
 def test_a_reopened_spool_replays_in_order_and_resumes_after_a_partial_replay(tmp_path):
     spool = Spool(tmp_path)
     spool.append([candle(m) for m in range(5)])

@@ -229,6 +229,19 @@ def test_a_batch_that_fails_part_way_writes_nothing(store: CandleStore) -> None:
     assert len(store.latest("NSE", "INFY", "1m")) == 10
 
 
+def test_a_bad_row_deep_in_a_large_batch_is_refused_as_bad_data_and_writes_nothing(store: CandleStore) -> None:
+    # Far past the first piece of the batch the store has already sent: the error must still
+    # name the row's problem (not pass for an outage to retry forever) and roll the batch back.
+    good = [make_candle("INFY", T0 + i * MINUTE) for i in range(3000)]
+    bad = make_candle("TCS", close=Decimal("NaN"))
+    with pytest.raises(StoreError, match="refusing price") as info:
+        store.upsert([*good, bad])
+    assert not isinstance(info.value, StoreUnavailable)
+    assert store.latest("NSE", "INFY", "1m") == []
+    store.upsert(good[:5])
+    assert len(store.latest("NSE", "INFY", "1m")) == 5
+
+
 def test_delete_removes_only_the_given_candles(store: CandleStore) -> None:
     probe, keep = make_candle("SELFTEST"), make_candle("INFY")
     store.upsert([probe, keep])
