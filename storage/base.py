@@ -20,6 +20,23 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached right now (retry later)."""
 
 
+class TextMemo(dict):
+    """The text of each distinct value met while encoding one batch, made once: a batch's candles
+    share their bucket times, names and (the decoders share one datetime per exchange second)
+    most of their tick times. Use one per batch; key only by values whose equal ones are stored
+    the same (times, names; not prices: Decimal("1.0") == Decimal("1.00"))."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[Any], str]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: Any) -> str:
+        text = self[key] = self._make(key)
+        return text
+
+
 @dataclass(frozen=True, slots=True)
 class WatchlistEntry:
     exchange: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -23,7 +23,7 @@ import psycopg2.extras
 
 from candles.model import IST, Candle
 from storage import migrations
-from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry, candle_from_row
+from storage.base import CandleStore, StoreError, StoreUnavailable, TextMemo, WatchlistEntry, candle_from_row
 
 log = logging.getLogger(__name__)
 
@@ -304,20 +304,10 @@ class PostgresStore(CandleStore):
         # One statement may not touch a row twice (ON CONFLICT ... cardinality violation), so
         # the last version of each key wins here, as if the candles had been written in order.
         unique = {c.key: c for c in candles}.values()
-        esc = _COPY_ESCAPES
-
-        def lines() -> Iterator[str]:
-            for c in unique:
-                yield (
-                    f"{c.exchange.translate(esc)}\t{c.symbol.translate(esc)}\t{c.interval.translate(esc)}\t"
-                    f"{_iso(c.bucket)}\t{_price(c.open)}\t{_price(c.high)}\t{_price(c.low)}\t{_price(c.close)}\t"
-                    f"{int(c.volume)}\t{_nullable(c.oi)}\t{int(c.tick_count)}\t{_iso(c.first_tick)}\t{_iso(c.last_tick)}\t"
-                    f"{_nullable(c.cum_volume)}\t{'t' if c.final else 'f'}\n"
-                )
 
         def work(cur: Any) -> None:
             cur.execute(_CREATE_STAGE)
-            source = _CopySource(lines())
+            source = _CopySource(_copy_lines(unique))
             try:
                 cur.copy_expert(_COPY, source, size=_COPY_READ)
             except psycopg2.Error:
@@ -413,6 +403,19 @@ def _aware(value: datetime) -> datetime:
     return value
 
 
+def _copy_lines(candles: Iterable[Candle]) -> Iterator[str]:
+    """COPY text rows of the staging table, one per candle."""
+    name = TextMemo(_copy_text)
+    when = TextMemo(_iso)
+    for c in candles:
+        yield (
+            f"{name[c.exchange]}\t{name[c.symbol]}\t{name[c.interval]}\t{when[c.bucket]}\t"
+            f"{_price(c.open)}\t{_price(c.high)}\t{_price(c.low)}\t{_price(c.close)}\t"
+            f"{int(c.volume)}\t{_nullable(c.oi)}\t{int(c.tick_count)}\t{when[c.first_tick]}\t"
+            f"{when[c.last_tick]}\t{_nullable(c.cum_volume)}\t{'t' if c.final else 'f'}\n"
+        )
+
+
 def _iso(value: datetime) -> str:
     return _aware(value).isoformat()
 
@@ -421,10 +424,14 @@ def _nullable(value: int | None) -> str:
     return "\\N" if value is None else str(int(value))
 
 
-def _price(value: Decimal) -> Decimal:
+def _price(value: Decimal) -> str:
     if not isinstance(value, Decimal) or not value.is_finite():
         raise StoreError(f"refusing price {value!r}: prices must be finite Decimals")
-    return value
+    return str(value)
+
+
+def _copy_text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
 
 
 def _ist(value: datetime) -> datetime:

@@ -17,13 +17,14 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 
 from candles.model import IST, Candle
+from storage.base import TextMemo
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +35,40 @@ class SpoolError(Exception):
     """The spool cannot be used; the message says why and what to do."""
 
 
-def _ts(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
 def _dt(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, IST)
 
 
+def _time_text(value: datetime | None) -> str:
+    return "null" if value is None else repr(value.timestamp())
+
+
+def encoder() -> Callable[[Candle], bytes]:
+    """A candle's spool line: the JSON array ``json.dumps`` makes of its fields (times as epoch
+    seconds, prices as text), built with the text of names and times made once per encoder. Take
+    one encoder per batch: its memory of names and times lasts as long as it does."""
+    name = TextMemo(json.dumps)
+    when = TextMemo(_time_text)
+
+    def encode(c: Candle) -> bytes:
+        return (
+            f'[{name[c.exchange]},{name[c.symbol]},{name[c.interval]},{when[c.bucket]},'
+            f'"{str(c.open)}","{str(c.high)}","{str(c.low)}","{str(c.close)}",'
+            f"{_number(c.volume)},{_number(c.oi)},{_number(c.tick_count)},{when[c.first_tick]},"
+            f"{when[c.last_tick]},{_number(c.cum_volume)},{'true' if c.final else 'false'}]\n"
+        ).encode()
+
+    return encode
+
+
+def _number(value: int | None) -> str:
+    if type(value) is int:
+        return int.__repr__(value)
+    return json.dumps(value)
+
+
 def encode(candle: Candle) -> bytes:
-    return (
-        json.dumps(
-            [
-                candle.exchange, candle.symbol, candle.interval, candle.bucket.timestamp(),
-                str(candle.open), str(candle.high), str(candle.low), str(candle.close),
-                candle.volume, candle.oi, candle.tick_count, _ts(candle.first_tick), _ts(candle.last_tick),
-                candle.cum_volume, candle.final,
-            ],
-            separators=(",", ":"),
-        )
-        + "\n"
-    ).encode()  # fmt: skip
+    return encoder()(candle)
 
 
 def decode(line: bytes) -> Candle:
@@ -120,6 +134,7 @@ class Spool:
         n = 0
         write = self._file.write
         it = iter(candles)
+        encode = encoder()
         while piece := b"".join(map(encode, islice(it, _APPEND_PIECE))):
             if not n:
                 self._file.seek(0, os.SEEK_END)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from brokers.sim import read_tape
 from candles.model import IST, Candle, parse_intervals
 from storage.postgres import PostgresStore
-from storage.spool import Spool, SpoolError, decode, encode
+from storage.spool import Spool, SpoolError, decode, encode, encoder
 from tests.cli import main_env, run_main, start_main
 from tests.pg import PostgresServer
 from tests.reference import candle_to_dict, reference_candles
@@ -32,6 +35,41 @@ def candle(minute: int, close: str = "1500.05", final: bool = True, oi: int | No
 def test_a_spooled_candle_reads_back_exactly():
     for c in (candle(0), candle(1, "0.0025", final=False, oi=5_000_000)):
         assert decode(encode(c)) == c
+
+
+def json_line(c: Candle) -> bytes:
+    """The spool's line format as plain ``json.dumps`` writes it (what spools on disk hold)."""
+    fields = [
+        c.exchange, c.symbol, c.interval, c.bucket.timestamp(), str(c.open), str(c.high), str(c.low), str(c.close),
+        c.volume, c.oi, c.tick_count, None if c.first_tick is None else c.first_tick.timestamp(),
+        None if c.last_tick is None else c.last_tick.timestamp(), c.cum_volume, c.final,
+    ]  # fmt: skip
+    return (json.dumps(fields, separators=(",", ":")) + "\n").encode()
+
+
+_times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.sampled_from([IST, timezone.utc])
+)
+_prices = st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-(10**9), max_value=10**9)
+_counts = st.integers(min_value=0, max_value=2**63 - 1)
+
+
+@given(
+    st.lists(
+        st.builds(
+            Candle, st.sampled_from(["NSE", "BSE", "NFO"]), st.text(max_size=12), st.sampled_from(["1m", "5m", "15m"]),
+            _times, _prices, _prices, _prices, _prices, _counts, st.none() | _counts, _counts,
+            st.none() | _times, st.none() | _times, st.none() | _counts, st.booleans(),
+        ),  # fmt: skip
+        max_size=20,
+    )
+)
+def test_a_batch_encodes_line_for_line_as_json_would_and_reads_back_equal(batch):
+    encode_one = encoder()  # one encoder for the batch: its remembered names and times are reused
+    for c in batch + batch:
+        line = encode_one(c)
+        assert line == json_line(c)
+        assert decode(line) == c
 
 
 def test_append_counts_depth_and_clear_empties_the_file(tmp_path):
