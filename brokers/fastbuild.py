@@ -5,40 +5,10 @@ Shared by the broker codecs (their hot path); the objects built are genuine, imm
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 from brokers.base import Depth, DepthLevel, DepthSource, TickData
-
-
-def fast_new(cls: type) -> Any:
-    """A function building ``cls(*args)`` for a frozen slots dataclass, four times faster.
-
-    A frozen dataclass's ``__init__`` sets each field with ``object.__setattr__`` (≈90 ns a field
-    here); TickData has 11 fields and a full packet may build 12 objects. The function below fills
-    an instance of a twin class with the same slots by plain attribute stores, then makes it a
-    ``cls`` instance by ``__class__`` assignment (allowed between types of identical layout). The
-    result is a genuine, immutable ``cls`` instance, equal to what ``cls(*args)`` builds; that is
-    checked once here, with a fall back to ``cls`` itself if the layouts ever stop matching.
-    """
-    names = tuple(f.name for f in fields(cls))
-    if tuple(getattr(cls, "__slots__", ())) != names:
-        return cls
-    twin = type(f"_Mutable{cls.__name__}", (), {"__slots__": names})
-    body = "".join(f"    obj.{n} = {n}\n" for n in names)
-    namespace: dict[str, Any] = {"_new": object.__new__, "_twin": twin, "_cls": cls}
-    source = f"def new_{cls.__name__}({', '.join(names)}):\n    obj = _new(_twin)\n{body}    obj.__class__ = _cls\n    return obj\n"
-    exec(source, namespace)
-    factory = namespace[f"new_{cls.__name__}"]
-    try:
-        sample = tuple(object() for _ in names)
-        built = factory(*sample)
-        if type(built) is not cls or built != cls(*sample):
-            return cls
-    except TypeError:  # layouts not compatible for __class__ assignment
-        return cls
-    return factory
-
+from candles.model import fast_new
 
 new_tick = fast_new(TickData)
 new_level = fast_new(DepthLevel)

@@ -51,7 +51,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from candles.model import IST, Candle, Interval, ist_date
+from candles.model import IST, Candle, Interval, ist_date, new_candle
 
 __all__ = ["AggregatorStats", "CandleAggregator", "TickLike"]
 
@@ -949,7 +949,7 @@ class CandleAggregator:
             b.emitted_volume = volume
         ser = b.series
         sym = ser.symbol
-        return Candle(
+        return new_candle(
             sym.exchange,
             sym.symbol,
             ser.name,
@@ -1085,7 +1085,7 @@ class CandleAggregator:
         assert px is not None  # prev had a trade
         for start in range(prev.start + ser.width, b.start, ser.width):
             at = self._bucket_time(start)
-            out.append(Candle(sym.exchange, sym.symbol, ser.name, at, px, px, px, px, 0, prev.oi, 0, at, at, cum, True))
+            out.append(new_candle(sym.exchange, sym.symbol, ser.name, at, px, px, px, px, 0, prev.oi, 0, at, at, cum, True))
 
     def _reset_day(self, sym: _Symbol, sd: _SymDay) -> None:
         """Cumulative volume fell inside an IST day: the feed started a new trading day. Volume

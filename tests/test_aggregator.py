@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,6 +96,17 @@ def test_day_bucket_is_the_ist_calendar_day():
     (candle,) = feed.flush()
     assert candle.bucket == at_ist("2024-01-15T00:00")
     assert (candle.open, candle.close, candle.tick_count) == (Decimal(100), Decimal(101), 2)
+
+
+def test_emitted_candles_are_genuine_frozen_candles_equal_to_constructed_ones():
+    agg = CandleAggregator(parse_intervals("1m"), lambda: DAY0 + 40)
+    agg.add([tick(0, "1500.05", 100), tick(30, "1501.00", 160)])
+    (c,) = agg.flush()
+    assert type(c) is Candle
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.close = Decimal(1)  # type: ignore[misc]
+    same = Candle(*(getattr(c, f.name) for f in dataclasses.fields(Candle)))
+    assert c == same and hash(c.key) == hash(same.key) and repr(c) == repr(same)
 
 
 def test_several_intervals_are_built_from_the_same_ticks():
