@@ -22,8 +22,8 @@ How the rules map onto the state kept here:
 * Closing is driven by ``advance()``: buckets are filed by their close time (bucket end + grace)
   in a heap of distinct times; since buckets share grid boundaries, one heap entry closes
   thousands of buckets.
-* A closed bucket is kept packed (``_pack_bucket``: one ``bytes`` record of about 110 bytes instead
-  of an object pointing at half a dozen number objects, about 300 bytes) for the rest of its
+* A closed bucket is kept packed (``_pack_bucket``: one ``bytes`` object of about 140 bytes instead
+  of an object pointing at half a dozen number objects, about 290 bytes) for the rest of its
   revision horizon: three quarters of the retained buckets are such closed 1m buckets. Packing
   happens a few thousand buckets per ``advance()`` after their candles went out; the series' newest
   bucket and the gap filler's reference stay objects. A late tick that lands in a packed bucket
