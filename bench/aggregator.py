@@ -9,6 +9,10 @@ The ticks come from the simulator (about one per symbol per second). With ``--ti
 (the default) their exchange times are whole seconds, one shared datetime per second, as the Kite
 and Kotak decoders hand them over; ``sim`` keeps the simulator's own millisecond times, a new
 datetime per tick.
+
+The runs use the daemon's collector settings (``ops.gc_tuning.tune_for_streaming``, applied once
+the ticks are built, as the daemon applies them once it has started); ``--default-gc`` keeps
+CPython's defaults instead, to show what those settings are worth.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from brokers.base import Instrument  # noqa: E402
 from brokers.sim import SimBroker, SimClock  # noqa: E402
 from candles.aggregator import CandleAggregator  # noqa: E402
 from candles.model import IST, parse_intervals  # noqa: E402
+from ops.gc_tuning import tune_for_streaming  # noqa: E402
 
 START = 1_795_491_900.0  # 2026-11-24 09:15 IST
 
@@ -41,6 +46,7 @@ def main() -> None:
     ap.add_argument("--timestamps", choices=("feed", "sim"), default="feed")
     ap.add_argument("--repeat", type=int, default=5, help="runs over the same ticks (the median is the figure)")
     ap.add_argument("--profile", action="store_true", help="profile the first run (not counted)")
+    ap.add_argument("--default-gc", action="store_true", help="CPython's collector defaults, not the daemon's settings")
     args = ap.parse_args()
 
     broker = SimBroker(SimClock(START), seed=1, resume=False)
@@ -56,8 +62,11 @@ def main() -> None:
                 dt = seconds.get(whole) or seconds.setdefault(whole, datetime.fromtimestamp(whole, IST))
                 batch[i] = replace(t, exchange_ts=dt)
     total = sum(len(b) for _, b in batches)
+    if not args.default_gc:
+        tune_for_streaming()
+    collector = "CPython defaults" if args.default_gc else "the daemon's (ops/gc_tuning.py)"
 
-    print(f"symbols={args.symbols} intervals={args.intervals} timestamps={args.timestamps} ticks={total:,}")
+    print(f"symbols={args.symbols} intervals={args.intervals} timestamps={args.timestamps} ticks={total:,} collector: {collector}")
     rates = []
     for run in range(args.repeat):  # a fresh aggregator each time, the same ticks
         now = [START]
