@@ -70,16 +70,15 @@ class _CopySource:
         self.failure: BaseException | None = None
 
     def read(self, size: int = -1) -> str:
-        """At least ``size`` characters (whole lines) unless the rows run out; "" at the end."""
-        if size < 0:
-            return "".join(self._lines)
+        """At least ``size`` characters (whole lines; all of them when ``size`` < 0) unless the
+        rows run out; "" at the end."""
         parts: list[str] = []
         have = 0
         try:
             for line in self._lines:
                 parts.append(line)
                 have += len(line)
-                if have >= size:
+                if 0 <= size <= have:
                     break
         except Exception as exc:
             self.failure = exc
