@@ -317,6 +317,71 @@ def test_an_expired_session_kicked_from_three_connections_costs_exactly_one_new_
     assert broker.problem is None
 
 
+def test_a_snapshot_coming_after_newer_ticks_on_reconnect_is_not_a_second_tick(make_broker):
+    # The feed answers a new subscription with each instrument's last state; a busy feed may send it after
+    # live ticks that are already newer. The copy of a tick delivered before the reconnect must not count
+    # again: for an index (no volume) nothing else would tell it from a new tick.
+    with KotakFakeServer(instruments=DEFAULT_INSTRUMENTS, snapshot_delay=0.4) as srv:
+        broker = make_broker(srv)
+        broker.subscribe([INFY, NIFTY])
+        sink = Sink()
+        broker.connect(sink)
+        keys = ["nse_cm|1594", "nse_cm|Nifty 50"]
+        srv.wait_subscribed(keys)
+        time.sleep(0.6)  # the (empty) first snapshots are out
+        srv.send_ticks([tick(INFY, "1573.15", 1200, 1), tick(NIFTY, "25894.55", 0, 1, token=26000)])
+        sink.wait_for(lambda t: len(t) == 2)
+        srv.expire_sessions(kick=True)
+        wait_until(lambda: broker.connection_states()[0].reconnects == 1, 5, "the reconnect")
+        srv.wait_subscribed(keys)
+        wait_until(lambda: srv.connections and srv.connections[-1].subscriptions, 5, "the new subscription")
+        # newer ticks go out at once; the snapshot of the state before them follows 0.4 s later
+        srv.send_ticks([tick(INFY, "1573.20", 1300, 2), tick(NIFTY, "25894.60", 0, 2, token=26000)])
+        sink.wait_for(lambda t: len(t) >= 4)
+        time.sleep(1.0)  # the snapshot has arrived (and been dropped)
+        got = [(x.symbol, int(x.exchange_ts.timestamp()) - EPOCH, x.last_price) for x in sink.ticks]
+        assert got == [
+            ("INFY", 1, Decimal("1573.15")), ("NIFTY 50", 1, Decimal("25894.55")),
+            ("INFY", 2, Decimal("1573.20")), ("NIFTY 50", 2, Decimal("25894.60")),
+        ]  # fmt: skip
+        # a snapshot carrying what the client has not seen (a tick lost with the link) still goes through
+        srv.go_mute()
+        srv.send_ticks([tick(NIFTY, "25894.65", 0, 3, token=26000)])  # the server's state moves on, unsent
+        srv.drop_all()
+        srv.go_mute(False)
+        wait_until(lambda: broker.connection_states()[0].reconnects == 2, 5, "the second reconnect")
+        sink.wait_for(lambda t: len(t) >= 5)
+        time.sleep(1.0)
+        assert [(x.symbol, x.last_price) for x in sink.ticks[4:]] == [("NIFTY 50", Decimal("25894.65"))]
+
+
+def test_a_snapshot_coming_before_the_live_tick_it_copies_on_reconnect_counts_once(server, make_broker):
+    # The other order: the snapshot already shows the newest state while older live ticks, that one among
+    # them, are still on their way. Seen from the client, the same tick arrives twice, older ones between.
+    broker = make_broker()
+    broker.subscribe([NIFTY])
+    sink = Sink()
+    broker.connect(sink)
+    srv = server
+    srv.wait_subscribed(["nse_cm|Nifty 50"])
+    time.sleep(0.3)
+    srv.send_ticks([tick(NIFTY, "25894.55", 0, 1, token=26000)])
+    sink.wait_for(lambda t: len(t) == 1)
+    srv.drop_all()
+    wait_until(lambda: broker.connection_states()[0].reconnects == 1, 5, "the reconnect")
+    srv.wait_subscribed(["nse_cm|Nifty 50"])
+    wait_until(lambda: srv.connections and srv.connections[-1].subscriptions, 5, "the new subscription")
+    time.sleep(0.2)  # its snapshot (the tick above) has come and gone
+    newest = tick(NIFTY, "25894.70", 0, 3, token=26000)
+    srv.send_ticks([newest])  # the snapshot ...
+    srv.send_ticks([tick(NIFTY, "25894.60", 0, 2, token=26000), newest])  # ... and the live ticks behind it
+    sink.wait_for(lambda t: len(t) >= 3)
+    time.sleep(0.5)
+    assert [(int(x.exchange_ts.timestamp()) - EPOCH, x.last_price) for x in sink.ticks] == [
+        (1, Decimal("25894.55")), (3, Decimal("25894.70")), (2, Decimal("25894.60")),
+    ]  # fmt: skip
+
+
 def test_a_feed_refusing_every_session_costs_one_new_login_not_one_per_retry(server, make_broker):
     broker = make_broker(max_symbols_per_connection=4)
     instruments = synthetic(10)

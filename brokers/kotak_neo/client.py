@@ -101,8 +101,9 @@ class _Conn:
         self.last_frame = 0.0
         self.last_error: str | None = None
         self.callback_errors = 0
-        # the newest tick delivered per token, and, for a moment after a session change, what
-        # the old socket delivered: the new socket repeats some of it (see _change_session)
+        # the newest tick delivered per token, and, for a moment after a session change or a
+        # reconnect, what was delivered before: the new socket repeats some of it (see
+        # _change_session and _session)
         self.latest: dict[int, TickData] = {}
         self._dedupe: tuple[dict[int, TickData], set[tuple], float] | None = None
 
@@ -234,6 +235,13 @@ class _Conn:
             if broker._stop.is_set():
                 raise _Stop
             self.connected = True
+            if self.latest:
+                # A new subscription begins with a snapshot of each instrument's last state, which
+                # may come after newer live ticks, or before older ones that were already on their
+                # way with the snapshot's tick among them: drop, for a moment, exact copies of the
+                # last tick delivered per token and of any tick delivered meanwhile. (An exact copy
+                # carries nothing for a candle: same second, price, volume and open interest.)
+                self._dedupe = ({}, set(map(_identity, self.latest.values())), time.monotonic() + _DRAIN_S)
             self._send_subscription(ws, dict(self.instruments))
             count = len(self.instruments)
         if reconnect:
@@ -462,6 +470,8 @@ class _Conn:
             identity = _identity(tick)
             if identity in overlap or (prev is not None and identity == _identity(prev)):
                 continue
+            # a snapshot may also come before live ticks that were sent earlier, itself among them
+            overlap.add(identity)
             kept.append(tick)
         return kept
 

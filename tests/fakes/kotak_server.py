@@ -869,6 +869,7 @@ class KotakFakeServer:
         ack_mode: str = "merged",
         ack_first: bool = True,
         snapshot_on_subscribe: bool = True,
+        snapshot_delay: float = 0.0,
         max_per_connection: int = 3000,
         batch_size: int = 100,
         credential_errors: str = "http_401",
@@ -896,6 +897,9 @@ class KotakFakeServer:
         self.ack_mode = ack_mode
         self.ack_first = ack_first
         self.snapshot_on_subscribe = snapshot_on_subscribe
+        #: a subscription's snapshot holds the state at subscribe time but goes out this many seconds
+        #: later, after ticks sent meanwhile (an order a busy feed may use)
+        self.snapshot_delay = snapshot_delay
         self.max_per_connection = max_per_connection
         self.batch_size = batch_size
         self.credential_errors = credential_errors
@@ -1604,8 +1608,13 @@ class KotakFakeServer:
                 ident = (inst.segment, inst.token) if inst else (seg, int(tok) if tok.isdigit() else -1)
                 if ident in self._last:
                     ticks.append(self._last[ident])
-        if ticks:
-            self._send_resolved(ticks, only=conn, intents={k: {intent} for t in ticks for k in self._keys(t.segment, t.token)})
+        if not ticks:
+            return
+        intents = {k: {intent} for t in ticks for k in self._keys(t.segment, t.token)}
+        if self.snapshot_delay > 0 and self._loop is not None:
+            self._loop.call_later(self.snapshot_delay, self._send_resolved, ticks, conn, intents)
+        else:
+            self._send_resolved(ticks, only=conn, intents=intents)
 
     def _ack(self, conn: _Conn, keys: list[str]) -> None:
         symbols = {k: inst.trading_symbol for k in keys if (inst := self._find(k)) is not None}
