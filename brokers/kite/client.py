@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import websocket
 
-from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback, lookup_symbols
+from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback, TickData, lookup_symbols
 from brokers.kite import protocol
 from brokers.kite.protocol import DecodeStats, KiteDecoder
 from candles.model import IST
@@ -53,10 +53,17 @@ _STABLE_SESSION_S = 10.0
 _POLL_S = 0.25
 # Log every n-th exception of the on_ticks callback after the first (a broken sink must not flood).
 _CALLBACK_LOG_EVERY = 1000
+# How long after a reconnect copies of ticks without volume are looked for (a resubscription's snapshot).
+_DEDUPE_S = 2.0
 
 _OP_BINARY = websocket.ABNF.OPCODE_BINARY
 _OP_TEXT = websocket.ABNF.OPCODE_TEXT
 _OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
+
+
+def _plain_identity(tick: TickData) -> tuple:
+    """What makes two ticks without volume the same update."""
+    return (tick.token, tick.exchange_ts, tick.last_price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,8 @@ class _Shard:
         self.last_frame = 0.0  # monotonic time of the last frame; 0 before the first
         self.last_error: str | None = None
         self.callback_errors = 0
+        # for a moment after a reconnect: what no tick without volume may repeat, and until when
+        self._dedupe: tuple[set[tuple], float] | None = None
 
     # ---------------------------------------------------------------- subscription state
 
@@ -239,6 +248,14 @@ class _Shard:
             if broker._stop.is_set():
                 raise _Stop
             self.connected = True
+            if self.decoder.last_plain:
+                # A new subscription begins with a snapshot of each instrument's last state, which
+                # may come after newer live ticks, or before older ones with its own tick among
+                # them. A copy with volume is harmless (the volume did not rise: not a trade), but a
+                # tick without volume (an index) would count twice: drop, for a moment, exact
+                # copies of the last one delivered per token and of any delivered meanwhile.
+                seen = set(map(_plain_identity, self.decoder.last_plain.values()))
+                self._dedupe = (seen, time.monotonic() + _DEDUPE_S)
             self._send_subscription(list(self.instruments))
             tokens = len(self.instruments)
         if reconnect:
@@ -276,6 +293,8 @@ class _Shard:
             self.last_frame = monotonic()
             if opcode == _OP_BINARY:
                 ticks = decode(data, fromtimestamp(clock(), IST))
+                if self._dedupe is not None:
+                    ticks = self._without_repeats(ticks)
                 if ticks and on_ticks is not None:
                     try:
                         on_ticks(ticks)
@@ -289,6 +308,22 @@ class _Shard:
                 return
             # When stopping, frames already received are still read and handed over until the
             # server answers our close (or the socket goes quiet): nothing that arrived is dropped.
+
+    def _without_repeats(self, ticks: list[TickData]) -> list[TickData]:
+        assert self._dedupe is not None
+        seen, until = self._dedupe
+        if time.monotonic() > until:
+            self._dedupe = None
+            return ticks
+        kept = []
+        for tick in ticks:
+            if tick.volume is None:
+                identity = _plain_identity(tick)
+                if identity in seen:
+                    continue
+                seen.add(identity)
+            kept.append(tick)
+        return kept
 
     def _text(self, data: bytes) -> None:
         message = self.decoder.parse_text(data)

@@ -167,7 +167,7 @@ class KiteDecoder:
     ``stats.malformed`` (logged once per kind) and the good packets of the frame are kept.
     """
 
-    __slots__ = ("stats", "timed_only", "depth", "_entries", "_times", "_exponents", "_logged")
+    __slots__ = ("stats", "timed_only", "depth", "last_plain", "_entries", "_times", "_exponents", "_logged")
 
     def __init__(self, instruments: Mapping[int, Instrument], *, timed_only: bool = False, depth: bool = True) -> None:
         #: skip packets that carry no exchange timestamp (quote 44, index quote 28, LTP 8). In full
@@ -183,6 +183,9 @@ class KiteDecoder:
         self._exponents: dict[int, tuple[_PriceCache, _LevelCache]] = {}
         self._logged: set[str] = set()
         self._entries: dict[int, tuple[str, str, _PriceCache, _LevelCache]] = {}
+        #: the last tick without volume (index, LTP) per token: nothing but its time and price
+        #: tells a copy of it (a resubscription's snapshot) from a new one
+        self.last_plain: dict[int, TickData] = {}
         self.set_instruments(instruments)
 
     @property
@@ -289,7 +292,9 @@ class KiteDecoder:
                     (ts,) = _INDEX_TS.unpack_from(frame, start + 28)
                     if ts:
                         exchange_ts = times[ts]
-                append(new_tick(BROKER, exchange, symbol, token, prices[price], None, None, None, exchange_ts, receive_ts, None))
+                tick = new_tick(BROKER, exchange, symbol, token, prices[price], None, None, None, exchange_ts, receive_ts, None)
+                append(tick)
+                self.last_plain[token] = tick
             else:
                 self._malformed(UNKNOWN_LENGTH, f"packet of {length} bytes (expected 8, 28, 32, 44 or 184)")
         else:
