@@ -155,7 +155,7 @@ class Service:
             return False
         try:
             recovered = self.journal.recover()
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exc:
             log.warning("ignoring an unreadable tick journal in %s: %s", self.journal.dir, exc)
             return False
         if recovered is None:

@@ -127,6 +127,29 @@ class TickData:
 TickBatchCallback = Callable[[Sequence[TickData]], None]
 
 
+class FrameSource(Protocol):
+    """What decodes a feed's frames again, away from the connection that received them (picklable):
+    ``pack`` keeps what ``replay`` needs of a frame (dropping what a candle never reads, e.g. depth)."""
+
+    def pack(self, frame: bytes) -> bytes: ...
+
+    def replay(self, packed: bytes, receive_epoch: float) -> list[TickData]: ...
+
+
+class FrameBatch(list):  # type: ignore[type-arg]  # a list of TickData
+    """The ticks decoded from one frame, with what gives them again: ``source.replay(source.pack(frame),
+    receive_epoch)`` equals the ticks in all a candle reads of them. The tick journal keeps the frame
+    rather than the ticks: one write per frame, no work per tick."""
+
+    __slots__ = ("source", "receive_epoch", "frame")
+
+    def __init__(self, ticks: Sequence[TickData], source: FrameSource, receive_epoch: float, frame: bytes) -> None:
+        super().__init__(ticks)
+        self.source = source
+        self.receive_epoch = receive_epoch
+        self.frame = frame
+
+
 def lookup_symbols(
     table: Mapping[tuple[str, str], Instrument], pairs: Sequence[tuple[str, str]]
 ) -> tuple[list[Instrument], list[str]]:

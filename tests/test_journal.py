@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
+import pytest
+
 from brokers.base import TickData
 from candles.model import IST
 from storage.journal import TickJournal
@@ -156,3 +158,110 @@ def test_equal_prices_spelt_differently_come_back_as_they_were_spelt(tmp_path):
     journal.close()
     _, batches = TickJournal(tmp_path).recover()
     assert [str(t.last_price) for t in batches[0]] == ["1.5", "1.50", "1.5", "1.500"]
+
+
+# ---- frames journalled as frames (the Kite feed) ----------------------------------------------
+
+
+def _kite_frames():
+    """A Kite decoder as the daemon runs it, and frames encoded by the fake Kite server."""
+    import dataclasses
+
+    from brokers.base import Instrument
+    from brokers.kite.protocol import KiteDecoder
+    from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, TapeTick, encode_frame, encode_packet, is_index
+
+    insts = {i.token: Instrument(i.exchange, i.tradingsymbol, i.token) for i in DEFAULT_INSTRUMENTS}
+    decoder = KiteDecoder(insts, timed_only=True)
+    epoch = int(datetime(2026, 11, 24, 9, 15, tzinfo=IST).timestamp())
+
+    def frame(second: int, n: int = 40) -> bytes:
+        ticks = [
+            TapeTick(token, Decimal("100.05") + k + second, last_quantity=k + 1, volume=1000 * second + k, oi=k,
+                     exchange_ts=epoch + second)
+            for k, token in enumerate([t for t in insts if not is_index(t)][:n])
+        ]  # fmt: skip
+        return encode_frame([encode_packet(t, "full") for t in ticks])
+
+    def without_depth(ticks):
+        return [dataclasses.replace(t, depth=None) for t in ticks]
+
+    return decoder, frame, epoch, without_depth
+
+
+def test_a_frame_batch_is_kept_as_its_frame_and_replays_in_order_after_older_segments_are_gone(tmp_path):
+    from brokers.base import FrameBatch
+
+    decoder, frame, epoch, without_depth = _kite_frames()
+
+    def batch(second: int) -> FrameBatch:
+        data = frame(second)
+        received = epoch + second + 0.25
+        return FrameBatch(decoder.decode(data, datetime.fromtimestamp(received, IST)), decoder.source, received, data)
+
+    journal = TickJournal(tmp_path)
+    journal.checkpoint("s0", covered=0)
+    delivered = [batch(1), [tick(2)], batch(3), batch(4)]
+    assert len(delivered[0]) > 1 and delivered[0][0].depth is not None
+    with journal.lock:
+        journal.append(delivered[0])
+        journal.append(delivered[1])
+    journal.checkpoint("s1", covered=1)
+    with journal.lock:
+        journal.append(delivered[2])  # its source is written again: the older segment may be deleted
+    seq = journal.checkpoint("s2", covered=2)
+    with journal.lock:
+        journal.append(delivered[3])
+    journal.release(seq)
+    journal.close()
+    assert not (tmp_path / "ticks-00000001.jnl").exists()
+
+    kinds = {p.name: [k for k, _ in TickJournal._records(p)] for p in sorted(tmp_path.glob("ticks-*.jnl"))}
+    assert kinds == {"ticks-00000002.jnl": [b"S", b"K", b"F"], "ticks-00000003.jnl": [b"S", b"K", b"F"]}
+    kept = [len(r) for p in sorted(tmp_path.glob("ticks-*.jnl")) for k, r in TickJournal._records(p) if k == b"F"]
+    assert kept == [20 + 3 + 66 * len(b) for b in delivered[2:]]  # head, count, 66 of each packet's 184 bytes
+
+    state, batches = TickJournal(tmp_path).recover()
+    assert state == "s2"
+    assert [without_depth(b) for b in batches] == [without_depth(delivered[2]), without_depth(delivered[3])]
+    # and the mixed order of rows and frames holds from an earlier snapshot
+    journal = TickJournal(tmp_path)
+    (tmp_path / "released").write_text("2")
+    state, batches = journal.recover()
+    assert state == "s1"
+    assert [len(b) for b in batches] == [len(delivered[2]), len(delivered[3])]
+
+
+def test_rows_and_frames_interleave_in_their_numbers_order(tmp_path):
+    from brokers.base import FrameBatch
+
+    decoder, frame, epoch, without_depth = _kite_frames()
+    journal = TickJournal(tmp_path)
+    journal.checkpoint("s0", covered=0)
+    delivered: list = []
+    with journal.lock:
+        for second in range(1, 7):
+            if second % 2:
+                delivered.append([tick(second), tick(second + 60)])
+            else:
+                data = frame(second, n=3)
+                received = epoch + second + 0.5
+                ticks = decoder.decode(data, datetime.fromtimestamp(received, IST))
+                delivered.append(FrameBatch(ticks, decoder.source, received, data))
+            journal.append(delivered[-1])
+    journal.close()
+    _, batches = TickJournal(tmp_path).recover()
+    assert [[seen(t) for t in b] for b in batches] == [[seen(t) for t in b] for b in delivered]
+
+
+def test_a_frame_naming_a_source_its_segment_never_wrote_is_refused(tmp_path):
+    import struct
+
+    journal = TickJournal(tmp_path)
+    journal.checkpoint("s0", covered=0)
+    journal.close()
+    payload = struct.pack("<QId", 1, 7, 0.0) + b"\x00\x00\x00"
+    with open(tmp_path / "ticks-00000001.jnl", "ab") as f:
+        f.write(b"F" + struct.pack("<I", len(payload)) + payload)
+    with pytest.raises(ValueError, match="names source 7, not written before it"):
+        TickJournal(tmp_path).recover()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
 
-from brokers.base import BrokerError, Instrument, TickData
+from brokers.base import BrokerError, FrameBatch, Instrument, TickData
 from brokers.kite.client import AUTH_FAILED_MESSAGE, KiteBroker
+from candles.model import IST
 from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick
 from tests.waiting import wait_until
 
@@ -90,6 +93,22 @@ def test_ticks_sent_by_the_server_arrive_as_tickdata_with_symbols_and_exact_pric
     assert [t.name for t in threading.enumerate() if t.name.startswith("kite-ws-")] == ["kite-ws-1"]
 
 
+def test_a_frame_arrives_as_one_batch_that_its_source_decodes_again_for_the_journal(server, make_broker):
+    broker = make_broker()
+    broker.subscribe([INSTRUMENTS[INFY], INSTRUMENTS[RELIANCE]])
+    batches: list[Sequence[TickData]] = []
+    sink = Sink()
+    broker.connect(lambda batch: (batches.append(batch), sink(batch)))
+    server.wait_subscribed([INFY, RELIANCE], mode="full")
+    server.send_ticks([tick(INFY, "1573.15", 100), tick(RELIANCE, "2456.80", 200)])
+    sink.wait_for(lambda t: len(t) >= 2)
+    batch = batches[-1]
+    assert isinstance(batch, FrameBatch) and len(batch) == 2
+    assert datetime.fromtimestamp(batch.receive_epoch, IST) == batch[0].receive_ts
+    again = batch.source.replay(batch.source.pack(batch.frame), batch.receive_epoch)
+    assert again == [dataclasses.replace(t, depth=None) for t in batch]
+
+
 def test_3001_instruments_use_two_connections_each_subscribed_in_full_mode_to_its_share(server, make_broker):
     broker = make_broker()
     instruments = synthetic(3001)
@@ -139,7 +158,8 @@ def test_a_reconnect_never_delivers_an_index_tick_twice_whichever_side_of_the_li
     broker = make_broker()
     broker.subscribe([INSTRUMENTS[nifty]])
     sink = Sink()
-    broker.connect(sink)
+    kinds: list[str] = []  # what each batch is: a filtered one must not be journalled as its whole frame
+    broker.connect(lambda batch: (kinds.append(type(batch).__name__), sink(batch)))
     server.wait_subscribed([nifty], mode="full")
     time.sleep(0.3)  # the (empty) first snapshots are out
     server.send_ticks([tick(nifty, "21500.05", 0, 1)])
@@ -160,6 +180,7 @@ def test_a_reconnect_never_delivers_an_index_tick_twice_whichever_side_of_the_li
     time.sleep(2.0)
     server.send_ticks([newest])
     sink.wait_for(lambda t: len(t) == 4)
+    assert kinds == ["FrameBatch", "list", "list", "FrameBatch"]
 
 
 def test_silent_socket_is_detected_as_stalled_and_replaced(server, make_broker, caplog):

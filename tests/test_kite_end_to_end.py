@@ -274,3 +274,57 @@ def test_sqlite_default_store_works_with_kite_too(tmp_path, server):
     finally:
         store.close()
     assert got == reference_candles(as_arrivals(tape), [Interval.parse("1m")])
+
+
+def test_a_kite_daemon_killed_with_sigkill_resumes_its_open_buckets_from_the_journalled_frames(tmp_path, server):
+    from storage.journal import TickJournal
+
+    stocks = [BY_SYMBOL["NSE:INFY"], BY_SYMBOL["NSE:RELIANCE"]]
+    intervals = parse_intervals("5m,15m")
+    args = ["--broker", "kite", "--symbols", "NSE:INFY", "NSE:RELIANCE", "--intervals", "5m,15m"]
+    env = kite_env(server, KITE_ACCESS_TOKEN=server.access_token)
+    if time.time() % 300 > 240:  # keep the test inside one 5-minute bucket: they stay open
+        time.sleep(300 - time.time() % 300 + 3)
+    now = int(time.time())
+    tape = random_tape(stocks, seconds=20, seed=11, start_epoch=now - 20)
+    cut = len(tape) * 2 // 3
+    journal_dir = tmp_path / "data" / "journal"
+
+    def journalled_ticks() -> int:  # packets in the frames the journal holds
+        return sum(
+            int.from_bytes(payload[21:23], "big")
+            for path in journal_dir.glob("ticks-*.jnl")
+            for kind, payload in TickJournal._records(path)
+            if kind == b"F"
+        )
+
+    proc = start_main(*args, cwd=tmp_path, env=env)
+    try:
+        server.wait_subscribed([i.token for i in stocks], timeout=30, mode="full")
+        assert server.send_ticks(tape[:cut]) == cut
+        wait_until(lambda: journalled_ticks() == cut, 10, "every tick sent journalled as frames")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+
+    proc = start_main(*args, cwd=tmp_path, env=env)
+    try:
+        server.wait_subscribed([i.token for i in stocks], timeout=30, mode="full")
+        assert server.send_ticks(tape[cut:]) == len(tape) - cut
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "resumed the open buckets from the tick journal" in err
+    store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
+    try:
+        got = {
+            candle_to_dict(c)[0]: candle_to_dict(c)[1]
+            for i in stocks
+            for iv in intervals
+            for c in store.latest(i.exchange, i.tradingsymbol, iv.name, limit=100)
+        }
+    finally:
+        store.close()
+    assert got == reference_candles(as_arrivals(tape), intervals)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import struct
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -447,3 +448,55 @@ def test_without_depth_full_ticks_carry_everything_else() -> None:
         without = KiteDecoder({INFY: Instrument("NSE", f"T{INFY}", INFY)}, depth=False).decode(raw, RECEIVED)
         assert [t.depth for t in without] == [None] * len(without)
         assert [dataclasses.replace(t, depth=None) for t in with_depth] == without
+
+
+# --- decoding a frame again (the tick journal) -----------------------------------------------
+
+
+def _as_candle_reads(ticks: list[TickData]) -> list[TickData]:
+    """A tick as a candle reads it, and as a frame's replay gives it: everything but the depth."""
+    return [dataclasses.replace(t, depth=None) for t in ticks]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(packets(), min_size=1, max_size=40), st.booleans(), st.integers(0, 3), st.data())
+def test_a_packed_frame_replays_to_the_ticks_it_was_decoded_to(pkts: list[bytes], timed_only: bool, cuts: int, data) -> None:
+    tokens = sorted({struct.unpack_from(">I", p)[0] for p in pkts})
+    known = tokens[: max(1, len(tokens) - 1)]  # one token unknown to the decoder (when there are two)
+    dec = KiteDecoder({t: Instrument("X", f"S{t}", t) for t in known}, timed_only=timed_only)
+    raw = frame(*pkts)
+    for _ in range(cuts):  # damage: kept packets must come back the same, damage and all
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw = raw[:pos] + bytes([raw[pos] ^ 0x10]) + raw[pos + 1 :]
+    epoch = 1_625_461_890.123456
+    ticks = dec.decode(raw, datetime.fromtimestamp(epoch, IST))
+    source = pickle.loads(pickle.dumps(dec.source))  # as the journal keeps it
+    packed = source.pack(raw)
+    assert _as_candle_reads(source.replay(packed, epoch)) == _as_candle_reads(ticks)
+
+
+def test_a_frame_of_full_packets_is_packed_without_its_depth_blocks() -> None:
+    tokens = [(k << 8) | 1 for k in range(1, 71)]  # 70 packets: two runs of 32 and a tail of 6
+    dec = decoder(*tokens)
+    raw = frame(*(full_packet(t, 150_000 + t % 997, volume=t) for t in tokens))
+    ticks = dec.decode(raw, RECEIVED)
+    packed = dec.source.pack(raw)
+    assert len(raw) == 2 + 70 * 186 and len(packed) == 1 + 2 + 70 * 66
+    assert _as_candle_reads(dec.source.replay(packed, RECEIVED.timestamp())) == _as_candle_reads(ticks)
+    # sized like full packets by coincidence: kept whole
+    odd = struct.pack(">H", 2) + struct.pack(">H", 180) + bytes(180) + struct.pack(">H", 188) + bytes(188)
+    assert dec.source.pack(odd) == b"\x00" + odd
+    with pytest.raises(ValueError, match="not a packed Kite frame"):
+        dec.source.replay(b"\x07" + raw, 0.0)
+
+
+def test_the_source_of_a_frame_is_the_table_that_decoded_it_not_a_later_one() -> None:
+    dec = decoder(INFY)
+    raw = frame(full_packet(INFY, 157_315))
+    ticks = dec.decode(raw, RECEIVED)
+    source = dec.source
+    dec.set_instruments({INFY: Instrument("BSE", "INFY-B", INFY)})  # e.g. another thread subscribing
+    assert dec.source is source
+    assert [t.symbol for t in source.replay(source.pack(raw), RECEIVED.timestamp())] == ["T408065"] == [t.symbol for t in ticks]
+    assert [t.exchange for t in dec.decode(raw, RECEIVED)] == ["BSE"] and dec.source is not source
+    assert repr(source) == "KiteFrameSource(1 instruments, timed_only=False)"

@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import websocket
 
-from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback, TickData, lookup_symbols
+from brokers.base import BaseBroker, BrokerError, FrameBatch, Instrument, TickBatchCallback, TickData, lookup_symbols
 from brokers.kite import protocol
 from brokers.kite.protocol import DecodeStats, KiteDecoder
 from candles.model import IST
@@ -292,10 +292,12 @@ class _Shard:
                 continue
             self.last_frame = monotonic()
             if opcode == _OP_BINARY:
-                ticks = decode(data, fromtimestamp(clock(), IST))
-                if self._dedupe is not None:
-                    ticks = self._without_repeats(ticks)
+                received = clock()
+                decoded = decode(data, fromtimestamp(received, IST))
+                ticks = decoded if self._dedupe is None else self._without_repeats(decoded)
                 if ticks and on_ticks is not None:
+                    if ticks is decoded:  # all of the frame: the journal may keep the frame instead
+                        ticks = FrameBatch(ticks, decoder.source, received, data)
                     try:
                         on_ticks(ticks)
                     except Exception:  # noqa: BLE001 - a failing sink must not kill the feed

@@ -159,6 +159,72 @@ BAD_JSON = "bad_json"  # a text frame that is not JSON
 BAD_MESSAGE = "bad_message"  # JSON, but not {"type": str, "data": ...}
 
 
+# A full packet cut to what a candle reads: u16 length + the 64 bytes before the depth block.
+_KEPT_LEN = 2 + _DEPTH_OFFSET
+_KEPT_RUN = 32  # records cut per unpack
+_KEPT_RECORDS = struct.Struct(">" + f"{_KEPT_LEN}s{FULL_LEN - _DEPTH_OFFSET}x" * _KEPT_RUN)
+_KEPT_TAILS = [struct.Struct(">" + f"{_KEPT_LEN}s{FULL_LEN - _DEPTH_OFFSET}x" * n) for n in range(_KEPT_RUN)]
+_KEPT_RECORD = struct.Struct(f">{_KEPT_LEN}s")
+_NO_BOOK = bytes(FULL_LEN - _DEPTH_OFFSET)
+_PACKED_WHOLE = b"\x00"  # first byte of a packed frame: the frame as received
+_PACKED_CUT = b"\x01"  # ... the frame's full packets without their depth blocks
+
+
+_Entry = tuple[str, str, _PriceCache, _LevelCache]  # exchange, symbol, price and depth-level caches
+
+
+class KiteFrameSource:
+    """A decoder's table as it was when it decoded a frame: the ``FrameSource`` (brokers.base) of
+    the Kite feed, pickled once per journal segment. ``pack`` drops the depth blocks of a frame of
+    full packets (64 of 184 bytes kept, one unpack per 32 packets): the tick journal's cost and size."""
+
+    __slots__ = ("timed_only", "instruments", "_decoder")
+
+    def __init__(self, timed_only: bool, instruments: tuple[tuple[int, str, str], ...]) -> None:
+        self.timed_only = timed_only
+        self.instruments = instruments  # (token, exchange, symbol)
+        self._decoder: KiteDecoder | None = None
+
+    def __repr__(self) -> str:
+        return f"KiteFrameSource({len(self.instruments)} instruments, timed_only={self.timed_only})"
+
+    def __getstate__(self) -> tuple[bool, tuple[tuple[int, str, str], ...]]:
+        return self.timed_only, self.instruments
+
+    def __setstate__(self, state: tuple[bool, tuple[tuple[int, str, str], ...]]) -> None:
+        self.timed_only, self.instruments = state
+        self._decoder = None
+
+    @staticmethod
+    def pack(frame: bytes) -> bytes:
+        count = frame[0] << 8 | frame[1] if len(frame) >= 2 else 0
+        if count and len(frame) == 2 + count * _FULL_RECORD_LEN:
+            parts: list[bytes] = []
+            pos = 2
+            for _ in range(count // _KEPT_RUN):
+                parts += _KEPT_RECORDS.unpack_from(frame, pos)
+                pos += _KEPT_RUN * _FULL_RECORD_LEN
+            parts += _KEPT_TAILS[count % _KEPT_RUN].unpack_from(frame, pos)
+            kept = b"".join(parts)
+            # every record a full packet (u16 length 184 = 00 b8), not sizes adding up by chance
+            if kept[0::_KEPT_LEN] == bytes(count) and kept[1::_KEPT_LEN] == bytes((FULL_LEN,)) * count:
+                return _PACKED_CUT + frame[:2] + kept
+        return _PACKED_WHOLE + frame
+
+    def replay(self, packed: bytes, receive_epoch: float) -> list[TickData]:
+        """The ticks of a packed frame as the decoder gave them (depth aside), received at ``receive_epoch``."""
+        if self._decoder is None:
+            table = {token: Instrument(exchange, symbol, token) for token, exchange, symbol in self.instruments}
+            self._decoder = KiteDecoder(table, timed_only=self.timed_only, depth=False)
+        if packed[:1] == _PACKED_CUT:
+            frame = packed[1:3] + b"".join(r + _NO_BOOK for (r,) in _KEPT_RECORD.iter_unpack(packed[3:]))
+        elif packed[:1] == _PACKED_WHOLE:
+            frame = packed[1:]
+        else:
+            raise ValueError(f"not a packed Kite frame (starts with {packed[:1]!r})")
+        return self._decoder.decode(frame, datetime.fromtimestamp(receive_epoch, IST))
+
+
 class KiteDecoder:
     """Decodes KiteTicker frames into ``TickData`` for the instruments it was given.
 
@@ -167,7 +233,7 @@ class KiteDecoder:
     ``stats.malformed`` (logged once per kind) and the good packets of the frame are kept.
     """
 
-    __slots__ = ("stats", "timed_only", "depth", "last_plain", "_entries", "_times", "_exponents", "_logged")
+    __slots__ = ("stats", "timed_only", "depth", "last_plain", "source", "_table", "_times", "_exponents", "_logged")
 
     def __init__(self, instruments: Mapping[int, Instrument], *, timed_only: bool = False, depth: bool = True) -> None:
         #: skip packets that carry no exchange timestamp (quote 44, index quote 28, LTP 8). In full
@@ -182,7 +248,11 @@ class KiteDecoder:
         self._times = _TimeCache()
         self._exponents: dict[int, tuple[_PriceCache, _LevelCache]] = {}
         self._logged: set[str] = set()
-        self._entries: dict[int, tuple[str, str, _PriceCache, _LevelCache]] = {}
+        # token -> (exchange, symbol, prices, levels), and the same table as a KiteFrameSource:
+        # replaced together (another thread may subscribe while this one decodes)
+        self._table: tuple[dict[int, _Entry], KiteFrameSource] = ({}, KiteFrameSource(timed_only, ()))
+        #: the table that decoded the last frame, as a KiteFrameSource: decodes it again
+        self.source = self._table[1]
         #: the last tick without volume (index, LTP) per token: nothing but its time and price
         #: tells a copy of it (a resubscription's snapshot) from a new one
         self.last_plain: dict[int, TickData] = {}
@@ -206,7 +276,8 @@ class KiteDecoder:
                 prices = _PriceCache(exponent)
                 caches = self._exponents[exponent] = (prices, _LevelCache(prices))
             entries[token] = (inst.exchange, inst.symbol, caches[0], caches[1])
-        self._entries = entries
+        source = KiteFrameSource(self.timed_only, tuple((token, e[0], e[1]) for token, e in entries.items()))
+        self._table = (entries, source)
 
     def _malformed(self, kind: str, detail: str) -> None:
         malformed = self.stats.malformed
@@ -223,14 +294,14 @@ class KiteDecoder:
         if end < 2:
             stats.heartbeats += 1
             return []
-        entries = self._entries
+        entries, self.source = self._table
         times = self._times
         new_tick = _new_tick
         ticks: list[TickData] = []
         append = ticks.append
         count = frame[0] << 8 | frame[1]
         if end == 2 + count * _FULL_RECORD_LEN and count:
-            fast = self._decode_full_frame(frame, receive_ts)
+            fast = self._decode_full_frame(frame, receive_ts, entries)
             if fast is not None:
                 return fast
         pos = 2
@@ -305,11 +376,11 @@ class KiteDecoder:
         stats.ticks += len(ticks)
         return ticks
 
-    def _decode_full_frame(self, frame: bytes, receive_ts: datetime) -> list[TickData] | None:
+    def _decode_full_frame(self, frame: bytes, receive_ts: datetime, entries: dict[int, _Entry]) -> list[TickData] | None:
         """Fast path for a frame of full packets only; None if a length says otherwise."""
         if not self.depth:
-            return self._decode_full_frame_without_depth(frame, receive_ts)
-        entries_get = self._entries.get
+            return self._decode_full_frame_without_depth(frame, receive_ts, entries)
+        entries_get = entries.get
         times = self._times
         new_tick = _new_tick
         new_depth = _deferred_depth
@@ -341,9 +412,11 @@ class KiteDecoder:
         stats.ticks += len(ticks)
         return ticks
 
-    def _decode_full_frame_without_depth(self, frame: bytes, receive_ts: datetime) -> list[TickData] | None:
+    def _decode_full_frame_without_depth(
+        self, frame: bytes, receive_ts: datetime, entries: dict[int, _Entry]
+    ) -> list[TickData] | None:
         """``_decode_full_frame`` for ``depth=False``: the depth block is skipped unread."""
-        entries_get = self._entries.get
+        entries_get = entries.get
         times = self._times
         new_tick = _new_tick
         ticks: list[TickData] = []
