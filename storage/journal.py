@@ -36,9 +36,10 @@ import os
 import pickle
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -214,18 +215,19 @@ class TickJournal:
         except (OSError, ValueError):
             released = 0
         snapshots: list[tuple[int, bytes, bytes]] = []
-        batches: dict[int, Any] = {}  # number -> rows (tuple) or (source, receive time, packed frame)
+        times: dict[float, datetime] = {}
+        batches: dict[int, Callable[[], list[TickData]]] = {}  # number -> what builds its ticks again
         for path in self._segments():
             sources: dict[int, FrameSource] = {}
             for kind, payload in self._records(path):
                 if kind == _TICKS:
                     n, packed = marshal.loads(payload)
-                    batches[n] = packed
+                    batches[n] = partial(_unpack, packed, times)
                 elif kind == _FRAME:
                     n, key, epoch = _FRAME_HEAD.unpack_from(payload)
                     if key not in sources:
                         raise ValueError(f"journal {path}: a frame of batch {n} names source {key}, not written before it")
-                    batches[n] = [sources[key], epoch, payload[_FRAME_HEAD.size :]]
+                    batches[n] = partial(sources[key].replay, payload[_FRAME_HEAD.size :], epoch)
                 elif kind == _SOURCE:
                     (key,) = _SOURCE_KEY.unpack_from(payload)
                     sources[key] = pickle.loads(payload[_SOURCE_KEY.size :])
@@ -241,12 +243,7 @@ class TickJournal:
         else:
             covered, state = pickle.loads(payload)
         self.number = max([covered, *batches])  # go on numbering after what is on disk
-        times: dict[float, datetime] = {}
-        later = []
-        for n in sorted(batches):
-            if n > covered:
-                batch = batches[n]
-                later.append(batch[0].replay(batch[2], batch[1]) if isinstance(batch, list) else _unpack(batch, times))
+        later = [batches[n]() for n in sorted(batches) if n > covered]
         return state, later
 
     @staticmethod

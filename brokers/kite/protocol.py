@@ -162,8 +162,8 @@ BAD_MESSAGE = "bad_message"  # JSON, but not {"type": str, "data": ...}
 # A full packet cut to what a candle reads: u16 length + the 64 bytes before the depth block.
 _KEPT_LEN = 2 + _DEPTH_OFFSET
 _KEPT_RUN = 32  # records cut per unpack
-_KEPT_RECORDS = struct.Struct(">" + f"{_KEPT_LEN}s{FULL_LEN - _DEPTH_OFFSET}x" * _KEPT_RUN)
-_KEPT_TAILS = [struct.Struct(">" + f"{_KEPT_LEN}s{FULL_LEN - _DEPTH_OFFSET}x" * n) for n in range(_KEPT_RUN)]
+# _KEPT[n] cuts n consecutive full records
+_KEPT = [struct.Struct(">" + f"{_KEPT_LEN}s{FULL_LEN - _DEPTH_OFFSET}x" * n) for n in range(_KEPT_RUN + 1)]
 _KEPT_RECORD = struct.Struct(f">{_KEPT_LEN}s")
 _NO_BOOK = bytes(FULL_LEN - _DEPTH_OFFSET)
 _PACKED_WHOLE = b"\x00"  # first byte of a packed frame: the frame as received
@@ -201,10 +201,11 @@ class KiteFrameSource:
         if count and len(frame) == 2 + count * _FULL_RECORD_LEN:
             parts: list[bytes] = []
             pos = 2
+            run = _KEPT[_KEPT_RUN]
             for _ in range(count // _KEPT_RUN):
-                parts += _KEPT_RECORDS.unpack_from(frame, pos)
+                parts += run.unpack_from(frame, pos)
                 pos += _KEPT_RUN * _FULL_RECORD_LEN
-            parts += _KEPT_TAILS[count % _KEPT_RUN].unpack_from(frame, pos)
+            parts += _KEPT[count % _KEPT_RUN].unpack_from(frame, pos)
             kept = b"".join(parts)
             # every record a full packet (u16 length 184 = 00 b8), not sizes adding up by chance
             if kept[0::_KEPT_LEN] == bytes(count) and kept[1::_KEPT_LEN] == bytes((FULL_LEN,)) * count:
