@@ -1,64 +1,14 @@
 #!/usr/bin/env python3
 """marketfeed: stream market data, build OHLCV candles, store them.
 
-Entry point only: parse the command line and hand over to commands.py.
+Entry point only: parse the command line and hand over to cli/.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from config.settings import BROKERS
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="main.py",
-        description="Stream live market data, build OHLCV candles and store them.",
-        epilog="Settings come from the environment and .env; see .env.example.",
-    )
-    p.add_argument("--broker", choices=BROKERS, default="sim", help="market-data source (default: sim)")
-    src = p.add_argument_group("watchlist (EXCHANGE:SYMBOL; a bare symbol means NSE)")
-    src.add_argument("--symbols", nargs="+", metavar="SYM", default=[], help="symbols to stream")
-    src.add_argument("--symbols-file", metavar="PATH", help="one symbol per line, # comments")
-    src.add_argument("--symbols-from-db", action="store_true", help="enabled rows of the watchlist table")
-    src.add_argument("--shard", metavar="I/N", help="stream only part I of N of the watchlist (one daemon per part)")
-    p.add_argument("--intervals", help="candle intervals, e.g. 1m,5m,15m,1h,1d (default: CANDLE_INTERVALS or 1m)")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="run this long, then shut down cleanly")
-    p.add_argument("--env-file", default=".env", metavar="PATH", help="settings file (default: .env)")
-    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="overrides LOG_LEVEL")
-    p.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz (overrides METRICS_PORT)")
-
-    checks = p.add_argument_group("checks and views (each exits when done)")
-    checks.add_argument("--test-database", action="store_true", help="connect, migrate, write and read back a candle")
-    checks.add_argument("--test-broker", action="store_true", help="connect to the broker and wait for a first tick")
-    checks.add_argument("--test-mqtt", action="store_true", help="publish a message to MQTT and read it back")
-    checks.add_argument("--show-candles", metavar="SYM", help="print the latest candles of a symbol (read-only)")
-    checks.add_argument("--interval", default="1m", help="interval for --show-candles (default 1m)")
-    checks.add_argument("--limit", type=int, default=20, help="rows for --show-candles (default 20)")
-
-    kite = p.add_argument_group("Zerodha Kite (--broker kite)")
-    kite.add_argument("--login", action="store_true", help="daily login: print the login URL, store the access token")
-    kite.add_argument("--request-token", metavar="TOKEN_OR_URL", help="for --login: the request_token (or redirect URL) "
-                      "instead of the prompt")  # fmt: skip
-
-    sim = p.add_argument_group("simulator (--broker sim)")
-    sim.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same ticks")
-    sim.add_argument("--sim-speed", type=float, default=1.0, help="simulated seconds per wall second (60: an hour a minute)")
-    sim.add_argument("--sim-start", metavar="ISO-TIME", help="simulated start time, e.g. 2026-11-24T09:15:00+05:30 (default: now)")
-    sim.add_argument("--sim-tick-rate", type=float, default=1.0, help="ticks per simulated second per symbol")
-    sim.add_argument("--sim-tape", metavar="PATH", help="also write every tick as JSON lines to this file")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from commands import run
-
-    return run(args)
-
+from cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Aggregator throughput: simulated ticks for many symbols through several intervals.
 
-    .venv/bin/python bench/aggregator.py [--symbols 9000] [--minutes 5] [--intervals 1m,5m,15m] [--timestamps feed|sim]
+    .venv/bin/python -m bench.aggregator [--symbols 9000] [--minutes 5] [--intervals 1m,5m,15m] [--timestamps feed|sim]
 
 Prints ticks/s through CandleAggregator.add and .advance (which closes the buckets on the way), for
 ``--repeat`` runs over the same ticks with a fresh aggregator each, and their median (the figure:
@@ -21,19 +21,16 @@ import argparse
 import cProfile
 import pstats
 import statistics
-import sys
 import time
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from brokers.base import Instrument  # noqa: E402
-from brokers.sim import SimBroker, SimClock  # noqa: E402
-from candles.aggregator import CandleAggregator  # noqa: E402
-from candles.model import IST, parse_intervals  # noqa: E402
-from ops.gc_tuning import tune_for_streaming  # noqa: E402
+from brokers.sim.client import SimBroker, SimClock
+from candles.aggregator import CandleAggregator
+from candles.model import parse_intervals
+from core.ist import IST
+from core.ticks import Instrument
+from ops.gc_tuning import tune_for_streaming
 
 START = 1_795_491_900.0  # 2026-11-24 09:15 IST
 

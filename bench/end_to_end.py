@@ -1,16 +1,16 @@
 """End to end with Kite: a fake Kite feed → the daemon (main.py --broker kite) → candles in PostgreSQL.
 
-    .venv/bin/python bench/end_to_end.py [--only e2e,capacity,cpu,latency] [--instruments 9000]
+    .venv/bin/python -m bench.end_to_end [--only e2e,capacity,cpu,latency] [--instruments 9000]
         [--rate 100000] [--seconds 60] [--intervals 1m,5m,15m] [--profile]
 
-Three processes: the load generator (bench/kite_load.py: the fake Kite server of tests/fakes with a
+Three processes: the load generator (bench/kite_load.py: the fake Kite server of testkit/fakes with a
 fast send path, full-mode packets, exchange times = the wall clock), the daemon as an operator runs
-it (fresh DATA_DIR, --metrics-port), and a throwaway PostgreSQL (tests/pg.py, with
+it (fresh DATA_DIR, --metrics-port), and a throwaway PostgreSQL (testkit/pg.py, with
 track_commit_timestamp on). Sections:
 
 - ``e2e``: ``--instruments`` over 3 connections at ``--rate`` ticks/s for ``--seconds``. The feed
   logs every tick it sends; after the run (feed stopped, daemon drained, SIGTERM: open candles are
-  flushed as non-final) the candles in PostgreSQL must equal ``tests.reference.reference_candles``
+  flushed as non-final) the candles in PostgreSQL must equal ``testkit.reference.reference_candles``
   of exactly those ticks, final and non-final alike, and the daemon's tick count must equal the
   ticks sent. Bar: >= 100,000 ticks/s for 60 s with zero loss (offered rate reached, the daemon
   done within ``--lag`` seconds of the feed stopping, candles exact). A loss exits 1.
@@ -65,23 +65,20 @@ from types import SimpleNamespace
 from typing import Any, TextIO
 
 import numpy as np
+import psycopg2
+
+from bench.kite_load import LOG, MAX_PER_CONNECTION, bench_instruments
+from candles.model import Interval, parse_intervals
+from config.settings import load_settings
+from core.ist import IST
+from testkit.cli import MAIN, main_env
+from testkit.pg import PostgresServer
+from testkit.reference import reference_candles
+from testkit.waiting import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import psycopg2  # noqa: E402
-from kite_load import LOG, MAX_PER_CONNECTION, bench_instruments  # noqa: E402
-
-from candles.model import IST, Interval, parse_intervals  # noqa: E402
-from config.settings import load_settings  # noqa: E402
-from tests.cli import MAIN, main_env  # noqa: E402
-from tests.pg import PostgresServer  # noqa: E402
-from tests.reference import reference_candles  # noqa: E402
-from tests.waiting import free_port  # noqa: E402
-
 PY = sys.executable
-LOAD = str(ROOT / "bench" / "kite_load.py")
+LOAD = ("-m", "bench.kite_load")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SECTIONS = ("e2e", "latency", "capacity", "cpu")
 DEFAULT_STEPS = "10000,20000,30000,40000,50000,60000,80000,100000,120000,150000,200000,250000,300000,400000,500000"
@@ -106,7 +103,7 @@ class Load:
     def __init__(self, instruments: int, seed: int, workdir: Path) -> None:
         self._err = open(workdir / "load.err", "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [PY, LOAD, "serve", "--instruments", str(instruments), "--seed", str(seed)],
+            [PY, *LOAD, "serve", "--instruments", str(instruments), "--seed", str(seed)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1,
         )  # fmt: skip
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -266,7 +263,7 @@ class TickerProbe:
         info = load.info
         self._err = open(workdir / "kiteticker.err", "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [PY, LOAD, "kiteticker", "--root", info["ws_url"], "--api-key", info["api_key"],
+            [PY, *LOAD, "kiteticker", "--root", info["ws_url"], "--api-key", info["api_key"],
              "--access-token", info["access_token"], "--instruments", str(instruments)],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1,
             env={**os.environ, "TZ": "Asia/Kolkata"},

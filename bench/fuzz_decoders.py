@@ -1,11 +1,11 @@
 """Fuzz both market-data decoders with random and mutated frames: no exception may escape.
 
-    .venv/bin/python bench/fuzz_decoders.py [--seed 1] [--frames 1000000] [--replay kite:INDEX]
+    .venv/bin/python -m bench.fuzz_decoders [--seed 1] [--frames 1000000] [--replay kite:INDEX]
 
 ``--frames`` are split across ``KiteDecoder`` and ``KotakDecoder`` (half each). Every frame is
 built from its own seed (``--seed`` and its index), so any one of them can be rebuilt alone
 (``--replay kite:123456``). The valid material comes from the fake servers' spec-faithful
-encoders (``tests/fakes``): a deterministic tape of every packet kind, then per frame one recipe:
+encoders (``testkit/fakes``): a deterministic tape of every packet kind, then per frame one recipe:
 
 - ``valid``: packets as the server sends them (must decode completely, without a malformed count);
 - ``mutated``: packet-level changes (duplicated, dropped, spliced, length fields and counts
@@ -40,17 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from brokers.base import Depth, DepthLevel, Instrument, TickData  # noqa: E402
-from brokers.kite import protocol as kite  # noqa: E402
-from brokers.kotak_neo import protocol as kotak  # noqa: E402
-from brokers.kotak_neo.instruments import KotakInstrument  # noqa: E402
-from candles.model import IST  # noqa: E402
-from tests.fakes import kite_server as kite_fake  # noqa: E402
-from tests.fakes import kotak_server as kotak_fake  # noqa: E402
+from brokers.kite import protocol as kite
+from brokers.kotak_neo import protocol as kotak
+from brokers.kotak_neo.instruments import KotakInstrument
+from core.ist import IST
+from core.ticks import Depth, DepthLevel, Instrument, TickData
+from testkit.fakes import kite_server as kite_fake
+from testkit.fakes import kotak_server as kotak_fake
 
 DECODERS = ("kite", "kotak")
 RECEIVED = datetime(2026, 1, 15, 9, 15, 30, 250_000, tzinfo=IST)
@@ -632,8 +629,8 @@ def describe(target: Target, kind: str, failure: Failure, frames: int) -> str:
         f"FIRST {'EXCEPTION' if kind == 'exception' else f'{kind.upper()} BREACH'} ({target.name} frame {failure.index}, "
         f"recipe {failure.recipe}, {form}, {len(data):,} long):\n{failure.what.rstrip()}\n"
         f"frame hex: {_hex(data, HEX_SHOWN)}\n"
-        f"rebuild it:  .venv/bin/python bench/fuzz_decoders.py --seed {target.seed} --replay {target.name}:{failure.index}\n"
-        f"rerun all:   .venv/bin/python bench/fuzz_decoders.py --seed {target.seed} --frames {frames}"
+        f"rebuild it:  .venv/bin/python -m bench.fuzz_decoders --seed {target.seed} --replay {target.name}:{failure.index}\n"
+        f"rerun all:   .venv/bin/python -m bench.fuzz_decoders --seed {target.seed} --frames {frames}"
     )
 
 

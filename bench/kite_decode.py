@@ -1,6 +1,6 @@
 """Kite binary decode: our KiteDecoder against pykiteconnect's KiteTicker._parse_binary.
 
-    .venv/bin/python bench/kite_decode.py [--frames 200] [--packets 50] [--repeat 5] [--profile]
+    .venv/bin/python -m bench.kite_decode [--frames 200] [--packets 50] [--repeat 5] [--profile]
 
 Both decode the SAME full-mode frames (184-byte packets with 5+5 depth) in one run; prints the best
 of ``--repeat`` runs as packets/s for each and the ratio. Two data sets:
@@ -22,18 +22,14 @@ import cProfile
 import pstats
 import random
 import struct
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kiteconnect import KiteTicker
 
-from kiteconnect import KiteTicker  # noqa: E402
-
-from brokers.base import Instrument  # noqa: E402
-from brokers.kite.protocol import KiteDecoder  # noqa: E402
-from candles.model import IST  # noqa: E402
+from brokers.kite.protocol import KiteDecoder
+from core.ist import IST
+from core.ticks import Instrument
 
 SESSION = 1_795_491_900  # 2026-11-24 09:15 IST
 _HEAD = struct.Struct(">16I")

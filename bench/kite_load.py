@@ -1,9 +1,9 @@
 """Kite load generator for bench/end_to_end.py: a fake Kite server that streams full-mode ticks fast.
 
-    .venv/bin/python bench/kite_load.py serve --instruments 9000 [--seed 1]
-    .venv/bin/python bench/kite_load.py kiteticker --root ws://127.0.0.1:PORT --api-key K --access-token T --instruments 9000
+    .venv/bin/python -m bench.kite_load serve --instruments 9000 [--seed 1]
+    .venv/bin/python -m bench.kite_load kiteticker --root ws://127.0.0.1:PORT --api-key K --access-token T --instruments 9000
 
-``serve`` runs ``tests.fakes.kite_server.KiteFakeServer`` for the REST calls (instruments dump,
+``serve`` runs ``testkit.fakes.kite_server.KiteFakeServer`` for the REST calls (instruments dump,
 profile) and the WebSocket handshake and subscribe/mode messages, and adds a fast send path: every
 instrument's 184-byte full packet lives in a numpy record, the fields that change per tick (last
 price, quantities, cumulative volume, buy/sell totals, high/low, last-trade and exchange time,
@@ -41,14 +41,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.fakes.kite_server import (  # noqa: E402
+from testkit.fakes.kite_server import (
     DEFAULT_INSTRUMENTS,
     OP_BINARY,
     DepthLevel,

@@ -1,6 +1,6 @@
 """Kotak SFeed binary decode: our KotakDecoder against the official SDK's split_batch + decode_packet.
 
-    .venv/bin/python bench/kotak_decode.py [--frames 200] [--packets 50] [--repeat 5] [--profile]
+    .venv/bin/python -m bench.kotak_decode [--frames 200] [--packets 50] [--repeat 5] [--profile]
 
 Both decode the SAME frames in one run; prints the best of ``--repeat`` runs as packets/s for each
 and the ratio (the bar is 3x). Data sets, ``--packets`` packets a frame:
@@ -26,17 +26,13 @@ import cProfile
 import pstats
 import random
 import struct
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from brokers.base import Instrument  # noqa: E402
-from brokers.kotak_neo.protocol import KotakDecoder  # noqa: E402
-from candles.model import IST  # noqa: E402
+from brokers.kotak_neo.protocol import KotakDecoder
+from core.ist import IST
+from core.ticks import Instrument
 
 try:
     from neo_api_client.websocket.feed.protocol import decode_packet, split_batch

@@ -1,12 +1,12 @@
 """Daemon memory: RSS of main.py --broker sim with many instruments over a simulated session.
 
-    .venv/bin/python bench/memory.py [--symbols 9000] [--intervals 1m,5m,15m] [--sim-minutes 60] [--speed 4]
+    .venv/bin/python -m bench.memory [--symbols 9000] [--intervals 1m,5m,15m] [--sim-minutes 60] [--speed 4]
                                      [--tick-rate 1] [--sample 2] [--store postgres|sqlite] [--every 5]
-    .venv/bin/python bench/memory.py --paced [--sim-minutes 60]
-    .venv/bin/python bench/memory.py --profile [--sim-minutes 20] [--top 15]
+    .venv/bin/python -m bench.memory --paced [--sim-minutes 60]
+    .venv/bin/python -m bench.memory --profile [--sim-minutes 20] [--top 15]
 
 Default: runs the real daemon as a separate process (`main.py --broker sim`, PostgreSQL as the store: a
-throwaway server from tests/pg.py; `--store sqlite` for the embedded one) on a fresh DATA_DIR, and reads
+throwaway server from testkit/pg.py; `--store sqlite` for the embedded one) on a fresh DATA_DIR, and reads
 VmRSS and VmHWM from /proc/<pid>/status every `--sample` wall seconds. The simulated clock runs `--speed`
 times the wall clock, so 60 simulated minutes take 60/speed wall minutes (15 at the default 4x). Prints
 one row per `--every` simulated minutes and a summary: peak, RSS at 15/30/45/60 simulated minutes, the
@@ -21,7 +21,7 @@ The simulation starts at IST midnight by default: the simulator replays the day 
 `--sim-start` before streaming (at 09:15 that is 300 million ticks for 9,000 symbols).
 
 `--paced` runs the same objects in this process instead (SimBroker, CandleAggregator, TickJournal, Spool,
-the store and Service with its pipeline and writer threads, as commands.py `_serve` wires them), the feed
+the store and Service with its pipeline and writer threads, as cli/daemon.py wires them), the feed
 handed over batch by batch as fast as the pipeline takes it: it cannot fall behind, so it gives the figure
 on a busy machine too, and counts live allocated blocks to tell a leak from allocator slack. `--profile`
 does the same under tracemalloc: top allocation sites, what grew over the second half, live objects by
@@ -49,14 +49,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from brokers.sim.client import SimBroker
+from candles.model import parse_intervals
+from core.ist import IST
+from core.ticks import Instrument, TickBatchCallback
+from testkit.cli import MAIN, main_env
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from brokers.base import Instrument, TickBatchCallback  # noqa: E402
-from brokers.sim import SimBroker  # noqa: E402
-from candles.model import IST, parse_intervals  # noqa: E402
-from tests.cli import MAIN, main_env  # noqa: E402
-
 SIM_START = "2026-11-24T00:00:00+05:30"
 MB = 1024 * 1024
 
@@ -90,8 +89,8 @@ def symbols(n: int) -> list[str]:
 
 
 def start_postgres() -> tuple[Any, str]:
-    """A throwaway PostgreSQL server (tests/pg.py) and the DSN of a fresh database on it."""
-    from tests.pg import PostgresServer
+    """A throwaway PostgreSQL server (testkit/pg.py) and the DSN of a fresh database on it."""
+    from testkit.pg import PostgresServer
 
     server = PostgresServer()
     server.start()
@@ -460,9 +459,9 @@ def in_process(args: argparse.Namespace) -> None:
 
     from ops.gc_tuning import tune_for_streaming
     from ops.malloc_tuning import tune_allocator
-    from service import Service
+    from pipeline.journal import TickJournal
+    from pipeline.service import Service
     from storage import open_store
-    from storage.journal import TickJournal
     from storage.spool import Spool
 
     trace = args.profile
@@ -489,7 +488,7 @@ def in_process(args: argparse.Namespace) -> None:
             broker, store, instruments, intervals, clock=clock, status_interval=3600.0,
             spool=Spool(tmp / "spool"), journal=TickJournal(tmp / "journal"),
         )  # fmt: skip
-        tune_for_streaming()  # as commands.py does before the service starts
+        tune_for_streaming()  # as cli/daemon.py does before the service starts
         tune_allocator()
         service.start()
         rss_streaming = (proc_mem() or (0, 0))[0]

@@ -51,7 +51,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from candles.model import IST, Candle, Interval, ist_date, new_candle
+from candles.model import Candle, Interval, new_candle
+from core.ist import IST, ist_date
 
 __all__ = ["AggregatorStats", "CandleAggregator", "TickLike"]
 

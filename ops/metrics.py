@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from version import __version__
 
 if TYPE_CHECKING:
-    from service import Service
+    from pipeline.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from candles.model import IST, Candle
+from candles.model import Candle
+from core.ist import IST
 
 log = logging.getLogger(__name__)
 

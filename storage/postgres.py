@@ -21,7 +21,8 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from candles.model import IST, Candle
+from candles.model import Candle
+from core.ist import IST
 from storage import migrations
 from storage.base import CandleStore, StoreError, StoreUnavailable, TextMemo, WatchlistEntry, candle_from_row
 

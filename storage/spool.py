@@ -23,7 +23,8 @@ from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 
-from candles.model import IST, Candle
+from candles.model import Candle
+from core.ist import IST
 from storage.base import TextMemo
 
 log = logging.getLogger(__name__)

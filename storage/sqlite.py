@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from candles.model import IST, Candle
+from candles.model import Candle
+from core.ist import IST
 from storage import migrations
 from storage.base import CandleStore, StoreError, WatchlistEntry, candle_from_row
 

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.mosquitto import MosquittoNotFound, MosquittoServer
-from tests.pg import PostgresNotFound, PostgresServer
+from testkit.mosquitto import MosquittoNotFound, MosquittoServer
+from testkit.pg import PostgresNotFound, PostgresServer
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A real PostgreSQL for the whole session, started on first use (see tests/pg.py)."""
+    """A real PostgreSQL for the whole session, started on first use (see testkit/pg.py)."""
     try:
         server = PostgresServer()
     except PostgresNotFound as exc:

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers.base import TickData
 from candles.aggregator import CandleAggregator
-from candles.model import IST, Candle, Interval, parse_intervals
-from tests.reference import candle_to_dict, reference_candles
+from candles.model import Candle, Interval, parse_intervals
+from core.ist import IST
+from core.ticks import TickData
+from testkit.reference import candle_to_dict, reference_candles
 
 DAY0 = datetime(2024, 1, 15, 9, 15, tzinfo=IST).timestamp()  # a Monday, session open
 

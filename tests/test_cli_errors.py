@@ -2,7 +2,7 @@
 
 import socket
 
-from tests.cli import main_env, run_main
+from testkit.cli import main_env, run_main
 
 
 def _closed_port() -> int:

@@ -6,12 +6,13 @@ from datetime import datetime
 
 import pytest
 
-from brokers.sim import read_tape
-from candles.model import IST, Interval, parse_intervals
+from brokers.sim.client import read_tape
+from candles.model import Interval, parse_intervals
+from core.ist import IST
 from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
-from tests.cli import main_env, run_main, start_main
-from tests.reference import candle_to_dict, reference_candles
+from testkit.cli import main_env, run_main, start_main
+from testkit.reference import candle_to_dict, reference_candles
 
 SIM_START = "2026-11-24T09:15:00+05:30"
 SYMBOLS = ["NSE:INFY", "NSE:TCS", "NSE:NIFTY 50"]
@@ -169,7 +170,7 @@ def test_restart_inside_a_bucket_loses_nothing_and_counts_no_volume_twice(tmp_pa
 
 
 def test_database_down_mid_run_keeps_the_daemon_running_and_loses_nothing(tmp_path):
-    from tests.pg import PostgresServer
+    from testkit.pg import PostgresServer
 
     tape = tmp_path / "tape.jsonl"
     intervals = parse_intervals("1m")

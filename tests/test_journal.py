@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from brokers.base import TickData
-from candles.model import IST
-from storage.journal import TickJournal
+from core.ist import IST
+from core.ticks import TickData
+from pipeline.journal import TickJournal
 
 
 def tick(n: int) -> TickData:
@@ -75,10 +75,10 @@ def test_release_keeps_the_segment_before_the_checkpoint_and_drops_older_ones(tm
 
 
 def _service(tmp_path, intervals: str, now: float, journal: TickJournal | None = None):
-    from brokers.base import Instrument
-    from brokers.sim import SimBroker, SimClock
+    from brokers.sim.client import SimBroker, SimClock
     from candles.model import parse_intervals
-    from service import Service
+    from core.ticks import Instrument
+    from pipeline.service import Service
     from storage.spool import Spool
     from storage.sqlite import SQLiteStore
 
@@ -167,9 +167,9 @@ def _kite_frames():
     """A Kite decoder as the daemon runs it, and frames encoded by the fake Kite server."""
     import dataclasses
 
-    from brokers.base import Instrument
     from brokers.kite.protocol import KiteDecoder
-    from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, TapeTick, encode_frame, encode_packet, is_index
+    from core.ticks import Instrument
+    from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, TapeTick, encode_frame, encode_packet, is_index
 
     insts = {i.token: Instrument(i.exchange, i.tradingsymbol, i.token) for i in DEFAULT_INSTRUMENTS}
     decoder = KiteDecoder(insts, timed_only=True)
@@ -190,7 +190,7 @@ def _kite_frames():
 
 
 def test_a_frame_batch_is_kept_as_its_frame_and_replays_in_order_after_older_segments_are_gone(tmp_path):
-    from brokers.base import FrameBatch
+    from core.ticks import FrameBatch
 
     decoder, frame, epoch, without_depth = _kite_frames()
 
@@ -233,7 +233,7 @@ def test_a_frame_batch_is_kept_as_its_frame_and_replays_in_order_after_older_seg
 
 
 def test_rows_and_frames_interleave_in_their_numbers_order(tmp_path):
-    from brokers.base import FrameBatch
+    from core.ticks import FrameBatch
 
     decoder, frame, epoch, without_depth = _kite_frames()
     journal = TickJournal(tmp_path)

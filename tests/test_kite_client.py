@@ -12,11 +12,12 @@ from decimal import Decimal
 
 import pytest
 
-from brokers.base import BrokerError, FrameBatch, Instrument, TickData
+from brokers.base import BrokerError
 from brokers.kite.client import AUTH_FAILED_MESSAGE, KiteBroker
-from candles.model import IST
-from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick
-from tests.waiting import wait_until
+from core.ist import IST
+from core.ticks import FrameBatch, Instrument, TickData
+from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick
+from testkit.waiting import wait_until
 
 INSTRUMENTS = {i.token: Instrument(i.exchange, i.tradingsymbol, i.token) for i in DEFAULT_INSTRUMENTS}
 INFY, RELIANCE = 408065, 738561

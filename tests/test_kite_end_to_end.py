@@ -19,13 +19,14 @@ import pytest
 from kiteconnect import KiteConnect
 
 from brokers.kite.auth import generate_access_token
-from candles.model import IST, Interval, parse_intervals
+from candles.model import Interval, parse_intervals
+from core.ist import IST
 from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
-from tests.cli import main_env, run_main, start_main
-from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, FakeInstrument, KiteFakeServer, TapeTick, is_index, random_tape
-from tests.reference import candle_to_dict, reference_candles
-from tests.waiting import wait_until
+from testkit.cli import main_env, run_main, start_main
+from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, FakeInstrument, KiteFakeServer, TapeTick, is_index, random_tape
+from testkit.reference import candle_to_dict, reference_candles
+from testkit.waiting import wait_until
 
 BY_SYMBOL = {f"{i.exchange}:{i.tradingsymbol}": i for i in DEFAULT_INSTRUMENTS}
 WATCH = ["NSE:INFY", "NSE:RELIANCE", "NSE:NIFTY 50"]
@@ -226,7 +227,7 @@ def test_more_than_9000_instruments_are_refused_with_the_numbers(tmp_path):
 
 
 def test_shard_splits_a_watchlist_between_daemons_without_overlap_and_keeps_parts_stable():
-    from commands import _shard_of
+    from cli.daemon import _shard_of
 
     pairs = [("NSE", f"SYN{k}") for k in range(300)]
     parts = [_shard_of(pairs, i, 3) for i in (1, 2, 3)]
@@ -277,7 +278,7 @@ def test_sqlite_default_store_works_with_kite_too(tmp_path, server):
 
 
 def test_a_kite_daemon_killed_with_sigkill_resumes_its_open_buckets_from_the_journalled_frames(tmp_path, server):
-    from storage.journal import TickJournal
+    from pipeline.journal import TickJournal
 
     stocks = [BY_SYMBOL["NSE:INFY"], BY_SYMBOL["NSE:RELIANCE"]]
     intervals = parse_intervals("5m,15m")

@@ -21,7 +21,7 @@ import websocket
 from kiteconnect import KiteConnect, KiteTicker
 from kiteconnect.exceptions import TokenException
 
-from tests.fakes.kite_server import (
+from testkit.fakes.kite_server import (
     DEFAULT_INSTRUMENTS,
     DepthLevel,
     FakeInstrument,
@@ -186,7 +186,7 @@ def test_random_tape_is_deterministic_on_the_tick_grid_with_rising_volume_and_qu
 
 def run_probe(server: KiteFakeServer, tokens: list[int], *, count: int, access_token: str | None = None,
               extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:  # fmt: skip
-    cmd = [sys.executable, "-m", "tests.fakes.kiteticker_probe", "--root", server.ws_url, "--api-key", server.api_key,
+    cmd = [sys.executable, "-m", "testkit.fakes.kiteticker_probe", "--root", server.ws_url, "--api-key", server.api_key,
            "--access-token", access_token or server.access_token, "--tokens", ",".join(map(str, tokens)),
            "--mode", "full", "--count", str(count), "--timeout", "15", *extra]  # fmt: skip
     env = dict(os.environ, TZ="Asia/Kolkata", PYTHONPATH=str(ROOT))

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kiteconnect import KiteTicker
 
-from brokers.base import Depth, DepthLevel, Instrument, TickData
 from brokers.kite.protocol import (
     BAD_JSON,
     BAD_MESSAGE,
@@ -28,7 +27,8 @@ from brokers.kite.protocol import (
     subscribe,
     unsubscribe,
 )
-from candles.model import IST
+from core.ist import IST
+from core.ticks import Depth, DepthLevel, Instrument, TickData
 
 RECEIVED = datetime(2021, 7, 5, 10, 41, 30, 123456, tzinfo=IST)
 INFY = 408065  # NSE (segment 1)
@@ -423,7 +423,7 @@ def test_depth_is_decoded_on_first_read_and_equals_an_eagerly_built_one() -> Non
     import pickle
     from dataclasses import FrozenInstanceError
 
-    from brokers.base import DepthLevel
+    from core.ticks import DepthLevel
 
     packets = [full_packet(INFY, 150_000 + i) for i in range(3)]
     mixed = frame(ltp_packet(INFY, 1), *packets)  # the general path

@@ -8,7 +8,7 @@ from kiteconnect import KiteConnect
 from brokers.base import BrokerError
 from brokers.kite.auth import generate_access_token, load_token, parse_request_token, save_token
 from brokers.kite.instruments import KiteInstruments
-from tests.fakes.kite_server import KiteFakeServer
+from testkit.fakes.kite_server import KiteFakeServer
 
 DAY = 1_795_491_900.0  # 2026-11-24 09:15 IST
 

@@ -24,8 +24,8 @@ from brokers.kotak_neo.auth import (
     next_midnight_ist,
     ws_scheme,
 )
-from candles.model import IST
-from tests.fakes.kotak_server import ERROR_SHAPES, KotakFakeServer, make_jwt
+from core.ist import IST
+from testkit.fakes.kotak_server import ERROR_SHAPES, KotakFakeServer, make_jwt
 
 T0 = 1768448700.0  # 2026-01-15 09:15 IST, far from the wall clock: a TOTP made from time.time() would be refused
 LIFETIME = 3600

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from brokers.base import BrokerError, Instrument, TickData
+from brokers.base import BrokerError
 from brokers.kotak_neo.auth import CREDENTIALS_HINT, KotakAuth
 from brokers.kotak_neo.client import KotakNeoBroker
 from brokers.kotak_neo.instruments import KotakInstrument
-from tests.fakes.kotak_server import DEFAULT_INSTRUMENTS, KotakFakeServer, TapeTick, synthetic_instruments
-from tests.waiting import wait_until
+from core.ticks import Instrument, TickData
+from testkit.fakes.kotak_server import DEFAULT_INSTRUMENTS, KotakFakeServer, TapeTick, synthetic_instruments
+from testkit.waiting import wait_until
 
 EPOCH = 1768448700  # 2026-01-15 09:15:00 IST
 SYNTHETIC = synthetic_instruments(300)  # nse_cm SYN0001-EQ … with tokens 100001 …

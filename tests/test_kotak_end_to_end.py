@@ -15,11 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from candles.model import IST, Interval, parse_intervals
+from candles.model import Interval, parse_intervals
+from core.ist import IST
 from storage.postgres import PostgresStore
-from tests.cli import main_env, run_main, start_main
-from tests.fakes.kotak_server import DEFAULT_INSTRUMENTS, KotakFakeServer, TapeTick, random_tape, synthetic_instruments
-from tests.reference import candle_to_dict, reference_candles
+from testkit.cli import main_env, run_main, start_main
+from testkit.fakes.kotak_server import DEFAULT_INSTRUMENTS, KotakFakeServer, TapeTick, random_tape, synthetic_instruments
+from testkit.reference import candle_to_dict, reference_candles
 
 # watchlist spelling -> the fake's scrip-master row
 WATCH = {"NSE:INFY": 1594, "NSE:TCS": 11536, "NSE:RELIANCE": 2885, "NSE:NIFTY 50": 26000}

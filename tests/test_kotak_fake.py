@@ -19,7 +19,7 @@ import pytest
 import requests
 import websocket
 
-from tests.fakes.kotak_server import (
+from testkit.fakes.kotak_server import (
     DEFAULT_DIVIDERS,
     DEFAULT_INSTRUMENTS,
     EXCHANGE_IDS,
@@ -871,7 +871,7 @@ def test_play_tape_streams_in_the_background_and_send_raw_reaches_everyone(serve
 
 def test_cli_prints_urls_and_credentials_a_daemon_can_log_in_with() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.kotak_server", "--synthetic", "5"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "testkit.fakes.kotak_server", "--synthetic", "5"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None

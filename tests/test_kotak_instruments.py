@@ -13,17 +13,12 @@ from typing import Any
 
 import pytest
 
-from brokers.base import BrokerError, Instrument
+from brokers.base import BrokerError
 from brokers.kotak_neo.instruments import KotakInstrument, KotakScripMaster
 from brokers.kotak_neo.protocol import instrument_key, instruments_by_key
-from candles.model import IST
-from tests.fakes.kotak_server import (
-    DEFAULT_INSTRUMENTS,
-    ERROR_SHAPES,
-    FakeInstrument,
-    KotakFakeServer,
-    synthetic_instruments,
-)
+from core.ist import IST
+from core.ticks import Instrument
+from testkit.fakes.kotak_server import DEFAULT_INSTRUMENTS, ERROR_SHAPES, FakeInstrument, KotakFakeServer, synthetic_instruments
 
 T0 = 1768448700.0  # 2026-01-15 09:15 IST
 DAY = 86400

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers.base import Depth, DepthLevel, Instrument, TickData
 from brokers.kotak_neo import protocol
 from brokers.kotak_neo.protocol import (
     AUTH_FAILED,
@@ -56,7 +55,8 @@ from brokers.kotak_neo.protocol import (
     unsubscribe,
     unsubscribe_exchange,
 )
-from candles.model import IST
+from core.ist import IST
+from core.ticks import Depth, DepthLevel, Instrument, TickData
 
 RECEIVED = datetime(2026, 11, 24, 9, 15, 30, 123456, tzinfo=IST)
 SECONDS = 1_795_491_900  # 2026-11-24 09:15:00 IST
@@ -1016,7 +1016,7 @@ def test_index_tokens_learned_by_name_are_bounded(monkeypatch: pytest.MonkeyPatc
 def test_a_market_picture_with_a_negative_cumulative_volume_is_counted_and_skipped() -> None:
     """A cumulative day volume below zero can only come from a damaged packet: the aggregator would
     take it for a new trading day."""
-    from tests.fakes.kotak_server import TapeTick, encode_tick
+    from testkit.fakes.kotak_server import TapeTick, encode_tick
 
     good = TapeTick("nse_cm", 1594, Decimal("1500.05"), 5, 1000, 1_768_448_700)
     frame = encode_tick(good, "scrips")

@@ -13,17 +13,17 @@ from collections.abc import Iterator, Sequence
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brokers.base import Instrument
 from brokers.kite.client import KiteBroker
-from brokers.sim import SimBroker, SimClock
+from brokers.sim.client import SimBroker, SimClock
 from candles.model import Candle, parse_intervals
+from core.ticks import Instrument
 from ops.metrics import MetricsError, MetricsServer
-from service import Service
+from pipeline.service import Service
 from storage.base import StoreUnavailable
 from storage.spool import Spool
 from storage.sqlite import SQLiteStore
-from tests.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer
-from tests.waiting import wait_until
+from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer
+from testkit.waiting import wait_until
 from version import __version__
 
 START = 1_795_491_900.0  # 2026-11-24 09:15 IST
@@ -269,8 +269,8 @@ def test_kite_reconnect_after_a_dropped_connection_shows_in_its_reconnects_count
 
 
 def test_the_daemon_serves_metrics_and_health_on_metrics_port_and_refuses_a_busy_one(tmp_path):
-    from tests.cli import run_main, start_main
-    from tests.mosquitto import free_port
+    from testkit.cli import run_main, start_main
+    from testkit.mosquitto import free_port
 
     port = free_port()
     proc = start_main("--symbols", "NSE:INFY", "--sim-speed", "30", "--metrics-port", str(port), cwd=tmp_path)

@@ -13,12 +13,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from brokers.sim import read_tape
+from brokers.sim.client import read_tape
 from candles.model import parse_intervals
 from storage.sqlite import SQLiteStore
-from tests.cli import main_env, run_main, start_main
-from tests.mosquitto import MosquittoServer, free_port
-from tests.reference import candle_to_dict, reference_candles
+from testkit.cli import main_env, run_main, start_main
+from testkit.mosquitto import MosquittoServer, free_port
+from testkit.reference import candle_to_dict, reference_candles
 
 SIM_START = "2026-11-24T09:15:00+05:30"
 SERVICE = "mf-test"

@@ -31,10 +31,10 @@ from config.settings import load_settings
 from publishers.mqtt import MqttConfig
 from storage.base import StoreError
 from storage.postgres import PostgresStore
-from tests.cli import main_env, run_main
-from tests.fakes import kite_server, kotak_server
-from tests.fakes.kite_server import KiteFakeServer
-from tests.fakes.kotak_server import ERROR_SHAPES, KotakFakeServer
+from testkit.cli import main_env, run_main
+from testkit.fakes import kite_server, kotak_server
+from testkit.fakes.kite_server import KiteFakeServer
+from testkit.fakes.kotak_server import ERROR_SHAPES, KotakFakeServer
 
 # ---- the planted credentials ---------------------------------------------------------------
 

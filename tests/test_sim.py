@@ -1,8 +1,8 @@
 from decimal import Decimal
 
-from brokers.base import Instrument
-from brokers.sim import SimBroker, SimClock, read_tape, write_tape
-from candles.model import ist_date
+from brokers.sim.client import SimBroker, SimClock, read_tape, write_tape
+from core.ist import ist_date
+from core.ticks import Instrument
 
 START = 1_795_491_900.0  # 2026-11-24 09:15 IST
 SYMBOLS = [Instrument("NSE", "INFY"), Instrument("NSE", "TCS"), Instrument("NSE", "NIFTY 50")]

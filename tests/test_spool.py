@@ -12,13 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brokers.sim import read_tape
-from candles.model import IST, Candle, parse_intervals
+from brokers.sim.client import read_tape
+from candles.model import Candle, parse_intervals
+from core.ist import IST
 from storage.postgres import PostgresStore
 from storage.spool import Spool, SpoolError, decode, encode, encoder
-from tests.cli import main_env, run_main, start_main
-from tests.pg import PostgresServer
-from tests.reference import candle_to_dict, reference_candles
+from testkit.cli import main_env, run_main, start_main
+from testkit.pg import PostgresServer
+from testkit.reference import candle_to_dict, reference_candles
 
 SIM_START = "2026-11-24T09:15:00+05:30"
 SYMBOLS = ["NSE:INFY", "NSE:TCS", "NSE:NIFTY 50"]

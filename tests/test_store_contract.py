@@ -21,13 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg2 import sql
 
-from candles.model import IST, Candle
+from candles.model import Candle
+from core.ist import IST
 from storage import open_store
 from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry
 from storage.migrations import LATEST_VERSION, MIGRATIONS
 from storage.postgres import PostgresStore, redact_dsn
 from storage.sqlite import SQLiteStore
-from tests.pg import PostgresServer, free_port
+from testkit.pg import PostgresServer, free_port
 
 T0 = datetime(2024, 5, 6, 9, 15, tzinfo=IST)
 MINUTE = timedelta(minutes=1)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from brokers.base import Instrument
-from brokers.sim import SimBroker, SimClock
+from brokers.sim.client import SimBroker, SimClock
 from candles.model import parse_intervals
+from core.ticks import Instrument
 from ops import systemd
-from service import Service
+from pipeline.service import Service
 from storage.spool import Spool
 from storage.sqlite import SQLiteStore
-from tests.cli import main_env, start_main
-from tests.waiting import wait_until
+from testkit.cli import main_env, start_main
+from testkit.waiting import wait_until
 
 
 def _bound_socket(address: str) -> socket.socket:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from brokers.base import BrokerError
-from candles.model import IST
+from core.ist import IST
 
 
 def parse_request_token(text: str) -> str:

@@ -34,10 +34,11 @@ from urllib.parse import quote
 
 import websocket
 
-from brokers.base import BaseBroker, BrokerError, FrameBatch, Instrument, TickBatchCallback, TickData, lookup_symbols
+from brokers.base import BaseBroker, BrokerError, lookup_symbols
 from brokers.kite import protocol
 from brokers.kite.protocol import DecodeStats, KiteDecoder
-from candles.model import IST
+from core.ist import IST
+from core.ticks import FrameBatch, Instrument, TickBatchCallback, TickData
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from brokers.base import BrokerError, Instrument, lookup_symbols
-from candles.model import IST
+from brokers.base import BrokerError, lookup_symbols
+from core.ist import IST
+from core.ticks import Instrument
 
 log = logging.getLogger(__name__)
 

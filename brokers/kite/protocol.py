@@ -6,7 +6,7 @@ clock (the caller passes the receive time). Layouts are in ``shared/protocols/ki
 This is the hot path of the Kite feed: a 3000-instrument full-mode connection delivers tens of
 thousands of 184-byte packets a second, decoded in the socket thread. Hence the precompiled
 structs, the caches of immutable values (prices, depth levels, timestamps), the construction
-of the frozen value objects without their per-field ``object.__setattr__`` (see ``brokers.fastbuild``),
+of the frozen value objects without their per-field ``object.__setattr__`` (see ``core.fastnew``),
 and the depth block handed over raw, decoded on first read (``Depth``): the candle pipeline never
 reads it, and it was half the cost of a full packet.
 """
@@ -22,11 +22,11 @@ from datetime import datetime
 from decimal import Context, Decimal
 from typing import Any
 
-from brokers.base import DepthLevel, Instrument, TickData
-from brokers.fastbuild import deferred_depth as _deferred_depth
-from brokers.fastbuild import new_level as _new_level
-from brokers.fastbuild import new_tick as _new_tick
-from candles.model import IST
+from core.fastnew import deferred_depth as _deferred_depth
+from core.fastnew import new_level as _new_level
+from core.fastnew import new_tick as _new_tick
+from core.ist import IST
+from core.ticks import DepthLevel, Instrument, TickData
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import pyotp
 import requests
 
 from brokers.base import BrokerError
-from candles.model import IST
+from core.ist import IST
 
 log = logging.getLogger(__name__)
 

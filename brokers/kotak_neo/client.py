@@ -35,11 +35,12 @@ from operator import attrgetter
 
 import websocket
 
-from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback, TickData
+from brokers.base import BaseBroker, BrokerError
 from brokers.kotak_neo import protocol
 from brokers.kotak_neo.auth import KotakAuth, KotakAuthError, KotakSession
 from brokers.kotak_neo.protocol import DecodeStats, KotakDecoder
-from candles.model import IST
+from core.ist import IST
+from core.ticks import Instrument, TickBatchCallback, TickData
 
 log = logging.getLogger(__name__)
 

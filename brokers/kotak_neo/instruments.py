@@ -34,9 +34,10 @@ from pathlib import Path
 
 import requests
 
-from brokers.base import BrokerError, Instrument
+from brokers.base import BrokerError
 from brokers.kotak_neo.protocol import EXCHANGE_SEGMENTS
-from candles.model import IST
+from core.ist import IST
+from core.ticks import Instrument
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ of 10^12 to 10^13 are read as milliseconds, should the unit the spec leaves open
 
 This is the hot path of the Kotak feed, decoded in the socket thread: hence the precompiled
 structs, the caches of immutable values (prices, depth levels, times) and the construction of the
-frozen value objects without their per-field ``object.__setattr__`` (see ``brokers.fastbuild``).
+frozen value objects without their per-field ``object.__setattr__`` (see ``core.fastnew``).
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ from datetime import datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
 
-from brokers.base import DepthLevel, Instrument, TickData
-from brokers.fastbuild import new_depth as _new_depth
-from brokers.fastbuild import new_level as _new_level
-from brokers.fastbuild import new_tick as _new_tick
-from candles.model import IST
+from core.fastnew import new_depth as _new_depth
+from core.fastnew import new_level as _new_level
+from core.fastnew import new_tick as _new_tick
+from core.ist import IST
+from core.ticks import DepthLevel, Instrument, TickData
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from brokers.base import FrameSource, TickData
-from candles.model import IST
+from core.ist import IST
+from core.ticks import FrameSource, TickData
 
 log = logging.getLogger(__name__)
 

@@ -1146,7 +1146,7 @@ def _make_rest_handler(server: KiteFakeServer) -> type[BaseHTTPRequestHandler]:
 
 
 # --------------------------------------------------------------------------------------------------
-# python -m tests.fakes.kite_server
+# python -m testkit.fakes.kite_server
 # --------------------------------------------------------------------------------------------------
 
 

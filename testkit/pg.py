@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 
-from tests.waiting import free_port
+from testkit.waiting import free_port
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found on PATH or under "
@@ -160,7 +160,7 @@ class PostgresServer:
                   "--no-sync", "-E", "UTF8", "--locale=C")
         settings = {**_SETTINGS, "unix_socket_directories": f"'{self.base}'"}
         with open(self.datadir / "postgresql.conf", "a") as conf:
-            conf.write("\n# tests/pg.py\n")
+            conf.write("\n# testkit/pg.py\n")
             conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
 
     def start(self, timeout: float = 60) -> None:

@@ -19,8 +19,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
-from brokers.base import BaseBroker, BrokerError, Instrument, TickBatchCallback, TickData
-from candles.model import IST, ist_date
+from brokers.base import BaseBroker, BrokerError
+from core.ist import IST, ist_date
+from core.ticks import Instrument, TickBatchCallback, TickData
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ own process. Each stdout line is one event::
     {"event": "close", "code": 1006, "reason": "..."}
     {"event": "done", "ticks": N, "why": "count" | "timeout" | "error"}
 
-Usage: python -m tests.fakes.kiteticker_probe --root ws://127.0.0.1:PORT --api-key K --access-token T
+Usage: python -m testkit.fakes.kiteticker_probe --root ws://127.0.0.1:PORT --api-key K --access-token T
        --tokens 408065,256265 --mode full --count 10 --timeout 10 [--exit-on-error]
 Run it with TZ=Asia/Kolkata: the client builds naive local datetimes.
 """

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.waiting import free_port
+from testkit.waiting import free_port
 
 INSTALL_HINT = (
     "mosquitto was not found on PATH or in /usr/sbin: install it, e.g. 'sudo apt-get install -y mosquitto' on Debian/Ubuntu"

@@ -87,7 +87,7 @@ from urllib.parse import urlsplit
 
 import pyotp
 
-from tests.fakes.kite_server import (
+from testkit.fakes.kite_server import (
     _WS_GUID,
     OP_BINARY,
     OP_CLOSE,
@@ -1800,7 +1800,7 @@ def _make_rest_handler(server: KotakFakeServer, role: str) -> type[BaseHTTPReque
 
 
 # --------------------------------------------------------------------------------------------------
-# python -m tests.fakes.kotak_server
+# python -m testkit.fakes.kotak_server
 # --------------------------------------------------------------------------------------------------
 
 

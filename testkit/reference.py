@@ -36,7 +36,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from candles.model import Candle, Interval, ist_date
+from candles.model import Candle, Interval
+from core.ist import ist_date
 
 Key = tuple[str, str, str, int]  # exchange, symbol, interval name, bucket start (epoch seconds)
 

@@ -4,7 +4,7 @@ Threads: the broker's own socket threads hand batches of ticks to one queue; the
 aggregates them and closes buckets on the clock; the writer thread appends closed candles to the
 durable spool, upserts them in batches, and while the store is unreachable keeps them in the spool
 (on disk) and replays them, with backoff, when it answers again. The broker threads also journal
-every batch (storage/journal.py) so that a killed daemon resumes its open buckets.
+every batch (pipeline/journal.py) so that a killed daemon resumes its open buckets.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from brokers.base import BaseBroker, Instrument, TickData
+from brokers.base import BaseBroker
 from candles.aggregator import CandleAggregator
-from candles.model import IST, Candle, Interval
+from candles.model import Candle, Interval
+from core.ist import IST
+from core.ticks import Instrument, TickData
 from ops.malloc_tuning import release_free_memory
+from pipeline.journal import TickJournal
 from storage.base import CandleStore, StoreError, StoreUnavailable
-from storage.journal import TickJournal
 from storage.spool import Spool
 from version import __version__
 

@@ -1,0 +1,53 @@
+"""Dispatch: every expected failure becomes one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from brokers.base import BrokerError
+from cli.args import build_parser
+from cli.checks import test_broker, test_database, test_mqtt
+from cli.daemon import run_daemon
+from cli.errors import UsageError
+from cli.kite_login import login
+from cli.views import show_candles
+from config.logs import setup_logging
+from config.settings import ConfigError, load_settings
+from config.symbols import SymbolError
+from storage.base import StoreError
+from storage.spool import SpoolError
+
+log = logging.getLogger("marketfeed")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch; every expected failure becomes one line on stderr and a non-zero exit."""
+    try:
+        settings = load_settings(env_file=args.env_file)
+        setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+        if args.show_candles:
+            return show_candles(settings, args.show_candles, args.interval, args.limit)
+        if args.test_database:
+            return test_database(settings)
+        if args.test_mqtt:
+            return test_mqtt(settings)
+        settings.validate(args.broker)
+        if args.login:
+            return login(settings, args)
+        if args.test_broker:
+            return test_broker(settings, args)
+        return run_daemon(settings, args)
+    except (ConfigError, UsageError, SymbolError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, BrokerError, SpoolError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))

@@ -1,0 +1,188 @@
+"""The --test-* checks: each prints a one-screen report and returns 0 or 1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from datetime import datetime
+from decimal import Decimal
+
+from brokers.base import BaseBroker, BrokerError
+from candles.model import Candle, Interval
+from cli.venues import kite_rest, kite_token, kotak_auth, make_broker, make_kite, make_kotak
+from config.settings import Settings
+from config.symbols import parse_symbols
+from core.ist import IST
+from core.ticks import Instrument
+from storage import open_store
+from storage.base import StoreError
+
+log = logging.getLogger("marketfeed")
+
+
+def test_database(settings: Settings) -> int:
+    """Connect, migrate, write and read back one candle; print a short report."""
+    print("marketfeed database check")
+    started = time.perf_counter()
+    try:
+        store = open_store(settings.pg_conn_str, settings.sqlite_path)
+    except StoreError as exc:
+        _report_line("store", "FAILED", str(exc))
+        return 1
+    _report_line("store", store.description)
+    try:
+        version = store.migrate()
+        _report_line("connect+migrate", f"ok, schema version {version} ({(time.perf_counter() - started) * 1000:.0f} ms)")
+        probe = _probe_candle()
+        store.upsert([probe])
+        back = store.latest(probe.exchange, probe.symbol, probe.interval, limit=1)
+        store.delete([probe])
+        if back != [probe]:
+            _report_line("write/read", "FAILED", f"wrote {probe}, read back {back}")
+            return 1
+        _report_line("write/read", "ok (exact round-trip of a probe candle, then removed)")
+    except StoreError as exc:
+        _report_line("check", "FAILED", str(exc))
+        return 1
+    finally:
+        store.close()
+    _report_line("result", "OK")
+    return 0
+
+
+def test_mqtt(settings: Settings) -> int:
+    """Connect to the MQTT broker, publish a message and read it back through a subscription."""
+    from publishers.mqtt import MqttConfig, check
+
+    print("marketfeed MQTT check")
+    config = MqttConfig.from_settings(settings)
+    if config is None:
+        _report_line("broker", "FAILED", "MQTT_HOST is not set: MQTT is off; set MQTT_HOST (and MQTT_PORT) in .env")
+        return 1
+    _report_line("broker", f"{config.where} as {config.client_id}")
+    ok, detail = check(config)
+    _report_line("publish+read", "ok" if ok else "FAILED", detail)
+    if ok:
+        _report_line("topics", f"{config.base}/status, {config.base}/heartbeat, {config.base}/feed/<n>"
+                     + (f", {config.prefix}/candles/..." if config.publish_candles else ""))  # fmt: skip
+        _report_line("result", "OK")
+    return 0 if ok else 1
+
+
+def _probe_candle() -> Candle:
+    bucket = datetime.fromtimestamp(Interval.parse("1m").bucket_start(time.time()), IST)
+    price = Decimal("1234.55")
+    return Candle(
+        exchange="NSE", symbol="MARKETFEED-SELFTEST", interval="1m", bucket=bucket,
+        open=price, high=Decimal("1240.05"), low=Decimal("1230.00"), close=price,
+        volume=42, oi=None, tick_count=3, first_tick=bucket, last_tick=bucket,
+        cum_volume=42, final=True,
+    )
+
+
+def _checked_kotak(settings: Settings) -> BaseBroker | None:
+    auth = kotak_auth(settings)
+    started = time.perf_counter()
+    try:
+        session = auth.current()
+    except BrokerError as exc:
+        _report_line("login", "FAILED", str(exc))
+        return None
+    _report_line("login", f"ok: {session.ucc}, session valid for {(session.expires_at - time.time()) / 3600:.1f} h "
+                 f"({(time.perf_counter() - started) * 1000:.0f} ms)")  # fmt: skip
+    _report_line("feed", session.feed_url)
+    return make_kotak(settings, auth)
+
+
+def _report_line(what: str, status: str, detail: str = "") -> None:
+    print(f"  {what:<16} {status}" + (f"\n  {'':<16} {detail}" if detail else ""))
+
+
+def test_broker(settings: Settings, args: argparse.Namespace) -> int:
+    """Connect, subscribe one instrument, wait for the first tick (or heartbeat); report."""
+    print(f"marketfeed broker check: {args.broker}")
+    if args.broker == "kite":
+        broker = _checked_kite(settings)
+    elif args.broker in ("kotak", "kotak_neo"):
+        broker = _checked_kotak(settings)
+    else:
+        broker = make_broker(settings, args)[0]
+    if broker is None:
+        return 1
+    pairs = parse_symbols(args.symbols) or [("NSE", "INFY")]
+    try:
+        known, unknown = broker.resolve(pairs[:1])
+    except BrokerError as exc:
+        _report_line("symbol", "FAILED", str(exc))
+        return 1
+    if not known:
+        _report_line("symbol", "FAILED", f"{unknown[0]} is unknown to {broker.name}: check the exchange and the symbol")
+        return 1
+    _report_line("symbol", f"ok: {known[0].key} = instrument {known[0].token}")
+    return _first_data(broker, known[0])
+
+
+def _checked_kite(settings: Settings) -> BaseBroker | None:
+    """Token, profile() and the instruments dump, each reported; None (after a FAILED line) on failure."""
+    token = kite_token(settings)
+    _report_line("access token", f"from {token[1]}")
+    started = time.perf_counter()
+    try:
+        profile = kite_rest(settings, token[0]).profile()
+    except Exception as exc:  # noqa: BLE001 - kiteconnect's exception family and network errors
+        text = f"{type(exc).__name__}: {exc}".replace(token[0], "***")
+        hint = (
+            "the access token is invalid or expired: log in again (python main.py --broker kite --login)"
+            if "Token" in text or "403" in text
+            else "check KITE_API_URL and the network"
+        )
+        _report_line("profile", "FAILED", f"{text}; {hint}")
+        return None
+    _report_line("profile", f"ok: {profile.get('user_id', '?')} ({profile.get('user_name', '')}), "
+                 f"{(time.perf_counter() - started) * 1000:.0f} ms")  # fmt: skip
+    started = time.perf_counter()
+    try:
+        broker = make_kite(settings, token)
+    except BrokerError as exc:
+        _report_line("instruments", "FAILED", str(exc))
+        return None
+    _report_line("instruments", f"ok: {len(broker.instruments)} in the dump ({time.perf_counter() - started:.1f} s)")
+    return broker
+
+
+def _first_data(broker: BaseBroker, instrument: Instrument, timeout: float = 10.0) -> int:
+    got: list = []
+    broker.subscribe([instrument])
+    started = time.monotonic()
+    broker.connect(got.extend)
+    deadline = started + timeout
+    heartbeat_at = None
+    connected_at = None
+    try:
+        while not got and time.monotonic() < deadline and broker.problem is None:
+            if connected_at is None and broker.is_connected():
+                connected_at = time.monotonic()
+            stats = getattr(broker, "stats", None)
+            if heartbeat_at is None and getattr(stats, "heartbeats", 0):
+                heartbeat_at = time.monotonic()
+            time.sleep(0.02)
+    finally:
+        broker.disconnect()
+    if connected_at is not None:
+        _report_line("connect", f"ok ({(connected_at - started) * 1000:.0f} ms)")
+    if got:
+        t = got[0]
+        _report_line("first tick", f"ok: {t.exchange}:{t.symbol} {t.last_price} at {t.exchange_ts.isoformat()} "
+                     f"({(time.monotonic() - started):.1f} s)")  # fmt: skip
+    elif heartbeat_at is not None and broker.problem is None:
+        _report_line("first tick", f"none within {timeout:.0f} s, but the feed is alive (heartbeat after "
+                     f"{heartbeat_at - started:.1f} s): the market is probably closed")  # fmt: skip
+    else:
+        why = broker.problem or ("could not connect" if connected_at is None else "no tick and no heartbeat")
+        _report_line("first data", "FAILED", f"{why} within {timeout:.0f} s")
+        return 1
+    _report_line("result", "OK")
+    return 0
+
+
