@@ -183,7 +183,7 @@ class Daemon:
         for name in list(self.env):
             if name.startswith(("MQTT_", "METRICS_", "CANDLE_GRACE", "CANDLE_EMIT", "FEED_STALL")):
                 del self.env[name]
-        self.grace = load_settings(self.env, env_file=None).grace_seconds
+        self.grace = load_settings(self.env, env_file=None).candles.grace_seconds
         self.log_path = workdir / "daemon.log"
         self._out = open(workdir / "daemon.out", "w")  # noqa: SIM115 - closed in stop()
         self._err = open(self.log_path, "w")  # noqa: SIM115

@@ -210,7 +210,7 @@ def kotak_corpus(seed: int) -> tuple[Corpus, dict[str, Instrument]]:
 # --- Kite frames -------------------------------------------------------------------------------
 
 KITE_LENGTHS = (kite.LTP_LEN, kite.INDEX_QUOTE_LEN, kite.INDEX_FULL_LEN, kite.QUOTE_LEN, kite.FULL_LEN)
-# offsets and sizes of fields worth boundary values, by packet length (kite_detail.md C)
+# offsets and sizes of fields worth boundary values, by packet length (Kite Connect's WebSocket docs)
 KITE_FIELDS = {
     8: ((0, 4), (4, 4)),
     28: ((0, 4), (4, 4)),
@@ -307,7 +307,7 @@ def kite_expected(frame: bytes, known: set[int], timed_only: bool) -> int:
 KOTAK_CODES = (kotak.MSG_MARKET_PICTURE, kotak.MSG_INDEX, kotak.MSG_MARKET_STATUS, kotak.MSG_CAS_REFERENCE,
                kotak.MSG_MARKET_OPEN, kotak.MSG_MARKET_CLOSE)  # fmt: skip
 KOTAK_LEVELS = (0, 1, 2, 3, 4, 8, 16, 255)
-# offsets and sizes of fields worth boundary values (kotak_neo.md B.1), by message code and level
+# offsets and sizes of fields worth boundary values (Kotak's websocket.md), by message code and level
 KOTAK_MP_FIELDS = ((9, 4), (29, 8), (37, 8), (45, 8), (69, 4), (73, 8), (89, 4), (93, 4), (103, 4), (144, 8), (152, 4))
 KOTAK_MINI_FIELDS = ((9, 4), (13, 8), (21, 4), (25, 8))
 KOTAK_INDEX_FIELDS = ((9, 4), (29, 4), (33, 8))

@@ -61,7 +61,7 @@ MAX_PER_CONNECTION = 3000
 _QTY = np.array([1, 1, 2, 5, 10, 25, 50, 100], dtype=np.int64)
 _SLOTS = 16  # price-keyed book: the level at price p is slot (p // TICK) % 16 of the instrument's table
 
-# One u16 length + 184-byte full packet, big-endian, packed (kite_detail.md).
+# One u16 length + 184-byte full packet, big-endian, packed (Kite Connect's WebSocket docs).
 REC = np.dtype(
     [
         ("length", ">u2"), ("token", ">u4"), ("ltp", ">u4"), ("qty", ">u4"), ("avg", ">u4"), ("volume", ">u4"),

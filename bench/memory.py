@@ -458,7 +458,7 @@ def in_process(args: argparse.Namespace) -> None:
     import tracemalloc
 
     from ops.gc_tuning import tune_for_streaming
-    from ops.malloc_tuning import tune_allocator
+    from ops.malloc_tuning import release_free_memory, tune_allocator
     from pipeline.journal import TickJournal
     from pipeline.service import Service
     from storage import open_store
@@ -486,7 +486,7 @@ def in_process(args: argparse.Namespace) -> None:
         instruments = [Instrument("NSE", s.split(":")[1]) for s in symbols(args.symbols)]
         service = Service(
             broker, store, instruments, intervals, clock=clock, status_interval=3600.0,
-            spool=Spool(tmp / "spool"), journal=TickJournal(tmp / "journal"),
+            spool=Spool(tmp / "spool"), journal=TickJournal(tmp / "journal"), after_checkpoint=release_free_memory,
         )  # fmt: skip
         tune_for_streaming()  # as cli/daemon.py does before the service starts
         tune_allocator()

@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from core.ticks import Instrument, TickBatchCallback
+from core.ticks import FrameSource, Instrument, TickBatchCallback
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    """A snapshot of one feed connection, for health reports."""
+
+    id: int
+    connected: bool
+    instruments: int  # how many instruments it carries
+    reconnects: int = 0  # successful re-opens after the first connection
+    last_frame_age: float | None = None  # seconds since the last frame of any kind; None before the first
+    last_error: str | None = None
+    session_changes: int = 0  # moves to a renewed login session without a reconnect (Kotak Neo)
+
+
+@dataclass(slots=True)
+class FeedStats:
+    """What every feed counts, summed over its connections."""
+
+    heartbeats: int = 0  # the server's keep-alive frames (a feed that has none counts 0)
+    malformed: dict[str, int] = field(default_factory=dict)  # malformed input, by what was wrong with it
 
 
 def lookup_symbols(
@@ -66,6 +88,23 @@ class BaseBroker(abc.ABC):
     def problem(self) -> str | None:
         """Why the feed cannot recover by itself (a rejected login, say), None while it can."""
         return None
+
+    def connection_states(self) -> list[ConnectionState]:
+        """One entry per connection, in id order (default: one connection, up while connected)."""
+        return [ConnectionState(1, self.is_connected(), 0)]
+
+    def feed_stats(self) -> FeedStats:
+        return FeedStats()
+
+    @property
+    def reauths(self) -> int:
+        """Logins after the first (session renewals); 0 for a feed that never renews."""
+        return 0
+
+    def frame_codecs(self) -> Mapping[str, Callable[[bytes], FrameSource]]:
+        """The loaders of the frame sources this feed hands over (``core.ticks.FrameBatch``), by codec
+        name: what the tick journal needs to replay the frames it kept."""
+        return {}
 
     def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
         """Map (exchange, symbol) pairs to instruments; returns (known, unknown keys)."""

@@ -6,15 +6,17 @@ import argparse
 import logging
 import sys
 
+from brokers import registry
 from brokers.base import BrokerError
 from cli.args import build_parser
 from cli.checks import test_broker, test_database, test_mqtt
 from cli.daemon import run_daemon
 from cli.errors import UsageError
 from cli.kite_login import login
+from cli.settings import load_settings, venue_settings
 from cli.views import show_candles
+from config.env import ConfigError
 from config.logs import setup_logging
-from config.settings import ConfigError, load_settings
 from config.symbols import SymbolError
 from storage.base import StoreError
 from storage.spool import SpoolError
@@ -26,16 +28,18 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch; every expected failure becomes one line on stderr and a non-zero exit."""
     try:
         settings = load_settings(env_file=args.env_file)
-        setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+        setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
         if args.show_candles:
             return show_candles(settings, args.show_candles, args.interval, args.limit)
         if args.test_database:
             return test_database(settings)
         if args.test_mqtt:
             return test_mqtt(settings)
-        settings.validate(args.broker)
+        venue = venue_settings(settings, args.broker)
         if args.login:
-            return login(settings, args)
+            if registry.venue(args.broker).name != "kite":
+                raise UsageError(f"--login is for --broker kite; {args.broker} logs in by itself from its settings")
+            return login(venue, args)
         if args.test_broker:
             return test_broker(settings, args)
         return run_daemon(settings, args)
@@ -45,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, BrokerError, SpoolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

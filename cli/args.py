@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from config.settings import BROKERS
+from brokers import registry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream live market data, build OHLCV candles and store them.",
         epilog="Settings come from the environment and .env; see .env.example.",
     )
-    p.add_argument("--broker", choices=BROKERS, default="sim", help="market-data source (default: sim)")
+    p.add_argument("--broker", choices=registry.choices(), default="sim", help="market-data source (default: sim)")
     src = p.add_argument_group("watchlist (EXCHANGE:SYMBOL; a bare symbol means NSE)")
     src.add_argument("--symbols", nargs="+", metavar="SYM", default=[], help="symbols to stream")
     src.add_argument("--symbols-file", metavar="PATH", help="one symbol per line, # comments")
@@ -39,10 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     kite.add_argument("--request-token", metavar="TOKEN_OR_URL", help="for --login: the request_token (or redirect URL) "
                       "instead of the prompt")  # fmt: skip
 
-    sim = p.add_argument_group("simulator (--broker sim)")
-    sim.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same ticks")
-    sim.add_argument("--sim-speed", type=float, default=1.0, help="simulated seconds per wall second (60: an hour a minute)")
-    sim.add_argument("--sim-start", metavar="ISO-TIME", help="simulated start time, e.g. 2026-11-24T09:15:00+05:30 (default: now)")
-    sim.add_argument("--sim-tick-rate", type=float, default=1.0, help="ticks per simulated second per symbol")
-    sim.add_argument("--sim-tape", metavar="PATH", help="also write every tick as JSON lines to this file")
+    for venue in registry.VENUES:
+        registry.factory(venue.name).add_arguments(p)
     return p

@@ -8,9 +8,9 @@ import time
 from datetime import datetime
 from decimal import Decimal
 
+from brokers import registry
 from brokers.base import BaseBroker, BrokerError
 from candles.model import Candle, Interval
-from cli.venues import kite_rest, kite_token, kotak_auth, make_broker, make_kite, make_kotak
 from config.settings import Settings
 from config.symbols import parse_symbols
 from core.ist import IST
@@ -26,7 +26,7 @@ def test_database(settings: Settings) -> int:
     print("marketfeed database check")
     started = time.perf_counter()
     try:
-        store = open_store(settings.pg_conn_str, settings.sqlite_path)
+        store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
     except StoreError as exc:
         _report_line("store", "FAILED", str(exc))
         return 1
@@ -53,11 +53,11 @@ def test_database(settings: Settings) -> int:
 
 def test_mqtt(settings: Settings) -> int:
     """Connect to the MQTT broker, publish a message and read it back through a subscription."""
-    from publishers.mqtt import MqttConfig, check
+    from publishers.mqtt import check
 
     print("marketfeed MQTT check")
-    config = MqttConfig.from_settings(settings)
-    if config is None:
+    config = settings.mqtt
+    if not config.host:
         _report_line("broker", "FAILED", "MQTT_HOST is not set: MQTT is off; set MQTT_HOST (and MQTT_PORT) in .env")
         return 1
     _report_line("broker", f"{config.where} as {config.client_id}")
@@ -81,20 +81,6 @@ def _probe_candle() -> Candle:
     )
 
 
-def _checked_kotak(settings: Settings) -> BaseBroker | None:
-    auth = kotak_auth(settings)
-    started = time.perf_counter()
-    try:
-        session = auth.current()
-    except BrokerError as exc:
-        _report_line("login", "FAILED", str(exc))
-        return None
-    _report_line("login", f"ok: {session.ucc}, session valid for {(session.expires_at - time.time()) / 3600:.1f} h "
-                 f"({(time.perf_counter() - started) * 1000:.0f} ms)")  # fmt: skip
-    _report_line("feed", session.feed_url)
-    return make_kotak(settings, auth)
-
-
 def _report_line(what: str, status: str, detail: str = "") -> None:
     print(f"  {what:<16} {status}" + (f"\n  {'':<16} {detail}" if detail else ""))
 
@@ -102,12 +88,9 @@ def _report_line(what: str, status: str, detail: str = "") -> None:
 def test_broker(settings: Settings, args: argparse.Namespace) -> int:
     """Connect, subscribe one instrument, wait for the first tick (or heartbeat); report."""
     print(f"marketfeed broker check: {args.broker}")
-    if args.broker == "kite":
-        broker = _checked_kite(settings)
-    elif args.broker in ("kotak", "kotak_neo"):
-        broker = _checked_kotak(settings)
-    else:
-        broker = make_broker(settings, args)[0]
+    name = registry.venue(args.broker).name
+    ctx = registry.FeedContext(settings.storage.data_dir, settings.feed.stall_seconds, args)
+    broker = registry.factory(name).check_login(settings.venues[name], ctx, _report_line)
     if broker is None:
         return 1
     pairs = parse_symbols(args.symbols) or [("NSE", "INFY")]
@@ -123,34 +106,6 @@ def test_broker(settings: Settings, args: argparse.Namespace) -> int:
     return _first_data(broker, known[0])
 
 
-def _checked_kite(settings: Settings) -> BaseBroker | None:
-    """Token, profile() and the instruments dump, each reported; None (after a FAILED line) on failure."""
-    token = kite_token(settings)
-    _report_line("access token", f"from {token[1]}")
-    started = time.perf_counter()
-    try:
-        profile = kite_rest(settings, token[0]).profile()
-    except Exception as exc:  # noqa: BLE001 - kiteconnect's exception family and network errors
-        text = f"{type(exc).__name__}: {exc}".replace(token[0], "***")
-        hint = (
-            "the access token is invalid or expired: log in again (python main.py --broker kite --login)"
-            if "Token" in text or "403" in text
-            else "check KITE_API_URL and the network"
-        )
-        _report_line("profile", "FAILED", f"{text}; {hint}")
-        return None
-    _report_line("profile", f"ok: {profile.get('user_id', '?')} ({profile.get('user_name', '')}), "
-                 f"{(time.perf_counter() - started) * 1000:.0f} ms")  # fmt: skip
-    started = time.perf_counter()
-    try:
-        broker = make_kite(settings, token)
-    except BrokerError as exc:
-        _report_line("instruments", "FAILED", str(exc))
-        return None
-    _report_line("instruments", f"ok: {len(broker.instruments)} in the dump ({time.perf_counter() - started:.1f} s)")
-    return broker
-
-
 def _first_data(broker: BaseBroker, instrument: Instrument, timeout: float = 10.0) -> int:
     got: list = []
     broker.subscribe([instrument])
@@ -163,8 +118,7 @@ def _first_data(broker: BaseBroker, instrument: Instrument, timeout: float = 10.
         while not got and time.monotonic() < deadline and broker.problem is None:
             if connected_at is None and broker.is_connected():
                 connected_at = time.monotonic()
-            stats = getattr(broker, "stats", None)
-            if heartbeat_at is None and getattr(stats, "heartbeats", 0):
+            if heartbeat_at is None and broker.feed_stats().heartbeats:
                 heartbeat_at = time.monotonic()
             time.sleep(0.02)
     finally:

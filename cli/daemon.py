@@ -1,4 +1,12 @@
-"""The daemon: wiring broker, store, pipeline and publishers, started in order and stopped in reverse."""
+"""The daemon: its parts built and started in order, and stopped in reverse on any exit.
+
+Start-up order, as code (``run_daemon``): the feed's broker (log in, load the instrument master),
+the store (migrated), the watchlist resolved against the broker, the spool (its lock keeps a
+second daemon off this DATA_DIR), the tick journal, the metrics server (before the feed connects:
+a busy port stops the start at once), the service (pipeline and writer threads, then the feed,
+then the publishers), the systemd watchdog. An ``ExitStack`` stops whatever was started, in
+reverse, whether the daemon ends on a signal, after ``--duration`` or on a failure half-way.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +14,47 @@ import argparse
 import logging
 import signal
 import zlib
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
+from brokers import registry
 from brokers.base import BaseBroker
 from candles.model import parse_intervals
 from cli.errors import UsageError
-from cli.venues import make_broker
 from config.settings import Settings
 from config.symbols import load_symbols_file, parse_symbols
 from core.ticks import Instrument
 from ops import systemd
+from ops.gc_tuning import tune_for_streaming
+from ops.malloc_tuning import release_free_memory, tune_allocator
+from pipeline.journal import TickJournal
+from pipeline.service import Publisher, Service
 from storage import open_store
 from storage.base import CandleStore
+from storage.spool import Spool
 
 log = logging.getLogger("marketfeed")
 
 
+def open_feed(settings: Settings, args: argparse.Namespace) -> tuple[BaseBroker, registry.Clock]:
+    """The broker of ``--broker`` and the clock its candles run on."""
+    name = registry.venue(args.broker).name
+    ctx = registry.FeedContext(settings.storage.data_dir, settings.feed.stall_seconds, args)
+    return registry.factory(name).open_broker(settings.venues[name], ctx)
+
+
 def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
-    intervals = parse_intervals(args.intervals or settings.intervals)
+    intervals = parse_intervals(args.intervals or settings.candles.intervals)
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be a positive number of seconds")
     shard = _parse_shard(args.shard)
-    broker, clock = make_broker(settings, args)
-    store = open_store(settings.pg_conn_str, settings.sqlite_path)
-    try:
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics.port
+    broker, clock = open_feed(settings, args)
+    drained = [True]
+    with ExitStack() as parts:
+        store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
+        parts.callback(store.close)
         version = store.migrate()
         log.info("store %s ready (schema version %d)", store.description, version)
         pairs = _watchlist(args, store)
@@ -38,77 +62,77 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
             pairs = _shard_of(pairs, *shard)
         instruments = _resolve(broker, pairs)
         broker.check_capacity(len(instruments))
-        return _serve(settings, args, broker, store, instruments, intervals, clock)
-    finally:
-        store.close()
 
+        data_dir = Path(settings.storage.data_dir)
+        spool = Spool(data_dir / "spool")
+        parts.callback(spool.close)
+        journal = TickJournal(data_dir / "journal")
+        parts.callback(journal.close)
+        publishers: list[Publisher] = []
+        if settings.mqtt.host:
+            from publishers.mqtt import MqttPublisher
 
-def _serve(settings, args, broker, store, instruments, intervals, clock) -> int:  # noqa: ANN001
-    from pipeline.journal import TickJournal
-    from pipeline.service import Service
-    from publishers.mqtt import MqttConfig, MqttPublisher
-    from storage.spool import Spool
+            publishers.append(MqttPublisher(settings.mqtt))
+        service = Service(
+            broker,
+            store,
+            instruments,
+            intervals,
+            clock=clock,
+            grace=settings.candles.grace_seconds,
+            emit_empty=settings.candles.emit_empty,
+            status_interval=settings.log.status_seconds,
+            publishers=publishers,
+            spool=spool,
+            journal=journal,
+            after_checkpoint=release_free_memory,
+        )
+        if port:
+            parts.callback(_serve_metrics(service, settings.metrics.host, port).stop)
+        _stop_on_signals(service)
+        tune_for_streaming()
+        tune_allocator()
 
-    spool = Spool(Path(settings.data_dir) / "spool")  # first: its lock keeps a second daemon off this DATA_DIR
-    journal = TickJournal(Path(settings.data_dir) / "journal")
+        def stop_service() -> None:
+            systemd.stopping()
+            drained[0] = service.stop()
 
-    service = Service(
-        broker,
-        store,
-        instruments,
-        intervals,
-        clock=clock,
-        grace=settings.grace_seconds,
-        emit_empty=settings.emit_empty_candles,
-        status_interval=settings.status_interval_seconds,
-        spool=spool,
-        journal=journal,
+        parts.callback(stop_service)
+        service.start()
+        watchdog = _systemd_ready(service)
+        if watchdog is not None:
+            parts.callback(watchdog.stop)  # first at the end: before the pipeline ends on purpose
+        service.wait(args.duration)
+    log.info(
+        "stopped: %d ticks, %d candles written%s",
+        service.stats.ticks,
+        service.writer.stats.candles_written,
+        "" if drained[0] else " (some candles were not stored)",
     )
-    mqtt_config = MqttConfig.from_settings(settings)
-    if mqtt_config is not None:
-        service.publisher = MqttPublisher(mqtt_config, service.health, service.feeds)
+    return 0 if drained[0] else 1
 
+
+def _serve_metrics(service: Service, host: str, port: int):  # noqa: ANN202
+    from ops.metrics import MetricsError, MetricsServer
+
+    metrics = MetricsServer(service.health, host=host, port=port)
+    try:
+        metrics.start()
+    except MetricsError as exc:
+        raise UsageError(f"{exc} (METRICS_PORT / --metrics-port)") from None
+    return metrics
+
+
+def _stop_on_signals(service: Service) -> None:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: shutting down", signal.Signals(signum).name)
         service.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    metrics = None
-    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
-    if port:
-        from ops.metrics import MetricsError, MetricsServer
-
-        metrics = MetricsServer(service, host=settings.metrics_host, port=port)
-        try:
-            metrics.start()  # before the feed connects: a busy port stops the start at once
-        except MetricsError as exc:
-            raise UsageError(f"{exc} (METRICS_PORT / --metrics-port)") from None
-        log.info("metrics on http://%s:%d/metrics, health on /healthz", settings.metrics_host, metrics.port)
-    from ops.gc_tuning import tune_for_streaming
-    from ops.malloc_tuning import tune_allocator
-
-    tune_for_streaming()
-    tune_allocator()
-    service.start()
-    watchdog = _systemd_ready(service)
-    service.wait(args.duration)
-    if watchdog is not None:
-        watchdog.stop()  # before the pipeline ends on purpose
-    systemd.stopping()
-    drained = service.stop()
-    if metrics is not None:
-        metrics.stop()
-    log.info(
-        "stopped: %d ticks, %d candles written%s",
-        service.stats.ticks,
-        service.stats.candles_written,
-        "" if drained else " (some candles were not stored)",
-    )
-    return 0 if drained else 1
 
 
-def _systemd_ready(service) -> systemd.Watchdog | None:  # noqa: ANN001
+def _systemd_ready(service: Service) -> systemd.Watchdog | None:
     """Under systemd (Type=notify): report readiness, and pet the watchdog while the pipeline
     loops. Outside systemd both do nothing."""
     systemd.ready()

@@ -16,7 +16,7 @@ log = logging.getLogger("marketfeed")
 def show_candles(settings: Settings, symbol: str, interval: str, limit: int) -> int:
     exchange, name = parse_symbol(symbol)
     iv = Interval.parse(interval)
-    store = open_store(settings.pg_conn_str, settings.sqlite_path, read_only=True)
+    store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path, read_only=True)
     try:
         rows = store.latest(exchange, name, iv.name, limit=max(1, limit))
     finally:

@@ -131,8 +131,14 @@ TickBatchCallback = Callable[[Sequence[TickData]], None]
 
 
 class FrameSource(Protocol):
-    """What decodes a feed's frames again, away from the connection that received them (picklable):
-    ``pack`` keeps what ``replay`` needs of a frame (dropping what a candle never reads, e.g. depth)."""
+    """What decodes a feed's frames again, away from the connection that received them: ``pack``
+    keeps what ``replay`` needs of a frame (dropping what a candle never reads, e.g. depth).
+    ``dumps`` gives the source as bytes that the loader its feed files under ``codec`` (see
+    ``brokers.base.BaseBroker.frame_codecs``) turns back into an equal source."""
+
+    codec: str
+
+    def dumps(self) -> bytes: ...
 
     def pack(self, frame: bytes) -> bytes: ...
 

@@ -1,8 +1,8 @@
 """Prometheus metrics and a health check for the running daemon, over a small HTTP server.
 
-Everything is read from the Service and its broker when a request arrives: the tick path does no
-extra work, and the numbers are the counters the service, the aggregator and the decoders already
-keep. Paths: ``/metrics`` (Prometheus text or OpenMetrics, as the scraper asks) and ``/healthz``
+Everything is read from one ``Health`` reading (pipeline/health.py) when a request arrives: the tick
+path does no extra work, and the numbers are the counters the service, the aggregator and the
+decoders already keep. Paths: ``/metrics`` (Prometheus text or OpenMetrics, as the scraper asks) and ``/healthz``
 (200 when the feed and the store are healthy, else 503 with the problems named).
 
 A failing scrape is logged and answered with 500; nothing raised while answering reaches the daemon.
@@ -14,10 +14,9 @@ import json
 import logging
 import socket
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
@@ -25,10 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from version import __version__
-
-if TYPE_CHECKING:
-    from pipeline.service import Service
+from pipeline.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +38,18 @@ class MetricsError(Exception):
     """The metrics server could not start; the message says what to change."""
 
 
-class ServiceCollector(Collector):
-    """Turns the Service's and the broker's counters into metric families at scrape time."""
+class HealthCollector(Collector):
+    """Turns a ``Health`` reading into metric families at scrape time."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, health: Callable[[], Health]) -> None:
+        self.health = health
 
     def collect(self) -> Iterator[Metric]:
-        service = self.service
-        broker = service.broker
-        stats = service.stats
-        agg = service.aggregator.stats
+        h = self.health()
 
         yield InfoMetricFamily(
             f"{PREFIX}_build", "The daemon's version and the broker it streams from.",
-            value={"version": __version__, "broker": broker.name},
+            value={"version": h.version, "broker": h.broker},
         )
 
         up = GaugeMetricFamily(f"{PREFIX}_connection_up", "1 while the feed connection is open, else 0.", labels=["connection"])
@@ -68,86 +61,54 @@ class ServiceCollector(Collector):
         reconnects = CounterMetricFamily(
             f"{PREFIX}_connection_reconnects", "Successful re-opens of the connection after its first.", labels=["connection"]
         )
-        states = getattr(broker, "connection_states", None)
-        if states is None:  # a broker with one connection and no per-connection detail (the simulator)
-            for conn_id, connected in service.feeds().items():
-                up.add_metric([conn_id], 1.0 if connected else 0.0)
-        else:
-            for state in states():
-                conn_id = str(state.id)
-                up.add_metric([conn_id], 1.0 if state.connected else 0.0)
-                reconnects.add_metric([conn_id], state.reconnects)
-                if state.last_frame_age is not None:
-                    frame_age.add_metric([conn_id], state.last_frame_age)
+        for state in h.connections:
+            conn_id = str(state.id)
+            up.add_metric([conn_id], 1.0 if state.connected else 0.0)
+            reconnects.add_metric([conn_id], state.reconnects)
+            if state.last_frame_age is not None:
+                frame_age.add_metric([conn_id], state.last_frame_age)
         yield up
         yield frame_age
         yield reconnects
 
         yield CounterMetricFamily(
-            f"{PREFIX}_reauths", "Session renewals after the first login (0 for brokers that never renew).",
-            value=getattr(broker, "reauths", 0),
+            f"{PREFIX}_reauths", "Session renewals after the first login (0 for brokers that never renew).", value=h.reauths
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_feed_problem", "1 while the feed reports a problem it cannot recover from by itself.",
-            value=1.0 if broker.problem else 0.0,
+            value=1.0 if h.broker_problem else 0.0,
         )
 
         malformed = CounterMetricFamily(
             f"{PREFIX}_malformed_frames", "Malformed input from the feed, by what was wrong with it.", labels=["kind"]
         )
-        decode_stats = getattr(broker, "stats", None)
-        for kind, count in sorted(getattr(decode_stats, "malformed", {}).items()):
+        for kind, count in sorted(h.malformed.items()):
             malformed.add_metric([kind], count)
         yield malformed
 
-        yield CounterMetricFamily(f"{PREFIX}_ticks", "Ticks the pipeline received from the feed.", value=stats.ticks)
+        yield CounterMetricFamily(f"{PREFIX}_ticks", "Ticks the pipeline received from the feed.", value=h.ticks)
         last_tick_age = GaugeMetricFamily(f"{PREFIX}_last_tick_age_seconds", "Seconds since the last batch of ticks arrived.")
-        if stats.last_tick is not None:
-            # Service stamps last_tick with time.monotonic()
-            last_tick_age.add_metric([], max(0.0, time.monotonic() - stats.last_tick))
+        if h.last_tick_age_s is not None:
+            last_tick_age.add_metric([], max(0.0, h.last_tick_age_s))
         yield last_tick_age
         yield CounterMetricFamily(
-            f"{PREFIX}_late_ticks", "Ticks that landed in an already closed bucket and revised its candle.", value=agg.late_ticks
+            f"{PREFIX}_late_ticks", "Ticks that landed in an already closed bucket and revised its candle.", value=h.late_ticks
         )
         yield CounterMetricFamily(
             f"{PREFIX}_dropped_ticks", "Ticks dropped because their bucket closed beyond the revision horizon.",
-            value=agg.dropped_ticks,
+            value=h.dropped_ticks,
         )
 
-        yield CounterMetricFamily(f"{PREFIX}_candles_written", "Candles the store accepted.", value=stats.candles_written)
+        yield CounterMetricFamily(f"{PREFIX}_candles_written", "Candles the store accepted.", value=h.candles_written)
         yield CounterMetricFamily(
-            f"{PREFIX}_rejected_candles", "Candles the store refused one by one (dropped).", value=stats.rejected_candles
+            f"{PREFIX}_rejected_candles", "Candles the store refused one by one (dropped).", value=h.rejected_candles
         )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_spool_depth", "Closed candles waiting for the store.", value=service.spool_depth()
-        )
-        yield CounterMetricFamily(f"{PREFIX}_store_errors", "Store writes that failed.", value=stats.store_errors)
+        yield GaugeMetricFamily(f"{PREFIX}_spool_depth", "Closed candles waiting for the store.", value=h.spool_depth)
+        yield CounterMetricFamily(f"{PREFIX}_store_errors", "Store writes that failed.", value=h.store_errors)
         yield GaugeMetricFamily(
             f"{PREFIX}_store_up", "0 while the last write failed because the store was unreachable.",
-            value=0.0 if stats.store_down else 1.0,
+            value=1.0 if h.store_up else 0.0,
         )
-
-
-def health_problems(service: Service, pipeline_max_age: float) -> list[str]:
-    """What keeps the daemon from being healthy, in words an operator can act on; [] when all is well."""
-    broker = service.broker
-    problems: list[str] = []
-    if broker.problem:
-        problems.append(f"feed: {broker.problem}")
-    states = getattr(broker, "connection_states", None)
-    if states is None:
-        problems += [f"feed connection {conn_id} down" for conn_id, connected in service.feeds().items() if not connected]
-    else:
-        for state in states():
-            if not state.connected:
-                why = f" ({state.last_error})" if state.last_error else ""
-                problems.append(f"feed connection {state.id} down{why}")
-    if service.stats.store_down:
-        problems.append(f"store {service.store.description} unreachable")
-    pipeline_alive = getattr(service, "pipeline_alive", None)
-    if pipeline_alive is not None and not pipeline_alive(pipeline_max_age):
-        problems.append(f"pipeline thread stopped or stuck for more than {pipeline_max_age:g} s")
-    return problems
 
 
 class _Server(ThreadingHTTPServer):
@@ -186,19 +147,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` for one Service, on a background thread.
+    """``/metrics`` and ``/healthz`` for one daemon's ``health`` readings, on a background thread.
 
     ``port=0`` picks a free port (read ``.port`` after ``start``). Binds 127.0.0.1 unless told
     otherwise: expose it wider only behind a firewall, it has no authentication.
     """
 
-    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 0, *, pipeline_max_age: float = 10.0) -> None:
-        self.service = service
+    def __init__(self, health: Callable[[], Health], host: str = "127.0.0.1", port: int = 0) -> None:
+        self.health = health
         self.host = host
         self.port = port
-        self.pipeline_max_age = pipeline_max_age
         self.registry = CollectorRegistry(auto_describe=False)  # no collect() at registration: the service may not run yet
-        self.registry.register(ServiceCollector(service))
+        self.registry.register(HealthCollector(health))
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(standard)
         self._server: _Server | None = None
@@ -242,7 +202,7 @@ class MetricsServer:
             encode, content_type = choose_encoder(accept)
             return 200, content_type, encode(self.registry)
         if path == "/healthz":
-            problems = health_problems(self.service, self.pipeline_max_age)
+            problems = self.health().problems
             body = {"status": "unhealthy" if problems else "ok", "problems": problems}
             return (503 if problems else 200), _JSON, json.dumps(body).encode() + b"\n"
         return 404, _TEXT, b"not found: try /metrics or /healthz\n"

@@ -22,8 +22,11 @@ token, last quantity and depth are not kept, and every tick of a batch gets the 
 receive time. A batch decoded from one frame as a whole (``brokers.base.FrameBatch``, the Kite feed)
 is kept as its frame instead, with no work per tick: ``F`` = number (u64), source key (u32),
 receive time (f64) and the frame as its source packs it (a Kite frame of full packets without its
-depth blocks: 66 bytes a tick, against about 40 for a ``T`` row); ``K`` = key (u32) + the pickled
-source (the decoder's table), written in a segment before its first ``F`` that uses it.
+depth blocks: 66 bytes a tick, against about 40 for a ``T`` row); ``K`` = key (u32), codec name
+(u8 length + text) and the source as it dumps itself (the decoder's table), written in a segment
+before its first ``F`` that uses it. The journal does not know any feed: recovery is handed the
+loaders of the codecs it may meet (``BaseBroker.frame_codecs``), and refuses a frame whose codec
+it was not given.
 A record cut short by a kill is ignored. The journal is the
 daemon's own state in DATA_DIR: it is trusted like the code (pickle).
 """
@@ -36,7 +39,7 @@ import os
 import pickle
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
@@ -187,7 +190,8 @@ class TickJournal:
     def _write_source(self, out: Any, source: FrameSource) -> int:
         self._next_key += 1
         key = self._next_key
-        payload = _SOURCE_KEY.pack(key) + pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL)
+        name = source.codec.encode()
+        payload = _SOURCE_KEY.pack(key) + bytes((len(name),)) + name + source.dumps()
         out.write(_HEAD.pack(_SOURCE, len(payload)) + payload)
         self._sources[source] = key
         return key
@@ -208,8 +212,13 @@ class TickJournal:
 
     # ---------------------------------------------------------------- recovery (at start)
 
-    def recover(self) -> tuple[Any, list[list[TickData]]] | None:
-        """The newest released snapshot (else the oldest one) and the batches numbered after it."""
+    def recover(
+        self, codecs: Mapping[str, Callable[[bytes], FrameSource]] | None = None
+    ) -> tuple[Any, list[list[TickData]]] | None:
+        """The newest released snapshot (else the oldest one) and the batches numbered after it.
+        ``codecs`` loads the frame sources the journal kept, by codec name. Raises ``ValueError``
+        for a journal that cannot be replayed (a frame of a codec not given, say)."""
+        codecs = codecs or {}
         try:
             released = int((self.dir / "released").read_text())
         except (OSError, ValueError):
@@ -229,8 +238,7 @@ class TickJournal:
                         raise ValueError(f"journal {path}: a frame of batch {n} names source {key}, not written before it")
                     batches[n] = partial(sources[key].replay, payload[_FRAME_HEAD.size :], epoch)
                 elif kind == _SOURCE:
-                    (key,) = _SOURCE_KEY.unpack_from(payload)
-                    sources[key] = pickle.loads(payload[_SOURCE_KEY.size :])
+                    sources.update([self._load_source(path, payload, codecs)])
                 else:
                     snapshots.append((self._seq(path), kind, payload))
         if not snapshots:
@@ -245,6 +253,19 @@ class TickJournal:
         self.number = max([covered, *batches])  # go on numbering after what is on disk
         later = [batches[n]() for n in sorted(batches) if n > covered]
         return state, later
+
+    @staticmethod
+    def _load_source(
+        path: Path, payload: bytes, codecs: Mapping[str, Callable[[bytes], FrameSource]]
+    ) -> tuple[int, FrameSource]:
+        (key,) = _SOURCE_KEY.unpack_from(payload)
+        at = _SOURCE_KEY.size
+        size = payload[at] if len(payload) > at else 0
+        name = payload[at + 1 : at + 1 + size].decode("utf-8", "replace")
+        loader = codecs.get(name)
+        if loader is None:
+            raise ValueError(f"journal {path}: frames of codec {name!r}, which this feed cannot replay")
+        return key, loader(payload[at + 1 + size :])
 
     @staticmethod
     def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:

@@ -24,14 +24,16 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from candles.model import Candle
+from config.settings import MqttSettings
 from core.ist import IST
+from pipeline.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -39,49 +41,7 @@ _QUEUE_LIMIT = 10_000
 _FEED_POLL_S = 1.0  # how often connection states are compared for feed/<connection> changes
 
 
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
-    host: str
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    ca_file: str | None = None
-    prefix: str = "marketfeed"
-    client_id: str = "marketfeed"
-    service_id: str = "marketfeed"
-    heartbeat_seconds: float = 30.0
-    publish_candles: bool = False
-    keepalive: int = 30
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> MqttConfig | None:
-        if not settings.mqtt_host:
-            return None
-        return cls(
-            host=settings.mqtt_host,
-            port=settings.mqtt_port,
-            username=settings.mqtt_username,
-            password=settings.mqtt_password,
-            tls=settings.mqtt_tls,
-            ca_file=settings.mqtt_ca_file,
-            prefix=settings.mqtt_topic_prefix,
-            client_id=settings.mqtt_client_id,
-            service_id=settings.mqtt_service_id,
-            heartbeat_seconds=settings.mqtt_heartbeat_seconds,
-            publish_candles=settings.mqtt_publish_candles,
-        )
-
-    @property
-    def base(self) -> str:
-        return f"{self.prefix}/{self.service_id}"
-
-    @property
-    def where(self) -> str:
-        return f"mqtt{'s' if self.tls else ''}://{self.host}:{self.port}"
-
-
-def make_client(config: MqttConfig, client_id: str | None = None) -> mqtt.Client:
+def make_client(config: MqttSettings, client_id: str | None = None) -> mqtt.Client:
     """A paho client with the config's credentials and TLS (no callbacks, not connected)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or config.client_id, clean_session=True)
     if config.username:
@@ -129,21 +89,13 @@ class MqttStats:
 class MqttPublisher:
     """Owns one paho client and a heartbeat thread.
 
-    ``health`` returns the heartbeat body (a dict); ``feeds`` returns {connection id: up?}.
-    Both are called from the heartbeat thread, never from the tick path.
+    ``start`` is given the daemon's health source; it is read on the heartbeat thread, never on
+    the tick path.
     """
 
-    def __init__(
-        self,
-        config: MqttConfig,
-        health: Callable[[], dict[str, Any]],
-        feeds: Callable[[], dict[str, bool]] = dict,
-        *,
-        queue_limit: int = _QUEUE_LIMIT,
-    ) -> None:
+    def __init__(self, config: MqttSettings, *, queue_limit: int = _QUEUE_LIMIT) -> None:
         self.config = config
-        self.health = health
-        self.feeds = feeds
+        self.health: Callable[[], Health] | None = None
         self.stats = MqttStats()
         self.status_topic = f"{config.base}/status"
         self.heartbeat_topic = f"{config.base}/heartbeat"
@@ -164,7 +116,8 @@ class MqttPublisher:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> None:
+    def start(self, health: Callable[[], Health]) -> None:
+        self.health = health
         self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive)
         self.client.loop_start()  # paho's thread: network I/O and reconnects, first connect included
         self._thread = threading.Thread(target=self._run, name="mqtt-heartbeat", daemon=True)
@@ -238,7 +191,7 @@ class MqttPublisher:
             if now >= next_beat:
                 next_beat = now + self.config.heartbeat_seconds
                 try:
-                    body = self.health()
+                    body = self._health().heartbeat()
                 except Exception:  # noqa: BLE001 - a broken health source must not stop the heartbeat thread
                     log.exception("mqtt: could not build the heartbeat")
                 else:
@@ -246,9 +199,13 @@ class MqttPublisher:
                         self._publish(self.heartbeat_topic, json.dumps(body, separators=(",", ":")))
             self._stop.wait(min(_FEED_POLL_S, max(0.05, next_beat - time.monotonic())))
 
+    def _health(self) -> Health:
+        assert self.health is not None  # start() sets it
+        return self.health()
+
     def _publish_feeds(self) -> None:
         try:
-            current = self.feeds()
+            current = {str(c.id): c.connected for c in self._health().connections}
         except Exception:  # noqa: BLE001
             log.exception("mqtt: could not read the feed connections")
             return
@@ -259,7 +216,7 @@ class MqttPublisher:
             self._publish(f"{self.config.base}/feed/{conn}", "up" if up else "down", qos=1, retain=True)
 
 
-def check(config: MqttConfig, timeout: float = 10.0) -> tuple[bool, str]:
+def check(config: MqttSettings, timeout: float = 10.0) -> tuple[bool, str]:
     """Connect, subscribe to a private test topic, publish to it and read it back."""
     topic = f"{config.base}/selftest/{int(time.time() * 1000)}"
     payload = f"marketfeed self-test {datetime.now(IST).isoformat()}"

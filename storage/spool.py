@@ -190,10 +190,6 @@ class Spool:
         self._replayed = offset
         self.depth = max(0, self.depth - count)
 
-    @property
-    def pending_on_disk(self) -> bool:
-        return self.size_bytes > self._replayed
-
     def close(self) -> None:
         self._file.close()
         try:

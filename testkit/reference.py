@@ -1,4 +1,4 @@
-"""Brute-force reference for the candle rules (DESIGN.md "Candle rules"), independent of
+"""Brute-force reference for the candle rules (ARCHITECTURE.md, "Candle rules"), independent of
 ``candles.aggregator``: it shares only ``Interval.bucket_start`` and ``ist_date``.
 
 It looks at the whole tick list at once, in arrival order, and says what the final candles must

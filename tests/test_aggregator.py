@@ -1,4 +1,4 @@
-"""CandleAggregator against DESIGN.md "Candle rules" 1-7 and the brute-force reference."""
+"""CandleAggregator against the candle rules (ARCHITECTURE.md, "Candle rules") and the brute-force reference."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from candles import snapshot
 from candles.aggregator import CandleAggregator
 from candles.model import Candle, Interval, parse_intervals
 from core.ist import IST
@@ -474,7 +475,7 @@ def _run(
         take(agg.add([t for t, _ in chunk]))
         chunks += 1
         if restore_every and chunks % restore_every == 0:
-            agg = CandleAggregator.restore(agg.snapshot(), clock)
+            agg = snapshot.restore(snapshot.snapshot(agg), clock)
     take(agg.advance())
     return agg
 
@@ -706,7 +707,7 @@ def test_snapshot_keeps_packed_buckets_and_late_ticks_revise_them_after_restore(
     feed.add(*before)
     feed.at(200)
     assert sum(type(b) is bytes for b in _retained(feed.agg).values()) == 3  # 09:15 to 09:17; 09:18 is the newest
-    feed.agg = CandleAggregator.restore(feed.agg.snapshot(), feed.clock)
+    feed.agg = snapshot.restore(snapshot.snapshot(feed.agg), feed.clock)
     assert sum(type(b) is bytes for b in _retained(feed.agg).values()) == 3
     late = [tick(30, "150.25", 1029, received=201), tick(70, 50, 1065, received=201)]  # trades: volume rose
     feed.clock.now = DAY0 + 201

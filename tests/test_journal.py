@@ -7,9 +7,12 @@ from decimal import Decimal
 
 import pytest
 
+from brokers.kite.protocol import KiteFrameSource
 from core.ist import IST
 from core.ticks import TickData
 from pipeline.journal import TickJournal
+
+KITE_CODECS = {KiteFrameSource.codec: KiteFrameSource.loads}
 
 
 def tick(n: int) -> TickData:
@@ -221,13 +224,13 @@ def test_a_frame_batch_is_kept_as_its_frame_and_replays_in_order_after_older_seg
     kept = [len(r) for p in sorted(tmp_path.glob("ticks-*.jnl")) for k, r in TickJournal._records(p) if k == b"F"]
     assert kept == [20 + 3 + 66 * len(b) for b in delivered[2:]]  # head, count, 66 of each packet's 184 bytes
 
-    state, batches = TickJournal(tmp_path).recover()
+    state, batches = TickJournal(tmp_path).recover(KITE_CODECS)
     assert state == "s2"
     assert [without_depth(b) for b in batches] == [without_depth(delivered[2]), without_depth(delivered[3])]
     # and the mixed order of rows and frames holds from an earlier snapshot
     journal = TickJournal(tmp_path)
     (tmp_path / "released").write_text("2")
-    state, batches = journal.recover()
+    state, batches = journal.recover(KITE_CODECS)
     assert state == "s1"
     assert [len(b) for b in batches] == [len(delivered[2]), len(delivered[3])]
 
@@ -250,7 +253,7 @@ def test_rows_and_frames_interleave_in_their_numbers_order(tmp_path):
                 delivered.append(FrameBatch(ticks, decoder.source, received, data))
             journal.append(delivered[-1])
     journal.close()
-    _, batches = TickJournal(tmp_path).recover()
+    _, batches = TickJournal(tmp_path).recover(KITE_CODECS)
     assert [[seen(t) for t in b] for b in batches] == [[seen(t) for t in b] for b in delivered]
 
 
@@ -265,3 +268,19 @@ def test_a_frame_naming_a_source_its_segment_never_wrote_is_refused(tmp_path):
         f.write(b"F" + struct.pack("<I", len(payload)) + payload)
     with pytest.raises(ValueError, match="names source 7, not written before it"):
         TickJournal(tmp_path).recover()
+
+
+def test_frames_of_a_codec_the_journal_was_not_given_are_refused_by_name(tmp_path):
+    from core.ticks import FrameBatch
+
+    decoder, frame, epoch, _ = _kite_frames()
+    journal = TickJournal(tmp_path)
+    journal.checkpoint("s0", covered=0)
+    data = frame(1)
+    with journal.lock:
+        journal.append(FrameBatch(decoder.decode(data, datetime.fromtimestamp(epoch, IST)), decoder.source, epoch, data))
+    journal.close()
+    with pytest.raises(ValueError, match="frames of codec 'kite', which this feed cannot replay"):
+        TickJournal(tmp_path).recover({})
+    state, batches = TickJournal(tmp_path).recover(KITE_CODECS)
+    assert state == "s0" and len(batches) == 1

@@ -123,7 +123,7 @@ def test_3001_instruments_use_two_connections_each_subscribed_in_full_mode_to_it
     assert set(first.subscribed) == set(tokens[:3000])
     assert all(m == "full" for c in conns for m in c.subscribed.values())
     states = broker.connection_states()
-    assert [(s.id, s.tokens) for s in states] == [(1, 3000), (2, 1)]
+    assert [(s.id, s.instruments) for s in states] == [(1, 3000), (2, 1)]
     wait_until(broker.is_connected, 3, "both connections up")
 
 
@@ -212,7 +212,7 @@ def test_rejected_access_token_stops_retrying_and_says_to_log_in_again(server, m
     assert broker.auth_failed == AUTH_FAILED_MESSAGE
     assert "log in again (python main.py --broker kite --login)" in broker.auth_failed
     assert server.rejected_handshakes <= 2
-    assert not broker.healthy and not broker.is_connected()
+    assert broker.problem is not None and not broker.is_connected()
     assert "HTTP 403" in caplog.text
 
 
@@ -226,7 +226,7 @@ def test_new_access_token_after_rejection_restarts_the_feed(server, make_broker)
     broker.set_access_token(server.access_token)
     server.wait_subscribed([INFY], mode="full")
     wait_until(broker.is_connected, 3, "is_connected after a new token")
-    assert broker.healthy
+    assert broker.problem is None
 
 
 def test_after_a_rejection_the_feed_waits_for_a_new_token_from_the_provider_then_resumes(server, make_broker):
@@ -246,7 +246,7 @@ def test_after_a_rejection_the_feed_waits_for_a_new_token_from_the_provider_then
     current["token"] = generate_access_token(kite, server.request_token, server.api_secret)  # what --login writes
     server.reject_tokens(False)
     server.wait_subscribed([INFY], mode="full")
-    wait_until(lambda: broker.healthy and broker.is_connected(), 3, "recovery with the new token")
+    wait_until(lambda: broker.problem is None and broker.is_connected(), 3, "recovery with the new token")
     assert server.connections[0].query["access_token"] == current["token"]
 
 

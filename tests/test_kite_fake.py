@@ -41,7 +41,7 @@ BCD = FakeInstrument((2001 << 8) | 6, "BCD", "USDINR24JANFUT", segment="BCD-FUT"
 NCO = FakeInstrument((3001 << 8) | 12, "NCO", "GOLDGUINEA24JANFUT", segment="NCO-FUT", tick_size="0.0025", instrument_type="FUT")
 ALL_INSTRUMENTS = (*DEFAULT_INSTRUMENTS, BCD, NCO)
 
-# kite_detail.md "Golden vectors": Zerodha's mock 44-byte quote packet for INFY.
+# Golden vectors: Zerodha's mock 44-byte quote packet for INFY.
 GOLDEN_QUOTE = bytes.fromhex(
     "00063a01 00026683 00000001 00026569 0011f1b2 0003e9ff 00058037 000264f3 0002673c 000261c9 0002646c".replace(" ", "")
 )
@@ -285,7 +285,7 @@ def test_instruments_dump_parses_into_the_right_rows(server: KiteFakeServer) -> 
     kite = KiteConnect(server.api_key, root=server.api_url)  # the dump needs no auth
     rows = kite.instruments()
     assert [r["instrument_token"] for r in rows] == [i.token for i in ALL_INSTRUMENTS]
-    header = "instrument_token,exchange_token,tradingsymbol,name,last_price,expiry,strike,tick_size,lot_size,instrument_type,segment,exchange"  # noqa: E501 - kite.md's exact header
+    header = "instrument_token,exchange_token,tradingsymbol,name,last_price,expiry,strike,tick_size,lot_size,instrument_type,segment,exchange"  # noqa: E501 - the instruments dump's exact header
     assert ",".join(rows[0]) == header
     by_key = {f"{r['exchange']}:{r['tradingsymbol']}": r for r in rows}
     infy = by_key["NSE:INFY"]

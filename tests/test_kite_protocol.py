@@ -22,6 +22,7 @@ from brokers.kite.protocol import (
     TRUNCATED_FRAME,
     UNKNOWN_LENGTH,
     KiteDecoder,
+    KiteFrameSource,
     KiteMessage,
     set_mode,
     subscribe,
@@ -33,11 +34,11 @@ from core.ticks import Depth, DepthLevel, Instrument, TickData
 RECEIVED = datetime(2021, 7, 5, 10, 41, 30, 123456, tzinfo=IST)
 INFY = 408065  # NSE (segment 1)
 
-# kite_detail.md "Golden vectors": Zerodha's mock quote packet (kiteconnect-mocks ticker_quote.packet)
+# Golden vectors: Zerodha's mock quote packet (kiteconnect-mocks ticker_quote.packet)
 GOLDEN_QUOTE = bytes.fromhex(
     "00063a01 00026683 00000001 00026569 0011f1b2 0003e9ff 00058037 000264f3 0002673c 000261c9 0002646c".replace(" ", "")
 )
-# The full packet as far as kite_detail.md documents it: the quote head, exchange timestamp
+# The full packet as far as Kite Connect's WebSocket docs document it: the quote head, exchange timestamp
 # 0x60e2947f (10:41:27 IST) and first bid `00000005 0002669c 0001 0000`; the rest is filled in here.
 GOLDEN_FULL = (
     GOLDEN_QUOTE
@@ -420,7 +421,6 @@ def test_tokens_that_are_not_32_bit_positive_integers_are_refused(bad: object) -
 
 
 def test_depth_is_decoded_on_first_read_and_equals_an_eagerly_built_one() -> None:
-    import pickle
     from dataclasses import FrozenInstanceError
 
     from core.ticks import DepthLevel
@@ -470,7 +470,7 @@ def test_a_packed_frame_replays_to_the_ticks_it_was_decoded_to(pkts: list[bytes]
         raw = raw[:pos] + bytes([raw[pos] ^ 0x10]) + raw[pos + 1 :]
     epoch = 1_625_461_890.123456
     ticks = dec.decode(raw, datetime.fromtimestamp(epoch, IST))
-    source = pickle.loads(pickle.dumps(dec.source))  # as the journal keeps it
+    source = KiteFrameSource.loads(dec.source.dumps())  # as the journal keeps it
     packed = source.pack(raw)
     assert _as_candle_reads(source.replay(packed, epoch)) == _as_candle_reads(ticks)
 

@@ -187,7 +187,7 @@ def test_250_instruments_use_three_connections_of_100_100_50_with_frames_of_at_m
     frames = subscribe_frames(server)
     assert frames and all(len(m["inputtoken"].split(",")) <= 100 for _, m in frames)
     assert all(m["event"] == "subscribeScrips" for _, m in frames)
-    assert [(s.id, s.tokens) for s in broker.connection_states()] == [(1, 100), (2, 100), (3, 50)]
+    assert [(s.id, s.instruments) for s in broker.connection_states()] == [(1, 100), (2, 100), (3, 50)]
     wait_until(broker.is_connected, 3, "every connection up")
 
 
@@ -199,7 +199,7 @@ def test_a_custom_limit_of_40_per_connection_splits_100_instruments_40_40_20(ser
     server.wait_subscribed([key(i) for i in instruments], timeout=10)
     server.wait_connections(3)
     assert sorted(len(c.subscriptions) for c in server.connections) == [20, 40, 40]
-    assert [s.tokens for s in broker.connection_states()] == [40, 40, 20]
+    assert [s.instruments for s in broker.connection_states()] == [40, 40, 20]
 
 
 def test_instruments_added_later_fill_the_last_connection_before_opening_another(server, make_broker):

@@ -60,7 +60,7 @@ SENSEX, BSE_INFY, NIFTY_FUT = INST["bse_cm|SENSEX"], INST["bse_cm|500209"], INST
 NIFTY_CE, USDINR, CRUDE = INST["nse_fo|52213"], INST["cde_fo|1201"], INST["mcx_fo|451669"]
 SDK_DIVIDERS = {EXCHANGE_IDS[seg]: d for seg, d in DEFAULT_DIVIDERS.items()}  # what the SDK keeps from the auth reply
 
-# Spec B.1 "Test vector" (DOC §10): a mini touch line for nse_cm 11536.
+# The test vector of Kotak's websocket.md (section 10): a mini touch line for nse_cm 11536.
 SPEC_MINI_VECTOR = bytes.fromhex(
     "36 00 28 1c 01 01 00 07 00 10 2d 00 00 80 26 b4 68 00 00 00 00 40 e2 01 00 32 00 00 00 00 00 00 00 90 dc 01 00 "
     "77 00 00 00 b0 05 00 00 01 00 00 00 02 01 00 00 00".replace(" ", "")

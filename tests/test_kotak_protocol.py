@@ -63,12 +63,12 @@ SECONDS = 1_795_491_900  # 2026-11-24 09:15:00 IST
 AT = datetime(2026, 11, 24, 9, 15, tzinfo=IST)
 TCS = 11536  # nse_cm
 
-# kotak_neo.md B.1 "Test vector" (DOC §10): a mini touch line for nse_cm 11536
+# the test vector of Kotak's websocket.md (section 10): a mini touch line for nse_cm 11536
 DOC_VECTOR = bytes.fromhex(
     "36 00 28 1c 01 01 00 07 00 10 2d 00 00 80 26 b4 68 00 00 00 00 40 e2 01 00 32 00 00 00 00 00 00 00 90 dc 01 00"
     " 77 00 00 00 b0 05 00 00 01 00 00 00 02 01 00 00 00"
 )
-# kotak_neo.md B.1 "Auth response": the success body of the SDK's own client tests
+# The auth response: the success body of the SDK's own client tests
 AUTH_REPLY = (
     '{"message_code":1119,"id":"SFD_CPROD_701","version":1,"exchanges":{"nse_cm":{"value":1,"divider":100},'
     '"nse_fo":{"value":2,"divider":100},"cde_fo":{"value":3,"divider":10000000},"bse_cd":{"value":7,"divider":10000000}}}'
@@ -79,7 +79,7 @@ ACK_DOC = (
 )
 ACK_SDK = '{"message_code":1109,"message":"Subscribed","trading_symbols":{"nse_cm|2885":"RELIANCE-EQ"}}'
 
-# --- packet builders: the full layouts of kotak_neo.md B.1, written independently of the codec ---
+# --- packet builders: the full layouts of Kotak's websocket.md, written independently of the codec ---
 
 _HEADER = struct.Struct("<HHbBBBB")
 _MP = struct.Struct("<IqqqqqIIIIIqIIIIhiIdiIIIIIBI")
@@ -87,7 +87,7 @@ _ROW = struct.Struct("<qii")
 _MINI = struct.Struct("<IqIqIiiIBI")
 _INDEX = struct.Struct("<IiiiiiQiiidBi21s")
 _STATUS = struct.Struct("<H5s")
-_CAS = struct.Struct("<iiqq15s")  # DOC's 48-byte layout
+_CAS = struct.Struct("<iiqq15s")  # the docs' 48-byte layout
 
 
 def header(n: int, code: int, exchange_id: int = 1, level: int = 0) -> bytes:
@@ -931,7 +931,7 @@ def test_sdk_decodes_status_and_closing_auction_packets_as_we_do() -> None:
     assert (theirs.exchange_segment, theirs.status_code) == ("nse_fo", 6)
     opened = sdk.decode_packet(header(9, 6511, 5), {})
     assert (opened.exchange_segment, opened.status_code) == ("bse_cm", 1)
-    assert sdk.decode_packet(cas(), {1: 100}).ref_price == 1234.0  # 48-byte DOC layout, read by its first 33 bytes
+    assert sdk.decode_packet(cas(), {1: 100}).ref_price == 1234.0  # the docs' 48-byte layout, read by its first 33 bytes
     dec = decoder()
     dec.decode(status(6, b"", exchange_id=2) + header(9, 6511, 5) + cas(), RECEIVED)
     assert dec.market_status["nse_fo"].code == 6 and dec.market_status["bse_cm"].code == 1 and dec.stats.cas_references == 1

@@ -83,7 +83,7 @@ def sim_daemon(tmp_path) -> Iterator[tuple[Service, SwitchableStore, MetricsServ
     clock = SimClock(START, SPEED)
     broker = SimBroker(clock, seed=1, tick_rate=2.0, resume=False)
     service = Service(broker, store, SYMBOLS, parse_intervals("1m"), clock=clock, spool=Spool(tmp_path / "spool"))
-    metrics = MetricsServer(service, port=0)
+    metrics = MetricsServer(service.health, port=0)
     service.start()
     metrics.start()
     try:
@@ -106,7 +106,7 @@ def kite_daemon(tmp_path) -> Iterator[tuple[KiteFakeServer, Service, MetricsServ
             ws_url=server.ws_url, instruments=KITE_INSTRUMENTS, backoff_initial=0.05, backoff_max=0.5,
         )
         service = Service(broker, store, [KITE_INSTRUMENTS[INFY]], parse_intervals("1m"), spool=Spool(tmp_path / "spool"))
-        metrics = MetricsServer(service, port=0)
+        metrics = MetricsServer(service.health, port=0)
         service.start()
         metrics.start()
         try:
@@ -169,7 +169,7 @@ def test_healthz_is_503_naming_the_feed_connection_once_the_broker_disconnects(s
 def test_healthz_is_503_naming_the_store_while_it_is_unreachable_and_200_once_it_is_back(sim_daemon):
     service, store, metrics = sim_daemon
     store.reachable = False
-    wait_until(lambda: service.stats.store_down, 10.0, "a failed write")
+    wait_until(lambda: service.writer.stats.store_down, 10.0, "a failed write")
     status, body = healthz(metrics.port)
     assert status == 503
     assert body["problems"] == [f"store {store.description} unreachable"]
@@ -193,7 +193,7 @@ def test_healthz_asks_the_service_whether_its_pipeline_is_alive_when_it_can(sim_
     status, body = healthz(metrics.port)
     assert status == 503
     assert body["problems"] == ["pipeline thread stopped or stuck for more than 10 s"]
-    assert asked == [metrics.pipeline_max_age]
+    assert asked == [service.pipeline_max_age]
 
 
 def test_a_failing_scrape_answers_500_and_the_server_keeps_serving(sim_daemon, caplog):

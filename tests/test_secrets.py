@@ -27,8 +27,8 @@ import pytest
 from brokers.kite.client import KiteBroker
 from brokers.kotak_neo.auth import KotakAuth, KotakAuthError, KotakSession
 from brokers.kotak_neo.client import KotakNeoBroker
-from config.settings import load_settings
-from publishers.mqtt import MqttConfig
+from cli.settings import load_settings
+from config.settings import MqttSettings
 from storage.base import StoreError
 from storage.postgres import PostgresStore
 from testkit.cli import main_env, run_main
@@ -316,7 +316,7 @@ def test_settings_repr_and_str_mask_every_planted_secret():
         "MQTT_USERNAME": "feeder", "MQTT_PASSWORD": MQTT_PASSWORD,
     }  # fmt: skip
     settings = load_settings(env, env_file=None)
-    assert settings.kite_api_secret == KITE_API_SECRET and settings.mqtt_password == MQTT_PASSWORD  # planted indeed
+    assert settings.venues["kite"].api_secret == KITE_API_SECRET and settings.mqtt.password == MQTT_PASSWORD  # planted indeed
     text = _shown(settings)
     assert not leaks(text, (*KITE_SECRETS, *KOTAK_SECRETS, PG_PASSWORD, MQTT_PASSWORD)), text
 
@@ -352,7 +352,7 @@ def test_postgres_store_repr_description_and_connect_error_mask_the_password(for
 
 
 def test_mqtt_config_repr_and_str_leave_out_the_password():
-    config = MqttConfig(host="127.0.0.1", username="feeder", password=MQTT_PASSWORD)
+    config = MqttSettings(host="127.0.0.1", username="feeder", password=MQTT_PASSWORD)
     text = _shown(config)
     assert "feeder" in text
     assert not leaks(text, (MQTT_PASSWORD,)), text

@@ -3,9 +3,10 @@
 One thread per connection ("shard", ``kite-ws-1`` …). Each owns a blocking ``websocket.WebSocket``
 and its own ``KiteDecoder``, decodes every binary frame in that thread and hands the ticks of the
 frame to the ``on_ticks`` callback. Kite allows 3000 instruments per connection and 3 connections
-per API key (``shared/protocols/kite.md``); instruments fill connection 1, then 2, then 3.
+per API key (https://kite.trade/docs/connect/v3/websocket/); instruments fill connection 1, then 2,
+then 3.
 
-Reliability (DESIGN.md "Reliability"):
+Reliability:
 
 - any lost connection is retried forever with exponential backoff and full jitter, and every
   instrument is resubscribed in the configured mode;
@@ -28,17 +29,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
 
 import websocket
 
-from brokers.base import BaseBroker, BrokerError, lookup_symbols
+from brokers.base import BaseBroker, BrokerError, ConnectionState, FeedStats, lookup_symbols
 from brokers.kite import protocol
-from brokers.kite.protocol import DecodeStats, KiteDecoder
+from brokers.kite.protocol import DecodeStats, KiteDecoder, KiteFrameSource
 from core.ist import IST
-from core.ticks import FrameBatch, Instrument, TickBatchCallback, TickData
+from core.ticks import FrameBatch, FrameSource, Instrument, TickBatchCallback, TickData
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,6 @@ _OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
 def _plain_identity(tick: TickData) -> tuple:
     """What makes two ticks without volume the same update."""
     return (tick.token, tick.exchange_ts, tick.last_price)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionState:
-    """A snapshot of one connection (shard) for health reports."""
-
-    id: int
-    connected: bool
-    tokens: int
-    reconnects: int  # successful re-opens after the first connection
-    last_frame_age: float | None  # seconds since the last frame of any kind; None before the first
-    last_error: str | None
 
 
 class _Stop(Exception):
@@ -347,7 +335,7 @@ class _Shard:
         return ConnectionState(
             id=self.id,
             connected=self.connected,
-            tokens=len(self.instruments),
+            instruments=len(self.instruments),
             reconnects=self.reconnects,
             last_frame_age=(time.monotonic() - last) if last else None,
             last_error=self.last_error,
@@ -466,11 +454,6 @@ class KiteBroker(BaseBroker):
     def problem(self) -> str | None:
         return self.auth_failed
 
-    @property
-    def healthy(self) -> bool:
-        """False once the access token was rejected (the feed cannot recover without a new login)."""
-        return self.auth_failed is None
-
     def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
         """Look (exchange, symbol) pairs up in the instruments mapping given to the constructor."""
         table = self._by_symbol
@@ -571,6 +554,13 @@ class KiteBroker(BaseBroker):
     def connection_states(self) -> list[ConnectionState]:
         """One entry per started connection, in id order."""
         return [s.state() for s in self._shards if s.thread is not None or s.instruments]
+
+    def feed_stats(self) -> FeedStats:
+        total = self.stats
+        return FeedStats(heartbeats=total.heartbeats, malformed=total.malformed)
+
+    def frame_codecs(self) -> Mapping[str, Callable[[bytes], FrameSource]]:
+        return {KiteFrameSource.codec: KiteFrameSource.loads}
 
     @property
     def stats(self) -> DecodeStats:

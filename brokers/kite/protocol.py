@@ -1,7 +1,9 @@
 """Sans-I/O codec for the Kite Connect v3 market-data WebSocket ("KiteTicker").
 
 Bytes in, ``TickData`` out, and JSON text for the client's requests: no sockets, no threads, no
-clock (the caller passes the receive time). Layouts are in ``shared/protocols/kite_detail.md``.
+clock (the caller passes the receive time). Layouts are those of Kite Connect's
+WebSocket docs (https://kite.trade/docs/connect/v3/websocket/) and of pykiteconnect's parser
+(``kiteconnect/ticker.py``, ``KiteTicker._parse_binary``).
 
 This is the hot path of the Kite feed: a 3000-instrument full-mode connection delivers tens of
 thousands of 184-byte packets a second, decoded in the socket thread. Hence the precompiled
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 BROKER = "kite"
 MODES = ("ltp", "quote", "full")
 
-# Packet lengths; the mode of a packet is known from its length alone (kite_detail.md C).
+# Packet lengths; the mode of a packet is known from its length alone (Kite Connect's WebSocket docs, "Binary market data").
 LTP_LEN = 8
 INDEX_QUOTE_LEN = 28
 INDEX_FULL_LEN = 32
@@ -174,11 +177,13 @@ _Entry = tuple[str, str, _PriceCache, _LevelCache]  # exchange, symbol, price an
 
 
 class KiteFrameSource:
-    """A decoder's table as it was when it decoded a frame: the ``FrameSource`` (brokers.base) of
-    the Kite feed, pickled once per journal segment. ``pack`` drops the depth blocks of a frame of
-    full packets (64 of 184 bytes kept, one unpack per 32 packets): the tick journal's cost and size."""
+    """A decoder's table as it was when it decoded a frame: the ``FrameSource`` (core.ticks) of the
+    Kite feed, kept once per journal segment (``dumps``/``loads``). ``pack`` drops the depth blocks
+    of a frame of full packets (64 of 184 bytes kept, one unpack per 32 packets): the tick journal's
+    cost and size."""
 
     __slots__ = ("timed_only", "instruments", "_decoder")
+    codec = "kite"
 
     def __init__(self, timed_only: bool, instruments: tuple[tuple[int, str, str], ...]) -> None:
         self.timed_only = timed_only
@@ -188,12 +193,16 @@ class KiteFrameSource:
     def __repr__(self) -> str:
         return f"KiteFrameSource({len(self.instruments)} instruments, timed_only={self.timed_only})"
 
-    def __getstate__(self) -> tuple[bool, tuple[tuple[int, str, str], ...]]:
-        return self.timed_only, self.instruments
+    def dumps(self) -> bytes:
+        return marshal.dumps((self.timed_only, self.instruments))
 
-    def __setstate__(self, state: tuple[bool, tuple[tuple[int, str, str], ...]]) -> None:
-        self.timed_only, self.instruments = state
-        self._decoder = None
+    @classmethod
+    def loads(cls, data: bytes) -> KiteFrameSource:
+        try:
+            timed_only, instruments = marshal.loads(data)
+        except (EOFError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a Kite frame source ({exc})") from None
+        return cls(bool(timed_only), tuple(tuple(row) for row in instruments))
 
     @staticmethod
     def pack(frame: bytes) -> bytes:

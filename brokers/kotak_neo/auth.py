@@ -1,6 +1,7 @@
 """Kotak Neo login: TOTP + MPIN → session token, kept fresh.
 
-The current flow (shared/protocols/kotak_neo.md A.1):
+The current flow (Kotak's ``docs/authentication.md`` in github.com/Kotak-Neo/Kotak-Neo; the SDK's
+``neo_api_client/services/totp.py``):
 
 1. ``POST {login_url}/login/1.0/tradeApiLogin`` with the consumer key in ``Authorization`` and
    ``{"mobileNumber", "ucc", "totp"}`` → a view token and sid;

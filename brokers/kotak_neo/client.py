@@ -29,13 +29,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime
 from operator import attrgetter
 
 import websocket
 
-from brokers.base import BaseBroker, BrokerError
+from brokers.base import BaseBroker, BrokerError, ConnectionState, FeedStats
 from brokers.kotak_neo import protocol
 from brokers.kotak_neo.auth import KotakAuth, KotakAuthError, KotakSession
 from brokers.kotak_neo.protocol import DecodeStats, KotakDecoder
@@ -53,19 +53,6 @@ _CALLBACK_LOG_EVERY = 1000
 _OP_BINARY = websocket.ABNF.OPCODE_BINARY
 _OP_TEXT = websocket.ABNF.OPCODE_TEXT
 _OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionState:
-    """A snapshot of one connection for health reports."""
-
-    id: int
-    connected: bool
-    tokens: int
-    reconnects: int
-    session_changes: int
-    last_frame_age: float | None
-    last_error: str | None
 
 
 class _Stop(Exception):
@@ -498,7 +485,7 @@ class _Conn:
         return ConnectionState(
             id=self.id,
             connected=self.connected,
-            tokens=len(self.instruments),
+            instruments=len(self.instruments),
             reconnects=self.reconnects,
             session_changes=self.session_changes,
             last_frame_age=(time.monotonic() - last) if last else None,
@@ -727,6 +714,9 @@ class KotakNeoBroker(BaseBroker):
 
     def connection_states(self) -> list[ConnectionState]:
         return [c.state() for c in self._conns]
+
+    def feed_stats(self) -> FeedStats:
+        return FeedStats(malformed=self.stats.malformed)
 
     @property
     def stats(self) -> DecodeStats:

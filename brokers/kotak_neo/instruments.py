@@ -2,7 +2,7 @@
 
 ``GET {baseUrl}/script-details/1.0/masterscrip/file-paths`` (consumer key in ``Authorization``)
 lists one CSV per segment in a folder dated by the day; each CSV is fetched without auth
-(shared/protocols/kotak_neo.md C). Only the segments a watchlist needs are downloaded.
+(the SDK's ``neo_api_client`` scrip-master call). Only the segments a watchlist needs are downloaded.
 
 Matching a watchlist entry (``NSE:INFY``) to a row of the segment's file (``nse_cm``):
 

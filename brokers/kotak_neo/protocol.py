@@ -2,7 +2,8 @@
 
 Bytes in, ``TickData`` out, and JSON text for the client's requests: no sockets, no threads, no
 clock (the caller passes the receive time, and the connect time the auth frame carries). Layouts
-are in ``shared/protocols/kotak_neo.md`` B.1; the official SDK (``kotakneoapi``,
+are those of Kotak's WebSocket docs (github.com/Kotak-Neo/Kotak-Neo,
+``docs/market-data-apis/websocket.md``); the official SDK (``kotakneoapi``,
 ``neo_api_client/websocket/feed/protocol.py``) decodes the same frames to the same values.
 
 Instrument keys
@@ -78,7 +79,7 @@ SEGMENT_EXCHANGES: Mapping[str, str] = {v: k for k, v in EXCHANGE_SEGMENTS.items
 
 #: tokens one subscribe/unsubscribe/snapshot frame carries at most (the SDKs' request size)
 MAX_TOKENS_PER_FRAME = 100
-#: input tokens one client may hold, a running total across all intents (DOC §4)
+#: input tokens one client may hold, a running total across all intents (Kotak's websocket.md, section 4)
 MAX_TOKENS_PER_CLIENT = 3000
 #: seconds between WebSocket pings: the feed has no application heartbeat, the SDK pings at 20 s
 PING_INTERVAL = 20
@@ -110,7 +111,7 @@ INDEX_LEN = 87
 MARKET_PICTURE_LEN = 144  # the fixed part; depth rows follow
 DEPTH_ROW_LEN = 16
 MARKET_STATUS_LEN = 16
-# DOC gives 48 bytes (four fields and 15 more); the SDK reads the four fields only (33 bytes)
+# Kotak's docs give 48 bytes (four fields and 15 more); the SDK reads the four fields only (33 bytes)
 CAS_REFERENCE_LEN = 33
 
 #: market status codes (packet 105) -> the spec's names
@@ -293,7 +294,7 @@ class ControlMessage:
     dividers: Mapping[int, int] = field(default_factory=dict, hash=False)
     #: SUBSCRIBE_ACK: instrument key (``nse_cm|2885``, ``nse_cm|Nifty 50``) -> trading symbol
     symbols: Mapping[str, str] = field(default_factory=dict, hash=False)
-    #: SUBSCRIBE_ACK: the ``error_code`` of DOC's shape (0 = subscribed); None when absent
+    #: SUBSCRIBE_ACK: the ``error_code`` of the docs' shape (0 = subscribed); None when absent
     error_code: int | None = None
     #: AUTH_OK / AUTH_UNSUPPORTED_FORMAT: the ``format`` the server answered with, if any
     format: str | None = None
@@ -495,7 +496,7 @@ def _dividers(exchanges: object) -> dict[int, int]:
 
 
 def _ack_symbols(data: dict) -> dict[str, str]:
-    """Both 1109 shapes: the SDK's top-level ``trading_symbols`` map and DOC's ``data`` of objects."""
+    """Both 1109 shapes: the SDK's top-level ``trading_symbols`` map and the docs' ``data`` of objects."""
     symbols: dict[str, str] = {}
     top = data.get("trading_symbols")
     if isinstance(top, dict):

@@ -1,6 +1,7 @@
 """A fake Zerodha Kite Connect v3 server on loopback: the market-data WebSocket and the REST calls we use.
 
-It speaks the real wire protocols byte for byte (see /work/shared/protocols/kite.md and kite_detail.md)
+It speaks the real wire protocols byte for byte (Kite Connect's WebSocket and
+REST docs, https://kite.trade/docs/connect/v3/, and pykiteconnect's ``kiteconnect/ticker.py``)
 so the official pykiteconnect client and our own client can both be pointed at it. It shares nothing
 with the project's ``brokers/`` package on purpose: its packet encoder is written here from the spec,
 so a misreading of the spec in one place cannot hide in both.
@@ -62,7 +63,7 @@ INSTRUMENTS_CSV_HEADER = ",".join(
         "strike", "tick_size", "lot_size", "instrument_type", "segment", "exchange",
     )
 )  # fmt: skip
-_U32_MAX = 2**31 - 1  # kite_detail.md: keep every value below 2^31 (JS reads them signed)
+_U32_MAX = 2**31 - 1  # keep every value below 2^31 (JS clients read them signed)
 
 
 @dataclass(frozen=True)

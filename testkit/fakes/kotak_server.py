@@ -1,9 +1,10 @@
 """A fake Kotak Neo server on loopback: TOTP login, the scrip master and the SFeed ``native_batch`` market feed.
 
-It speaks the wire formats of /work/shared/protocols/kotak_neo.md (A.1 login, B.1 SFeed, C scrip master)
-byte for byte, so the official SDK (``kotakneoapi``, import name ``neo_api_client``) and our own client
-can both be pointed at it. Like ``kite_server``, it shares nothing with the project's ``brokers/``
-package: its packet encoder is written here from the spec, so a misreading cannot hide in both.
+It speaks the wire formats of Kotak's docs (github.com/Kotak-Neo/Kotak-Neo: ``docs/authentication.md``,
+``docs/market-data-apis/websocket.md``) byte for byte, so the official SDK (``kotakneoapi``, import
+name ``neo_api_client``) and our own client can both be pointed at it. Like ``kite_server``, it
+shares nothing with the project's ``brokers/`` package: its packet encoder is written here from the
+spec, so a misreading cannot hide in both.
 
 Four loopback endpoints, as in production, so a client that mixes up hosts fails here too:
 
@@ -19,9 +20,9 @@ while ignoring pings — are what libraries make hard. The REST side is three ``
 
 Where kotakneoapi 3.0.9 (the production client) and the spec differ, the fake follows the SDK:
 
-- CAS packets (code 104): the spec (DOC) gives a 48-byte packet ``i32 token, i32 ref_price, i64, i64,
+- CAS packets (code 104): Kotak's docs give a 48-byte packet ``i32 token, i32 ref_price, i64, i64,
   char[15]``; the SDK reads only ``u32, u32, i64, i64`` from @9 and drops packets whose three values are
-  all zero. The fake sends the 48-byte DOC layout, which the SDK decodes to the same values.
+  all zero. The fake sends the docs' 48-byte layout, which the SDK decodes to the same values.
 - Index packets: the SDK divides the index ``multiplier`` by the price divider (a raw 1 becomes 0.01);
   the spec lists it as a plain integer. The fake sends the raw integer.
 - The SDK's default SFeed URL is ``wss://sfeed.kotaksecurities.com/apifeed`` (the spec says ``/betafeed``
@@ -36,12 +37,12 @@ Where kotakneoapi 3.0.9 (the production client) and the spec differ, the fake fo
 Things the spec leaves open, and what the fake does (each can be switched where it matters):
 
 - Auth reply: ``auth_codes=(1119,)`` (the SDK's test example); ``(1117,)`` or ``(1119, 1117)`` on request.
-- 1109 ack shape: ``ack_mode`` "merged" (one frame with DOC's ``data`` map *and* the SDK's top-level
-  ``trading_symbols`` map), "doc", "sdk", "both" (two frames, DOC first) or "none".
+- 1109 ack shape: ``ack_mode`` "merged" (one frame with the docs' ``data`` map *and* the SDK's top-level
+  ``trading_symbols`` map), "doc", "sdk", "both" (two frames, the docs' first) or "none".
 - Going past the 3000-token limit: the whole frame is refused with a 1109 carrying ``error_code`` 1, a
   ``description`` and empty maps (so a waiting SDK call returns), and nothing is subscribed.
 - 1120 reply: ``{"message_code":1120,"message":"Auth failed: ..."}``, then a close frame (1000), then TCP close.
-- Wrong credentials: HTTP 401 with DOC's body (``credential_errors="http_401"``) or HTTP 200 with
+- Wrong credentials: HTTP 401 with the docs' body (``credential_errors="http_401"``) or HTTP 200 with
   ``stCode``/``errMsg`` (``"http_200"``; "Invalid TOTP" and "Invalid consumer key" extrapolate the spec's
   "Invalid UCC"/"Invalid MPIN"). A missing header gives the 10512 body with HTTP 400 (status not in the spec).
 - feedUrl and the config endpoints use ``http://`` (no TLS here) where production uses ``https://``;
@@ -106,7 +107,7 @@ log = logging.getLogger(__name__)
 IST = timezone(timedelta(hours=5, minutes=30))
 
 # --------------------------------------------------------------------------------------------------
-# Wire constants (spec B.1)
+# Wire constants (the SFeed native_batch format)
 # --------------------------------------------------------------------------------------------------
 
 EXCHANGE_IDS: dict[str, int] = {
@@ -163,7 +164,7 @@ _U32 = (0, 2**32 - 1)
 _I64 = (-(2**63), 2**63 - 1)
 
 # --------------------------------------------------------------------------------------------------
-# Instruments and the scrip master (spec C)
+# Instruments and the scrip master
 # --------------------------------------------------------------------------------------------------
 
 # Expiry quirk: nse_fo and cde_fo files hold (unix - 315511200); mcx_fo and bse_fo hold unix time.
@@ -558,7 +559,7 @@ def encode_cas(
     divider: int | None = None,
     seq: int = 0,
 ) -> bytes:
-    """A 48-byte closing-auction reference packet (104) in DOC's layout (the SDK reads its first 24 body bytes)."""
+    """A 48-byte closing-auction reference packet (104) in the docs' layout (the SDK reads its first 24 body bytes)."""
     div = _divider(segment, divider)
     body = _CAS_BODY.pack(
         _int(token, "token", _I32),
@@ -707,7 +708,7 @@ def random_tape(
 
 
 # --------------------------------------------------------------------------------------------------
-# Login replies (spec A.1)
+# Login replies (the TOTP + MPIN login)
 # --------------------------------------------------------------------------------------------------
 
 LOGIN_PATHS = ("/login/1.0/tradeApiLogin", "/api/1.0/login/v6/totp/login")

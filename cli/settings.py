@@ -1,0 +1,28 @@
+"""The daemon's settings with every venue's own (brokers/registry.py): one error names every
+variable to fix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from brokers import registry
+from config import settings as config
+from config.env import ConfigError
+from config.settings import Settings
+
+
+def load_settings(env: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env") -> Settings:
+    """Settings from ``env`` (default: the process environment) over ``env_file``."""
+    return config.load_settings(env, env_file, venues=registry.settings_classes())
+
+
+def venue_settings(settings: Settings, broker: str) -> Any:
+    """The settings of ``--broker``'s venue; ``ConfigError`` naming every variable it needs and lacks."""
+    name = registry.venue(broker).name
+    venue = settings.venues[name]
+    problems = registry.factory(name).missing(venue)
+    if problems:
+        raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
+    return venue

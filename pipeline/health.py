@@ -1,0 +1,93 @@
+"""One reading of the daemon's health, and the words for what is wrong.
+
+The status line, the MQTT heartbeat, ``/healthz`` and ``/metrics`` all read a ``Health``: a problem
+is worded here once, and every channel says the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from brokers.base import ConnectionState
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    stopping: bool
+    time: datetime
+    uptime_s: float
+    broker: str
+    broker_problem: str | None  # what the feed cannot recover from by itself (a refused login)
+    connections: tuple[ConnectionState, ...]
+    symbols: int
+    ticks: int
+    ticks_per_s: float
+    last_tick_age_s: float | None
+    candles_written: int
+    rejected_candles: int
+    store_errors: int
+    spool_depth: int
+    store: str
+    store_up: bool
+    late_ticks: int
+    dropped_ticks: int
+    pipeline_alive: bool
+    pipeline_max_age: float
+    reauths: int
+    version: str
+    malformed: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def connections_up(self) -> int:
+        return sum(1 for c in self.connections if c.connected)
+
+    @property
+    def problems(self) -> list[str]:
+        """What keeps the daemon from being healthy, in words an operator can act on; [] when all is well."""
+        problems: list[str] = []
+        if self.broker_problem:
+            problems.append(f"feed: {self.broker_problem}")
+        for conn in self.connections:
+            if not conn.connected:
+                why = f" ({conn.last_error})" if conn.last_error else ""
+                problems.append(f"feed connection {conn.id} down{why}")
+        if not self.store_up:
+            problems.append(f"store {self.store} unreachable")
+        if not self.pipeline_alive:
+            problems.append(f"pipeline thread stopped or stuck for more than {self.pipeline_max_age:g} s")
+        return problems
+
+    @property
+    def state(self) -> str:
+        return "stopping" if self.stopping else "degraded" if self.problems else "running"
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The MQTT heartbeat's body."""
+        return {
+            "state": self.state,
+            "problems": self.problems,
+            "time": self.time.isoformat(timespec="seconds"),
+            "uptime_s": round(self.uptime_s, 1),
+            "broker": self.broker,
+            "connections_up": self.connections_up,
+            "connections_total": len(self.connections),
+            "symbols": self.symbols,
+            "ticks_per_s": round(self.ticks_per_s, 1),
+            "ticks": self.ticks,
+            "last_tick_age_s": None if self.last_tick_age_s is None else round(self.last_tick_age_s, 2),
+            "candles_written": self.candles_written,
+            "spool_depth": self.spool_depth,
+            "late_ticks": self.late_ticks,
+            "dropped_ticks": self.dropped_ticks,
+            "store": self.store,
+            "version": self.version,
+        }
+
+    def feed_line(self) -> str:
+        """The feed's part of the status line."""
+        if self.connections and self.connections_up == len(self.connections):
+            return "up"
+        return f"DOWN ({self.broker_problem})" if self.broker_problem else "DOWN"
