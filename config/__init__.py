@@ -1,5 +1,1 @@
-"""Settings from the environment and `.env`, validated per broker."""
-
-from config.settings import ConfigError, Settings, load_settings
-
-__all__ = ["ConfigError", "Settings", "load_settings"]
+"""Settings from the environment and `.env`, watchlist parsing, logging set-up."""

@@ -11,15 +11,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from candles.model import parse_intervals
-from config.env import ConfigError, Env, load_env, read, redacted, var
+from config.env import Env, load_env, read, redacted, var
 
 DEFAULT_SQLITE_PATH = "data/marketfeed.db"
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -123,9 +122,6 @@ class Settings:
         return f"Settings({', '.join(parts)})"
 
     __str__ = __repr__
-
-    def with_overrides(self, **parts: Any) -> Settings:
-        return replace(self, **parts)
 
 
 def load_settings(

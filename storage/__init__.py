@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry
-
-__all__ = ["CandleStore", "StoreError", "StoreUnavailable", "WatchlistEntry", "open_store"]
+from storage.base import CandleStore
 
 
 def open_store(pg_conn_str: str | None, sqlite_path: str, *, read_only: bool = False) -> CandleStore:

@@ -1,0 +1,72 @@
+"""The daemon's parts are stopped in reverse whatever ends the start: nothing keeps running or holding."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from brokers.base import BrokerError
+from brokers.sim.client import SimBroker
+from cli.app import main
+from storage.spool import Spool
+from testkit.waiting import free_port, wait_until
+
+
+@pytest.fixture
+def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run main() in this process, in ``tmp_path``, with the signal handlers it installs undone after."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.chdir(tmp_path)
+    for name in ("PG_CONN_STR", "SQLITE_PATH", "DATA_DIR", "METRICS_PORT", "MQTT_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    yield tmp_path
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _threads(*names: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in names and t.is_alive()]
+
+
+def test_a_feed_that_fails_to_connect_stops_every_part_started_before_it(in_process, monkeypatch):
+    def refuse(self: SimBroker, on_ticks: object) -> None:
+        raise BrokerError("the feed refused the connection (simulated)")
+
+    monkeypatch.setattr(SimBroker, "connect", refuse)
+    port = free_port()
+    code = main(["--broker", "sim", "--symbols", "NSE:INFY", "--metrics-port", str(port), "--duration", "30"])
+
+    assert code == 1
+    wait_until(lambda: not _threads("pipeline", "writer", "metrics"), 5, "the pipeline, writer and metrics threads to end")
+    assert _port_is_free(port), "the metrics server still holds its port"
+    Spool(in_process / "data" / "spool").close()  # the spool's lock was released: a new daemon may start here
+
+
+def test_a_busy_metrics_port_stops_the_start_before_any_thread_and_releases_the_spool(in_process):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = main(["--broker", "sim", "--symbols", "NSE:INFY", "--metrics-port", str(busy.getsockname()[1])])
+    assert code == 2
+    assert not _threads("pipeline", "writer", "sim-feed")
+    Spool(in_process / "data" / "spool").close()
+
+
+def test_a_clean_run_ends_with_every_thread_stopped(in_process):
+    code = main(["--broker", "sim", "--symbols", "NSE:INFY", "--duration", "0.5", "--metrics-port", str(free_port())])
+    assert code == 0
+    assert not _threads("pipeline", "writer", "metrics", "sim-feed")
