@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from core.ist import IST
-from core.ticks import FrameSource, TickData
+from core.ticks import FrameBatch, FrameSource, TickData
 
 log = logging.getLogger(__name__)
 
@@ -172,17 +172,17 @@ class TickJournal:
         self.number += 1
         out = self._file
         if out is not None:
-            source = getattr(ticks, "source", None)
-            if source is None:
-                payload = marshal.dumps((self.number, _pack(ticks)))
-                out.write(_HEAD.pack(_TICKS, len(payload)) + payload)
-            else:
+            if isinstance(ticks, FrameBatch):
+                source = ticks.source
                 key = self._sources.get(source)
                 if key is None:
                     key = self._write_source(out, source)
-                packed = source.pack(ticks.frame)  # type: ignore[attr-defined]
-                head = _FRAME_HEAD.pack(self.number, key, ticks.receive_epoch)  # type: ignore[attr-defined]
+                packed = source.pack(ticks.frame)
+                head = _FRAME_HEAD.pack(self.number, key, ticks.receive_epoch)
                 out.write(_HEAD.pack(_FRAME, len(head) + len(packed)) + head + packed)
+            else:
+                payload = marshal.dumps((self.number, _pack(ticks)))
+                out.write(_HEAD.pack(_TICKS, len(payload)) + payload)
             out.flush()  # in the kernel's hands: survives a kill of this process
             self.records += 1
         return self.number
