@@ -1,0 +1,48 @@
+"""One health reading: the same words for a problem on every channel (status line, heartbeat, /healthz)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from brokers.base import ConnectionState
+from core.ist import IST
+from pipeline.health import Health
+
+HEALTHY = Health(
+    stopping=False, time=datetime(2026, 12, 7, 10, 0, tzinfo=IST), uptime_s=12.34, broker="kite", broker_problem=None,
+    connections=(ConnectionState(1, True, 3000), ConnectionState(2, True, 10)), symbols=3010, ticks=5000, ticks_per_s=123.456,
+    last_tick_age_s=0.123, candles_written=42, rejected_candles=0, store_errors=0, spool_depth=0, store="sqlite:x.db",
+    store_up=True, late_ticks=1, dropped_ticks=0, pipeline_alive=True, pipeline_max_age=10.0, reauths=0, version="0.1.0",
+)  # fmt: skip
+
+
+def test_a_healthy_reading_has_no_problems_and_says_running():
+    assert HEALTHY.problems == []
+    beat = HEALTHY.heartbeat()
+    assert beat["state"] == "running" and beat["problems"] == []
+    assert (beat["connections_up"], beat["connections_total"], beat["ticks_per_s"]) == (2, 2, 123.5)
+    assert HEALTHY.feed_line() == "up"
+
+
+def test_every_fault_is_named_once_in_the_order_an_operator_reads_them():
+    sick = replace(
+        HEALTHY,
+        broker_problem="Kite rejected the access token (HTTP 403)",
+        connections=(ConnectionState(1, False, 3000, last_error="HTTP 403"), ConnectionState(2, True, 10)),
+        store_up=False,
+        pipeline_alive=False,
+    )
+    expected = [
+        "feed: Kite rejected the access token (HTTP 403)",
+        "feed connection 1 down (HTTP 403)",
+        "store sqlite:x.db unreachable",
+        "pipeline thread stopped or stuck for more than 10 s",
+    ]
+    assert sick.problems == expected
+    assert sick.heartbeat()["problems"] == expected and sick.heartbeat()["state"] == "degraded"
+    assert sick.feed_line() == "DOWN (Kite rejected the access token (HTTP 403))"
+
+
+def test_stopping_wins_over_degraded():
+    assert replace(HEALTHY, stopping=True, store_up=False).state == "stopping"
