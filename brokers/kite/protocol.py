@@ -7,10 +7,10 @@ WebSocket docs (https://kite.trade/docs/connect/v3/websocket/) and of pykiteconn
 
 This is the hot path of the Kite feed: a 3000-instrument full-mode connection delivers tens of
 thousands of 184-byte packets a second, decoded in the socket thread. Hence the precompiled
-structs, the caches of immutable values (prices, depth levels, timestamps), the construction
-of the frozen value objects without their per-field ``object.__setattr__`` (see ``core.fastnew``),
-and the depth block handed over raw, decoded on first read (``Depth``): the candle pipeline never
-reads it, and it was half the cost of a full packet.
+structs, the caches of immutable values (prices, depth levels, timestamps: ``brokers.codec``),
+the construction of the frozen value objects without their per-field ``object.__setattr__`` (see
+``core.fastnew``), and the depth block handed over raw, decoded on first read (``Depth``): the
+candle pipeline never reads it, and it was half the cost of a full packet.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Context, Decimal
 from typing import Any
 
+from brokers.codec import LevelCache, MalformedCounter, PriceCache, TimeCache
 from core.fastnew import deferred_depth as _deferred_depth
-from core.fastnew import new_level as _new_level
 from core.fastnew import new_tick as _new_tick
 from core.ist import IST
 from core.ticks import DepthLevel, Instrument, TickData
@@ -50,15 +49,6 @@ _PRICE_ONLY_LENGTHS = frozenset((LTP_LEN, INDEX_QUOTE_LEN, INDEX_FULL_LEN))
 SEGMENT_EXPONENT: Mapping[int, int] = {3: -7, 6: -4, 12: -4}
 DEFAULT_EXPONENT = -2
 
-# Bounds of the value caches: cleared wholesale when full (cheap, and a day's working set of
-# prices for a 3000-instrument watchlist fits comfortably).
-_PRICE_CACHE_MAX = 1 << 17
-_LEVEL_CACHE_MAX = 1 << 17
-_TIME_CACHE_MAX = 1 << 12
-
-# Exact arithmetic for scaleb: a u32 has at most 10 digits, well within this precision.
-_CTX = Context(prec=40)
-
 # One unpack per packet kind; ``x`` pads skip the fields TickData does not carry.
 _HDR = struct.Struct(">H")
 _LTP = struct.Struct(">II")  # token, last price (also the head of the index packets)
@@ -81,54 +71,16 @@ _BOOK = struct.Struct("120s")
 _FULL_RECORD_LEN = 2 + FULL_LEN
 
 
-class _PriceCache(dict):
-    """raw integer -> exact Decimal at one exponent (missing entries are built on lookup)."""
+class _Levels(LevelCache):
+    """raw 10-byte depth entry -> DepthLevel (``LevelCache``), and the ``DepthSource`` (core.ticks)
+    of the deferred ``Depth`` of a full packet."""
 
-    __slots__ = ("exponent",)
-
-    def __init__(self, exponent: int) -> None:
-        super().__init__()
-        self.exponent = exponent
-
-    def __missing__(self, raw: int) -> Decimal:
-        if len(self) >= _PRICE_CACHE_MAX:
-            self.clear()
-        value = self[raw] = Decimal(raw).scaleb(self.exponent, _CTX)
-        return value
-
-
-class _LevelCache(dict):
-    """raw 10-byte depth entry -> DepthLevel, prices at one exponent."""
-
-    __slots__ = ("prices",)
-
-    def __init__(self, prices: _PriceCache) -> None:
-        super().__init__()
-        self.prices = prices
-
-    def __missing__(self, raw: bytes) -> DepthLevel:
-        if len(self) >= _LEVEL_CACHE_MAX:
-            self.clear()
-        quantity, price, orders = _LEVEL.unpack(raw)
-        level = self[raw] = _new_level(self.prices[price], quantity, orders)
-        return level
+    __slots__ = ()
 
     def depth_levels(self, raw: bytes) -> tuple[tuple[DepthLevel, ...], tuple[DepthLevel, ...]]:
         """The 120-byte depth block of a full packet -> (5 bids, 5 asks)."""
         k0, k1, k2, k3, k4, k5, k6, k7, k8, k9 = _DEPTH.unpack(raw)
         return (self[k0], self[k1], self[k2], self[k3], self[k4]), (self[k5], self[k6], self[k7], self[k8], self[k9])
-
-
-class _TimeCache(dict):
-    """epoch seconds -> aware IST datetime; the same second repeats across a frame's packets."""
-
-    __slots__ = ()
-
-    def __missing__(self, epoch: int) -> datetime:
-        if len(self) >= _TIME_CACHE_MAX:
-            self.clear()
-        value = self[epoch] = datetime.fromtimestamp(epoch, IST)
-        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +125,7 @@ _PACKED_WHOLE = b"\x00"  # first byte of a packed frame: the frame as received
 _PACKED_CUT = b"\x01"  # ... the frame's full packets without their depth blocks
 
 
-_Entry = tuple[str, str, _PriceCache, _LevelCache]  # exchange, symbol, price and depth-level caches
+_Entry = tuple[str, str, PriceCache, _Levels]  # exchange, symbol, price and depth-level caches
 
 
 class KiteFrameSource:
@@ -243,7 +195,7 @@ class KiteDecoder:
     ``stats.malformed`` (logged once per kind) and the good packets of the frame are kept.
     """
 
-    __slots__ = ("stats", "timed_only", "depth", "last_plain", "source", "_table", "_times", "_exponents", "_logged")
+    __slots__ = ("stats", "timed_only", "depth", "last_plain", "source", "_table", "_times", "_exponents", "_malformed")
 
     def __init__(self, instruments: Mapping[int, Instrument], *, timed_only: bool = False, depth: bool = True) -> None:
         #: skip packets that carry no exchange timestamp (quote 44, index quote 28, LTP 8). In full
@@ -255,9 +207,10 @@ class KiteDecoder:
         #: ticks have ``depth=None`` and cost less (the daemon's candles never read depth)
         self.depth = depth
         self.stats = DecodeStats()
-        self._times = _TimeCache()
-        self._exponents: dict[int, tuple[_PriceCache, _LevelCache]] = {}
-        self._logged: set[str] = set()
+        #: counts malformed input into stats.malformed, logging the first of each kind
+        self._malformed = MalformedCounter(self.stats.malformed, BROKER, log)
+        self._times = TimeCache()
+        self._exponents: dict[int, tuple[PriceCache, _Levels]] = {}
         # token -> (exchange, symbol, prices, levels), and the same table as a KiteFrameSource:
         # replaced together (another thread may subscribe while this one decodes)
         self._table: tuple[dict[int, _Entry], KiteFrameSource] = ({}, KiteFrameSource(timed_only, ()))
@@ -283,18 +236,11 @@ class KiteDecoder:
             exponent = SEGMENT_EXPONENT.get(token & 0xFF, DEFAULT_EXPONENT)
             caches = self._exponents.get(exponent)
             if caches is None:
-                prices = _PriceCache(exponent)
-                caches = self._exponents[exponent] = (prices, _LevelCache(prices))
+                prices = PriceCache(exponent)
+                caches = self._exponents[exponent] = (prices, _Levels(prices, _LEVEL))
             entries[token] = (inst.exchange, inst.symbol, caches[0], caches[1])
         source = KiteFrameSource(self.timed_only, tuple((token, e[0], e[1]) for token, e in entries.items()))
         self._table = (entries, source)
-
-    def _malformed(self, kind: str, detail: str) -> None:
-        malformed = self.stats.malformed
-        malformed[kind] = malformed.get(kind, 0) + 1
-        if kind not in self._logged:  # once per kind: a broken feed must not flood the log
-            self._logged.add(kind)
-            log.warning("kite: malformed input (%s): %s; counting further ones silently", kind, detail)
 
     def decode(self, frame: bytes, receive_ts: datetime) -> list[TickData]:
         """Decode one binary frame; ``receive_ts`` (aware) stands in where a packet has no time."""

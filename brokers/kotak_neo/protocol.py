@@ -35,8 +35,9 @@ negative times (the SDK's 1900-01-01 sentinel) mean none, and the receive time s
 of 10^12 to 10^13 are read as milliseconds, should the unit the spec leaves open turn out so.
 
 This is the hot path of the Kotak feed, decoded in the socket thread: hence the precompiled
-structs, the caches of immutable values (prices, depth levels, times) and the construction of the
-frozen value objects without their per-field ``object.__setattr__`` (see ``core.fastnew``).
+structs, the caches of immutable values (prices, depth levels, times: ``brokers.codec``) and the
+construction of the frozen value objects without their per-field ``object.__setattr__`` (see
+``core.fastnew``).
 """
 
 from __future__ import annotations
@@ -46,15 +47,13 @@ import logging
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from decimal import Context, Decimal
+from datetime import datetime
 from typing import Any
 
+from brokers.codec import DividedPriceCache, LevelCache, MalformedCounter, PriceCache, TimeCache, price_cache
 from core.fastnew import new_depth as _new_depth
-from core.fastnew import new_level as _new_level
 from core.fastnew import new_tick as _new_tick
-from core.ist import IST
-from core.ticks import DepthLevel, Instrument, TickData
+from core.ticks import Instrument, TickData
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +162,10 @@ BAD_MESSAGE = "bad_message"  # JSON, but not an object
 
 # --- value caches and structs -------------------------------------------------------------------
 
-# Bounds of the value caches: cleared wholesale when full (cheap, and a day's working set of
-# prices for a 3000-instrument watchlist fits comfortably).
-_PRICE_CACHE_MAX = 1 << 17
-_LEVEL_CACHE_MAX = 1 << 17
-_TIME_CACHE_MAX = 1 << 12
+# Bounds of the decoder's own tables (the value caches are brokers.codec's).
 _UNMATCHED_MAX = 1 << 12
 _LEARNED_MAX = 1 << 12
 _MAX_CACHED_ROWS = 64  # full depth is 20 + 20 rows
-
-# Exact arithmetic: a 32-bit price has at most 10 digits, well within this precision.
-_CTX = Context(prec=40)
 
 # Bodies start after the 9-byte header; ``x`` pads skip the fields TickData does not carry.
 # Market picture @9: token, (total buy/sell qty), volume, last trade time, last update time,
@@ -220,63 +212,6 @@ class _MarketPictureStructs(dict):
 
 _MP_STRUCTS = _MarketPictureStructs(header=False)
 _MP_RECORDS = _MarketPictureStructs(header=True)
-
-
-class _PriceCache(dict):
-    """raw integer -> exact Decimal over one divider (missing entries are built on lookup)."""
-
-    __slots__ = ("divider", "exponent")
-
-    def __init__(self, divider: int) -> None:
-        super().__init__()
-        self.divider = divider
-        digits = len(str(divider)) - 1
-        # a power of ten keeps its decimals exactly (1220.00); any other divider divides at 40 digits
-        self.exponent = -digits if divider == 10**digits else None
-
-    def __missing__(self, raw: int) -> Decimal:
-        if len(self) >= _PRICE_CACHE_MAX:
-            self.clear()
-        if self.exponent is not None:
-            value = Decimal(raw).scaleb(self.exponent, _CTX)
-        else:
-            value = _CTX.divide(Decimal(raw), Decimal(self.divider))
-        self[raw] = value
-        return value
-
-
-class _LevelCache(dict):
-    """raw 16-byte depth row -> DepthLevel, prices over one divider."""
-
-    __slots__ = ("prices",)
-
-    def __init__(self, prices: _PriceCache) -> None:
-        super().__init__()
-        self.prices = prices
-
-    def __missing__(self, raw: bytes) -> DepthLevel:
-        if len(self) >= _LEVEL_CACHE_MAX:
-            self.clear()
-        quantity, price, orders = _ROW.unpack(raw)
-        level = self[raw] = _new_level(self.prices[price], quantity, orders)
-        return level
-
-
-class _TimeCache(dict):
-    """raw epoch value -> aware IST datetime, or None when the value is no time."""
-
-    __slots__ = ()
-
-    def __missing__(self, raw: int) -> datetime | None:
-        if len(self) >= _TIME_CACHE_MAX:
-            self.clear()
-        value: datetime | None = None
-        if 0 < raw < 10**10:  # seconds, up to the year 2286
-            value = datetime.fromtimestamp(raw, IST)
-        elif 10**12 <= raw < 10**13:  # milliseconds, 2001 .. 2286
-            value = datetime.fromtimestamp(raw // 1000, IST) + timedelta(milliseconds=raw % 1000)
-        self[raw] = value
-        return value
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -554,7 +489,7 @@ def split_batch(frame: bytes) -> list[bytes]:
 
 
 # decoder entry: exchange, symbol, price cache, level cache
-_Entry = tuple[str, str, _PriceCache, _LevelCache]
+_Entry = tuple[str, str, PriceCache | DividedPriceCache, LevelCache]
 _SPECIAL_CODES = frozenset((MSG_INDEX, MSG_MARKET_STATUS, MSG_CAS_REFERENCE, MSG_MARKET_OPEN, MSG_MARKET_CLOSE))
 
 
@@ -577,16 +512,17 @@ class KotakDecoder:
 
     __slots__ = (
         "stats", "market_status", "_instruments", "_dividers", "_caches", "_by_number", "_by_name", "_learned",
-        "_unmatched", "_times", "_logged",
+        "_unmatched", "_times", "_malformed",
     )  # fmt: skip
 
     def __init__(self, instruments: Mapping[str, Instrument], dividers: Mapping[int | str, int] | None = None) -> None:
         self.stats = DecodeStats()
+        #: counts malformed input into stats.malformed, logging the first of each kind
+        self._malformed = MalformedCounter(self.stats.malformed, BROKER, log)
         #: segment -> its latest MarketStatus
         self.market_status: dict[str, MarketStatus] = {}
-        self._times = _TimeCache()
-        self._logged: set[str] = set()
-        self._caches: dict[int, tuple[_PriceCache, _LevelCache]] = {}
+        self._times = TimeCache()
+        self._caches: dict[int, tuple[PriceCache | DividedPriceCache, LevelCache]] = {}
         self._dividers: dict[int, int] = {}
         self._instruments: dict[tuple[int, int | str], Instrument] = {}
         self._by_number: dict[int, _Entry] = {}
@@ -630,12 +566,12 @@ class KotakDecoder:
         if rebuild:
             self._rebuild()
 
-    def _caches_for(self, exchange_id: int) -> tuple[_PriceCache, _LevelCache]:
+    def _caches_for(self, exchange_id: int) -> tuple[PriceCache | DividedPriceCache, LevelCache]:
         divider = self._dividers.get(exchange_id, DEFAULT_DIVIDER)
         caches = self._caches.get(divider)
         if caches is None:
-            prices = _PriceCache(divider)
-            caches = self._caches[divider] = (prices, _LevelCache(prices))
+            prices = price_cache(divider)
+            caches = self._caches[divider] = (prices, LevelCache(prices, _ROW))
         return caches
 
     def _rebuild(self) -> None:
@@ -679,13 +615,6 @@ class KotakDecoder:
         self._learned[number] = key
         self._by_number[number] = entry
         return entry
-
-    def _malformed(self, kind: str, detail: str) -> None:
-        malformed = self.stats.malformed
-        malformed[kind] = malformed.get(kind, 0) + 1
-        if kind not in self._logged:  # once per kind: a broken feed must not flood the log
-            self._logged.add(kind)
-            log.warning("kotak_neo: malformed input (%s): %s; counting further ones silently", kind, detail)
 
     def decode(self, frame: bytes, receive_ts: datetime) -> list[TickData]:
         """Decode one binary frame; ``receive_ts`` (aware) stands in where a packet has no time."""
