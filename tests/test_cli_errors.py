@@ -2,7 +2,11 @@
 
 import socket
 
+import pytest
+
 from testkit.cli import main_env, run_main
+
+pytestmark = pytest.mark.slow  # every test runs main.py
 
 
 def _closed_port() -> int:

@@ -200,6 +200,7 @@ def probe_events(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
     return events
 
 
+@pytest.mark.slow
 def test_official_kiteticker_receives_the_tape_exactly_in_full_mode(server: KiteFakeServer) -> None:
     tokens = [i.token for i in ALL_INSTRUMENTS]
     tape = random_tape(ALL_INSTRUMENTS, seconds=3, seed=11)
@@ -225,6 +226,7 @@ def test_official_kiteticker_receives_the_tape_exactly_in_full_mode(server: Kite
     assert all(t["mode"] == "full" for t in got)
 
 
+@pytest.mark.slow
 def test_official_kiteticker_reports_403_and_gets_no_ticks_with_a_rejected_token(server: KiteFakeServer) -> None:
     proc = run_probe(server, [INFY], count=1, access_token="wrong_token", extra=("--exit-on-error",))
     events = probe_events(proc)
