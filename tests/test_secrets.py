@@ -14,7 +14,6 @@ and ``Settings`` and ``KiteBroker`` show it on purpose. The Kotak UCC (client co
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -35,6 +34,7 @@ from testkit.cli import main_env, run_main
 from testkit.fakes import kite_server, kotak_server
 from testkit.fakes.kite_server import KiteFakeServer
 from testkit.fakes.kotak_server import ERROR_SHAPES, KotakFakeServer
+from testkit.waiting import free_port
 
 # ---- the planted credentials ---------------------------------------------------------------
 
@@ -87,9 +87,7 @@ def assert_no_leak(proc: subprocess.CompletedProcess, secrets: Iterable[str], *r
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # nothing listens there, and no other test takes it meanwhile (testkit/waiting.py)
 
 
 def run_debug(*args: str, cwd: Path, env: dict[str, str], log_format: str = "text") -> subprocess.CompletedProcess:
