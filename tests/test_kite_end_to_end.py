@@ -294,10 +294,11 @@ def test_a_kite_daemon_killed_with_sigkill_resumes_its_open_buckets_from_the_jou
     intervals = parse_intervals("5m,15m")
     args = ["--broker", "kite", "--symbols", "NSE:INFY", "NSE:RELIANCE", "--intervals", "5m,15m"]
     env = kite_env(server, KITE_ACCESS_TOKEN=server.access_token)
-    if time.time() % 300 > 240:  # keep the test inside one 5-minute bucket: they stay open
-        time.sleep(300 - time.time() % 300 + 3)
-    now = int(time.time())
-    tape = random_tape(stocks, seconds=20, seed=11, start_epoch=now - 20)
+    # The fake stamps each tick with the tape's exchange time, the daemon places it by that time and
+    # closes buckets on its wall clock. A tape in the first seconds of the next 5-minute bucket keeps
+    # every bucket it touches open for at least five minutes from now, whatever the time of day.
+    five = Interval.parse("5m")
+    tape = random_tape(stocks, seconds=20, seed=11, start_epoch=five.bucket_start(time.time()) + five.seconds + 1)
     cut = len(tape) * 2 // 3
     journal_dir = tmp_path / "data" / "journal"
 
@@ -318,9 +319,12 @@ def test_a_kite_daemon_killed_with_sigkill_resumes_its_open_buckets_from_the_jou
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
 
+    # The killed daemon's connection stays on the fake's books until the fake has read its end: wait for
+    # the subscriptions of a connection the restarted daemon opened, or the rest of the tape goes nowhere.
+    killed = server.last_connection_id
     proc = start_main(*args, cwd=tmp_path, env=env)
     try:
-        server.wait_subscribed([i.token for i in stocks], timeout=30, mode="full")
+        server.wait_subscribed([i.token for i in stocks], timeout=30, mode="full", after=killed)
         assert server.send_ticks(tape[cut:]) == len(tape) - cut
         time.sleep(1.5)
     finally:
