@@ -349,6 +349,22 @@ def test_fourth_connection_gets_429(server: KiteFakeServer) -> None:
         c.close()
 
 
+def test_wait_subscribed_after_a_connection_id_waits_for_a_newer_connection(server: KiteFakeServer) -> None:
+    token = ALL_INSTRUMENTS[0].token
+    old = subscribed_ws(server, [token], mode="full")  # still on the server's books, as a killed client's may be
+    before = server.last_connection_id
+    assert before == server.connections[0].id
+    with pytest.raises(TimeoutError, match=f"on a connection after #{before}"):
+        server.wait_subscribed([token], timeout=0.3, mode="full", after=before)
+    new = ws_connect(server)
+    send_json(new, "subscribe", [token])
+    send_json(new, "mode", ["full", [token]])
+    server.wait_subscribed([token], mode="full", after=before)
+    assert server.last_connection_id == before + 1
+    old.close()
+    new.close()
+
+
 def test_drop_all_closes_sockets_without_a_close_frame(server: KiteFakeServer) -> None:
     a, b = ws_connect(server), ws_connect(server)
     server.wait_connections(2)
