@@ -717,6 +717,7 @@ def test_snapshot_keeps_packed_buckets_and_late_ticks_revise_them_after_restore(
     assert feed.candle("1m", 0).high == Decimal("150.25") and feed.candle("1m", 1).low == 50
 
 
+@pytest.mark.slow
 def test_closed_buckets_are_kept_packed_in_a_fraction_of_the_memory(monkeypatch):
     import gc
     import tracemalloc

@@ -1,14 +1,15 @@
 """Bad input: one clear line on stderr, a non-zero exit, never a traceback."""
 
-import socket
+import pytest
 
 from testkit.cli import main_env, run_main
+from testkit.waiting import free_port
+
+pytestmark = pytest.mark.slow  # every test runs main.py
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # nothing listens there, and no other test takes it meanwhile (testkit/waiting.py)
 
 
 def _assert_one_line_error(proc, *needles: str) -> None:

@@ -14,6 +14,8 @@ from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
 from testkit.reference import candle_to_dict, reference_candles
 
+pytestmark = pytest.mark.slow  # every test runs main.py
+
 SIM_START = "2026-11-24T09:15:00+05:30"
 SYMBOLS = ["NSE:INFY", "NSE:TCS", "NSE:NIFTY 50"]
 

@@ -149,6 +149,7 @@ def test_dropped_connection_reconnects_resubscribes_everything_and_ticks_flow_ag
     assert broker.connection_states()[0].reconnects == 1
 
 
+@pytest.mark.slow
 def test_a_reconnect_never_delivers_an_index_tick_twice_whichever_side_of_the_live_ticks_its_snapshot_lands(
     server, make_broker
 ):
@@ -202,6 +203,7 @@ def test_silent_socket_is_detected_as_stalled_and_replaced(server, make_broker, 
     sink.wait_for(lambda t: any(x.last_price == Decimal("1575.50") for x in t))
 
 
+@pytest.mark.slow
 def test_rejected_access_token_stops_retrying_and_says_to_log_in_again(server, make_broker, caplog):
     server.reject_tokens()
     broker = make_broker()

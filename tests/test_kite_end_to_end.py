@@ -97,6 +97,7 @@ def wait_settled(server: KiteFakeServer, timeout: float = 20.0) -> None:
     raise AssertionError(f"the daemon's connection never settled within {timeout} s")
 
 
+@pytest.mark.slow
 def test_kite_daemon_into_postgres_equals_the_reference_across_a_drop_and_a_stall(tmp_path, server, pg_dsn):
     intervals = parse_intervals("1m,5m")
     proc = start_main(
@@ -150,6 +151,7 @@ def test_kite_daemon_into_postgres_equals_the_reference_across_a_drop_and_a_stal
             assert final, f"{iv} candle at {datetime.fromtimestamp(bucket, IST)} closed before the stop but is not final"
 
 
+@pytest.mark.slow
 def test_login_writes_a_private_token_file_that_the_broker_check_then_uses(tmp_path, server):
     redirect = f"{server.redirect_url}?action=login&type=login&status=success&request_token={server.request_token}"
     login = run_main("--broker", "kite", "--login", cwd=tmp_path, env=kite_env(server), input_text=redirect + "\n")
@@ -170,6 +172,7 @@ def test_login_writes_a_private_token_file_that_the_broker_check_then_uses(tmp_p
     assert server.access_token not in check.stdout + check.stderr
 
 
+@pytest.mark.slow
 def test_broker_check_with_a_rejected_token_fails_and_says_to_log_in_again(tmp_path, server):
     server.expire_access_token()
     check = run_main(
@@ -181,12 +184,14 @@ def test_broker_check_with_a_rejected_token_fails_and_says_to_log_in_again(tmp_p
     assert server.access_token not in check.stdout + check.stderr
 
 
+@pytest.mark.slow
 def test_daemon_without_any_access_token_says_how_to_log_in(tmp_path, server):
     proc = run_main("--broker", "kite", "--symbols", "NSE:INFY", cwd=tmp_path, env=kite_env(server))
     assert proc.returncode == 2
     assert "no Kite access token: log in first with `python main.py --broker kite --login`" in proc.stderr
 
 
+@pytest.mark.slow
 def test_running_daemon_picks_up_the_token_of_a_fresh_login_after_a_rejection(tmp_path, server):
     env = kite_env(server)
     first = run_main("--broker", "kite", "--login", "--request-token", server.request_token, cwd=tmp_path, env=env)
@@ -215,6 +220,7 @@ def _many(n: int) -> list[FakeInstrument]:
     return [FakeInstrument(((20_000 + k) << 8) | 1, "NSE", f"SYN{k}") for k in range(n)]
 
 
+@pytest.mark.slow
 def test_more_than_9000_instruments_are_refused_with_the_numbers(tmp_path):
     with KiteFakeServer(instruments=_many(9001)) as srv:
         (tmp_path / "watch.txt").write_text("\n".join(f"NSE:SYN{k}" for k in range(9001)) + "\n")
@@ -239,12 +245,14 @@ def test_shard_splits_a_watchlist_between_daemons_without_overlap_and_keeps_part
 
 
 @pytest.mark.parametrize("bad", ["3/2", "0/2", "x", "1-2"])
+@pytest.mark.slow
 def test_bad_shard_option_is_refused_before_anything_starts(tmp_path, bad):
     proc = run_main("--symbols", "NSE:INFY", "--shard", bad, cwd=tmp_path)
     assert proc.returncode == 2
     assert "--shard" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_login_rejects_a_stale_request_token_with_a_clear_message(tmp_path, server):
     kite = KiteConnect(server.api_key, root=server.api_url)
     used = server.request_token
@@ -255,6 +263,7 @@ def test_login_rejects_a_stale_request_token_with_a_clear_message(tmp_path, serv
     assert not (tmp_path / "data" / "kite_access_token.json").exists()
 
 
+@pytest.mark.slow
 def test_sqlite_default_store_works_with_kite_too(tmp_path, server):
     proc = start_main(
         "--broker", "kite", "--symbols", "NSE:INFY", cwd=tmp_path, env=kite_env(server, KITE_ACCESS_TOKEN=server.access_token)
@@ -277,6 +286,7 @@ def test_sqlite_default_store_works_with_kite_too(tmp_path, server):
     assert got == reference_candles(as_arrivals(tape), [Interval.parse("1m")])
 
 
+@pytest.mark.slow
 def test_a_kite_daemon_killed_with_sigkill_resumes_its_open_buckets_from_the_journalled_frames(tmp_path, server):
     from pipeline.journal import TickJournal
 
@@ -284,10 +294,11 @@ def test_a_kite_daemon_killed_with_sigkill_resumes_its_open_buckets_from_the_jou
     intervals = parse_intervals("5m,15m")
     args = ["--broker", "kite", "--symbols", "NSE:INFY", "NSE:RELIANCE", "--intervals", "5m,15m"]
     env = kite_env(server, KITE_ACCESS_TOKEN=server.access_token)
-    if time.time() % 300 > 240:  # keep the test inside one 5-minute bucket: they stay open
-        time.sleep(300 - time.time() % 300 + 3)
-    now = int(time.time())
-    tape = random_tape(stocks, seconds=20, seed=11, start_epoch=now - 20)
+    # The fake stamps each tick with the tape's exchange time, the daemon places it by that time and
+    # closes buckets on its wall clock. A tape in the first seconds of the next 5-minute bucket keeps
+    # every bucket it touches open for at least five minutes from now, whatever the time of day.
+    five = Interval.parse("5m")
+    tape = random_tape(stocks, seconds=20, seed=11, start_epoch=five.bucket_start(time.time()) + five.seconds + 1)
     cut = len(tape) * 2 // 3
     journal_dir = tmp_path / "data" / "journal"
 
@@ -308,9 +319,12 @@ def test_a_kite_daemon_killed_with_sigkill_resumes_its_open_buckets_from_the_jou
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
 
+    # The killed daemon's connection stays on the fake's books until the fake has read its end: wait for
+    # the subscriptions of a connection the restarted daemon opened, or the rest of the tape goes nowhere.
+    killed = server.last_connection_id
     proc = start_main(*args, cwd=tmp_path, env=env)
     try:
-        server.wait_subscribed([i.token for i in stocks], timeout=30, mode="full")
+        server.wait_subscribed([i.token for i in stocks], timeout=30, mode="full", after=killed)
         assert server.send_ticks(tape[cut:]) == len(tape) - cut
         time.sleep(1.5)
     finally:

@@ -200,6 +200,7 @@ def probe_events(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
     return events
 
 
+@pytest.mark.slow
 def test_official_kiteticker_receives_the_tape_exactly_in_full_mode(server: KiteFakeServer) -> None:
     tokens = [i.token for i in ALL_INSTRUMENTS]
     tape = random_tape(ALL_INSTRUMENTS, seconds=3, seed=11)
@@ -225,6 +226,7 @@ def test_official_kiteticker_receives_the_tape_exactly_in_full_mode(server: Kite
     assert all(t["mode"] == "full" for t in got)
 
 
+@pytest.mark.slow
 def test_official_kiteticker_reports_403_and_gets_no_ticks_with_a_rejected_token(server: KiteFakeServer) -> None:
     proc = run_probe(server, [INFY], count=1, access_token="wrong_token", extra=("--exit-on-error",))
     events = probe_events(proc)
@@ -345,6 +347,22 @@ def test_fourth_connection_gets_429(server: KiteFakeServer) -> None:
     conns.append(ws_connect(server))  # a slot freed by a clean close is usable again
     for c in conns[1:]:
         c.close()
+
+
+def test_wait_subscribed_after_a_connection_id_waits_for_a_newer_connection(server: KiteFakeServer) -> None:
+    token = ALL_INSTRUMENTS[0].token
+    old = subscribed_ws(server, [token], mode="full")  # still on the server's books, as a killed client's may be
+    before = server.last_connection_id
+    assert before == server.connections[0].id
+    with pytest.raises(TimeoutError, match=f"on a connection after #{before}"):
+        server.wait_subscribed([token], timeout=0.3, mode="full", after=before)
+    new = ws_connect(server)
+    send_json(new, "subscribe", [token])
+    send_json(new, "mode", ["full", [token]])
+    server.wait_subscribed([token], mode="full", after=before)
+    assert server.last_connection_id == before + 1
+    old.close()
+    new.close()
 
 
 def test_drop_all_closes_sockets_without_a_close_frame(server: KiteFakeServer) -> None:

@@ -272,6 +272,7 @@ def test_a_muted_server_trips_each_stall_watchdog_and_every_connection_recovers_
     sink.wait_for(sink.has_all(instruments, 500))
 
 
+@pytest.mark.slow
 def test_an_idle_connection_answering_pings_is_not_reported_stalled(server, make_broker, caplog):
     caplog.set_level(logging.INFO, logger="brokers.kotak_neo.client")
     broker = make_broker(stall_timeout=1.0, ping_interval=0.2)
@@ -318,6 +319,7 @@ def test_an_expired_session_kicked_from_three_connections_costs_exactly_one_new_
     assert broker.problem is None
 
 
+@pytest.mark.slow
 def test_a_snapshot_coming_after_newer_ticks_on_reconnect_is_not_a_second_tick(make_broker):
     # The feed answers a new subscription with each instrument's last state; a busy feed may send it after
     # live ticks that are already newer. The copy of a tick delivered before the reconnect must not count
@@ -410,6 +412,7 @@ def apply_subscriptions_late(server: KotakFakeServer, delay: float) -> None:
 
 
 @pytest.mark.parametrize("apply_delay", [0.0, 0.3], ids=["prompt_feed", "slow_feed"])
+@pytest.mark.slow
 def test_proactive_renewal_moves_every_connection_to_the_new_session_without_losing_a_tick(make_broker, apply_delay):
     with KotakFakeServer(instruments=DEFAULT_INSTRUMENTS + SYNTHETIC, token_lifetime=3) as srv:
         if apply_delay:
@@ -470,6 +473,7 @@ def test_proactive_renewal_moves_every_connection_to_the_new_session_without_los
         assert all(x.last_price == prices[x.volume] for x in received)
 
 
+@pytest.mark.slow
 def test_an_instrument_subscribed_while_a_connection_moves_to_a_new_session_ends_up_on_the_new_socket(make_broker):
     with KotakFakeServer(instruments=DEFAULT_INSTRUMENTS, token_lifetime=3) as srv:
         apply_subscriptions_late(srv, 0.3)  # widens the move: the old socket stays until the new one is acked
@@ -490,6 +494,7 @@ def test_an_instrument_subscribed_while_a_connection_moves_to_a_new_session_ends
         sink.wait_for(sink.has(11536, 4000))
 
 
+@pytest.mark.slow
 def test_credentials_refused_on_renewal_stop_the_feed_without_hammering_the_login(make_broker, caplog):
     with KotakFakeServer(instruments=DEFAULT_INSTRUMENTS, token_lifetime=3) as srv:
         broker = make_broker(srv)

@@ -22,6 +22,8 @@ from testkit.cli import main_env, run_main, start_main
 from testkit.fakes.kotak_server import DEFAULT_INSTRUMENTS, KotakFakeServer, TapeTick, random_tape, synthetic_instruments
 from testkit.reference import candle_to_dict, reference_candles
 
+pytestmark = pytest.mark.slow  # every test runs main.py
+
 # watchlist spelling -> the fake's scrip-master row
 WATCH = {"NSE:INFY": 1594, "NSE:TCS": 11536, "NSE:RELIANCE": 2885, "NSE:NIFTY 50": 26000}
 ROWS = {i.token: i for i in DEFAULT_INSTRUMENTS if i.segment == "nse_cm" and i.token in WATCH.values()}

@@ -869,6 +869,7 @@ def test_play_tape_streams_in_the_background_and_send_raw_reaches_everyone(serve
     ws.close()
 
 
+@pytest.mark.slow
 def test_cli_prints_urls_and_credentials_a_daemon_can_log_in_with() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "testkit.fakes.kotak_server", "--synthetic", "5"], cwd=ROOT, env=env,

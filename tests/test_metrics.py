@@ -268,6 +268,7 @@ def test_kite_reconnect_after_a_dropped_connection_shows_in_its_reconnects_count
     assert healthz(metrics.port)[0] == 200
 
 
+@pytest.mark.slow
 def test_the_daemon_serves_metrics_and_health_on_metrics_port_and_refuses_a_busy_one(tmp_path):
     from testkit.cli import run_main, start_main
     from testkit.mosquitto import free_port

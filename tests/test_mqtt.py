@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from brokers.sim.client import read_tape
 from candles.model import parse_intervals
@@ -19,6 +20,8 @@ from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
 from testkit.mosquitto import MosquittoServer, free_port
 from testkit.reference import candle_to_dict, reference_candles
+
+pytestmark = pytest.mark.slow  # every test runs main.py
 
 SIM_START = "2026-11-24T09:15:00+05:30"
 SERVICE = "mf-test"

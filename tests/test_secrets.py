@@ -14,7 +14,6 @@ and ``Settings`` and ``KiteBroker`` show it on purpose. The Kotak UCC (client co
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -35,6 +34,7 @@ from testkit.cli import main_env, run_main
 from testkit.fakes import kite_server, kotak_server
 from testkit.fakes.kite_server import KiteFakeServer
 from testkit.fakes.kotak_server import ERROR_SHAPES, KotakFakeServer
+from testkit.waiting import free_port
 
 # ---- the planted credentials ---------------------------------------------------------------
 
@@ -87,9 +87,7 @@ def assert_no_leak(proc: subprocess.CompletedProcess, secrets: Iterable[str], *r
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # nothing listens there, and no other test takes it meanwhile (testkit/waiting.py)
 
 
 def run_debug(*args: str, cwd: Path, env: dict[str, str], log_format: str = "text") -> subprocess.CompletedProcess:
@@ -122,6 +120,7 @@ def kite_env(server: KiteFakeServer, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("fault", ["reject_tokens", "expire_access_token"])
+@pytest.mark.slow
 def test_kite_daemon_whose_access_token_the_feed_rejects_logs_no_credential(tmp_path, kite, fault):
     getattr(kite, fault)()  # every WebSocket upgrade gets HTTP 403; expired, REST refuses the token too
     # long enough for status lines, which carry the broker's problem
@@ -129,6 +128,7 @@ def test_kite_daemon_whose_access_token_the_feed_rejects_logs_no_credential(tmp_
     assert_no_leak(proc, KITE_SECRETS, "Kite rejected the access token (HTTP 403)", "feed DOWN")
 
 
+@pytest.mark.slow
 def test_kite_broker_check_with_an_expired_access_token_reports_without_echoing_it(tmp_path, kite):
     kite.expire_access_token()
     proc = run_debug("--broker", "kite", "--test-broker", cwd=tmp_path, env=kite_env(kite))
@@ -137,6 +137,7 @@ def test_kite_broker_check_with_an_expired_access_token_reports_without_echoing_
 
 
 @pytest.mark.parametrize("command", [("--test-broker",), DAEMON], ids=["broker-check", "daemon"])
+@pytest.mark.slow
 def test_kite_with_an_unreachable_api_url_fails_without_a_credential_in_the_output(tmp_path, kite, command):
     proc = run_debug(
         "--broker", "kite", *command, cwd=tmp_path, env=kite_env(kite, KITE_API_URL=f"http://127.0.0.1:{closed_port()}")
@@ -145,12 +146,14 @@ def test_kite_with_an_unreachable_api_url_fails_without_a_credential_in_the_outp
     assert_no_leak(proc, KITE_SECRETS, "Connection refused")
 
 
+@pytest.mark.slow
 def test_kite_daemon_with_an_unreachable_ws_url_retries_without_logging_the_url_token(tmp_path, kite):
     # the access token travels in the WebSocket URL's query: a connect error must not carry the URL
     proc = run_debug("--broker", "kite", *DAEMON, cwd=tmp_path, env=kite_env(kite, KITE_WS_URL=f"ws://127.0.0.1:{closed_port()}"))
     assert_no_leak(proc, KITE_SECRETS, "ConnectionRefusedError", "reconnecting in")
 
 
+@pytest.mark.slow
 def test_kite_login_with_a_wrong_secret_names_the_variable_but_neither_secret_nor_request_token(tmp_path, kite):
     request_token = kite.request_token
     proc = run_debug("--broker", "kite", "--login", "--request-token", request_token, cwd=tmp_path,
@@ -159,6 +162,7 @@ def test_kite_login_with_a_wrong_secret_names_the_variable_but_neither_secret_no
     assert_no_leak(proc, (*KITE_SECRETS, request_token), "Kite refused the login", "check KITE_API_SECRET")
 
 
+@pytest.mark.slow
 def test_kite_login_stores_the_new_access_token_without_printing_it(tmp_path, kite):
     request_token = kite.request_token
     env = kite_env(kite)
@@ -169,6 +173,7 @@ def test_kite_login_stores_the_new_access_token_without_printing_it(tmp_path, ki
 
 
 @LOG_FORMATS
+@pytest.mark.slow
 def test_kite_broker_check_that_streams_a_tick_prints_no_credential(tmp_path, kite, log_format):
     infy = kite_server.DEFAULT_INSTRUMENTS[0]
     kite.send_ticks(kite_server.random_tape([infy], seconds=1)[:1], mode="full")  # the snapshot a new subscription gets
@@ -207,6 +212,7 @@ KOTAK_COMMANDS = pytest.mark.parametrize("command", [("--test-broker",), DAEMON]
 
 
 @KOTAK_COMMANDS
+@pytest.mark.slow
 def test_kotak_login_with_a_wrong_mpin_fails_without_either_mpin_in_the_output(tmp_path, kotak, command):
     proc = run_debug("--broker", "kotak", *command, cwd=tmp_path, env=kotak_env(kotak, KOTAK_MPIN=KOTAK_WRONG_MPIN))
     assert proc.returncode == 1
@@ -214,6 +220,7 @@ def test_kotak_login_with_a_wrong_mpin_fails_without_either_mpin_in_the_output(t
 
 
 @KOTAK_COMMANDS
+@pytest.mark.slow
 def test_kotak_login_with_another_totp_secret_fails_without_either_secret_in_the_output(tmp_path, kotak, command):
     proc = run_debug("--broker", "kotak", *command, cwd=tmp_path, env=kotak_env(kotak, KOTAK_TOTP_SECRET=KOTAK_WRONG_TOTP_SECRET))
     assert proc.returncode == 1
@@ -221,6 +228,7 @@ def test_kotak_login_with_another_totp_secret_fails_without_either_secret_in_the
 
 
 @KOTAK_COMMANDS
+@pytest.mark.slow
 def test_kotak_with_an_unreachable_login_url_fails_without_a_credential_in_the_output(tmp_path, kotak, command):
     proc = run_debug("--broker", "kotak", *command, cwd=tmp_path,
                      env=kotak_env(kotak, KOTAK_LOGIN_URL=f"http://127.0.0.1:{closed_port()}"))  # fmt: skip
@@ -233,6 +241,7 @@ KOTAK_FAULTS = [*LOGIN_FAULTS, *(("file_paths", shape) for shape in ("invalid_se
 
 
 @pytest.mark.parametrize(("endpoint", "shape"), KOTAK_FAULTS, ids=[f"{e}-{s}" for e, s in KOTAK_FAULTS])
+@pytest.mark.slow
 def test_kotak_broker_check_reports_every_error_shape_of_the_fake_without_a_credential(tmp_path, kotak, endpoint, shape):
     kotak.fail_next(endpoint, shape)
     proc = run_debug("--broker", "kotak", "--test-broker", cwd=tmp_path, env=kotak_env(kotak))
@@ -241,6 +250,7 @@ def test_kotak_broker_check_reports_every_error_shape_of_the_fake_without_a_cred
 
 
 @LOG_FORMATS
+@pytest.mark.slow
 def test_kotak_broker_check_that_streams_a_tick_prints_neither_credentials_nor_session(tmp_path, kotak, log_format):
     infy = next(i for i in kotak_server.DEFAULT_INSTRUMENTS if i.key == "nse_cm|1594")
     kotak.send_ticks(kotak_server.random_tape([infy], seconds=1)[:1])  # the snapshot a new subscription gets
@@ -251,6 +261,7 @@ def test_kotak_broker_check_that_streams_a_tick_prints_neither_credentials_nor_s
 
 
 @LOG_FORMATS
+@pytest.mark.slow
 def test_kotak_daemon_whose_session_the_feed_refuses_logs_in_again_without_logging_credentials_or_sessions(
     tmp_path, kotak, log_format
 ):
@@ -278,6 +289,7 @@ PG_FORMS = pytest.mark.parametrize("form", ["url", "key-value", "url-query", "ma
 
 @PG_FORMS
 @pytest.mark.parametrize("command", [("--test-database",), ("--broker", "sim", *DAEMON)], ids=["database-check", "daemon"])
+@pytest.mark.slow
 def test_postgres_password_in_any_dsn_form_stays_out_of_a_failed_connection_report(tmp_path, form, command):
     proc = run_debug(*command, cwd=tmp_path, env=main_env(PG_CONN_STR=pg_dsns(closed_port())[form]))
     assert proc.returncode == 1
@@ -289,12 +301,14 @@ def mqtt_env(**extra: str) -> dict[str, str]:
                     MQTT_HEARTBEAT_SECONDS="1", **extra)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_mqtt_check_against_an_unreachable_broker_does_not_print_the_password(tmp_path):
     proc = run_debug("--test-mqtt", cwd=tmp_path, env=mqtt_env())
     assert proc.returncode == 1
     assert_no_leak(proc, (MQTT_PASSWORD,), "FAILED", "cannot connect to mqtt://127.0.0.1:")
 
 
+@pytest.mark.slow
 def test_daemon_publishing_to_an_unreachable_mqtt_broker_does_not_log_the_password(tmp_path):
     proc = run_debug("--broker", "sim", *DAEMON, cwd=tmp_path, env=mqtt_env())
     assert proc.returncode == 0, proc.stderr

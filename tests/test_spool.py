@@ -144,6 +144,7 @@ def _stored(store, intervals) -> dict:
         store.close()
 
 
+@pytest.mark.slow
 def test_candles_closed_while_the_database_is_down_survive_a_shutdown_and_are_written_by_the_next_start(tmp_path):
     intervals = parse_intervals("1m,15m")
     first, second = tmp_path / "tape1.jsonl", tmp_path / "tape2.jsonl"
@@ -177,6 +178,7 @@ def test_candles_closed_while_the_database_is_down_survive_a_shutdown_and_are_wr
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.slow
 def test_a_daemon_killed_with_sigkill_resumes_its_open_buckets_and_the_table_equals_the_reference(tmp_path, request, kind):
     intervals = parse_intervals("1m,15m")
     first, second = tmp_path / "tape1.jsonl", tmp_path / "tape2.jsonl"

@@ -442,6 +442,7 @@ def test_postgres_description_redacts_the_password_in_either_dsn_form() -> None:
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_postgres_store_reconnects_after_the_server_comes_back() -> None:
     with PostgresServer() as server:
         dsn = server.create_database("reconnect")
@@ -504,6 +505,7 @@ def test_open_store_read_only_passes_through(tmp_path: Path) -> None:
         open_store(None, str(tmp_path / "candles.db"), read_only=True)
 
 
+@pytest.mark.slow
 def test_wrong_postgres_password_says_to_check_the_credentials_without_echoing_them() -> None:
     with PostgresServer() as server:
         server.execute(sql.SQL("CREATE ROLE feeder LOGIN PASSWORD 'right-one'"))

@@ -318,6 +318,7 @@ def test_watchdog_on_the_service_stops_petting_when_the_pipeline_hangs(sim_servi
 # ---- the daemon under a pretend systemd -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_daemon_reports_ready_pets_the_watchdog_and_reports_stopping_on_sigterm(notify_socket, tmp_path):
     env = main_env(NOTIFY_SOCKET=os.environ["NOTIFY_SOCKET"], WATCHDOG_USEC="400000")  # pets every 0.2 s
     proc = start_main("--broker", "sim", "--symbols", "NSE:INFY", "--sim-speed", "30", cwd=tmp_path, env=env)
@@ -343,6 +344,7 @@ def test_daemon_reports_ready_pets_the_watchdog_and_reports_stopping_on_sigterm(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_daemon_outside_systemd_runs_without_notifications(tmp_path):
     assert "NOTIFY_SOCKET" not in os.environ
     proc = start_main("--broker", "sim", "--symbols", "NSE:INFY", "--duration", "1", cwd=tmp_path, env=main_env())

@@ -740,13 +740,26 @@ class KiteFakeServer:
                 for c in self._conns.values()
             ]
 
-    def wait_subscribed(self, tokens: Iterable[int], timeout: float = 5.0, *, mode: str | None = None) -> None:
-        """Block until every token is subscribed on some connection (in ``mode`` if given)."""
+    @property
+    def last_connection_id(self) -> int:
+        """The id of the newest WebSocket connection accepted so far (0 before the first); ids only grow.
+        Pass it to ``wait_subscribed(after=...)`` to wait for connections opened from then on."""
+        with self._lock:
+            return self._next_id - 1
+
+    def wait_subscribed(
+        self, tokens: Iterable[int], timeout: float = 5.0, *, mode: str | None = None, after: int = 0
+    ) -> None:
+        """Block until every token is subscribed on some connection (in ``mode`` if given) whose id is
+        above ``after`` (see ``last_connection_id``). A client that was killed leaves its connection
+        here until the server has read its end: ``after`` keeps that one from counting for the next."""
         wanted = set(tokens)
 
         def missing() -> set[int]:
             have: dict[int, set[str]] = {}
             for c in self._conns.values():
+                if c.id <= after:
+                    continue
                 for t, m in c.subscribed.items():
                     have.setdefault(t, set()).add(m)
             return {t for t in wanted if t not in have or (mode is not None and mode not in have[t])}
@@ -754,8 +767,9 @@ class KiteFakeServer:
         with self._changed:
             if not self._changed.wait_for(lambda: not missing(), timeout):
                 raise TimeoutError(
-                    f"tokens {sorted(missing())} not subscribed{' in ' + mode + ' mode' if mode else ''} after {timeout} s; "
-                    f"connections: {[dict(c.subscribed) for c in self._conns.values()]}"
+                    f"tokens {sorted(missing())} not subscribed{' in ' + mode + ' mode' if mode else ''}"
+                    f"{f' on a connection after #{after}' if after else ''} after {timeout} s; "
+                    f"connections: {[(c.id, dict(c.subscribed)) for c in self._conns.values()]}"
                 )
 
     def wait_connections(self, n: int, timeout: float = 5.0) -> None:
