@@ -24,7 +24,6 @@ class Health:
     connections: tuple[ConnectionState, ...]
     symbols: int
     ticks: int
-    ticks_per_s: float
     last_tick_age_s: float | None
     candles_written: int
     rejected_candles: int
@@ -64,8 +63,9 @@ class Health:
     def state(self) -> str:
         return "stopping" if self.stopping else "degraded" if self.problems else "running"
 
-    def heartbeat(self) -> dict[str, Any]:
-        """The MQTT heartbeat's body."""
+    def heartbeat(self, ticks_per_s: float) -> dict[str, Any]:
+        """The MQTT heartbeat's body; ``ticks_per_s`` is the rate since the previous heartbeat (a rate
+        depends on the reader's window, so each reader keeps its own from ``ticks``)."""
         return {
             "state": self.state,
             "problems": self.problems,
@@ -75,7 +75,7 @@ class Health:
             "connections_up": self.connections_up,
             "connections_total": len(self.connections),
             "symbols": self.symbols,
-            "ticks_per_s": round(self.ticks_per_s, 1),
+            "ticks_per_s": round(ticks_per_s, 1),
             "ticks": self.ticks,
             "last_tick_age_s": None if self.last_tick_age_s is None else round(self.last_tick_age_s, 2),
             "candles_written": self.candles_written,

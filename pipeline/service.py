@@ -88,7 +88,6 @@ class Service:
         self.pipeline_max_age = pipeline_max_age
         self._processed = 0  # number of the last journalled batch the aggregator has taken
         self.started_at = time.time()
-        self._rate_mark: tuple[float, int, float] = (time.monotonic(), 0, 0.0)  # (when, ticks, rate then)
         self._ticks: queue.Queue[tuple[int, Sequence[TickData]] | None] = queue.Queue()  # (journal number, batch)
         self._candles: queue.Queue[list[Candle] | Checkpoint | None] = queue.Queue()
         self.writer = Writer(
@@ -308,15 +307,6 @@ class Service:
         """Closed candles the store has not taken yet (in the spool, or still queued for the writer)."""
         return self.writer.depth
 
-    def _tick_rate(self, now: float) -> float:
-        """Ticks a second since the previous reading at least a second ago (every reader shares it)."""
-        mark_time, mark_ticks, rate = self._rate_mark
-        if now - mark_time >= 1.0:
-            ticks = self.stats.ticks
-            rate = (ticks - mark_ticks) / (now - mark_time)
-            self._rate_mark = (now, ticks, rate)
-        return rate
-
     def health(self) -> Health:
         """One reading of how the daemon is doing: the status line, the MQTT heartbeat, /healthz and
         /metrics all read it."""
@@ -334,7 +324,6 @@ class Service:
             connections=tuple(broker.connection_states()),
             symbols=len(self.instruments),
             ticks=self.stats.ticks,
-            ticks_per_s=self._tick_rate(now),
             last_tick_age_s=None if last is None else now - last,
             candles_written=written.candles_written,
             rejected_candles=written.rejected_candles,

@@ -96,6 +96,7 @@ class MqttPublisher:
     def __init__(self, config: MqttSettings, *, queue_limit: int = _QUEUE_LIMIT) -> None:
         self.config = config
         self.health: Callable[[], Health] | None = None
+        self._beat_mark = (time.monotonic(), 0)
         self.stats = MqttStats()
         self.status_topic = f"{config.base}/status"
         self.heartbeat_topic = f"{config.base}/heartbeat"
@@ -118,6 +119,7 @@ class MqttPublisher:
 
     def start(self, health: Callable[[], Health]) -> None:
         self.health = health
+        self._beat_mark = (time.monotonic(), 0)  # (when, ticks) of the previous heartbeat: its rate's window
         self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive)
         self.client.loop_start()  # paho's thread: network I/O and reconnects, first connect included
         self._thread = threading.Thread(target=self._run, name="mqtt-heartbeat", daemon=True)
@@ -185,30 +187,30 @@ class MqttPublisher:
 
     def _run(self) -> None:
         next_beat = time.monotonic()
+        assert self.health is not None  # start() sets it
         while not self._stop.is_set():
             now = time.monotonic()
-            self._publish_feeds()
-            if now >= next_beat:
-                next_beat = now + self.config.heartbeat_seconds
-                try:
-                    body = self._health().heartbeat()
-                except Exception:  # noqa: BLE001 - a broken health source must not stop the heartbeat thread
-                    log.exception("mqtt: could not build the heartbeat")
-                else:
-                    if self.stats.connected:  # QoS 0: a heartbeat held back until a reconnect would be stale
-                        self._publish(self.heartbeat_topic, json.dumps(body, separators=(",", ":")))
+            try:
+                health = self.health()
+            except Exception:  # noqa: BLE001 - a broken health source must not stop the heartbeat thread
+                log.exception("mqtt: could not read the daemon's health")
+                health = None
+            if health is not None:
+                self._publish_feeds(health)
+                if now >= next_beat:
+                    next_beat = now + self.config.heartbeat_seconds
+                    self._heartbeat(health, now)
             self._stop.wait(min(_FEED_POLL_S, max(0.05, next_beat - time.monotonic())))
 
-    def _health(self) -> Health:
-        assert self.health is not None  # start() sets it
-        return self.health()
+    def _heartbeat(self, health: Health, now: float) -> None:
+        mark_time, mark_ticks = self._beat_mark
+        self._beat_mark = (now, health.ticks)
+        body = health.heartbeat((health.ticks - mark_ticks) / max(now - mark_time, 1e-9))
+        if self.stats.connected:  # QoS 0: a heartbeat held back until a reconnect would be stale
+            self._publish(self.heartbeat_topic, json.dumps(body, separators=(",", ":")))
 
-    def _publish_feeds(self) -> None:
-        try:
-            current = {str(c.id): c.connected for c in self._health().connections}
-        except Exception:  # noqa: BLE001
-            log.exception("mqtt: could not read the feed connections")
-            return
+    def _publish_feeds(self, health: Health) -> None:
+        current = {str(c.id): c.connected for c in health.connections}
         with self._lock:
             changed = {k: v for k, v in current.items() if self._feed_state.get(k) != v}
             self._feed_state.update(changed)

@@ -11,7 +11,7 @@ from pipeline.health import Health
 
 HEALTHY = Health(
     stopping=False, time=datetime(2026, 12, 7, 10, 0, tzinfo=IST), uptime_s=12.34, broker="kite", broker_problem=None,
-    connections=(ConnectionState(1, True, 3000), ConnectionState(2, True, 10)), symbols=3010, ticks=5000, ticks_per_s=123.456,
+    connections=(ConnectionState(1, True, 3000), ConnectionState(2, True, 10)), symbols=3010, ticks=5000,
     last_tick_age_s=0.123, candles_written=42, rejected_candles=0, store_errors=0, spool_depth=0, store="sqlite:x.db",
     store_up=True, late_ticks=1, dropped_ticks=0, pipeline_alive=True, pipeline_max_age=10.0, reauths=0, version="0.1.0",
 )  # fmt: skip
@@ -19,7 +19,7 @@ HEALTHY = Health(
 
 def test_a_healthy_reading_has_no_problems_and_says_running():
     assert HEALTHY.problems == []
-    beat = HEALTHY.heartbeat()
+    beat = HEALTHY.heartbeat(123.456)
     assert beat["state"] == "running" and beat["problems"] == []
     assert (beat["connections_up"], beat["connections_total"], beat["ticks_per_s"]) == (2, 2, 123.5)
     assert HEALTHY.feed_line() == "up"
@@ -40,7 +40,7 @@ def test_every_fault_is_named_once_in_the_order_an_operator_reads_them():
         "pipeline thread stopped or stuck for more than 10 s",
     ]
     assert sick.problems == expected
-    assert sick.heartbeat()["problems"] == expected and sick.heartbeat()["state"] == "degraded"
+    assert sick.heartbeat(0.0)["problems"] == expected and sick.heartbeat(0.0)["state"] == "degraded"
     assert sick.feed_line() == "DOWN (Kite rejected the access token (HTTP 403))"
 
 
