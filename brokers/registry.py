@@ -1,7 +1,8 @@
 """Every venue the daemon can stream from, one line each.
 
 A venue is a package ``brokers/<name>/`` with a ``settings.py`` (its ``Settings`` class, read from
-the environment like the daemon's own, see ``config.env``) and a ``factory.py`` that follows
+the environment like the daemon's own, see ``config.env``, whose ``missing()`` lists what the venue
+needs and the settings lack, each naming the variable to set) and a ``factory.py`` that follows
 ``VenueFactory``. Adding a venue is that folder and one line in ``VENUES``.
 """
 
@@ -50,9 +51,6 @@ class VenueFactory(Protocol):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The venue's own command-line options (a group of its own), if any."""
 
-    def missing(self, settings: Any) -> list[str]:
-        """What the venue needs and the settings lack, each naming the variable to set."""
-
     def open_broker(self, settings: Any, ctx: FeedContext) -> tuple[BaseBroker, Clock]:
         """A broker ready to resolve symbols and connect, and the clock its candles run on.
         Raises ``BrokerError`` (a login or a download failed) or ``ValueError`` (a bad option)."""
@@ -64,11 +62,7 @@ class VenueFactory(Protocol):
 
 def choices() -> tuple[str, ...]:
     """Every spelling ``--broker`` accepts."""
-    return tuple(sorted({n for v in VENUES for n in (v.name, *v.aliases)}, key=lambda n: (_order(n), n)))
-
-
-def _order(name: str) -> int:
-    return next(i for i, v in enumerate(VENUES) if name == v.name or name in v.aliases)
+    return tuple(n for v in VENUES for n in sorted((v.name, *v.aliases)))
 
 
 def venue(name: str) -> Venue:

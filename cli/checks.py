@@ -11,6 +11,7 @@ from decimal import Decimal
 from brokers import registry
 from brokers.base import BaseBroker, BrokerError
 from candles.model import Candle, Interval
+from cli.settings import feed_context
 from config.settings import Settings
 from config.symbols import parse_symbols
 from core.ist import IST
@@ -89,8 +90,7 @@ def test_broker(settings: Settings, args: argparse.Namespace) -> int:
     """Connect, subscribe one instrument, wait for the first tick (or heartbeat); report."""
     print(f"marketfeed broker check: {args.broker}")
     name = registry.venue(args.broker).name
-    ctx = registry.FeedContext(settings.storage.data_dir, settings.feed.stall_seconds, args)
-    broker = registry.factory(name).check_login(settings.venues[name], ctx, _report_line)
+    broker = registry.factory(name).check_login(settings.venues[name], feed_context(settings, args), _report_line)
     if broker is None:
         return 1
     pairs = parse_symbols(args.symbols) or [("NSE", "INFY")]

@@ -22,6 +22,7 @@ from brokers import registry
 from brokers.base import BaseBroker
 from candles.model import parse_intervals
 from cli.errors import UsageError
+from cli.settings import feed_context
 from config.settings import Settings
 from config.symbols import load_symbols_file, parse_symbols
 from core.ticks import Instrument
@@ -40,8 +41,7 @@ log = logging.getLogger("marketfeed")
 def open_feed(settings: Settings, args: argparse.Namespace) -> tuple[BaseBroker, registry.Clock]:
     """The broker of ``--broker`` and the clock its candles run on."""
     name = registry.venue(args.broker).name
-    ctx = registry.FeedContext(settings.storage.data_dir, settings.feed.stall_seconds, args)
-    return registry.factory(name).open_broker(settings.venues[name], ctx)
+    return registry.factory(name).open_broker(settings.venues[name], feed_context(settings, args))
 
 
 def run_daemon(settings: Settings, args: argparse.Namespace) -> int:

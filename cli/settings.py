@@ -3,13 +3,14 @@ variable to fix."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from brokers import registry
 from config import settings as config
-from config.env import ConfigError
+from config.env import raise_problems
 from config.settings import Settings
 
 
@@ -22,7 +23,10 @@ def venue_settings(settings: Settings, broker: str) -> Any:
     """The settings of ``--broker``'s venue; ``ConfigError`` naming every variable it needs and lacks."""
     name = registry.venue(broker).name
     venue = settings.venues[name]
-    problems = registry.factory(name).missing(venue)
-    if problems:
-        raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
+    raise_problems(venue.missing())
     return venue
+
+
+def feed_context(settings: Settings, args: argparse.Namespace) -> registry.FeedContext:
+    """What every venue's factory is given besides its own settings."""
+    return registry.FeedContext(settings.storage.data_dir, settings.feed.stall_seconds, args)

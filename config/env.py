@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
 
 T = TypeVar("T")
 
@@ -67,9 +67,8 @@ def redacted(obj: Any) -> str:
 class Env:
     """The merged variables (the process environment over the settings file) and the problems found."""
 
-    def __init__(self, values: Mapping[str, str], source: str = "the environment") -> None:
+    def __init__(self, values: Mapping[str, str]) -> None:
         self.values = dict(values)
-        self.source = source
         self.problems: list[str] = []
 
     def raw(self, name: str) -> str | None:
@@ -83,8 +82,13 @@ class Env:
         self.problems.append(text)
 
     def raise_problems(self) -> None:
-        if self.problems:
-            raise ConfigError("invalid settings:\n  - " + "\n  - ".join(self.problems))
+        raise_problems(self.problems)
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One ``ConfigError`` naming every problem, if there is any."""
+    if problems:
+        raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
 
 
 def load_env(env: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env") -> Env:
@@ -125,9 +129,9 @@ def _value(env: Env, spec: Var, hint: Any, default: Any) -> Any:
     name = spec.name
     if kind is bool:
         low = raw.lower()
-        if low in _TRUE:
+        if low in TRUE:
             return True
-        if low in _FALSE:
+        if low in FALSE:
             return False
         env.problem(f"{name} is invalid: {raw!r} is not true/false")
         return default

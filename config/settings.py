@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from candles.model import parse_intervals
-from config.env import Env, load_env, read, redacted, var
+from config.env import TRUE, Env, load_env, read, redacted, var
 
 DEFAULT_SQLITE_PATH = "data/marketfeed.db"
 
@@ -84,7 +84,7 @@ class MqttSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> MqttSettings:
-        tls = (env.raw("MQTT_TLS") or "").lower() in ("1", "true", "yes", "on")
+        tls = (env.raw("MQTT_TLS") or "").lower() in TRUE
         client_id = env.raw("MQTT_CLIENT_ID") or f"marketfeed-{socket.gethostname()}"
         settings = read(cls, env, port=8883 if tls else 1883, client_id=client_id, service_id=client_id)
         for name, value in (("MQTT_CLIENT_ID", settings.client_id), ("MQTT_SERVICE_ID", settings.service_id),
@@ -117,7 +117,7 @@ class Settings:
     venues: Mapping[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        parts = [f"{name}={getattr(self, name)!r}" for name in ("storage", "candles", "feed", "log", "metrics", "mqtt")]
+        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "venues"]
         parts += [f"{name}={value!r}" for name, value in self.venues.items()]
         return f"Settings({', '.join(parts)})"
 

@@ -24,9 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Kite's --login is the command line's own (cli/kite_login.py)."""
 
 
-def missing(settings: Settings) -> list[str]:
-    return settings.missing()
-
 
 def access_token(settings: Settings) -> tuple[str, str, Callable[[], str | None] | None]:
     """(access token, where it came from, provider of a replacement after a rejection)."""

@@ -18,9 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Kotak Neo has no options of its own: its settings are all in the environment."""
 
 
-def missing(settings: Settings) -> list[str]:
-    return settings.missing()
-
 
 def _auth(settings: Settings) -> KotakAuth:
     return KotakAuth(

@@ -23,9 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--sim-tape", metavar="PATH", help="also write every tick as JSON lines to this file")
 
 
-def missing(settings: Settings) -> list[str]:
-    return settings.missing()
-
 
 def open_broker(settings: Settings, ctx: FeedContext) -> tuple[BaseBroker, Clock]:
     options = ctx.options
