@@ -13,7 +13,7 @@ from brokers.base import BaseBroker, BrokerError
 from brokers.kite.auth import load_token, probably_expired, token_day
 from brokers.kite.settings import Settings
 from brokers.registry import Clock, FeedContext, Report
-from config.env import ConfigError
+from config.env import ConfigError, raise_problems
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def rest_client(settings: Settings, token: str | None = None) -> Any:
     """pykiteconnect's ``KiteConnect`` for ``settings`` (imported here: only Kite needs it)."""
     from kiteconnect import KiteConnect
 
-    if not settings.api_key:
-        raise ConfigError("KITE_API_KEY is missing: set it in .env (your Kite Connect app's API key)")
+    raise_problems(settings.missing())  # the API key, worded where it is declared
+    assert settings.api_key is not None
     return KiteConnect(settings.api_key, access_token=token, root=settings.api_url, timeout=15)
 
 
