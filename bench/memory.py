@@ -168,7 +168,7 @@ class DaemonLog:
             self.problems.append(line.strip())
         if self.ready_at is None and " ready (schema version" in line:
             self.ready_at = at
-        elif self.streaming_at is None and "streaming " in line and " instruments from " in line:
+        elif self.streaming_at is None and "streaming " in line and " from " in line:
             self.streaming_at = at
         elif "stopped: " in line:
             self.stopped = line.split("stopped: ", 1)[1].strip()

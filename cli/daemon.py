@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import threading
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
@@ -87,6 +88,10 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
             journal=journal,
             after_checkpoint=release_free_memory,
         )
+        # No thread dies unnoticed: an exception that ends any thread fails the daemon (exit 1).
+        previous_hook = threading.excepthook
+        threading.excepthook = service.thread_died
+        parts.callback(setattr, threading, "excepthook", previous_hook)
         if port:
             parts.callback(_serve_metrics(service, settings.metrics.host, port).stop)
         _stop_on_signals(service)
@@ -103,13 +108,27 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
         if watchdog is not None:
             parts.callback(watchdog.stop)  # first at the end: before the pipeline ends on purpose
         service.wait(args.duration)
-    log.info(
-        "stopped: %d ticks, %d candles written%s",
-        service.stats.ticks,
-        service.writer.stats.candles_written,
-        "" if drained[0] else " (some candles were not stored)",
-    )
+    log.info("stopped: %s", _summary(service, drained[0]))
+    if service.failure is not None:
+        log.error("exiting with status 1 after a failure: %s", service.failure)
+        return 1
     return 0 if drained[0] else 1
+
+
+def _summary(service: Service, drained: bool) -> str:
+    """The stop line: what the run did, and why when it wrote nothing."""
+    ticks = service.stats.ticks
+    agg = service.aggregator.stats
+    words = [f"{ticks} ticks", f"{service.writer.stats.candles_written} candles written"]
+    if agg.late_ticks:
+        words.append(f"{agg.late_ticks} late ticks revised closed candles")
+    if agg.dropped_ticks:
+        words.append(f"{agg.dropped_ticks} ticks dropped (their bucket had closed beyond the revision horizon)")
+    if not ticks:
+        words.append("no tick arrived: the feed lines above say whether it was connected")
+    if not drained:
+        words.append("some candles were not stored: the next start writes them from the spool")
+    return ", ".join(words)
 
 
 def _serve_metrics(service: Service, host: str, port: int):  # noqa: ANN202
@@ -136,7 +155,8 @@ def _systemd_ready(service: Service) -> systemd.Watchdog | None:
     """Under systemd (Type=notify): report readiness, and pet the watchdog while the pipeline
     loops. Outside systemd both do nothing."""
     systemd.ready()
-    systemd.status(f"streaming {len(service.instruments)} instruments from {service.broker.name} into {service.store.description}")
+    n = len(service.instruments)
+    systemd.status(f"streaming {n} instrument{'' if n == 1 else 's'} from {service.broker.name} into {service.store.description}")
     interval = systemd.watchdog_interval()
     if interval is None:
         return None

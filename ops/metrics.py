@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "marketfeed"
 
+_STATES = ("running", "degraded", "failed", "stopping")
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 
@@ -51,6 +52,14 @@ class HealthCollector(Collector):
             f"{PREFIX}_build", "The daemon's version and the broker it streams from.",
             value={"version": h.version, "broker": h.broker},
         )
+
+        state = GaugeMetricFamily(
+            f"{PREFIX}_state", "1 for the daemon's state: running, degraded (a fault it rides out), failed (a thread "
+            "died: it exits to be restarted) or stopping.", labels=["state"],
+        )  # fmt: skip
+        for name in _STATES:
+            state.add_metric([name], 1.0 if h.state == name else 0.0)
+        yield state
 
         up = GaugeMetricFamily(f"{PREFIX}_connection_up", "1 while the feed connection is open, else 0.", labels=["connection"])
         frame_age = GaugeMetricFamily(
@@ -202,7 +211,8 @@ class MetricsServer:
             encode, content_type = choose_encoder(accept)
             return 200, content_type, encode(self.registry)
         if path == "/healthz":
-            problems = self.health().problems
-            body = {"status": "unhealthy" if problems else "ok", "problems": problems}
+            health = self.health()
+            problems = health.problems
+            body = {"status": "unhealthy" if problems else "ok", "state": health.state, "problems": problems}
             return (503 if problems else 200), _JSON, json.dumps(body).encode() + b"\n"
         return 404, _TEXT, b"not found: try /metrics or /healthz\n"

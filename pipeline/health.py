@@ -38,6 +38,7 @@ class Health:
     reauths: int
     version: str
     malformed: Mapping[str, int] = field(default_factory=dict)
+    failure: str | None = None  # a thread died unexpectedly: the daemon is stopping, to be restarted
 
     @property
     def connections_up(self) -> int:
@@ -47,6 +48,8 @@ class Health:
     def problems(self) -> list[str]:
         """What keeps the daemon from being healthy, in words an operator can act on; [] when all is well."""
         problems: list[str] = []
+        if self.failure:
+            problems.append(f"failed: {self.failure}")
         if self.broker_problem:
             problems.append(f"feed: {self.broker_problem}")
         for conn in self.connections:
@@ -61,6 +64,10 @@ class Health:
 
     @property
     def state(self) -> str:
+        """``failed`` (a thread died: the daemon exits non-zero and is restarted), ``stopping``,
+        ``degraded`` (a fault it rides out and recovers from by itself) or ``running``."""
+        if self.failure:
+            return "failed"
         return "stopping" if self.stopping else "degraded" if self.problems else "running"
 
     def heartbeat(self, ticks_per_s: float) -> dict[str, Any]:

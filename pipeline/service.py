@@ -98,6 +98,8 @@ class Service:
             on_spooled=None if journal is None else journal.release,
         )
         self._stop = threading.Event()
+        #: why the daemon is stopping on its own: a thread died (``fail``); None while all is well
+        self.failure: str | None = None
         self._pipeline_beat: float | None = None  # monotonic time of the pipeline's latest loop (liveness)
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
 
@@ -116,9 +118,11 @@ class Service:
         self.broker.connect(self._on_ticks)
         for publisher in self.publishers:
             publisher.start(self.health)
+        n = len(self.instruments)
         log.info(
-            "streaming %d instruments from %s into %s",
-            len(self.instruments),
+            "streaming %d instrument%s from %s into %s",
+            n,
+            "" if n == 1 else "s",
             self.broker.name,
             self.store.description,
         )
@@ -184,6 +188,24 @@ class Service:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def fail(self, reason: str) -> None:
+        """A fault the daemon cannot ride out (a thread died): health turns ``failed`` and ``wait``
+        returns, so the daemon stops in order and exits non-zero for systemd to restart it. The
+        first reason is kept."""
+        if self.failure is None:
+            self.failure = reason
+            log.error("failing: %s; stopping so that the daemon is restarted", reason)
+        self._stop.set()
+
+    def thread_died(self, args: threading.ExceptHookArgs) -> None:
+        """``threading.excepthook`` while the service runs: no thread dies unnoticed. Its traceback
+        is logged once, and the daemon fails."""
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        log.critical("thread %s died", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        self.fail(f"thread {name} died ({args.exc_type.__name__}: {args.exc_value})")
 
     def wait(self, duration: float | None = None) -> None:
         """Block until stop is requested (or ``duration`` wall seconds), printing status."""
@@ -297,8 +319,9 @@ class Service:
             log.info("shutdown: flushed %d open candles as non-final", len(open_candles))
             if journal is not None:
                 self._checkpoint()  # the next start resumes the open buckets from here
-        except Exception:
+        except Exception as exc:
             log.exception("the pipeline thread failed")
+            self.fail(f"thread pipeline died ({type(exc).__name__}: {exc})")
         finally:
             out.put(None)
 
@@ -338,6 +361,7 @@ class Service:
             reauths=broker.reauths,
             version=__version__,
             malformed=dict(broker.feed_stats().malformed),
+            failure=self.failure,
         )
 
     def pipeline_alive(self, max_age: float) -> bool:
@@ -350,7 +374,7 @@ class Service:
         health = self.health()
         log.info(
             "status: %.1f ticks/s, %d ticks, %d candles written, queue depth %d, store lag %.1fs, spool %d, "
-            "late ticks %d, dropped %d, feed %s",
+            "late ticks %d, dropped %d, feed %s%s",
             ticks_per_second,
             health.ticks,
             health.candles_written,
@@ -360,4 +384,5 @@ class Service:
             health.late_ticks,
             health.dropped_ticks,
             health.feed_line(),
+            f"; {health.state.upper()}: {'; '.join(health.problems)}" if health.problems else "",
         )

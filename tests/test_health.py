@@ -46,3 +46,10 @@ def test_every_fault_is_named_once_in_the_order_an_operator_reads_them():
 
 def test_stopping_wins_over_degraded():
     assert replace(HEALTHY, stopping=True, store_up=False).state == "stopping"
+
+
+def test_a_dead_thread_is_failed_even_while_stopping_and_is_named_first():
+    dead = replace(HEALTHY, stopping=True, store_up=False, failure="thread writer died (RuntimeError: boom)")
+    assert dead.state == "failed"
+    assert dead.problems[0] == "failed: thread writer died (RuntimeError: boom)"
+    assert dead.heartbeat(0.0)["state"] == "failed"

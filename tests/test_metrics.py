@@ -153,7 +153,7 @@ def test_healthz_is_200_while_feed_and_store_are_healthy(sim_daemon):
     _, _, metrics = sim_daemon
     status, body = healthz(metrics.port)
     assert status == 200, body
-    assert body == {"status": "ok", "problems": []}
+    assert body == {"status": "ok", "state": "running", "problems": []}
 
 
 def test_healthz_is_503_naming_the_feed_connection_once_the_broker_disconnects(sim_daemon):
@@ -161,9 +161,11 @@ def test_healthz_is_503_naming_the_feed_connection_once_the_broker_disconnects(s
     service.broker.disconnect()
     status, body = healthz(metrics.port)
     assert status == 503
-    assert body["status"] == "unhealthy"
+    assert (body["status"], body["state"]) == ("unhealthy", "degraded")
     assert body["problems"] == ["feed connection 1 down"]
     assert value(scrape(metrics.port), "marketfeed_connection_up", connection="1") == 0
+    assert value(scrape(metrics.port), "marketfeed_state", state="degraded") == 1
+    assert value(scrape(metrics.port), "marketfeed_state", state="running") == 0
 
 
 def test_healthz_is_503_naming_the_store_while_it_is_unreachable_and_200_once_it_is_back(sim_daemon):

@@ -337,7 +337,7 @@ def test_daemon_reports_ready_pets_the_watchdog_and_reports_stopping_on_sigterm(
     assert proc.returncode == 0, err
     messages += _pending(notify_socket)
     assert messages[0] == b"READY=1", messages
-    assert any(m.startswith(b"STATUS=streaming 1 instruments from sim") for m in messages), messages
+    assert any(m.startswith(b"STATUS=streaming 1 instrument from sim") for m in messages), messages
     stopping = messages.index(b"STOPPING=1")
     assert b"WATCHDOG=1" in messages[1:stopping]
     assert b"WATCHDOG=1" not in messages[stopping:], "no watchdog pings after STOPPING=1"
