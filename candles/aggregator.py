@@ -280,8 +280,8 @@ class CandleAggregator:
         unique = {iv.name: iv for iv in intervals}
         if not unique:
             raise ValueError("no interval given: pass at least one, e.g. parse_intervals('1m,5m')")
-        if grace < 0:
-            raise ValueError(f"grace must be >= 0 seconds, got {grace}")
+        if not 0 <= grace < _INF:  # NaN too: it would close nothing and poison the journal's snapshot
+            raise ValueError(f"grace must be a finite number >= 0 seconds, got {grace}")
         if revision_horizon < 0:
             raise ValueError(f"revision_horizon must be >= 0 seconds, got {revision_horizon}")
         if reorder_memory < 1:
@@ -599,6 +599,10 @@ class CandleAggregator:
     @property
     def grace(self) -> float:
         return self._grace
+
+    @property
+    def emit_empty(self) -> bool:
+        return self._emit_empty
 
     # ---- internals ---------------------------------------------------------------------------
     def _new_symbol(self, exchange: str, symbol: str) -> _Symbol:

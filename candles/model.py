@@ -25,6 +25,11 @@ class Interval:
 
     @classmethod
     def parse(cls, text: str) -> Interval:
+        if text.strip().endswith("M"):
+            raise ValueError(
+                f"ambiguous interval {text!r}: write {text.strip()[:-1]}m for minutes "
+                "(months are not an interval: the longest is 1d)"
+            )
         raw = text.strip().lower()
         if len(raw) < 2 or raw[-1] not in _UNITS or not raw[:-1].isdigit() or int(raw[:-1]) <= 0:
             raise ValueError(

@@ -13,7 +13,7 @@ from cli.checks import test_broker, test_database, test_mqtt
 from cli.daemon import run_daemon
 from cli.errors import UsageError
 from cli.kite_login import login
-from cli.settings import load_settings, venue_settings
+from cli.settings import broker_name, load_settings, venue_settings
 from cli.views import show_candles
 from config.env import ConfigError
 from config.logs import setup_logging
@@ -27,7 +27,8 @@ log = logging.getLogger("marketfeed")
 def run(args: argparse.Namespace) -> int:
     """Dispatch; every expected failure becomes one line on stderr and a non-zero exit."""
     try:
-        settings = load_settings(env_file=args.env_file)
+        settings = load_settings(env_file=args.env_file or ".env", env_file_required=args.env_file is not None)
+        args.broker = broker_name(settings, args)
         setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
         if args.show_candles:
             return show_candles(settings, args.show_candles, args.interval, args.limit)

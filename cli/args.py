@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from brokers import registry
+from config.numbers import PORT, Range
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,18 +14,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream live market data, build OHLCV candles and store them.",
         epilog="Settings come from the environment and .env; see .env.example.",
     )
-    p.add_argument("--broker", choices=registry.choices(), default="sim", help="market-data source (default: sim)")
+    p.add_argument("--broker", choices=registry.choices(), help="market-data source (default: MARKETFEED_BROKER, else sim)")
     src = p.add_argument_group("watchlist (EXCHANGE:SYMBOL; a bare symbol means NSE)")
     src.add_argument("--symbols", nargs="+", metavar="SYM", default=[], help="symbols to stream")
     src.add_argument("--symbols-file", metavar="PATH", help="one symbol per line, # comments")
     src.add_argument("--symbols-from-db", action="store_true", help="enabled rows of the watchlist table")
     src.add_argument("--shard", metavar="I/N", help="stream only part I of N of the watchlist (one daemon per part)")
     p.add_argument("--intervals", help="candle intervals, e.g. 1m,5m,15m,1h,1d (default: CANDLE_INTERVALS or 1m)")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="run this long, then shut down cleanly")
-    p.add_argument("--env-file", default=".env", metavar="PATH", help="settings file (default: .env)")
+    seconds = Range(0, above=True, unit="seconds")
+    p.add_argument("--duration", type=seconds.option, metavar="SECONDS", help="run this long, then shut down cleanly")
+    p.add_argument("--env-file", metavar="PATH", help="settings file (default: .env, if there is one)")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="overrides LOG_LEVEL")
     p.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz (overrides METRICS_PORT)")
+    p.add_argument("--metrics-port", type=PORT.option, metavar="PORT", help="serve /metrics and /healthz (overrides METRICS_PORT)")
 
     checks = p.add_argument_group("checks and views (each exits when done)")
     checks.add_argument("--test-database", action="store_true", help="connect, migrate, write and read back a candle")
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--test-mqtt", action="store_true", help="publish a message to MQTT and read it back")
     checks.add_argument("--show-candles", metavar="SYM", help="print the latest candles of a symbol (read-only)")
     checks.add_argument("--interval", default="1m", help="interval for --show-candles (default 1m)")
-    checks.add_argument("--limit", type=int, default=20, help="rows for --show-candles (default 20)")
+    rows = Range(1, 100_000, whole=True)
+    checks.add_argument("--limit", type=rows.option, default=20, help="rows for --show-candles (default 20)")
 
     kite = p.add_argument_group("Zerodha Kite (--broker kite)")
     kite.add_argument("--login", action="store_true", help="daily login: print the login URL, store the access token")

@@ -25,7 +25,7 @@ from candles.model import parse_intervals
 from cli.errors import UsageError
 from cli.settings import feed_context
 from config.settings import Settings
-from config.symbols import load_symbols_file, parse_symbols
+from config.symbols import SymbolError, load_symbols_file, parse_symbol, parse_symbols
 from core.ticks import Instrument
 from ops import systemd
 from ops.gc_tuning import tune_for_streaming
@@ -33,7 +33,7 @@ from ops.malloc_tuning import release_free_memory, tune_allocator
 from pipeline.journal import TickJournal
 from pipeline.service import Publisher, Service
 from storage import open_store
-from storage.base import CandleStore
+from storage.base import CandleStore, WatchlistEntry
 from storage.spool import Spool
 
 log = logging.getLogger("marketfeed")
@@ -46,7 +46,7 @@ def open_feed(settings: Settings, args: argparse.Namespace) -> tuple[BaseBroker,
 
 
 def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
-    intervals = parse_intervals(args.intervals or settings.candles.intervals)
+    intervals = parse_intervals(settings.candles.intervals if args.intervals is None else args.intervals)
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be a positive number of seconds")
     shard = _parse_shard(args.shard)
@@ -178,10 +178,24 @@ def _watchlist(args: argparse.Namespace, store: CandleStore) -> list[tuple[str, 
                 f"the watchlist table in {store.description} has no enabled rows: insert some "
                 "(exchange, symbol) rows or pass --symbols"
             )
-        pairs += [(r.exchange, r.symbol) for r in rows]
+        pairs += _table_pairs(rows, store.description)
     pairs = list(dict.fromkeys(pairs))
     if not pairs:
         raise UsageError("no symbols to stream: pass --symbols NSE:INFY ..., --symbols-file or --symbols-from-db")
+    return pairs
+
+
+def _table_pairs(rows: list[WatchlistEntry], where: str) -> list[tuple[str, str]]:
+    """The watchlist table's rows checked like --symbols (case, exchange, characters); a bad row is
+    skipped with a warning naming it."""
+    pairs = []
+    for row in rows:
+        try:
+            pairs.append(parse_symbol(f"{row.exchange}:{row.symbol}"))
+        except SymbolError as exc:
+            log.warning("watchlist table in %s: row (%r, %r) skipped: %s", where, row.exchange, row.symbol, exc)
+    if not pairs:
+        raise UsageError(f"no row of the watchlist table in {where} is a valid symbol: fix the rows (see the warnings)")
     return pairs
 
 
@@ -192,8 +206,10 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
         raise UsageError(f"--shard {text!r} must look like 1/3 (this daemon's part / number of parts)") from None
+    if n < 1:
+        raise UsageError(f"--shard {text!r}: the number of parts must be at least 1 (e.g. 1/3)")
     if not 1 <= i <= n:
-        raise UsageError(f"--shard {text!r}: the part must be between 1 and {max(n, 1)}")
+        raise UsageError(f"--shard {text!r}: the part must be between 1 and {n}")
     return i, n
 
 

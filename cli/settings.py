@@ -14,9 +14,33 @@ from config.env import raise_problems
 from config.settings import Settings
 
 
-def load_settings(env: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env") -> Settings:
-    """Settings from ``env`` (default: the process environment) over ``env_file``."""
-    return config.load_settings(env, env_file, venues=registry.settings_classes())
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = ".env",
+    *,
+    env_file_required: bool = False,
+) -> Settings:
+    """Settings from ``env`` (default: the process environment) over ``env_file``; a missing
+    ``env_file`` is an error when ``env_file_required`` (it was named with --env-file)."""
+    return config.load_settings(
+        env,
+        env_file,
+        venues=registry.settings_classes(),
+        brokers=registry.choices(),
+        env_file_required=env_file_required,
+        pg_conn_str_problems=_pg_conn_str_problems,
+    )
+
+
+def _pg_conn_str_problems(dsn: str) -> list[str]:
+    from storage.postgres import dsn_problems  # psycopg2 only when PG_CONN_STR is set
+
+    return dsn_problems(dsn)
+
+
+def broker_name(settings: Settings, args: argparse.Namespace) -> str:
+    """``--broker`` if given, else MARKETFEED_BROKER, else the simulator."""
+    return args.broker or settings.feed.broker or "sim"
 
 
 def venue_settings(settings: Settings, broker: str) -> Any:

@@ -9,7 +9,9 @@ shows them as ``'***'``.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -19,6 +21,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
+
+from config.numbers import PORT, Range
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
@@ -37,6 +42,8 @@ class Var:
     name: str
     secret: bool = False
     minimum: float | None = None
+    maximum: float | None = None
+    above: bool = False  # the minimum itself is not allowed
     choices: tuple[str, ...] = ()  # case-insensitive; stored as written here
     schemes: tuple[str, ...] = ()  # a URL with one of these schemes and a host
     port: bool = False  # a whole number 1..65535
@@ -91,13 +98,60 @@ def raise_problems(problems: list[str]) -> None:
         raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
 
 
-def load_env(env: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env") -> Env:
-    """The process environment (or ``env``) over ``env_file``; the environment wins."""
+def load_env(
+    env: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env", *, required: bool = False
+) -> Env:
+    """The process environment (or ``env``) over ``env_file``; the environment wins.
+
+    An absent ``env_file`` is no settings file, unless ``required`` (it was named on the command
+    line). A file that cannot be read or parsed is a ``ConfigError`` naming the file and the line:
+    settings half read are worse than none (a PostgreSQL URL lost to a stray quote sends candles
+    to SQLite)."""
     merged: dict[str, str] = {}
-    if env_file and Path(env_file).is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    if env_file:
+        path = Path(env_file)
+        if required or path.exists():
+            merged.update(read_env_file(path))
     merged.update(os.environ if env is None else env)
     return Env(merged)
+
+
+_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables a settings file sets; ``ConfigError`` naming the file (and the line) if it is
+    missing, unreadable, not UTF-8 text or has a line python-dotenv cannot parse."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {str(path)!r} does not exist: check --env-file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"settings file {str(path)!r} is a directory: name the file (e.g. {path / '.env'})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = text_line(exc.object, exc.start)
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start}): a settings file is text, NAME=value a line"
+        ) from None
+    problems = []
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            # Never the line itself: it may hold a secret. Its variable's name, when it has one.
+            named = _NAME.match(binding.original.string)
+            what = f"the line setting {named.group(1)}" if named else "this line"
+            problems.append(
+                f"{path}:{binding.original.line}: cannot parse {what}: write NAME=value, and close every "
+                "quote opened (NAME=\"value\")"
+            )
+    raise_problems(problems)
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
+
+def text_line(data: bytes, offset: int) -> int:
+    """The line number (from 1) of byte ``offset`` of ``data``."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def read(cls: type[T], env: Env, **defaults: Any) -> T:
@@ -137,16 +191,10 @@ def _value(env: Env, spec: Var, hint: Any, default: Any) -> Any:
         return default
     if kind in (int, float):
         try:
-            number = float(raw)
-        except ValueError:
-            env.problem(f"{name} is invalid: {raw!r} is not a number")
+            return number_range(spec, kind).parse(raw)
+        except ValueError as exc:
+            env.problem(f"{name} is invalid: {exc}")
             return default
-        if spec.port and (number != int(number) or not 1 <= number <= 65535):
-            env.problem(f"{name} is invalid: {raw} is not a port number")
-            return default
-        if spec.minimum is not None and number < spec.minimum:
-            env.problem(f"{name} is invalid: must be at least {spec.minimum:g}, got {raw}")
-        return int(number) if kind is int else number
     if spec.choices:
         for choice in spec.choices:
             if raw.lower() == choice.lower():
@@ -166,6 +214,14 @@ def _value(env: Env, spec: Var, hint: Any, default: Any) -> Any:
     if spec.file and not Path(raw).is_file():
         env.problem(f"{name} is invalid: {raw} is not a readable file")
     return raw
+
+
+def number_range(spec: Var, kind: type) -> Range:
+    """The numbers the variable accepts."""
+    if spec.port:
+        return PORT
+    unit = "seconds" if spec.name.endswith("_SECONDS") else ""
+    return Range(spec.minimum, spec.maximum, above=spec.above, whole=kind is int, unit=unit)
 
 
 def require(settings: Any) -> list[str]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from candles.model import parse_intervals
@@ -33,7 +33,7 @@ class StorageSettings:
 @dataclass(frozen=True, slots=True, repr=False)
 class CandleSettings:
     intervals: str = var("CANDLE_INTERVALS", "1m")
-    grace_seconds: float = var("CANDLE_GRACE_SECONDS", 2.0, minimum=0)
+    grace_seconds: float = var("CANDLE_GRACE_SECONDS", 2.0, minimum=0, maximum=3600)
     emit_empty: bool = var("CANDLE_EMIT_EMPTY", False)
 
     __repr__ = redacted
@@ -41,7 +41,8 @@ class CandleSettings:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class FeedSettings:
-    stall_seconds: float | None = var("FEED_STALL_SECONDS", minimum=0.5)  # None: the venue's own default
+    broker: str | None = var("MARKETFEED_BROKER")  # None: sim; --broker wins
+    stall_seconds: float | None = var("FEED_STALL_SECONDS", minimum=0.5, maximum=3600)  # None: the venue's own default
 
     __repr__ = redacted
 
@@ -50,7 +51,7 @@ class FeedSettings:
 class LogSettings:
     level: str = var("LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     format: str = var("LOG_FORMAT", "text", choices=("text", "json"))
-    status_seconds: float = var("STATUS_INTERVAL_SECONDS", 30.0, minimum=1)
+    status_seconds: float = var("STATUS_INTERVAL_SECONDS", 30.0, minimum=1, maximum=86400)
 
     __repr__ = redacted
 
@@ -76,7 +77,7 @@ class MqttSettings:
     prefix: str = var("MQTT_TOPIC_PREFIX", "marketfeed")
     client_id: str = var("MQTT_CLIENT_ID", "marketfeed")  # default marketfeed-<hostname>
     service_id: str = var("MQTT_SERVICE_ID", "marketfeed")  # default: the client id
-    heartbeat_seconds: float = var("MQTT_HEARTBEAT_SECONDS", 30.0, minimum=1)
+    heartbeat_seconds: float = var("MQTT_HEARTBEAT_SECONDS", 30.0, minimum=1, maximum=86400)
     publish_candles: bool = var("MQTT_PUBLISH_CANDLES", False)
     keepalive: int = 30
 
@@ -129,20 +130,34 @@ def load_settings(
     env_file: str | os.PathLike[str] | None = ".env",
     *,
     venues: Mapping[str, type] | None = None,
+    brokers: Sequence[str] = (),
+    env_file_required: bool = False,
+    pg_conn_str_problems: Callable[[str], list[str]] | None = None,
 ) -> Settings:
     """Settings from ``env`` (default: the process environment) over ``env_file``; the environment
-    wins. ``venues`` maps a venue's name to its settings class, read the same way. Every problem
-    is raised at once, in one ``ConfigError``."""
-    source = load_env(env, env_file)
+    wins. ``venues`` maps a venue's name to its settings class, read the same way; ``brokers`` are
+    the names MARKETFEED_BROKER may take; ``pg_conn_str_problems`` checks PG_CONN_STR (the store
+    knows what libpq accepts). Every problem is raised at once, in one ``ConfigError``."""
+    source = load_env(env, env_file, required=env_file_required)
     candles = read(CandleSettings, source)
     try:
         parse_intervals(candles.intervals)
     except ValueError as exc:
         source.problem(f"CANDLE_INTERVALS is invalid: {exc}")
+    feed = read(FeedSettings, source)
+    if feed.broker is not None and brokers:
+        if feed.broker.lower() in brokers:
+            feed = replace(feed, broker=feed.broker.lower())
+        else:
+            source.problem(f"MARKETFEED_BROKER is invalid: {feed.broker!r}; use one of {', '.join(brokers)}")
+    storage = read(StorageSettings, source)
+    if storage.pg_conn_str and pg_conn_str_problems is not None:
+        for problem in pg_conn_str_problems(storage.pg_conn_str):
+            source.problem(problem)
     settings = Settings(
-        storage=read(StorageSettings, source),
+        storage=storage,
         candles=candles,
-        feed=read(FeedSettings, source),
+        feed=feed,
         log=read(LogSettings, source),
         metrics=read(MetricsSettings, source),
         mqtt=MqttSettings.from_env(source),

@@ -50,9 +50,16 @@ def load_symbols_file(path: str | Path) -> list[tuple[str, str]]:
     """
     file = Path(path)
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        data = file.read_bytes()
     except OSError as exc:
         raise SymbolError(f"cannot read symbols file {str(file)!r}: {exc.strerror}") from None
+    try:
+        lines = data.decode("utf-8-sig").splitlines()  # -sig: editors on Windows start the file with a BOM
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SymbolError(
+            f"{file}:{line}: not UTF-8 text (byte {exc.start}): a symbols file is text, one EXCHANGE:SYMBOL a line"
+        ) from None
     pairs = []
     for number, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()

@@ -159,32 +159,59 @@ class Service:
             return False
         try:
             recovered = self.journal.recover(self.broker.frame_codecs())
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - an unreadable journal must not stop every later start
             log.warning("ignoring an unreadable tick journal in %s: %s", self.journal.dir, exc)
             return False
         if recovered is None:
             return False
         state, batches = recovered
-        wanted = [i.name for i in self.aggregator.intervals]
         try:
-            state = snapshot.restore(state, self.clock)
-        except (ValueError, TypeError) as exc:
-            log.warning("ignoring the tick journal in %s (%s): resuming from the store", self.journal.dir, exc)
+            restored, candles = self._restore(state, batches)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the store is the way back
+            log.warning(
+                "ignoring the tick journal in %s (it cannot be restored: %s: %s): resuming from the store",
+                self.journal.dir, type(exc).__name__, exc,
+            )  # fmt: skip
             return False
-        if [i.name for i in state.intervals] != wanted:
-            log.warning("the tick journal in %s was written for other intervals: resuming from the store", self.journal.dir)
+        if restored is None:
             return False
-        self.aggregator = state
+        self.aggregator = restored
         self._processed = self.journal.number
-        for batch in batches:
-            revised = state.add(batch)
-            if revised:
-                self._candles.put(revised)
-        closed = state.advance()
-        if closed:
-            self._candles.put(closed)
+        for part in candles:
+            self._candles.put(part)
         log.info("resumed the open buckets from the tick journal (%d batches added again)", len(batches))
         return True
+
+    def _restore(self, state: object, batches: list) -> tuple[CandleAggregator | None, list[list[Candle]]]:
+        """The aggregator of the journal's snapshot with its batches added again, and the candles
+        that produced; None (with a warning) when it was written with other candle settings."""
+        assert self.journal is not None
+        restored = snapshot.restore(state, self.clock)  # type: ignore[arg-type]
+        wanted = self.aggregator
+        differs = [
+            what
+            for what, theirs, ours in (
+                ("intervals", [i.name for i in restored.intervals], [i.name for i in wanted.intervals]),
+                ("CANDLE_GRACE_SECONDS", restored.grace, wanted.grace),
+                ("CANDLE_EMIT_EMPTY", restored.emit_empty, wanted.emit_empty),
+            )
+            if theirs != ours
+        ]
+        if differs:
+            log.warning(
+                "the tick journal in %s was written for other %s: resuming from the store",
+                self.journal.dir, " and ".join(differs),
+            )  # fmt: skip
+            return None, []
+        candles = []
+        for batch in batches:
+            revised = restored.add(batch)
+            if revised:
+                candles.append(revised)
+        closed = restored.advance()
+        if closed:
+            candles.append(closed)
+        return restored, candles
 
     def request_stop(self) -> None:
         self._stop.set()

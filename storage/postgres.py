@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -104,6 +105,50 @@ def parse_dsn(dsn: str) -> dict[str, str]:
         raise StoreError(f"PG_CONN_STR is not a valid PostgreSQL connection string: {_DSN_HELP}") from None
 
 
+# libpq checks these values only when it connects, and then reads as "cannot reach PostgreSQL".
+_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+    "sslcertmode": ("disable", "allow", "require"),
+}
+_WHOLE = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+          "tcp_user_timeout")  # fmt: skip
+# libpq's parse errors that quote only an option's name, never a value (which may be the password)
+_NAMED_OPTION = re.compile(r'invalid (?:connection option|URI query parameter:) "([A-Za-z0-9_]+)"')
+
+
+def dsn_problems(dsn: str) -> list[str]:
+    """What is wrong with ``dsn`` as a libpq connection string, found without connecting; each
+    problem names PG_CONN_STR and never contains the password."""
+    text = dsn.strip()
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme and not text.startswith(_URL_SCHEMES):
+        return [f"PG_CONN_STR is not a valid PostgreSQL connection string: the scheme is {scheme.group(1)}://; {_DSN_HELP}"]
+    try:
+        params = psycopg2.extensions.parse_dsn(text)
+    except psycopg2.ProgrammingError as exc:
+        named = _NAMED_OPTION.search(str(exc))
+        what = f"libpq knows no option {named.group(1)!r}" if named else "it cannot be parsed"
+        return [f"PG_CONN_STR is not a valid PostgreSQL connection string ({what}): {_DSN_HELP}"]
+    problems = []
+    for key, allowed in _CHOICES.items():
+        value = params.get(key)
+        if value is not None and value not in allowed:
+            problems.append(f"PG_CONN_STR is invalid: {key} {value!r} is not one of {', '.join(allowed)}")
+    for port in (params.get("port") or "").split(","):
+        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+            problems.append(f"PG_CONN_STR is invalid: port {port.strip()!r} is not a port number (1 to 65535)")
+    for key in _WHOLE:
+        value = params.get(key)
+        if value is not None and not value.strip().lstrip("-").isdigit():
+            problems.append(f"PG_CONN_STR is invalid: {key} {value!r} is not a whole number")
+    return problems
+
+
 def redact_dsn(dsn: str) -> str:
     """The DSN in its own form with the password replaced by ``***``."""
     if dsn.startswith(_URL_SCHEMES):
@@ -152,7 +197,10 @@ class PostgresStore(CandleStore):
         self._password = self._params.get("password") or ""
         self.connect_timeout = connect_timeout
         self.read_only = read_only
-        self.description = f"postgresql:{redact_dsn(dsn)}{' (read-only)' if read_only else ''}"
+        shown = redact_dsn(dsn)
+        # one scheme prefix: a URL has its own, key=value pairs get it
+        shown = shown if shown.startswith(_URL_SCHEMES) else f"postgresql:{shown}"
+        self.description = f"{shown}{' (read-only)' if read_only else ''}"
         self.where = _where(self._params)
         self._conn: psycopg2.extensions.connection | None = None
         self._lock = threading.RLock()

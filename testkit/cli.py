@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "main.py")
 
 # The variables a test run must not inherit from the machine it runs on.
-_CLEAN = ("PG_CONN_STR", "SQLITE_PATH", "CANDLE_INTERVALS", "LOG_LEVEL", "LOG_FORMAT")
+_CLEAN = ("PG_CONN_STR", "SQLITE_PATH", "CANDLE_INTERVALS", "LOG_LEVEL", "LOG_FORMAT", "MARKETFEED_BROKER")
 
 
 def main_env(**extra: str) -> dict[str, str]:

@@ -284,3 +284,79 @@ def test_frames_of_a_codec_the_journal_was_not_given_are_refused_by_name(tmp_pat
         TickJournal(tmp_path).recover({})
     state, batches = TickJournal(tmp_path).recover(KITE_CODECS)
     assert state == "s0" and len(batches) == 1
+
+
+def _journal_of(tmp_path, chunks) -> TickJournal:
+    """A journal holding one checkpoint of ``chunks``, as a killed daemon leaves it."""
+    journal = TickJournal(tmp_path / "journal")
+    journal.checkpoint(chunks, covered=0)
+    journal.close()
+    return TickJournal(tmp_path / "journal")
+
+
+def _service_with(tmp_path, journal: TickJournal, now: float, **candle_settings):
+    from brokers.sim.client import SimBroker, SimClock
+    from candles.model import parse_intervals
+    from core.ticks import Instrument
+    from pipeline.service import Service
+    from storage.spool import Spool
+    from storage.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "candles.db")
+    store.migrate()
+    service = Service(
+        SimBroker(SimClock(now), seed=1, resume=False), store, [Instrument("NSE", "INFY")], parse_intervals("1m"),
+        clock=lambda: now, spool=Spool(tmp_path / "spool"), journal=journal, **candle_settings,
+    )  # fmt: skip
+    return service, store
+
+
+@pytest.mark.parametrize(
+    ("written", "now_set", "named"),
+    [({"grace": 30.0}, {"grace": 2.0}, "CANDLE_GRACE_SECONDS"),
+     ({"emit_empty": True}, {"emit_empty": False}, "CANDLE_EMIT_EMPTY")],
+)  # fmt: skip
+def test_a_journal_written_with_other_candle_settings_is_ignored_and_the_store_resumes(tmp_path, caplog, written, now_set, named):
+    from candles import snapshot
+    from candles.aggregator import CandleAggregator
+    from candles.model import parse_intervals
+
+    at = datetime(2026, 11, 24, 9, 15, 10, tzinfo=IST).timestamp()
+    old = CandleAggregator(parse_intervals("1m"), lambda: at, **written)
+    service, store = _service_with(tmp_path, _journal_of(tmp_path, snapshot.snapshot_chunks(old)), at, **now_set)
+    try:
+        assert service._recover_from_journal() is False
+        assert (service.aggregator.grace, service.aggregator.emit_empty) == (
+            now_set.get("grace", 2.0), now_set.get("emit_empty", False))  # fmt: skip
+        assert f"tick journal in {tmp_path / 'journal'} was written for other {named}" in caplog.text
+    finally:
+        store.close()
+
+
+def test_a_snapshot_that_fails_to_restore_for_any_reason_is_ignored_with_a_warning(tmp_path, caplog):
+    import marshal
+    import struct
+
+    from candles import snapshot
+    from candles.aggregator import CandleAggregator
+    from candles.model import parse_intervals
+
+    at = datetime(2026, 11, 24, 9, 15, 10, tzinfo=IST).timestamp()
+    head = next(snapshot.snapshot_chunks(CandleAggregator(parse_intervals("1m"), lambda: at)))
+    broken = marshal.dumps(("NSE", "INFY", [], [12345], None, [], 0, 0, None))  # lists a day it does not hold
+    journal = _journal_of(tmp_path, iter([head, struct.pack("<I", len(broken)) + broken]))  # written in pieces
+    service, store = _service_with(tmp_path, journal, at)
+    try:
+        assert service._recover_from_journal() is False
+        assert f"ignoring the tick journal in {tmp_path / 'journal'}" in caplog.text and "resuming from the store" in caplog.text
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("grace", [float("nan"), float("inf")])
+def test_the_aggregator_refuses_a_grace_that_is_not_a_finite_number(grace):
+    from candles.aggregator import CandleAggregator
+    from candles.model import parse_intervals
+
+    with pytest.raises(ValueError, match="grace must be a finite number"):
+        CandleAggregator(parse_intervals("1m"), lambda: 0.0, grace=grace)

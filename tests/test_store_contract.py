@@ -442,6 +442,12 @@ def test_postgres_description_redacts_the_password_in_either_dsn_form() -> None:
     assert "hunter2" not in str(info.value)
 
 
+def test_postgres_description_has_one_scheme_prefix() -> None:
+    assert PostgresStore("postgresql://feeder:hunter2@db/candles").description == "postgresql://feeder:***@db/candles"
+    assert PostgresStore("postgres://db/candles", read_only=True).description == "postgres://db/candles (read-only)"
+    assert PostgresStore("host=db").description == "postgresql:host=db"
+
+
 @pytest.mark.slow
 def test_postgres_store_reconnects_after_the_server_comes_back() -> None:
     with PostgresServer() as server:
