@@ -202,7 +202,10 @@ class MetricsServer:
             encode, content_type = choose_encoder(accept)
             return 200, content_type, encode(self.registry)
         if path == "/healthz":
-            problems = self.health().problems
-            body = {"status": "unhealthy" if problems else "ok", "problems": problems}
+            health = self.health()
+            problems = health.problems
+            body: dict[str, Any] = {"status": "unhealthy" if problems else "ok", "problems": problems}
+            if health.notes:  # what to know that does not make the daemon unhealthy (MQTT unreachable)
+                body["notes"] = list(health.notes)
             return (503 if problems else 200), _JSON, json.dumps(body).encode() + b"\n"
         return 404, _TEXT, b"not found: try /metrics or /healthz\n"

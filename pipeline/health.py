@@ -38,6 +38,9 @@ class Health:
     reauths: int
     version: str
     malformed: Mapping[str, int] = field(default_factory=dict)
+    #: what an operator should know that does not stop candles (MQTT unreachable): shown by every
+    #: channel, but never a problem: ``state`` and ``/healthz`` ignore it
+    notes: tuple[str, ...] = ()
 
     @property
     def connections_up(self) -> int:
@@ -84,6 +87,7 @@ class Health:
             "dropped_ticks": self.dropped_ticks,
             "store": self.store,
             "version": self.version,
+            "notes": list(self.notes),
         }
 
     def feed_line(self) -> str:

@@ -42,6 +42,9 @@ class Publisher(Protocol):
     def start(self, health: Callable[[], Health]) -> None: ...
     def stop(self) -> None: ...
     def publish_candles(self, candles: list[Candle]) -> None: ...
+    @property
+    def problem(self) -> str | None:
+        """What keeps it from publishing (shown as a health note), None when fine."""
 
 
 @dataclass(slots=True)
@@ -338,6 +341,7 @@ class Service:
             reauths=broker.reauths,
             version=__version__,
             malformed=dict(broker.feed_stats().malformed),
+            notes=tuple(p.problem for p in self.publishers if p.problem),
         )
 
     def pipeline_alive(self, max_age: float) -> bool:
@@ -350,7 +354,7 @@ class Service:
         health = self.health()
         log.info(
             "status: %.1f ticks/s, %d ticks, %d candles written, queue depth %d, store lag %.1fs, spool %d, "
-            "late ticks %d, dropped %d, feed %s",
+            "late ticks %d, dropped %d, feed %s%s",
             ticks_per_second,
             health.ticks,
             health.candles_written,
@@ -360,4 +364,5 @@ class Service:
             health.late_ticks,
             health.dropped_ticks,
             health.feed_line(),
+            "".join(f"; {note}" for note in health.notes),
         )
