@@ -20,6 +20,7 @@ import pytest
 from candles.model import Interval, parse_intervals
 from core.ist import IST
 from storage.postgres import PostgresStore
+from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
 from testkit.fakes.kotak_server import DEFAULT_INSTRUMENTS, KotakFakeServer, TapeTick, random_tape, synthetic_instruments
 from testkit.reference import candle_to_dict, reference_candles
@@ -229,3 +230,30 @@ def test_broker_check_reports_login_symbol_and_first_tick(tmp_path, server):
     assert any("NSE:TCS = instrument 11536" in line for line in lines)
     assert any(line.split()[:3] == ["first", "tick", "ok:"] for line in lines), out
     assert lines[-1].split() == ["result", "OK"]
+
+
+def test_an_index_the_scrip_master_does_not_list_is_subscribed_by_name_and_makes_candles(tmp_path):
+    nifty = ROWS[26000]
+    with KotakFakeServer(index_rows=False) as srv:
+        proc = start_main("--broker", "kotak", "--symbols", "NSE:NIFTY 50", "NSE:INFY", "--intervals", "1m",
+                          cwd=tmp_path, env=kotak_env(srv))  # fmt: skip
+        try:
+            srv.wait_subscribed(["nse_cm|Nifty 50", "nse_cm|1594"], timeout=30)
+            end = (int(time.time()) - 3) // 60 * 60  # the tape's buckets have all closed on the daemon's clock
+            tape = random_tape([nifty], seconds=120, seed=2, start_epoch=end - 120)
+            assert srv.send_ticks(tape) == len(tape)
+            time.sleep(1.0)
+            events = [m for c in srv.connections for m in c.messages if "Nifty 50" in str(m)]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "unknown symbol" not in err
+    assert [m["event"] for m in events] == ["subscribeIndices"]
+    store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
+    try:
+        got = {candle_to_dict(c)[0]: candle_to_dict(c)[1] for c in store.latest("NSE", "NIFTY 50", "1m", limit=1000)}
+    finally:
+        store.close()
+    expected = reference_candles(as_arrivals(tape), parse_intervals("1m"))
+    assert got and got == expected
