@@ -49,6 +49,12 @@ class BrokerError(Exception):
     """A broker could not do what was asked; the message says what to do."""
 
 
+class CredentialsRefused(BrokerError):
+    """The broker refused the account's credentials (a wrong MPIN, TOTP secret, consumer key or API
+    key; an access token that needs a new login): starting again with the same settings cannot help,
+    and each attempt may count against the account. The message names what to fix."""
+
+
 class BaseBroker(abc.ABC):
     """A market-data feed.
 

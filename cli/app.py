@@ -7,7 +7,7 @@ import logging
 import sys
 
 from brokers import registry
-from brokers.base import BrokerError
+from brokers.base import BrokerError, CredentialsRefused
 from cli.args import build_parser
 from cli.checks import test_broker, test_database, test_mqtt
 from cli.daemon import run_daemon
@@ -22,6 +22,10 @@ from storage.base import StoreError
 from storage.spool import SpoolError
 
 log = logging.getLogger("marketfeed")
+
+#: the exit status of refused credentials: the unit file's RestartPreventExitStatus lists it, since a
+#: restart with the same settings logs in again with them (2: a bad option or setting; 1: the rest)
+EXIT_CREDENTIALS_REFUSED = 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, UsageError, SymbolError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CredentialsRefused as exc:
+        print(f"error: {exc}; then restart the daemon (systemctl restart marketfeed)", file=sys.stderr)
+        return EXIT_CREDENTIALS_REFUSED
     except (StoreError, BrokerError, SpoolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -213,6 +213,8 @@ class MetricsServer:
         if path == "/healthz":
             health = self.health()
             problems = health.problems
-            body = {"status": "unhealthy" if problems else "ok", "state": health.state, "problems": problems}
+            body: dict[str, Any] = {"status": "unhealthy" if problems else "ok", "state": health.state, "problems": problems}
+            if health.notes:  # what to know that does not make the daemon unhealthy (MQTT unreachable)
+                body["notes"] = list(health.notes)
             return (503 if problems else 200), _JSON, json.dumps(body).encode() + b"\n"
         return 404, _TEXT, b"not found: try /metrics or /healthz\n"

@@ -38,6 +38,9 @@ class Health:
     reauths: int
     version: str
     malformed: Mapping[str, int] = field(default_factory=dict)
+    #: what an operator should know that does not stop candles (MQTT unreachable): shown by every
+    #: channel, but never a problem: ``state`` and ``/healthz`` ignore it
+    notes: tuple[str, ...] = ()
     failure: str | None = None  # a thread died unexpectedly: the daemon is stopping, to be restarted
 
     @property
@@ -91,6 +94,7 @@ class Health:
             "dropped_ticks": self.dropped_ticks,
             "store": self.store,
             "version": self.version,
+            "notes": list(self.notes),
         }
 
     def feed_line(self) -> str:

@@ -42,6 +42,9 @@ class Publisher(Protocol):
     def start(self, health: Callable[[], Health]) -> None: ...
     def stop(self) -> None: ...
     def publish_candles(self, candles: list[Candle]) -> None: ...
+    @property
+    def problem(self) -> str | None:
+        """What keeps it from publishing (shown as a health note), None when fine."""
 
 
 @dataclass(slots=True)
@@ -389,6 +392,7 @@ class Service:
             version=__version__,
             malformed=dict(broker.feed_stats().malformed),
             failure=self.failure,
+            notes=tuple(p.problem for p in self.publishers if p.problem),
         )
 
     def pipeline_alive(self, max_age: float) -> bool:
@@ -401,7 +405,7 @@ class Service:
         health = self.health()
         log.info(
             "status: %.1f ticks/s, %d ticks, %d candles written, queue depth %d, store lag %.1fs, spool %d, "
-            "late ticks %d, dropped %d, feed %s%s",
+            "late ticks %d, dropped %d, feed %s%s%s",
             ticks_per_second,
             health.ticks,
             health.candles_written,
@@ -412,4 +416,5 @@ class Service:
             health.dropped_ticks,
             health.feed_line(),
             f"; {health.state.upper()}: {'; '.join(health.problems)}" if health.problems else "",
+            "".join(f"; {note}" for note in health.notes),
         )

@@ -14,6 +14,11 @@ and, with ``publish_candles``, every stored candle on ``<prefix>/candles/<interv
 (QoS 1, JSON). MQTT never blocks the tick path: paho's network thread does the I/O and its own
 reconnect (``reconnect_delay_set``); while the broker is away, QoS 1 messages wait in paho's
 queue, bounded by ``queue_limit`` (beyond it they are dropped and counted).
+
+A broker that cannot be reached (connection refused, a name that does not resolve, a TLS or login
+refusal) is said out loud: a warning naming the address and the error at the first failed attempt,
+repeated at most every ``WARN_EVERY_S`` while it lasts, an info line once connected; meanwhile
+``problem`` says it, which the daemon's health shows as a note (MQTT never degrades the pipeline).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _QUEUE_LIMIT = 10_000
 _FEED_POLL_S = 1.0  # how often connection states are compared for feed/<connection> changes
+WARN_EVERY_S = 300.0  # how often a broker that stays unreachable is warned about again
 
 
 def make_client(config: MqttSettings, client_id: str | None = None) -> mqtt.Client:
@@ -104,12 +111,15 @@ class MqttPublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._problem: str | None = None
+        self._warned_at: float | None = None  # monotonic time of the last unreachable-broker warning
         client = make_client(config)
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_queued_messages_set(queue_limit)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         self.client = client
 
     def __repr__(self) -> str:
@@ -144,14 +154,40 @@ class MqttPublisher:
         self.client.disconnect()
         self.client.loop_stop()
 
+    @property
+    def problem(self) -> str | None:
+        """Why MQTT is not connected (the broker's address and the error), None while it is."""
+        return self._problem
+
+    def _cannot_connect(self, error: str) -> None:
+        self._problem = f"mqtt: cannot connect to {self.config.where}: {error}"
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            log.warning("%s; candles are still stored, paho keeps trying (check MQTT_HOST, MQTT_PORT, MQTT_TLS, "
+                        "MQTT_USERNAME)", self._problem, extra={"event": "mqtt_unreachable"})  # fmt: skip
+
     # ---------------------------------------------------------------- callbacks (paho's thread)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        # paho calls this from its ``except OSError`` around the connect: the error is the one in hand
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError):
+            error = f"TLS failed ({exc.reason or exc})"
+        elif isinstance(exc, OSError):
+            error = exc.strerror or str(exc) or type(exc).__name__
+        else:
+            error = "the connection failed"
+        self._cannot_connect(error)
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.warning("mqtt: %s refused the connection: %s", self.config.where, reason)
+            self._cannot_connect(f"the broker refused the connection ({reason})")
             return
         self.stats.connects += 1
         self.stats.connected = True
+        self._problem = None
+        self._warned_at = None
         log.info("mqtt: connected to %s", self.config.where)
         client.publish(self.status_topic, "online", qos=1, retain=True)
         with self._lock:
@@ -163,6 +199,7 @@ class MqttPublisher:
         was = self.stats.connected
         self.stats.connected = False
         if was and not self._stop.is_set():
+            self._problem = f"mqtt: lost the connection to {self.config.where} ({reason}); reconnecting"
             log.warning("mqtt: lost the connection to %s (%s); paho reconnects", self.config.where, reason)
 
     # ---------------------------------------------------------------- publishing

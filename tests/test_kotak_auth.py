@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from brokers.base import BrokerError
+from brokers.base import BrokerError, CredentialsRefused
 from brokers.kotak_neo.auth import (
     CREDENTIALS_HINT,
+    RETRY_REFUSED_S,
     KotakAuth,
     KotakAuthError,
     KotakSession,
@@ -24,6 +25,7 @@ from brokers.kotak_neo.auth import (
     next_midnight_ist,
     ws_scheme,
 )
+from brokers.kotak_neo.login_limit import FILE_NAME, LoginLimit, wait_needed
 from core.ist import IST
 from testkit.fakes.kotak_server import ERROR_SHAPES, KotakFakeServer, make_jwt
 
@@ -406,3 +408,56 @@ def test_next_midnight_ist_is_the_start_of_the_following_ist_day() -> None:
     assert next_midnight_ist(ist(2026, 1, 16, 1, 30)) == ist(2026, 1, 17, 0, 0)  # 20:00 UTC the day before
     assert next_midnight_ist(ist(2026, 12, 31, 12, 0)) == ist(2027, 1, 1, 0, 0)
     assert next_midnight_ist(ist(2026, 1, 15, 9, 15)) == 1768501800  # 2026-01-15 18:30 UTC
+
+
+# ---------------------------------------------------------------------------------------------- refusal policy
+
+
+def test_refused_credentials_are_credentials_refused_and_tried_again_at_most_three_times_an_hour(
+    server: KotakFakeServer, clock: Clock
+) -> None:
+    auth = make_auth(server, clock)
+    server.fail_next("validate", "bad_mpin", times=2)
+    exc = expect_auth_error(auth.current)
+    assert isinstance(exc, CredentialsRefused) and exc.permanent
+    assert auth.retry_in() == RETRY_REFUSED_S == 1200
+    clock.now += RETRY_REFUSED_S - 1  # within the 20 minutes: refused at once, no request
+    before = server.validate_attempts
+    assert isinstance(expect_auth_error(auth.current), CredentialsRefused)
+    assert server.validate_attempts == before
+    clock.now += 1  # 20 minutes after the refusal: one attempt, refused again
+    expect_auth_error(auth.current)
+    assert server.validate_attempts == before + 1 and auth.retry_in() == RETRY_REFUSED_S
+    clock.now += RETRY_REFUSED_S  # the account was fixed meanwhile: the next try logs in
+    session = auth.current()
+    assert session.serial == 1 and auth.failed is None and server.logins_completed == 1
+
+
+def test_a_fourth_login_attempt_within_a_minute_waits_for_its_slot_and_says_until_when(
+    server: KotakFakeServer, clock: Clock, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    wall = Clock(T0)
+    path = tmp_path / FILE_NAME
+    auth = make_auth(server, clock, limit=LoginLimit(path, clock=wall))
+    server.fail_next("login", 503, times=10)
+    for _ in range(3):
+        assert not expect_auth_error(auth.current).permanent
+    assert server.login_attempts == 3
+    # a new process (a restart) reads the attempts from the file: its first attempt must wait
+    limit = LoginLimit(path, clock=wall)
+    limit.interrupt.set()  # the wait returns at once, as when the feed stops
+    restarted = make_auth(server, clock, limit=limit)
+    assert not expect_auth_error(restarted.current).permanent
+    assert server.login_attempts == 3
+    assert "3 login attempts in the last 60 s; waiting 60 s, until" in caplog.text
+    wall.now += 60  # the oldest attempt leaves the window: one more is allowed
+    limit.interrupt.clear()
+    expect_auth_error(restarted.current)
+    assert server.login_attempts == 4
+
+
+def test_wait_needed_counts_only_the_attempts_of_the_last_minute() -> None:
+    assert wait_needed([], 100.0, 3) == 0
+    assert wait_needed([50.0, 60.0], 100.0, 3) == 0
+    assert wait_needed([39.0, 50.0, 60.0, 70.0], 100.0, 3) == 10.0  # 50 leaves the window at 110
+    assert wait_needed([10.0, 20.0, 30.0], 100.0, 3) == 0

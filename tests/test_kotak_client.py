@@ -495,33 +495,34 @@ def test_an_instrument_subscribed_while_a_connection_moves_to_a_new_session_ends
 
 
 @pytest.mark.slow
-def test_credentials_refused_on_renewal_stop_the_feed_without_hammering_the_login(make_broker, caplog):
+def test_credentials_refused_on_renewal_put_the_feed_in_auth_failed_without_hammering_the_login(make_broker, caplog):
     with KotakFakeServer(instruments=DEFAULT_INSTRUMENTS, token_lifetime=3) as srv:
         broker = make_broker(srv)
         broker.subscribe([INFY, TCS])
         sink = Sink()
         broker.connect(sink)
         srv.wait_subscribed(["nse_cm|1594", "nse_cm|11536"])
-        assert srv.validate_attempts == 1
+        assert srv.validate_attempts == 1 and broker.problem is None
         srv.fail_next("validate", "bad_mpin", times=100)  # from now on the MPIN is refused
         wait_until(lambda: broker.auth_failed is not None, 6, "the renewal to fail")
         assert CREDENTIALS_HINT == "check KOTAK_MPIN / KOTAK_TOTP_SECRET"
-        assert CREDENTIALS_HINT in broker.auth_failed and broker.problem == broker.auth_failed
+        assert CREDENTIALS_HINT in broker.auth_failed
+        assert broker.problem.startswith("auth_failed: Kotak refused the MPIN validation")
+        assert "restart marketfeed" in broker.problem and "next login try at" in broker.problem
         assert broker.reauth_failures == 1
         # the sockets opened with the old session carry on until the server ends them
         srv.send_ticks([tick(INFY, "1580.00", 900, 40)])
         sink.wait_for(sink.has(1594, 900))
         assert broker.is_connected()
         srv.expire_sessions(kick=True)
-        wait_until(lambda: not any(s.connected for s in broker.connection_states()), 5, "the feed to stop")
+        wait_until(lambda: not any(s.connected for s in broker.connection_states()), 5, "the feed to go down")
         time.sleep(1.0)  # a retry storm would show up here
         assert srv.validate_attempts == 2 and srv.login_attempts == 2
-        assert not broker.is_connected()
-        assert not [t for t in threading.enumerate() if t.name.startswith("kotak-ws-") and t.is_alive()]
+        assert not broker.is_connected() and broker.problem is not None
+        # the connections wait for the next allowed login (20 minutes on), they do not give up
+        assert [t for t in threading.enumerate() if t.name.startswith("kotak-ws-") and t.is_alive()]
+        assert all(s.last_error and s.last_error.startswith("auth_failed: ") for s in broker.connection_states())
         broker.disconnect()
-        with pytest.raises(BrokerError, match="KOTAK_MPIN"):  # a restart with the same settings is refused at once
-            broker.connect(Sink())
-        assert srv.validate_attempts == 2
     assert "check KOTAK_MPIN / KOTAK_TOTP_SECRET" in caplog.text
 
 

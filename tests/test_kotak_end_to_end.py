@@ -8,9 +8,11 @@ across renewals, a forced expiry, or the split of the watchlist across connectio
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,11 +20,14 @@ import pytest
 from candles.model import Interval, parse_intervals
 from core.ist import IST
 from storage.postgres import PostgresStore
+from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
 from testkit.fakes.kotak_server import DEFAULT_INSTRUMENTS, KotakFakeServer, TapeTick, random_tape, synthetic_instruments
 from testkit.reference import candle_to_dict, reference_candles
 
 pytestmark = pytest.mark.slow  # every test runs main.py
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # watchlist spelling -> the fake's scrip-master row
 WATCH = {"NSE:INFY": 1594, "NSE:TCS": 11536, "NSE:RELIANCE": 2885, "NSE:NIFTY 50": 26000}
@@ -87,7 +92,7 @@ def test_kotak_daemon_renews_and_recovers_sessions_without_losing_a_tick(tmp_pat
     intervals = parse_intervals("1m,5m")
     proc = start_main(
         "--broker", "kotak", "--symbols", *WATCH, "NSE:NOSUCHSCRIP", "--intervals", "1m,5m",
-        cwd=tmp_path, env=kotak_env(server, PG_CONN_STR=pg_dsn),
+        cwd=tmp_path, env=kotak_env(server, PG_CONN_STR=pg_dsn, KOTAK_LOGINS_PER_MINUTE="30"),  # 6 s sessions
     )  # fmt: skip
     try:
         server.wait_subscribed(FEED_KEYS, timeout=30)
@@ -168,12 +173,45 @@ def test_more_symbols_than_the_connections_carry_are_refused_with_the_numbers(tm
     assert "31 instruments exceed what kotak_neo allows: 10 per connection x 3 connections = 30" in proc.stderr
 
 
-def test_wrong_mpin_stops_the_start_with_the_variables_to_check_and_no_retry(tmp_path, server):
+def unit_restart_prevent_statuses() -> set[int]:
+    """The exit statuses after which the shipped systemd unit does not restart the daemon."""
+    lines = (ROOT / "deploy" / "marketfeed.service").read_text().splitlines()
+    values = [line.split("=", 1)[1] for line in lines if line.startswith("RestartPreventExitStatus=")]
+    return {int(v) for value in values for v in value.split()}
+
+
+def test_wrong_mpin_stops_the_start_with_exit_3_which_systemd_does_not_restart(tmp_path, server):
     proc = run_main("--broker", "kotak", "--symbols", "NSE:INFY", cwd=tmp_path, env=kotak_env(server, KOTAK_MPIN="999999"))
-    assert proc.returncode == 1
+    assert proc.returncode == 3, proc.stderr
     assert "check KOTAK_MPIN / KOTAK_TOTP_SECRET" in proc.stderr
+    assert "restart the daemon (systemctl restart marketfeed)" in proc.stderr
     assert "999999" not in proc.stderr
     assert server.validate_attempts == 1
+    assert {2, 3} <= unit_restart_prevent_statuses()
+
+
+def test_quick_restarts_against_a_failing_login_server_make_at_most_three_login_attempts_a_minute(tmp_path, server):
+    server.fail_next("login", 503, times=100)  # Kotak's login server is in trouble: every start exits 1
+    env = kotak_env(server)
+    for _ in range(3):  # systemd restarts the daemon every 5 s; here at once
+        proc = run_main("--broker", "kotak", "--symbols", "NSE:INFY", cwd=tmp_path, env=env)
+        assert proc.returncode == 1 and "HTTP 503" in proc.stderr, proc.stderr
+    assert server.login_attempts == 3
+    proc = start_main("--broker", "kotak", "--symbols", "NSE:INFY", cwd=tmp_path, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any("login attempts in the last 60 s; waiting" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        time.sleep(1.0)  # an attempt that did not wait would reach the fake now
+        assert server.login_attempts == 3
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert any("until" in line and "IST" in line for line in lines), "".join(lines)
 
 
 def test_broker_check_reports_login_symbol_and_first_tick(tmp_path, server):
@@ -192,3 +230,30 @@ def test_broker_check_reports_login_symbol_and_first_tick(tmp_path, server):
     assert any("NSE:TCS = instrument 11536" in line for line in lines)
     assert any(line.split()[:3] == ["first", "tick", "ok:"] for line in lines), out
     assert lines[-1].split() == ["result", "OK"]
+
+
+def test_an_index_the_scrip_master_does_not_list_is_subscribed_by_name_and_makes_candles(tmp_path):
+    nifty = ROWS[26000]
+    with KotakFakeServer(index_rows=False) as srv:
+        proc = start_main("--broker", "kotak", "--symbols", "NSE:NIFTY 50", "NSE:INFY", "--intervals", "1m",
+                          cwd=tmp_path, env=kotak_env(srv))  # fmt: skip
+        try:
+            srv.wait_subscribed(["nse_cm|Nifty 50", "nse_cm|1594"], timeout=30)
+            end = (int(time.time()) - 3) // 60 * 60  # the tape's buckets have all closed on the daemon's clock
+            tape = random_tape([nifty], seconds=120, seed=2, start_epoch=end - 120)
+            assert srv.send_ticks(tape) == len(tape)
+            time.sleep(1.0)
+            events = [m for c in srv.connections for m in c.messages if "Nifty 50" in str(m)]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "unknown symbol" not in err
+    assert [m["event"] for m in events] == ["subscribeIndices"]
+    store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
+    try:
+        got = {candle_to_dict(c)[0]: candle_to_dict(c)[1] for c in store.latest("NSE", "NIFTY 50", "1m", limit=1000)}
+    finally:
+        store.close()
+    expected = reference_candles(as_arrivals(tape), parse_intervals("1m"))
+    assert got and got == expected

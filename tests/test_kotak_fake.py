@@ -887,3 +887,36 @@ def test_cli_prints_urls_and_credentials_a_daemon_can_log_in_with() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_sdk_subscribes_indices_by_name_and_decodes_their_ticks_when_the_scrip_master_lists_none(
+    sdk_at: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEO_SCRIP_CACHE_DIR", str(tmp_path))
+    with KotakFakeServer(index_rows=False) as server:
+        client = sdk_at(server)
+        rows = client.search_scrip(exchange_segment="nse_cm", symbol="nifty")
+        assert not [r for r in (rows if isinstance(rows, list) else []) if r.get("pInstType") == "INDEX"], rows
+        sdk_login(client, server)
+        tape = random_tape([NIFTY50, SENSEX], seconds=3, seed=4)
+
+        async def main() -> tuple[list[Any], list[Any]]:
+            ws = client.create_websocket(reconnect_delay=0, max_connect_retries=0)
+            await ws.connect()
+            try:
+                await ws.subscribe_index([WsToken("nse_cm", "Nifty 50"), WsToken("bse_cm", "SENSEX")])
+                await asyncio.to_thread(server.wait_subscribed, ["nse_cm|Nifty 50", "bse_cm|SENSEX"])
+                sent = await asyncio.to_thread(server.send_ticks, tape)
+                frames = [m for c in server.connections for m in c.messages if isinstance(m, dict)]
+                return await take(ws, sent), frames
+            finally:
+                await ws.close()
+
+        got, frames = run_sdk(main())
+    assert {"event": "subscribeIndices", "inputtoken": "nse_cm|Nifty 50,bse_cm|SENSEX", "ack_symbol": True} in frames
+    assert len(got) == len(tape) and {m.type for m in got} == {"index"}
+    names = {"nse_cm": "Nifty 50", "bse_cm": "SENSEX"}
+    assert [(m.exchange_segment, m.name, m.trading_symbol) for m in got] == [(t.segment, names[t.segment],
+                                                                              names[t.segment]) for t in tape]  # fmt: skip
+    assert [Decimal(str(m.last_traded_price)) for m in got] == [t.last_price for t in tape]
+    assert [m.last_trade_time for m in got] == [t.exchange_ts for t in tape]

@@ -295,3 +295,15 @@ def test_symbols_of_a_segment_the_file_list_does_not_offer_are_unknown_and_the_r
 def test_the_consumer_key_is_not_in_the_repr(server: KotakFakeServer, tmp_path: Path, clock: Clock) -> None:
     scrips = master(server, tmp_path, clock)
     assert CONSUMER_KEY not in repr(scrips) and server.api_url in repr(scrips)
+
+
+def test_indices_resolve_by_their_known_feed_names_when_the_scrip_master_lists_no_index_rows(
+    tmp_path: Path, clock: Clock
+) -> None:
+    with KotakFakeServer(consumer_key=CONSUMER_KEY, clock=clock, index_rows=False) as srv:
+        pairs = [("NSE", "NIFTY 50"), ("NSE", "Nifty Bank"), ("BSE", "SENSEX"), ("NSE", "NIFTY NOSUCH")]
+        known, unknown = master(srv, tmp_path, clock).resolve(pairs)
+    assert unknown == ["NSE:NIFTY NOSUCH"]
+    assert [(i.symbol, i.token, instrument_key(i)) for i in known] == [
+        ("NIFTY 50", 0, "nse_cm|Nifty 50"), ("Nifty Bank", 0, "nse_cm|Nifty Bank"), ("SENSEX", 0, "bse_cm|SENSEX"),
+    ]  # fmt: skip

@@ -304,3 +304,40 @@ def test_the_daemon_serves_metrics_and_health_on_metrics_port_and_refuses_a_busy
         refused = run_main("--symbols", "NSE:INFY", "--metrics-port", str(taken), "--duration", "1", cwd=tmp_path)
     assert refused.returncode == 2
     assert "METRICS_PORT / --metrics-port" in refused.stderr
+
+
+# ---- MQTT that cannot connect --------------------------------------------------------------------
+
+
+def test_mqtt_to_a_closed_port_is_warned_about_at_once_and_noted_while_the_pipeline_runs(tmp_path, caplog):
+    from config.settings import MqttSettings
+    from publishers.mqtt import MqttPublisher
+    from testkit.mosquitto import free_port
+
+    port = free_port()  # nothing listens there
+    store = SQLiteStore(tmp_path / "candles.db")
+    store.migrate()
+    clock = SimClock(START, SPEED)
+    publisher = MqttPublisher(MqttSettings(host="127.0.0.1", port=port, client_id="t", service_id="t"))
+    service = Service(SimBroker(clock, seed=1, tick_rate=2.0, resume=False), store, SYMBOLS, parse_intervals("1m"),
+                      clock=clock, spool=Spool(tmp_path / "spool"), publishers=[publisher])  # fmt: skip
+    metrics = MetricsServer(service.health, port=0)
+    service.start()
+    metrics.start()
+    try:
+        where = f"127.0.0.1:{port}"
+        warned = lambda: [r for r in caplog.records if r.levelname == "WARNING" and where in r.getMessage()]  # noqa: E731
+        wait_until(warned, 10.0, "a warning naming the unreachable MQTT broker")  # paho tries at once, then every 1-30 s
+        assert "Connection refused" in warned()[0].getMessage()
+        wait_until(lambda: service.stats.ticks > 0, 10.0, "ticks")
+        health = service.health()
+        assert health.state == "running" and health.problems == []
+        assert len(health.notes) == 1 and where in health.notes[0] and "Connection refused" in health.notes[0]
+        assert health.heartbeat(0.0)["notes"] == list(health.notes)
+        status, body = healthz(metrics.port)
+        assert status == 200 and body["status"] == "ok" and body["notes"] == list(health.notes)
+    finally:
+        metrics.stop()
+        service.stop()
+        store.close()
+    assert len(warned()) == 1  # repeated at most every few minutes, not at every retry

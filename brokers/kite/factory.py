@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from brokers.base import BaseBroker, BrokerError
+from brokers.base import BaseBroker, BrokerError, CredentialsRefused
 from brokers.kite.auth import load_token, probably_expired, token_day
 from brokers.kite.settings import Settings
 from brokers.registry import Clock, FeedContext, Report
-from config.env import ConfigError, raise_problems
+from config.env import raise_problems
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def access_token(settings: Settings) -> tuple[str, str, Callable[[], str | None]
     file = settings.token_file
     token = load_token(file)
     if not token:
-        raise ConfigError(
+        raise CredentialsRefused(
             f"no Kite access token: log in first with `python main.py --broker kite --login` (it writes {file}), "
             "or set KITE_ACCESS_TOKEN"
         )

@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from brokers.base import BrokerError, lookup_symbols
+from brokers.base import BrokerError, CredentialsRefused, lookup_symbols
 from core.ist import IST
 from core.ticks import Instrument
 
@@ -55,6 +55,13 @@ class KiteInstruments:
         try:
             raw = self._kite.instruments()
         except Exception as exc:  # kiteconnect raises its own exception family and requests' errors
+            from kiteconnect.exceptions import TokenException
+
+            if isinstance(exc, TokenException):  # HTTP 403: the API key or the access token was refused
+                raise CredentialsRefused(
+                    f"Kite refused the API key or the access token ({exc}): check KITE_API_KEY, then log in again "
+                    "(python main.py --broker kite --login)"
+                ) from None
             raise BrokerError(f"could not download the Kite instruments dump: {type(exc).__name__}: {exc}") from None
         rows = []
         for row in raw:

@@ -11,8 +11,11 @@ The current flow (Kotak's ``docs/authentication.md`` in github.com/Kotak-Neo/Kot
 There is no refresh endpoint: a new session is a new login. ``KotakAuth`` logs in again at 90% of
 the session's life (read from the JWT ``exp``) and whenever a caller reports that the session was
 refused; a lock makes concurrent connections share one re-login. A refusal of the credentials
-themselves (wrong MPIN, TOTP secret, UCC, consumer key) is permanent: every later call fails at
-once with the same message instead of hammering the login endpoint.
+themselves (wrong MPIN, TOTP secret, UCC, consumer key) raises ``KotakRefused`` (a
+``CredentialsRefused``): every later call fails at once with the same message instead of
+hammering the login endpoint, until ``RETRY_REFUSED_S`` have passed (at most 3 tries an hour, so
+that a fix on Kotak's side is picked up by itself). Every attempt, whatever its outcome, first
+takes a slot of the ``LoginLimit`` (at most 3 a minute, also across restarts).
 
 Secrets (consumer key, MPIN, TOTP codes, tokens, sids) never appear in messages or reprs.
 """
@@ -32,7 +35,8 @@ from typing import Any
 import pyotp
 import requests
 
-from brokers.base import BrokerError
+from brokers.base import BrokerError, CredentialsRefused
+from brokers.kotak_neo.login_limit import Interrupted, LoginLimit
 from core.ist import IST
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ VALIDATE_PATH = "/login/1.0/tradeApiValidate"
 DEFAULT_FEED_URL = "wss://sfeed.kotaksecurities.com/betafeed"
 NEO_FIN_KEY = "neotradeapi"
 CREDENTIALS_HINT = "check KOTAK_MPIN / KOTAK_TOTP_SECRET"
+RETRY_REFUSED_S = 1200.0  # a refused login is tried again after 20 minutes: at most 3 times an hour
 
 
 class KotakAuthError(BrokerError):
@@ -51,6 +56,13 @@ class KotakAuthError(BrokerError):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class KotakRefused(KotakAuthError, CredentialsRefused):
+    """Kotak refused the credentials, or these settings cannot log in at all: retrying cannot help."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,19 +126,18 @@ class KotakAuth:
         refresh_fraction: float = 0.9,
         clock: Callable[[], float] = time.time,
         http: requests.Session | None = None,
+        limit: LoginLimit | None = None,
     ) -> None:
         given = {"KOTAK_CONSUMER_KEY": consumer_key, "KOTAK_MOBILE_NUMBER": mobile_number, "KOTAK_UCC": ucc,
                  "KOTAK_MPIN": mpin, "KOTAK_TOTP_SECRET": totp_secret}  # fmt: skip
         missing = [name for name, value in given.items() if not value]
         if missing:
-            raise KotakAuthError(f"{', '.join(missing)} missing: set it in .env", permanent=True)
+            raise KotakRefused(f"{', '.join(missing)} missing: set it in .env")
         try:
             self._totp = pyotp.TOTP(totp_secret.replace(" ", "").upper())
             self._totp.now()
         except (ValueError, TypeError, base64.binascii.Error):
-            raise KotakAuthError(
-                "KOTAK_TOTP_SECRET is not a base32 secret: copy the secret shown when you enabled TOTP", permanent=True
-            ) from None
+            raise KotakRefused("KOTAK_TOTP_SECRET is not a base32 secret: copy the secret shown when you enabled TOTP") from None
         if not 0.1 <= refresh_fraction < 1.0:
             raise ValueError(f"refresh_fraction {refresh_fraction} must be in [0.1, 1)")
         self._consumer_key = consumer_key
@@ -143,8 +154,12 @@ class KotakAuth:
         self._lock = threading.Lock()
         self._session: KotakSession | None = None
         self._serial = 0
-        #: set once the credentials were refused: the message every later call raises
+        #: at most 3 login attempts a minute (a LoginLimit with a file in DATA_DIR also across restarts)
+        self.limit = limit or LoginLimit()
+        #: set once the credentials were refused: the message every later call raises until
+        #: ``RETRY_REFUSED_S`` after ``failed_at`` (the clock's time of the refusal)
         self.failed: str | None = None
+        self.failed_at = 0.0
         self.logins = 0  # successful logins, the first included
 
     def __repr__(self) -> str:
@@ -172,6 +187,12 @@ class KotakAuth:
             log.warning("kotak: using the current session until it expires in %.0f s (%s)", session.expires_at - now, exc)
             return session
 
+    def retry_in(self) -> float:
+        """Seconds until a refused login may be tried again (0: it may be tried now, or none was refused)."""
+        if self.failed is None:
+            return 0.0
+        return max(0.0, self.failed_at + RETRY_REFUSED_S - self.clock())
+
     def refresh_due(self) -> float | None:
         """Seconds until the proactive re-login (<= 0: due now); None without a session."""
         session = self._session
@@ -190,14 +211,24 @@ class KotakAuth:
                 if stale is None and self.clock() < current.refresh_at(self.refresh_fraction):
                     return current
             if self.failed is not None:
-                raise KotakAuthError(self.failed, permanent=True)
+                if self.retry_in() > 0:
+                    raise KotakRefused(self.failed)
+                log.warning("kotak: trying the login again, %.0f min after it was refused", (self.clock() - self.failed_at) / 60)
+            try:
+                self.limit.acquire()
+            except Interrupted:
+                raise KotakAuthError("stopped while waiting to log in") from None
             try:
                 session = self._login()
             except KotakAuthError as exc:
                 if exc.permanent:
                     self.failed = str(exc)
+                    self.failed_at = self.clock()
                     log.error("kotak: %s", exc)
                 raise
+            if self.failed is not None:
+                log.warning("kotak: the login works again")
+                self.failed = None
             self._session = session
             self.logins += 1
             left = session.expires_at - self.clock()
@@ -265,12 +296,12 @@ class KotakAuth:
         if status >= 500 or status == 429 and not _credentials_problem(text):
             raise KotakAuthError(f"Kotak's {step} failed with HTTP {status} ({text}): a server problem, retrying later")
         if status in (404, 405):  # no such endpoint: the URL is wrong, not the credentials
-            raise KotakAuthError(f"Kotak's {step} is not at {url} (HTTP {status}: {text}): check KOTAK_LOGIN_URL", permanent=True)
+            raise KotakRefused(f"Kotak's {step} is not at {url} (HTTP {status}: {text}): check KOTAK_LOGIN_URL")
         if _error_code(payload) == "10512":  # we send every header the spec names: Kotak's login API changed
-            raise KotakAuthError(f"Kotak refused the {step} (HTTP {status}: {text}): its login API has changed; "
-                                 "update marketfeed", permanent=True)  # fmt: skip
+            raise KotakRefused(f"Kotak refused the {step} (HTTP {status}: {text}): its login API has changed; "
+                               "update marketfeed")  # fmt: skip
         if status >= 400 or _credentials_problem(text) or _error_code(payload) in {"400", "401", "403"}:
-            raise KotakAuthError(f"Kotak refused the {step} (HTTP {status}: {text}): {hint}", permanent=True)
+            raise KotakRefused(f"Kotak refused the {step} (HTTP {status}: {text}): {hint}")
         raise KotakAuthError(f"Kotak's {step} reply has no data (HTTP {status}: {text}): complete the 2FA and try again")
 
     def _scrub(self, text: str) -> str:

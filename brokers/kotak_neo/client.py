@@ -17,8 +17,10 @@ Reliability, as for Kite (the loop is ``brokers.feed``'s, shared by the venues; 
 what is Kotak's): reconnect forever with capped exponential backoff and full jitter,
 resubscribing everything; the server sends no heartbeat, so each connection pings every
 ``ping_interval`` seconds and a connection with no frame at all (tick, reply or pong) for
-``stall_timeout`` seconds is replaced. Refused credentials stop the feed with a message naming
-the variables to check, without retrying the login.
+``stall_timeout`` seconds is replaced. Refused credentials put the feed in an ``auth_failed``
+problem naming the variables to check (health degraded, ``/healthz`` 503); the login is tried
+again at most 3 times an hour (``auth.RETRY_REFUSED_S``), so a fix on Kotak's side is picked up
+by itself, and no attempt goes past the login limit (``login_limit``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from brokers.feed import (
     OP_CLOSE,
     OP_TEXT,
     POLL_S,
-    STOP,
     FeedBroker,
     FeedConnection,
     Outcome,
@@ -48,7 +49,7 @@ from brokers.feed import (
     Stop,
 )
 from brokers.kotak_neo import protocol
-from brokers.kotak_neo.auth import KotakAuth, KotakAuthError, KotakSession
+from brokers.kotak_neo.auth import RETRY_REFUSED_S, KotakAuth, KotakAuthError, KotakRefused, KotakSession
 from brokers.kotak_neo.protocol import DecodeStats, KotakDecoder
 from core.ist import IST
 from core.ticks import Instrument, TickData
@@ -100,8 +101,7 @@ class _Conn(FeedConnection):
         broker = self.broker
         if isinstance(exc, KotakAuthError):
             if exc.permanent:
-                broker._credentials_refused(str(exc))
-                return STOP
+                return broker._credentials_refused(str(exc))
             return Outcome(str(exc))
         if isinstance(exc, _SessionRefused):
             reason = str(exc)
@@ -110,8 +110,7 @@ class _Conn(FeedConnection):
                     return Outcome(reason, 0.0 if failures == 0 else None)
             except KotakAuthError as err:
                 if err.permanent:
-                    broker._credentials_refused(str(err))
-                    return STOP
+                    return broker._credentials_refused(str(err))
                 reason = f"{reason}; logging in again failed: {err}"
             return Outcome(reason)
         return super()._classify(exc, failures)
@@ -160,8 +159,8 @@ class _Conn(FeedConnection):
                 if message.kind == protocol.AUTH_FAILED:
                     raise _SessionRefused(session)
                 if message.kind == protocol.AUTH_UNSUPPORTED_FORMAT:
-                    raise KotakAuthError("the Kotak feed answered with a data format this version cannot decode "
-                                         "(native_fallback): update marketfeed", permanent=True)  # fmt: skip
+                    raise KotakRefused("the Kotak feed answered with a data format this version cannot decode "
+                                   "(native_fallback): update marketfeed")  # fmt: skip
         except BaseException:
             if not publish:
                 with contextlib.suppress(Exception):
@@ -393,11 +392,30 @@ class KotakNeoBroker(FeedBroker):
     def __repr__(self) -> str:
         return f"KotakNeoBroker(connections={len(self._conns)}, instruments={self.subscribed_count}, auth={self.auth!r})"
 
-    def _credentials_refused(self, message: str) -> None:
+    def _credentials_refused(self, message: str) -> Outcome:
+        """The login was refused: say so once (``problem``) and wait for the next allowed try."""
         first = self.auth_failed is None
         self.auth_failed = message
+        retry = self.auth.retry_in()
         if first:
-            log.error("kotak: %s; the feed stops until the settings are fixed and the daemon restarted", message)
+            log.error("kotak: %s; fix the settings and restart marketfeed (the login is tried again in %.0f min, "
+                      "at most 3 times an hour)", message, retry / 60, extra={"event": "auth_failed"})  # fmt: skip
+        return Outcome(f"auth_failed: {message}", max(retry, self.backoff_initial))
+
+    @property
+    def problem(self) -> str | None:
+        failed = self.auth_failed
+        if failed is None:
+            return None
+        when = datetime.fromtimestamp(self.auth.failed_at + RETRY_REFUSED_S, IST).strftime("%H:%M")
+        return f"auth_failed: {failed}; fix it and restart marketfeed (next login try at {when} IST)"
+
+    def disconnect(self) -> None:
+        self.auth.limit.interrupt.set()  # a connection waiting for a login slot leaves at once
+        try:
+            super().disconnect()
+        finally:
+            self.auth.limit.interrupt.clear()
 
     # ---------------------------------------------------------------- BaseBroker
 
@@ -431,6 +449,9 @@ class KotakNeoBroker(FeedBroker):
     def _session_accepted(self, session: KotakSession) -> None:
         with self._sessions_lock:
             self._accepted_serial = max(self._accepted_serial, session.serial)
+        if self.auth_failed is not None and self.auth.failed is None:
+            self.auth_failed = None
+            log.warning("kotak: logged in again after the refusal; the feed streams")
 
     def _relogin_after_refusal(self, refused: KotakSession, conn_id: int = 0) -> bool:
         """After a 1120 for ``refused``: log in again, once for all connections (``reauth`` does
@@ -462,8 +483,9 @@ class KotakNeoBroker(FeedBroker):
             except KotakAuthError as exc:
                 self.reauth_failures += 1
                 if exc.permanent:
-                    self._credentials_refused(str(exc))
-                    return
+                    if self._stop.wait(self._credentials_refused(str(exc)).delay):
+                        return
+                    continue
                 log.warning("kotak: session renewal failed (%s); retrying in %.0f s", exc, backoff)
                 if self._stop.wait(backoff):
                     return

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from brokers.base import BaseBroker, BrokerError
+from brokers.kotak_neo import login_limit
 from brokers.kotak_neo.auth import KotakAuth
+from brokers.kotak_neo.login_limit import LoginLimit
 from brokers.kotak_neo.settings import Settings
 from brokers.registry import Clock, FeedContext, Report
 
@@ -19,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 
-def _auth(settings: Settings) -> KotakAuth:
+def _auth(settings: Settings, ctx: FeedContext) -> KotakAuth:
+    # the attempts are kept in DATA_DIR: a daemon restarted every few seconds still logs in at most
+    # KOTAK_LOGINS_PER_MINUTE times a minute
+    limit = LoginLimit(Path(ctx.data_dir) / login_limit.FILE_NAME, max_attempts=settings.logins_per_minute)
     return KotakAuth(
         settings.consumer_key or "",
         settings.mobile_number or "",
@@ -28,6 +34,7 @@ def _auth(settings: Settings) -> KotakAuth:
         settings.totp_secret or "",
         login_url=settings.login_url,
         feed_url=settings.feed_url,
+        limit=limit,
     )
 
 
@@ -35,8 +42,8 @@ def open_broker(settings: Settings, ctx: FeedContext, auth: KotakAuth | None = N
     from brokers.kotak_neo.client import KotakNeoBroker
     from brokers.kotak_neo.instruments import KotakScripMaster
 
-    auth = auth or _auth(settings)
-    session = auth.current()  # log in now: bad credentials stop the start with the variables to check
+    auth = auth or _auth(settings, ctx)
+    session = auth.current()  # log in now: refused credentials stop the start (exit 3) naming what to fix
     master = KotakScripMaster(session.base_url, settings.consumer_key or "", ctx.data_dir)
     broker = KotakNeoBroker(
         auth,
@@ -49,7 +56,7 @@ def open_broker(settings: Settings, ctx: FeedContext, auth: KotakAuth | None = N
 
 
 def check_login(settings: Settings, ctx: FeedContext, report: Report) -> BaseBroker | None:
-    auth = _auth(settings)
+    auth = _auth(settings, ctx)
     started = time.perf_counter()
     try:
         session = auth.current()

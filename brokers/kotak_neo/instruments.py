@@ -10,7 +10,10 @@ Matching a watchlist entry (``NSE:INFY``) to a row of the segment's file (``nse_
 * for cash segments, the symbol plus its series: ``INFY`` → ``INFY-EQ`` (then ``-BE``, ``-BZ``);
 * an index row (``pInstType`` INDEX) by its name, case-insensitively: ``NSE:NIFTY 50`` →
   ``nse_cm|Nifty 50``. The feed subscribes indices by Kotak's spelling of the name, so the
-  instrument carries it in ``feed_name`` while candles keep the watchlist's symbol.
+  instrument carries it in ``feed_name`` while candles keep the watchlist's symbol;
+* else a known index (``KNOWN_INDICES``): the files Kotak publishes need not list indices at all,
+  and the official SDK subscribes them by name (``subscribe_index([WsToken("nse_cm", "Nifty 50")])``
+  sends ``subscribeIndices`` with ``nse_cm|Nifty 50``); the index packets name them the same way.
 
 Each segment's file is kept in the cache directory for the IST day it was fetched on; a cached file that
 cannot be read as a scrip master is fetched again, and a fetched file is kept only once it parsed.
@@ -43,6 +46,20 @@ log = logging.getLogger(__name__)
 
 FILE_PATHS = "/script-details/1.0/masterscrip/file-paths"
 _CASH_SERIES = ("EQ", "BE", "BZ", "SM", "ST")
+
+#: segment -> watchlist name (upper case) -> the name the feed knows the index by. The scrip
+#: master's INDEX rows win where a file has them.
+KNOWN_INDICES: dict[str, dict[str, str]] = {
+    "nse_cm": {
+        "NIFTY 50": "Nifty 50",
+        "NIFTY BANK": "Nifty Bank",
+        "NIFTY FIN SERVICE": "Nifty Fin Service",
+        "NIFTY IT": "Nifty IT",
+        "NIFTY NEXT 50": "Nifty Next 50",
+    },
+    "bse_cm": {"SENSEX": "SENSEX", "BANKEX": "BANKEX"},
+}
+_INDEX_TICK = Decimal("0.01")
 
 
 class SegmentNotOffered(BrokerError):
@@ -91,7 +108,7 @@ class KotakScripMaster:
             inst = None
             if segment is not None and segment not in missing:
                 try:
-                    inst = self._lookup(self.segment(segment), exchange, symbol)
+                    inst = self._lookup(self.segment(segment), exchange, symbol) or _known_index(segment, exchange, symbol)
                 except SegmentNotOffered as exc:  # its symbols are unknown; the rest go on
                     log.warning("%s", exc)
                     missing.add(segment)
@@ -215,6 +232,11 @@ class KotakScripMaster:
         log.info("downloaded the Kotak %s scrip master (%d bytes)", segment, len(reply.content))
         # UTF-8 whatever the headers say: requests would read text/csv without a charset as ISO-8859-1
         return reply.content.decode("utf-8", errors="replace")
+
+
+def _known_index(segment: str, exchange: str, symbol: str) -> KotakInstrument | None:
+    name = KNOWN_INDICES.get(segment, {}).get(symbol.upper())
+    return None if name is None else KotakInstrument(exchange, symbol, 0, _INDEX_TICK, name)
 
 
 def _parse(text: str, segment: str) -> dict[str, KotakInstrument]:

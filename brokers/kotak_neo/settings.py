@@ -20,6 +20,8 @@ class Settings:
     feed_url: str | None = var("KOTAK_FEED_URL", schemes=("wss", "ws", "https", "http"))  # None: the login reply's feedUrl
     max_symbols_per_connection: int = var("KOTAK_MAX_SYMBOLS_PER_CONNECTION", 100, minimum=1)
     max_connections: int = var("KOTAK_MAX_CONNECTIONS", 30, minimum=1)
+    # Kotak counts failed logins against the account: more than 3 a minute only for a test server
+    logins_per_minute: int = var("KOTAK_LOGINS_PER_MINUTE", 3, minimum=1)
 
     __repr__ = redacted
 

@@ -48,7 +48,8 @@ Things the spec leaves open, and what the fake does (each can be switched where 
 - feedUrl and the config endpoints use ``http://`` (no TLS here) where production uses ``https://``;
   a client must map http→ws just as it maps https→wss.
 - Index rows are listed in the nse_cm/bse_cm master with ``pInstType`` "INDEX" and the subscribe name
-  as ``pTrdSymbol``; production lists are not known to contain them.
+  as ``pTrdSymbol``; production lists are not known to contain them: ``index_rows=False`` leaves them
+  out of the files (the feed still knows the indices by name, as the SDK subscribes them).
 - No application heartbeat and no server pings; pings are answered with pongs.
 
 Usage::
@@ -876,6 +877,7 @@ class KotakFakeServer:
         credential_errors: str = "http_401",
         reject_reused_totp: bool = False,
         config_service: bool = True,
+        index_rows: bool = True,
         ws_port: int = 0,
         login_port: int = 0,
         api_port: int = 0,
@@ -891,6 +893,7 @@ class KotakFakeServer:
         self.mpin = mpin
         self.totp_secret = totp_secret
         self.instruments = tuple(instruments)
+        self.index_rows = index_rows  # False: the scrip master files list no INDEX rows
         self.token_lifetime = token_lifetime  # seconds; None: until the next midnight IST
         self.clock = clock
         self.dividers = dict(DEFAULT_DIVIDERS if dividers is None else dividers)
@@ -1734,7 +1737,8 @@ class KotakFakeServer:
             return fault
         for seg in SCRIP_SEGMENTS:
             if path == f"{SCRIP_FOLDER}/{self.scrip_master_date}/{scrip_file_name(seg)}":
-                return 200, scrip_csv(self.instruments, seg), "text/csv"
+                listed = self.instruments if self.index_rows else [i for i in self.instruments if not i.is_index]
+                return 200, scrip_csv(listed, seg), "text/csv"
         return error_reply(404)
 
     def _rest(
