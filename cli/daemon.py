@@ -104,7 +104,7 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
             parts.callback(watchdog.stop)  # first at the end: before the pipeline ends on purpose
         service.wait(args.duration)
     log.info(
-        "stopped: %d ticks, %d candles written%s",
+        "stopped: %d ticks, %d candle writes (a revision or a replay writes a candle again)%s",
         service.stats.ticks,
         service.writer.stats.candles_written,
         "" if drained[0] else " (some candles were not stored)",

@@ -338,6 +338,11 @@ class Service:
             reauths=broker.reauths,
             version=__version__,
             malformed=dict(broker.feed_stats().malformed),
+            spool_fault=written.spool_fault,
+            store_fault=written.store_fault,
+            candles_in_memory=written.in_memory,
+            memory_limit=self.writer.memory_limit,
+            candles_dropped=written.dropped,
         )
 
     def pipeline_alive(self, max_age: float) -> bool:
