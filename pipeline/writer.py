@@ -128,8 +128,7 @@ class Writer:
             if backlog or self._held:
                 if time.monotonic() < next_try and not finished:
                     continue
-                if self._held and self._append(list(self._held.values())):
-                    self._spooled_from_memory()
+                if self._held and self._spool_held():
                     backlog = True
                 if backlog and self.replay_spool():  # (a cleared spool frees its disk's space too)
                     backlog = False
@@ -232,15 +231,30 @@ class Writer:
                 )  # fmt: skip
         self.stats.in_memory = len(held)
 
-    def _spooled_from_memory(self) -> None:
+    def _spool_held(self) -> bool:
+        """Spool what waits in memory, oldest first, a batch at a time (a disk with a little space
+        takes some: the store then takes them and the cleared spool frees more); True once any went."""
+        held = self._held
+        spooled = 0
+        while held:
+            keys = list(islice(held, _WRITE_BATCH))
+            if not self._append([held[k] for k in keys]):
+                break
+            for key in keys:
+                del held[key]
+            spooled += len(keys)
+        self.stats.in_memory = len(held)
+        if not held:
+            self._spooled_from_memory(spooled)
+        return spooled > 0
+
+    def _spooled_from_memory(self, count: int) -> None:
         stats = self.stats
         log.warning(
-            "spool %s writable again after %.1fs: %d candles waiting in memory are spooled%s",
-            self.spool.path, time.monotonic() - self._fault_since, len(self._held),
+            "spool %s writable again after %.1fs: the candles waiting in memory are spooled (the last %d now)%s",
+            self.spool.path, time.monotonic() - self._fault_since, count,
             f" ({stats.dropped} were dropped beyond the limit of {self.memory_limit})" if stats.dropped else "",
         )  # fmt: skip
-        self._held.clear()
-        stats.in_memory = 0
         stats.spool_fault = None
 
     def _remind(self) -> None:
