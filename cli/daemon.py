@@ -119,7 +119,8 @@ def _summary(service: Service, drained: bool) -> str:
     """The stop line: what the run did, and why when it wrote nothing."""
     ticks = service.stats.ticks
     agg = service.aggregator.stats
-    words = [f"{ticks} ticks", f"{service.writer.stats.candles_written} candles written"]
+    writes = service.writer.stats.candles_written
+    words = [f"{ticks} ticks", f"{writes} candle writes (a revision or a replay writes a candle again)"]
     if agg.late_ticks:
         words.append(f"{agg.late_ticks} late ticks revised closed candles")
     if agg.dropped_ticks:

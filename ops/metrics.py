@@ -108,7 +108,10 @@ class HealthCollector(Collector):
             value=h.dropped_ticks,
         )
 
-        yield CounterMetricFamily(f"{PREFIX}_candles_written", "Candles the store accepted.", value=h.candles_written)
+        yield CounterMetricFamily(
+            f"{PREFIX}_candles_written", "Candle writes the store accepted (a revision or a replay counts again).",
+            value=h.candles_written,
+        )
         yield CounterMetricFamily(
             f"{PREFIX}_rejected_candles", "Candles the store refused one by one (dropped).", value=h.rejected_candles
         )
@@ -117,6 +120,22 @@ class HealthCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_store_up", "0 while the last write failed because the store was unreachable.",
             value=1.0 if h.store_up else 0.0,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_storage_fault", "1 while a disk refuses the spool's or the store's writes (full, I/O error).",
+            value=1.0 if h.spool_fault or (h.store_fault and not h.store_up) else 0.0,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_candles_waiting_in_memory", "Closed candles waiting in memory while the spool's disk refuses them.",
+            value=h.candles_in_memory,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_candles_memory_limit", "The most closed candles that wait in memory; beyond it the oldest are dropped.",
+            value=h.memory_limit,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_candles_dropped", "Closed candles dropped beyond the memory limit while the spool's disk refused them.",
+            value=h.candles_dropped,
         )
 
 

@@ -42,6 +42,11 @@ class Health:
     #: channel, but never a problem: ``state`` and ``/healthz`` ignore it
     notes: tuple[str, ...] = ()
     failure: str | None = None  # a thread died unexpectedly: the daemon is stopping, to be restarted
+    spool_fault: str | None = None  # what the spool's disk said, while it refuses appends
+    store_fault: str | None = None  # what the store's own disk said, while it refuses writes
+    candles_in_memory: int = 0  # closed candles waiting in memory for the spool's disk
+    memory_limit: int = 0  # the most candles that wait in memory; beyond it the oldest are dropped
+    candles_dropped: int = 0  # closed candles dropped beyond the memory limit, since the start
 
     @property
     def connections_up(self) -> int:
@@ -59,7 +64,14 @@ class Health:
             if not conn.connected:
                 why = f" ({conn.last_error})" if conn.last_error else ""
                 problems.append(f"feed connection {conn.id} down{why}")
-        if not self.store_up:
+        if self.spool_fault:
+            dropped = f", {self.candles_dropped} dropped" if self.candles_dropped else ""
+            problems.append(
+                f"{self.spool_fault}: {self.candles_in_memory} candles wait in memory, limit {self.memory_limit}{dropped}"
+            )
+        if self.store_fault and not self.store_up:
+            problems.append(f"store {self.store_fault}")
+        elif not self.store_up:
             problems.append(f"store {self.store} unreachable")
         if not self.pipeline_alive:
             problems.append(f"pipeline thread stopped or stuck for more than {self.pipeline_max_age:g} s")
@@ -93,6 +105,8 @@ class Health:
             "late_ticks": self.late_ticks,
             "dropped_ticks": self.dropped_ticks,
             "store": self.store,
+            "candles_in_memory": self.candles_in_memory,
+            "candles_dropped": self.candles_dropped,
             "version": self.version,
             "notes": list(self.notes),
         }

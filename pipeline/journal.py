@@ -198,8 +198,15 @@ class TickJournal:
 
     def release(self, seq: int) -> None:
         """Everything emitted before checkpoint ``seq`` is spooled: recovery may start from it, and
-        segments before the one preceding it can go."""
-        (self.dir / "released").write_text(str(seq))
+        segments before the one preceding it can go. The mark is replaced whole (a full disk
+        leaves the previous one, never an empty file); the old segments go either way, which frees
+        space and leaves recovery an older snapshot than the mark's at worst."""
+        tmp = self.dir / "released.tmp"
+        try:
+            tmp.write_text(str(seq))
+            os.replace(tmp, self.dir / "released")
+        except OSError as exc:
+            log.warning("journal %s: could not mark checkpoint %d released (%s)", self.dir, seq, exc)
         for path in self._segments():
             if self._seq(path) < seq - 1:
                 path.unlink(missing_ok=True)

@@ -393,6 +393,11 @@ class Service:
             malformed=dict(broker.feed_stats().malformed),
             failure=self.failure,
             notes=tuple(p.problem for p in self.publishers if p.problem),
+            spool_fault=written.spool_fault,
+            store_fault=written.store_fault,
+            candles_in_memory=written.in_memory,
+            memory_limit=self.writer.memory_limit,
+            candles_dropped=written.dropped,
         )
 
     def pipeline_alive(self, max_age: float) -> bool:

@@ -5,6 +5,12 @@ batches into the store and empties the spool; while the store is unreachable it 
 in the spool (on disk, not in memory) and replays them in order, with backoff, when the store
 answers again. A batch the store refuses is retried candle by candle: a candle the store refuses
 alone is dropped and counted, so one bad row never blocks the rest.
+
+A disk that refuses the spool (full, I/O error) never stops the writer: the closed candles wait
+in memory, in order and with a revision replacing the version it revises, up to ``memory_limit``
+candles (beyond it the oldest go, counted and logged), and are spooled, then stored, by the
+writer itself once the disk takes them again (retries every few seconds). The journal is not
+released meanwhile: what waits in memory is not accepted yet.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from candles.model import Candle
-from storage.base import CandleStore, StoreError, StoreUnavailable
+from storage.base import CandleStore, StorageFault, StoreError, StoreUnavailable
 from storage.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -25,6 +32,9 @@ log = logging.getLogger(__name__)
 _WRITE_BATCH = 2_000
 _WRITE_LINGER = 0.2  # seconds the writer waits to fill a batch
 _BACKOFF_MAX = 30.0
+_FAULT_BACKOFF_MAX = 4.0  # retries of a refusing disk: freed space is used within seconds
+_FAULT_LOG_EVERY = 60.0  # seconds between reminders that candles still wait in memory
+MEMORY_LIMIT = 100_000  # closed candles kept in memory while the spool's disk refuses them
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,10 @@ class WriterStats:
     oldest_pending: float | None = None  # monotonic time of the oldest candle not yet written
     pending: int = 0  # candles the writer holds that the store has not accepted yet
     store_down: bool = False  # the last write failed because the store was unreachable
+    store_fault: str | None = None  # what the store's own disk said, while it refuses writes
+    spool_fault: str | None = None  # what the spool's disk said, while it refuses appends
+    in_memory: int = 0  # closed candles waiting in memory for the spool's disk
+    dropped: int = 0  # closed candles given up beyond the memory limit
 
 
 class Writer:
@@ -56,6 +70,7 @@ class Writer:
         *,
         on_stored: Sequence[Callable[[list[Candle]], None]] = (),
         on_spooled: Callable[[int], None] | None = None,
+        memory_limit: int = MEMORY_LIMIT,
     ) -> None:
         self.store = store
         self.spool = spool
@@ -63,6 +78,10 @@ class Writer:
         self.on_stored = list(on_stored)  # told of every candle the store accepted (candle events)
         self.on_spooled = on_spooled
         self.stats = WriterStats()
+        self.memory_limit = memory_limit
+        self._held: dict[tuple, Candle] = {}  # by key, in order: candles the spool's disk refused
+        self._fault_since = 0.0  # monotonic time the spool's disk first refused
+        self._fault_logged = 0.0
         self._release_after: int | None = None
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
 
@@ -78,7 +97,7 @@ class Writer:
     @property
     def depth(self) -> int:
         """Closed candles the store has not taken yet (in the spool, or still queued)."""
-        return self.stats.pending + self.queue.qsize()
+        return self.stats.pending + self.stats.in_memory + self.queue.qsize()
 
     def lag(self) -> float:
         """Seconds the oldest candle not yet in the store has waited."""
@@ -97,26 +116,36 @@ class Writer:
             if not finished:
                 finished = self._collect(pending)
             if pending:
-                spool.append(pending)  # durable from here on: this is when a candle counts as accepted
-                if backlog:  # behind older candles: they go to the store in spool order
+                # durable once in the spool: this is when a candle counts as accepted
+                if self._held or not self._append(pending):
+                    self._hold(pending)  # behind the candles already waiting in memory
                     pending.clear()
-            if self._release_after is not None and self.on_spooled is not None:
-                self.on_spooled(self._release_after)  # all emitted before that checkpoint is spooled
-                self._release_after = None
+                elif backlog:  # behind older candles: they go to the store in spool order
+                    pending.clear()
+            if self._release_after is not None and self.on_spooled is not None and not self._held:
+                self._release(self._release_after)  # all emitted before that checkpoint is spooled
             stats.pending = spool.depth
-            if backlog:
+            if backlog or self._held:
                 if time.monotonic() < next_try and not finished:
                     continue
+                if self._held and self._spool_held():
+                    backlog = True
+                if backlog and self.replay_spool():  # (a cleared spool frees its disk's space too)
+                    backlog = False
+                stats.pending = spool.depth
                 if finished:  # shutdown: one last try; what the store does not take stays in the spool
-                    self.replay_spool()
                     break
-                if self.replay_spool():
-                    backlog, backoff = False, 1.0
-                else:
+                if backlog or self._held:
                     next_try = time.monotonic() + backoff
-                    log.warning("store unavailable: %d candles wait in the spool (%s); retrying in %.0fs",
-                                spool.depth, spool.path, backoff)  # fmt: skip
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    if self._held or stats.store_fault:  # a disk: freed space is used within seconds
+                        backoff = min(backoff * 2, _FAULT_BACKOFF_MAX)
+                        self._remind()
+                    else:
+                        log.warning("store unavailable: %d candles wait in the spool (%s); retrying in %.0fs",
+                                    spool.depth, spool.path, backoff)  # fmt: skip
+                        backoff = min(backoff * 2, _BACKOFF_MAX)
+                else:
+                    backoff = 1.0
                 continue
             if not pending:
                 if finished:
@@ -126,8 +155,8 @@ class Writer:
                 self.store.upsert(pending)
             except StoreUnavailable as exc:
                 stats.store_errors += 1
-                stats.store_down = True
-                log.warning("store unavailable (%s): keeping candles in the spool", exc)
+                if not self._store_unavailable(exc):
+                    log.warning("store unavailable (%s): keeping candles in the spool", exc)
                 backlog, next_try = True, time.monotonic() + backoff
                 pending.clear()
                 continue
@@ -142,23 +171,147 @@ class Writer:
                 stats.candles_written += len(pending)
                 self._published(pending)
             stats.store_down = False
-            spool.clear()
+            stats.store_fault = None
             pending.clear()
+            if not self._clear_spool():
+                backlog, next_try = True, time.monotonic() + backoff  # written again: upserts are idempotent
+                continue
             stats.pending = 0
             stats.oldest_pending = None
             backoff = 1.0
         stats.pending = spool.depth
         if spool.depth:
             log.warning("shutdown: %d candles remain in the spool %s; the next start writes them", spool.depth, spool.path)
+        if self._held:
+            log.error(
+                "shutdown: %d closed candles could not be spooled (%s) and are lost; the tick journal "
+                "was kept, so a start with space on the disk builds them again if it is still there",
+                len(self._held), stats.spool_fault,
+            )  # fmt: skip
+
+    # ---- a refusing disk ----------------------------------------------------------------------
+    def _append(self, candles: list[Candle]) -> bool:
+        """Spool ``candles``; False (the fault noted) when the disk refuses them."""
+        try:
+            self.spool.append(candles)
+        except OSError as exc:
+            self._spool_refused(exc)
+            return False
+        if not self._held:
+            self.stats.spool_fault = None  # the disk answers again
+        return True
+
+    def _spool_refused(self, exc: OSError) -> None:
+        stats = self.stats
+        first = stats.spool_fault is None
+        stats.spool_fault = f"spool {self.spool.path}: {disk_error(exc)}"
+        if first:
+            self._fault_since = self._fault_logged = time.monotonic()
+            log.error(
+                "%s: closed candles wait in memory (up to %d) and are spooled once the disk takes "
+                "them again; free space on its filesystem (DATA_DIR)",
+                stats.spool_fault, self.memory_limit,
+            )  # fmt: skip
+
+    def _hold(self, candles: list[Candle]) -> None:
+        held = self._held
+        for candle in candles:
+            held[candle.key] = candle  # a revision replaces the version it revises, as the store would
+        over = len(held) - self.memory_limit
+        if over > 0:
+            for key in list(islice(held, over)):
+                del held[key]
+            first = self.stats.dropped == 0
+            self.stats.dropped += over
+            if first:
+                log.error(
+                    "%d closed candles wait in memory, the limit: the oldest are dropped from now on "
+                    "until the spool's disk takes them again (%s)",
+                    self.memory_limit, self.stats.spool_fault,
+                )  # fmt: skip
+        self.stats.in_memory = len(held)
+
+    def _spool_held(self) -> bool:
+        """Spool what waits in memory, oldest first, a batch at a time (a disk with a little space
+        takes some: the store then takes them and the cleared spool frees more); True once any went."""
+        held = self._held
+        spooled = 0
+        while held:
+            keys = list(islice(held, _WRITE_BATCH))
+            if not self._append([held[k] for k in keys]):
+                break
+            for key in keys:
+                del held[key]
+            spooled += len(keys)
+        self.stats.in_memory = len(held)
+        if not held:
+            self._spooled_from_memory(spooled)
+        return spooled > 0
+
+    def _spooled_from_memory(self, count: int) -> None:
+        stats = self.stats
+        log.warning(
+            "spool %s writable again after %.1fs: the candles waiting in memory are spooled (the last %d now)%s",
+            self.spool.path, time.monotonic() - self._fault_since, count,
+            f" ({stats.dropped} were dropped beyond the limit of {self.memory_limit})" if stats.dropped else "",
+        )  # fmt: skip
+        stats.spool_fault = None
+
+    def _remind(self) -> None:
+        now = time.monotonic()
+        if now - self._fault_logged >= _FAULT_LOG_EVERY:
+            self._fault_logged = now
+            stats = self.stats
+            log.error(
+                "the disk still refuses: %s; %d closed candles wait in the spool, %d in memory (limit %d), %d dropped",
+                "; ".join(f for f in (stats.spool_fault, stats.store_fault) if f),
+                stats.pending, len(self._held), self.memory_limit, stats.dropped,
+            )  # fmt: skip
+
+    def _clear_spool(self) -> bool:
+        try:
+            self.spool.clear()
+        except OSError as exc:
+            self._spool_refused(exc)
+            return False
+        return True
+
+    def _release(self, seq: int) -> None:
+        assert self.on_spooled is not None
+        try:
+            self.on_spooled(seq)
+        except OSError as exc:  # a later checkpoint releases this one's segments too
+            log.warning("could not release the tick journal before checkpoint %d: %s", seq, exc)
+        self._release_after = None
+
+    def _store_unavailable(self, exc: StoreUnavailable) -> bool:
+        """Note the store's outage; True when it is its disk refusing (said here, the first time)."""
+        stats = self.stats
+        stats.store_down = True
+        if not isinstance(exc, StorageFault):
+            stats.store_fault = None
+            return False
+        if stats.store_fault is None:
+            self._fault_logged = time.monotonic()
+            log.error("%s: closed candles wait in the spool %s", exc, self.spool.path)
+        stats.store_fault = str(exc)
+        return True
 
     def replay_spool(self) -> bool:
         """Write what the spool holds, in order; True once all of it is in the store."""
+        try:
+            return self._replay()
+        except OSError as exc:  # reading the spool failed (an I/O error): the candles stay in it
+            self._spool_refused(exc)
+            return False
+
+    def _replay(self) -> bool:
         spool = self.spool
         for offset, chunk in spool.chunks():
             try:
                 self.store.upsert(chunk)
-            except StoreUnavailable:
-                self.stats.store_down = True
+            except StoreUnavailable as exc:
+                self._store_unavailable(exc)
                 return False
             except StoreError as exc:
                 log.error("store rejected %d spooled candles: %s; retrying one by one", len(chunk), exc)
@@ -171,7 +324,10 @@ class Writer:
         if self.stats.store_down:
             log.info("store back: the spool was written")
         self.stats.store_down = False
+        self.stats.store_fault = None
         spool.clear()
+        if self.stats.spool_fault is not None and not self._held:
+            self.stats.spool_fault = None  # the disk answers again
         self.stats.oldest_pending = None
         return True
 
@@ -181,7 +337,8 @@ class Writer:
         for i, candle in enumerate(candles):
             try:
                 self.store.upsert([candle])
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self._store_unavailable(exc)
                 return candles[i:]
             except StoreError as exc:
                 self.stats.rejected_candles += 1
@@ -217,3 +374,9 @@ class Writer:
                 self.stats.oldest_pending = time.monotonic()
             pending.extend(item)
         return False
+
+
+def disk_error(exc: OSError) -> str:
+    """What the disk said, as an operator reads it: "no space left on device (Errno 28)"."""
+    text = (exc.strerror or str(exc)).lower()
+    return f"{text} (Errno {exc.errno})" if exc.errno else text

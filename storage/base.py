@@ -20,6 +20,11 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached right now (retry later)."""
 
 
+class StorageFault(StoreUnavailable):
+    """The store's own disk refused a write (full, or an I/O error): retry once there is space.
+    The message names the store and what the disk said."""
+
+
 class TextMemo(dict):
     """The text of each distinct value met while encoding one batch, made once: a batch's candles
     share their bucket times, names and (the decoders share one datetime per exchange second)

@@ -7,7 +7,10 @@ memory) and replays the file, in order and in chunks, when the store answers aga
 replays what an earlier run left. Replays are idempotent: the store upserts by primary key and
 later lines (revisions) overwrite earlier ones, as they did live.
 
-A line cut short by a crash in the middle of an append is skipped and counted. One daemon per
+A line cut short by a crash in the middle of an append is skipped and counted. An append the
+disk refuses (full, I/O error) raises ``OSError`` and leaves the file as it was before it: the
+file is cut back to its last whole batch, then and again before the next append, so a failed
+append never glues a half line to the next one nor writes a candle twice. One daemon per
 spool: a lock file refuses a second one.
 """
 
@@ -98,8 +101,10 @@ class Spool:
                 f"another marketfeed process uses the spool in {self.dir}: give each daemon its own DATA_DIR"
             ) from None
         self.path = self.dir / "candles.spool"
-        self._file = open(self.path, "ab+")  # noqa: SIM115
+        # unbuffered: a write the disk refuses leaves nothing behind in a buffer to be written later
+        self._file = open(self.path, "ab+", buffering=0)  # noqa: SIM115
         self._cut_torn_tail()
+        self._size = self._file.seek(0, os.SEEK_END)  # bytes of whole, fsynced batches
         self.depth = sum(1 for _ in self._lines())  # candles on disk not yet known to be in the store
         self.torn = 0  # lines cut short by a crash, skipped
         self.appended = 0
@@ -129,41 +134,65 @@ class Spool:
         return self.path.stat().st_size if self.path.exists() else 0
 
     def append(self, candles: Iterable[Candle]) -> int:
-        """Append and fsync; returns how many were written."""
+        """Append and fsync; returns how many were written. Raises ``OSError`` when the disk refuses
+        (full, I/O error): then none of them counts as written and the file is as it was."""
         # In pieces of _APPEND_PIECE candles, one fsync at the end: a 27,000-candle close never
         # stands in memory as one block of lines.
         n = 0
-        write = self._file.write
         it = iter(candles)
         encode = encoder()
-        while piece := b"".join(map(encode, islice(it, _APPEND_PIECE))):
+        try:
+            while piece := b"".join(map(encode, islice(it, _APPEND_PIECE))):
+                if not n:
+                    self._cut_to_size()
+                self._write_all(piece)
+                n += piece.count(b"\n")
             if not n:
-                self._file.seek(0, os.SEEK_END)
-            write(piece)
-            n += piece.count(b"\n")
-        if not n:
-            return 0
-        self._file.flush()
-        os.fsync(self._file.fileno())
+                return 0
+            os.fsync(self._file.fileno())
+        except OSError:
+            self._undo()
+            raise
+        self._size = self._file.seek(0, os.SEEK_END)
         self.depth += n
         self.appended += n
         return n
 
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view) :]  # a full disk may take part of it, then raises
+
+    def _cut_to_size(self) -> None:
+        """Cut off what a refused append left after the last whole batch."""
+        if self._file.seek(0, os.SEEK_END) != self._size:
+            os.ftruncate(self._file.fileno(), self._size)
+
+    def _undo(self) -> None:
+        try:
+            self._cut_to_size()  # cutting frees space: it works on a full disk
+        except OSError as exc:
+            log.warning("spool %s: could not cut back a refused append (%s); the next append does", self.path, exc)
+
     def clear(self) -> None:
-        """The store has everything the spool holds: start the file afresh."""
+        """The store has everything the spool holds: start the file afresh. Raises ``OSError`` when
+        the disk refuses; the spool's count is then still what the file holds."""
         self._file.truncate(0)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._size = 0
         self.depth = 0
         self._replayed = 0
+        os.fsync(self._file.fileno())
 
     def _lines(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
-        """(offset after the line, line) from ``start``; a last line without newline is torn."""
-        self._file.flush()
+        """(offset after the line, line) from ``start``; a last line without newline is torn.
+        Stops at the end of the last whole batch: what a refused append left after it never counts."""
+        end = self._size
         with open(self.path, "rb") as src:
             src.seek(start)
             offset = start
             for line in src:
+                if offset + len(line) > end:
+                    break
                 offset += len(line)
                 if line.endswith(b"\n"):
                     yield offset, line

@@ -19,9 +19,12 @@ from pathlib import Path
 from candles.model import Candle
 from core.ist import IST
 from storage import migrations
-from storage.base import CandleStore, StoreError, WatchlistEntry, candle_from_row
+from storage.base import CandleStore, StorageFault, StoreError, WatchlistEntry, candle_from_row
 
 log = logging.getLogger(__name__)
+
+# what the disk under the file said: the write is retried once there is space, never dropped
+_DISK_FAULTS = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICRO = timedelta(microseconds=1)
@@ -121,13 +124,23 @@ class SQLiteStore(CandleStore):
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
+                self._rollback()
                 raise self._error("commit", exc) from exc
+
+    def _rollback(self) -> None:
+        """Roll back what is open; SQLite has already rolled back by itself after a full disk or
+        an I/O error, and a second ROLLBACK would raise past the caller's error."""
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("%s: rollback failed: %s", self.description, exc)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -142,6 +155,12 @@ class SQLiteStore(CandleStore):
 
     def _error(self, action: str, exc: Exception) -> StoreError:
         text = str(exc)
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _DISK_FAULTS:
+            return StorageFault(
+                f"{self.description}: could not {action}: {text}; free space on its filesystem "
+                "(the writer retries by itself)"
+            )
         if "no such table" in text:
             return StoreError(
                 f"{self.description} has no candle tables yet ({text}): "
