@@ -87,7 +87,7 @@ def _service(tmp_path, intervals: str, now: float, journal: TickJournal | None =
 
     store = SQLiteStore(tmp_path / "candles.db")
     store.migrate()
-    broker = SimBroker(SimClock(now), seed=1, resume=False)
+    broker = SimBroker(SimClock(now), seed=1)
     service = Service(
         broker, store, [Instrument("NSE", "INFY")], parse_intervals(intervals), clock=lambda: now,
         spool=Spool(tmp_path / "spool"), journal=journal,

@@ -81,7 +81,7 @@ def sim_daemon(tmp_path) -> Iterator[tuple[Service, SwitchableStore, MetricsServ
     store = SwitchableStore(tmp_path / "candles.db")
     store.migrate()
     clock = SimClock(START, SPEED)
-    broker = SimBroker(clock, seed=1, tick_rate=2.0, resume=False)
+    broker = SimBroker(clock, seed=1, tick_rate=2.0)
     service = Service(broker, store, SYMBOLS, parse_intervals("1m"), clock=clock, spool=Spool(tmp_path / "spool"))
     metrics = MetricsServer(service.health, port=0)
     service.start()
