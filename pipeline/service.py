@@ -24,6 +24,7 @@ from candles import snapshot
 from candles.aggregator import CandleAggregator
 from candles.model import Candle, Interval
 from core.ist import IST
+from core.progress import progress
 from core.ticks import Instrument, TickData
 from pipeline.health import Health
 from pipeline.journal import TickJournal
@@ -110,8 +111,8 @@ class Service:
             self._resume_open_buckets()
         if self.journal is not None:
             self._checkpoint()
+        self.writer.start()  # before the pipeline: a stop between the two finds no pipeline without its writer
         self._pipeline.start()
-        self.writer.start()
         self.broker.subscribe(self.instruments)
         self.broker.connect(self._on_ticks)
         for publisher in self.publishers:
@@ -172,10 +173,12 @@ class Service:
             return False
         self.aggregator = state
         self._processed = self.journal.number
-        for batch in batches:
-            revised = state.add(batch)
-            if revised:
-                self._candles.put(revised)
+        with progress("adding the tick journal's batches again", len(batches), "batches") as bar:
+            for batch in batches:
+                revised = state.add(batch)
+                if revised:
+                    self._candles.put(revised)
+                bar.update()
         closed = state.advance()
         if closed:
             self._candles.put(closed)
@@ -185,8 +188,28 @@ class Service:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def wait(self, duration: float | None = None) -> None:
-        """Block until stop is requested (or ``duration`` wall seconds), printing status."""
+    def change_instruments(self, instruments: Sequence[Instrument]) -> tuple[list[Instrument], list[Instrument]]:
+        """Stream ``instruments`` from now on, on the live feed: the new ones subscribed, the others
+        unsubscribed (their open buckets close on the clock as usual). Returns (added, removed)."""
+        current = {i.key: i for i in self.instruments}
+        wanted = {i.key: i for i in instruments}
+        removed = [i for k, i in current.items() if k not in wanted]
+        added = [i for k, i in wanted.items() if k not in current]
+        if removed:
+            self.broker.unsubscribe(removed)
+        try:
+            if added:
+                self.broker.subscribe(added)
+        except BaseException:
+            if removed:
+                self.broker.subscribe(removed)  # back to the watchlist it had
+            raise
+        self.instruments = list(wanted.values())
+        return added, removed
+
+    def wait(self, duration: float | None = None, poll: Callable[[], object] | None = None, poll_every: float = 0.2) -> None:
+        """Block until stop is requested (or ``duration`` wall seconds), printing status; ``poll`` is
+        called on this thread every ``poll_every`` seconds (the daemon's signal flags)."""
         deadline = None if duration is None else time.monotonic() + duration
         last_status = time.monotonic()
         last_ticks = 0
@@ -197,8 +220,12 @@ class Service:
             timeout = self.status_interval - (now - last_status)
             if deadline is not None:
                 timeout = min(timeout, deadline - now)
+            if poll is not None:
+                timeout = min(timeout, poll_every)
             if self._stop.wait(max(0.0, timeout)):
                 break
+            if poll is not None:
+                poll()
             if time.monotonic() - last_status >= self.status_interval:
                 elapsed = time.monotonic() - last_status
                 ticks = self.stats.ticks
@@ -210,6 +237,11 @@ class Service:
         candles reached the store."""
         self._stop.set()
         self.broker.disconnect()
+        if self._pipeline.ident is None:  # stopped during start(), before the pipeline ran
+            self._candles.put(None)
+            if self.writer.is_alive():
+                self.writer.join(timeout)
+            return True  # what the journal's recovery queued and the writer did not take, the journal keeps
         self._ticks.put(None)
         self._pipeline.join(timeout)
         self.writer.join(timeout)
