@@ -6,6 +6,8 @@ second daemon off this DATA_DIR), the tick journal, the metrics server (before t
 a busy port stops the start at once), the service (pipeline and writer threads, then the feed,
 then the publishers), the systemd watchdog. An ``ExitStack`` stops whatever was started, in
 reverse, whether the daemon ends on a signal, after ``--duration`` or on a failure half-way.
+SIGTERM and SIGINT stop it in any of these phases, SIGHUP reloads the watchlist while it streams
+(cli/signals.py).
 """
 
 from __future__ import annotations

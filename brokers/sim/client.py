@@ -23,6 +23,7 @@ from typing import IO
 
 from brokers.base import BaseBroker, BrokerError
 from core.ist import IST, ist_date
+from core.progress import progress
 from core.ticks import Instrument, TickBatchCallback, TickData
 
 log = logging.getLogger(__name__)
@@ -317,8 +318,9 @@ class SimBroker(BaseBroker):
     def subscribe(self, instruments: Sequence[Instrument]) -> None:
         self.check_capacity(len(self._walks) + len(instruments))
         start_ms = int(self.clock() * 1000)
-        with self._lock:
+        with self._lock, progress("preparing the simulated streams", len(instruments), "symbols") as bar:
             for inst in instruments:
+                bar.update()
                 if inst.key in self._walks:
                     continue
                 walk = _Walk(inst, self.seed, start_ms, self.tick_rate)
