@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--default-gc", action="store_true", help="CPython's collector defaults, not the daemon's settings")
     args = ap.parse_args()
 
-    broker = SimBroker(SimClock(START), seed=1, resume=False)
+    broker = SimBroker(SimClock(START), seed=1)
     broker.subscribe([Instrument("NSE", f"SYM{i:05d}") for i in range(args.symbols)])
     batches = []
     for second in range(1, int(args.minutes * 60) + 1):

@@ -58,7 +58,7 @@ def _wait(pred, timeout: float) -> float:  # noqa: ANN001
 
 def _rounds(store: CandleStore, disk: Path, args: argparse.Namespace) -> None:
     clock = SimClock(START, args.speed)
-    broker = SimBroker(clock, seed=1, tick_rate=1.0, resume=False)
+    broker = SimBroker(clock, seed=1, tick_rate=1.0)
     symbols = [Instrument("NSE", f"SYM{i:04d}") for i in range(args.symbols)]
     journal = TickJournal(disk / "journal")
     spool = Spool(disk / "spool")

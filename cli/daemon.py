@@ -6,24 +6,25 @@ second daemon off this DATA_DIR), the tick journal, the metrics server (before t
 a busy port stops the start at once), the service (pipeline and writer threads, then the feed,
 then the publishers), the systemd watchdog. An ``ExitStack`` stops whatever was started, in
 reverse, whether the daemon ends on a signal, after ``--duration`` or on a failure half-way.
+SIGTERM and SIGINT stop it in any of these phases, SIGHUP reloads the watchlist while it streams
+(cli/signals.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 
 from brokers import registry
-from brokers.base import BaseBroker
+from brokers.base import BaseBroker, BrokerError
 from candles.model import parse_intervals
 from cli.errors import UsageError
 from cli.settings import feed_context
+from cli.signals import DaemonSignals, StopRequested
 from config.settings import Settings
 from config.symbols import SymbolError, load_symbols_file, parse_symbol, parse_symbols
 from core.ticks import Instrument
@@ -33,7 +34,7 @@ from ops.malloc_tuning import release_free_memory, tune_allocator
 from pipeline.journal import TickJournal
 from pipeline.service import Publisher, Service
 from storage import open_store
-from storage.base import CandleStore, WatchlistEntry
+from storage.base import CandleStore, StoreError, WatchlistEntry
 from storage.spool import Spool
 
 log = logging.getLogger("marketfeed")
@@ -46,24 +47,54 @@ def open_feed(settings: Settings, args: argparse.Namespace) -> tuple[BaseBroker,
 
 
 def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    """The daemon; SIGTERM or SIGINT in any phase stops it with status 0 (cli/signals.py)."""
+    signals = DaemonSignals()
+    signals.install()
+    try:
+        return _run(settings, args, signals)
+    except StopRequested as stop:
+        log.info("received %s while %s: stopped before streaming", stop.signame, signals.phase)
+        return 0
+    finally:
+        signals.restore()
+
+
+class _Parts(ExitStack):
+    """An ``ExitStack`` that, before stopping anything, tells the signals the daemon winds down."""
+
+    def __init__(self, signals: DaemonSignals) -> None:
+        super().__init__()
+        self._signals = signals
+
+    def __exit__(self, *exc: object) -> bool:
+        self._signals.closing()
+        return super().__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -> int:
     intervals = parse_intervals(settings.candles.intervals if args.intervals is None else args.intervals)
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be a positive number of seconds")
     shard = _parse_shard(args.shard)
     port = args.metrics_port if args.metrics_port is not None else settings.metrics.port
+    listed = _listed(args)  # a bad symbols file stops the start before any login
+    signals.enter(f"opening the {args.broker} feed (logging in, loading its instrument list)")
     broker, clock = open_feed(settings, args)
     drained = [True]
-    with ExitStack() as parts:
+    with _Parts(signals) as parts:
+        signals.enter("opening and migrating the store")
         store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
         parts.callback(store.close)
         version = store.migrate()
         log.info("store %s ready (schema version %d)", store.description, version)
-        pairs = _watchlist(args, store)
+        signals.enter("reading and resolving the watchlist")
+        pairs = _watchlist(args, store, listed)
         if shard is not None:
             pairs = _shard_of(pairs, *shard)
         instruments = _resolve(broker, pairs)
         broker.check_capacity(len(instruments))
 
+        signals.enter("opening the spool and the tick journal")
         data_dir = Path(settings.storage.data_dir)
         spool = Spool(data_dir / "spool")
         parts.callback(spool.close)
@@ -94,7 +125,6 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
         parts.callback(setattr, threading, "excepthook", previous_hook)
         if port:
             parts.callback(_serve_metrics(service, settings.metrics.host, port).stop)
-        _stop_on_signals(service)
         tune_for_streaming()
         tune_allocator()
 
@@ -103,11 +133,21 @@ def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
             drained[0] = service.stop()
 
         parts.callback(stop_service)
+        signals.enter(f"starting the service (spool replay, journal recovery, subscribing {len(instruments)} instruments)")
         service.start()
         watchdog = _systemd_ready(service)
         if watchdog is not None:
             parts.callback(watchdog.stop)  # first at the end: before the pipeline ends on purpose
-        service.wait(args.duration)
+        signals.running()
+
+        def on_signals() -> None:
+            if signals.stop_signal is not None:
+                log.info("received %s: shutting down", signals.stop_signal)
+                service.request_stop()
+            elif signals.take_reload():
+                _reload_watchlist(args, store, broker, shard, service)
+
+        service.wait(args.duration, poll=on_signals)
     log.info("stopped: %s", _summary(service, drained[0]))
     if service.failure is not None:
         log.error("exiting with status 1 after a failure: %s", service.failure)
@@ -143,15 +183,6 @@ def _serve_metrics(service: Service, host: str, port: int):  # noqa: ANN202
     return metrics
 
 
-def _stop_on_signals(service: Service) -> None:
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: shutting down", signal.Signals(signum).name)
-        service.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-
 def _systemd_ready(service: Service) -> systemd.Watchdog | None:
     """Under systemd (Type=notify): report readiness, and pet the watchdog while the pipeline
     loops. Outside systemd both do nothing."""
@@ -168,10 +199,55 @@ def _systemd_ready(service: Service) -> systemd.Watchdog | None:
     return watchdog
 
 
-def _watchlist(args: argparse.Namespace, store: CandleStore) -> list[tuple[str, str]]:
+def _reload_watchlist(
+    args: argparse.Namespace, store: CandleStore, broker: BaseBroker, shard: tuple[int, int] | None, service: Service
+) -> None:
+    """SIGHUP: read the watchlist again (``--symbols`` stay; the file and the database table are
+    read anew), resolve it, and change the live subscriptions to it. Any problem keeps the current
+    watchlist and is logged as an error."""
+    try:
+        pairs = _watchlist(args, store)
+        if shard is not None:
+            pairs = _shard_of(pairs, *shard)
+        instruments = _resolve(broker, pairs)
+        broker.check_capacity(len(instruments))
+        added, removed = service.change_instruments(instruments)
+    except (UsageError, SymbolError, StoreError, BrokerError, OSError) as exc:
+        log.error("watchlist not reloaded: %s; still streaming the %d symbols it had", exc, len(service.instruments))
+        return
+    log.info(
+        "watchlist reloaded: +%d%s, -%d%s; %d symbols",
+        len(added),
+        _keys(added),
+        len(removed),
+        _keys(removed),
+        len(service.instruments),
+    )
+
+
+def _keys(instruments: list[Instrument], shown: int = 10) -> str:
+    """" (NSE:A, NSE:B, …)" for a log line: the first ``shown`` keys."""
+    if not instruments:
+        return ""
+    keys = ", ".join(i.key for i in instruments[:shown])
+    return f" ({keys}{', …' if len(instruments) > shown else ''})"
+
+
+def _listed(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The symbols of ``--symbols`` and ``--symbols-file``: read before anything else starts."""
     pairs: list[tuple[str, str]] = parse_symbols(args.symbols)
     if args.symbols_file:
         pairs += load_symbols_file(args.symbols_file)
+    if not pairs and not args.symbols_from_db:
+        raise UsageError("no symbols to stream: pass --symbols NSE:INFY ..., --symbols-file or --symbols-from-db")
+    return pairs
+
+
+def _watchlist(
+    args: argparse.Namespace, store: CandleStore, listed: list[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
+    """The whole watchlist: ``listed`` (read anew when None: a reload) and the database table's rows."""
+    pairs = _listed(args) if listed is None else list(listed)
     if args.symbols_from_db:
         rows = store.watchlist()
         if not rows:

@@ -24,6 +24,7 @@ from candles import snapshot
 from candles.aggregator import CandleAggregator
 from candles.model import Candle, Interval
 from core.ist import IST
+from core.progress import progress
 from core.ticks import Instrument, TickData
 from pipeline.health import Health
 from pipeline.journal import TickJournal
@@ -115,8 +116,8 @@ class Service:
             self._resume_open_buckets()
         if self.journal is not None:
             self._checkpoint()
+        self.writer.start()  # before the pipeline: a stop between the two finds no pipeline without its writer
         self._pipeline.start()
-        self.writer.start()
         self.broker.subscribe(self.instruments)
         self.broker.connect(self._on_ticks)
         for publisher in self.publishers:
@@ -207,10 +208,12 @@ class Service:
             )  # fmt: skip
             return None, []
         candles = []
-        for batch in batches:
-            revised = restored.add(batch)
-            if revised:
-                candles.append(revised)
+        with progress("adding the tick journal's batches again", len(batches), "batches") as bar:
+            for batch in batches:
+                revised = restored.add(batch)
+                if revised:
+                    candles.append(revised)
+                bar.update()
         closed = restored.advance()
         if closed:
             candles.append(closed)
@@ -237,8 +240,28 @@ class Service:
         log.critical("thread %s died", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
         self.fail(f"thread {name} died ({args.exc_type.__name__}: {args.exc_value})")
 
-    def wait(self, duration: float | None = None) -> None:
-        """Block until stop is requested (or ``duration`` wall seconds), printing status."""
+    def change_instruments(self, instruments: Sequence[Instrument]) -> tuple[list[Instrument], list[Instrument]]:
+        """Stream ``instruments`` from now on, on the live feed: the new ones subscribed, the others
+        unsubscribed (their open buckets close on the clock as usual). Returns (added, removed)."""
+        current = {i.key: i for i in self.instruments}
+        wanted = {i.key: i for i in instruments}
+        removed = [i for k, i in current.items() if k not in wanted]
+        added = [i for k, i in wanted.items() if k not in current]
+        if removed:
+            self.broker.unsubscribe(removed)
+        try:
+            if added:
+                self.broker.subscribe(added)
+        except BaseException:
+            if removed:
+                self.broker.subscribe(removed)  # back to the watchlist it had
+            raise
+        self.instruments = list(wanted.values())
+        return added, removed
+
+    def wait(self, duration: float | None = None, poll: Callable[[], object] | None = None, poll_every: float = 0.2) -> None:
+        """Block until stop is requested (or ``duration`` wall seconds), printing status; ``poll`` is
+        called on this thread every ``poll_every`` seconds (the daemon's signal flags)."""
         deadline = None if duration is None else time.monotonic() + duration
         last_status = time.monotonic()
         last_ticks = 0
@@ -249,8 +272,12 @@ class Service:
             timeout = self.status_interval - (now - last_status)
             if deadline is not None:
                 timeout = min(timeout, deadline - now)
+            if poll is not None:
+                timeout = min(timeout, poll_every)
             if self._stop.wait(max(0.0, timeout)):
                 break
+            if poll is not None:
+                poll()
             if time.monotonic() - last_status >= self.status_interval:
                 elapsed = time.monotonic() - last_status
                 ticks = self.stats.ticks
@@ -262,6 +289,11 @@ class Service:
         candles reached the store."""
         self._stop.set()
         self.broker.disconnect()
+        if self._pipeline.ident is None:  # stopped during start(), before the pipeline ran
+            self._candles.put(None)
+            if self.writer.is_alive():
+                self.writer.join(timeout)
+            return True  # what the journal's recovery queued and the writer did not take, the journal keeps
         self._ticks.put(None)
         self._pipeline.join(timeout)
         self.writer.join(timeout)

@@ -158,7 +158,7 @@ def _ride_out_a_full_disk(store: CandleStore, disk: Path, tape: Path) -> None:
     check what every channel says, free it, and check that the store ends as the ticks say."""
     intervals = parse_intervals("1m")
     clock = SimClock(START, SPEED)
-    broker = SimBroker(clock, seed=3, tick_rate=1.0, resume=False, tape_path=tape)
+    broker = SimBroker(clock, seed=3, tick_rate=1.0, tape_path=tape)
     journal = TickJournal(disk / "journal")
     service = Service(
         broker, store, SYMBOLS, intervals, clock=clock, spool=Spool(disk / "spool"), journal=journal

@@ -87,7 +87,7 @@ def _service(tmp_path, intervals: str, now: float, journal: TickJournal | None =
 
     store = SQLiteStore(tmp_path / "candles.db")
     store.migrate()
-    broker = SimBroker(SimClock(now), seed=1, resume=False)
+    broker = SimBroker(SimClock(now), seed=1)
     service = Service(
         broker, store, [Instrument("NSE", "INFY")], parse_intervals(intervals), clock=lambda: now,
         spool=Spool(tmp_path / "spool"), journal=journal,
@@ -305,7 +305,7 @@ def _service_with(tmp_path, journal: TickJournal, now: float, **candle_settings)
     store = SQLiteStore(tmp_path / "candles.db")
     store.migrate()
     service = Service(
-        SimBroker(SimClock(now), seed=1, resume=False), store, [Instrument("NSE", "INFY")], parse_intervals("1m"),
+        SimBroker(SimClock(now), seed=1), store, [Instrument("NSE", "INFY")], parse_intervals("1m"),
         clock=lambda: now, spool=Spool(tmp_path / "spool"), journal=journal, **candle_settings,
     )  # fmt: skip
     return service, store

@@ -81,7 +81,7 @@ def sim_daemon(tmp_path) -> Iterator[tuple[Service, SwitchableStore, MetricsServ
     store = SwitchableStore(tmp_path / "candles.db")
     store.migrate()
     clock = SimClock(START, SPEED)
-    broker = SimBroker(clock, seed=1, tick_rate=2.0, resume=False)
+    broker = SimBroker(clock, seed=1, tick_rate=2.0)
     service = Service(broker, store, SYMBOLS, parse_intervals("1m"), clock=clock, spool=Spool(tmp_path / "spool"))
     metrics = MetricsServer(service.health, port=0)
     service.start()
@@ -319,7 +319,7 @@ def test_mqtt_to_a_closed_port_is_warned_about_at_once_and_noted_while_the_pipel
     store.migrate()
     clock = SimClock(START, SPEED)
     publisher = MqttPublisher(MqttSettings(host="127.0.0.1", port=port, client_id="t", service_id="t"))
-    service = Service(SimBroker(clock, seed=1, tick_rate=2.0, resume=False), store, SYMBOLS, parse_intervals("1m"),
+    service = Service(SimBroker(clock, seed=1, tick_rate=2.0), store, SYMBOLS, parse_intervals("1m"),
                       clock=clock, spool=Spool(tmp_path / "spool"), publishers=[publisher])  # fmt: skip
     metrics = MetricsServer(service.health, port=0)
     service.start()

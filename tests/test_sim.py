@@ -86,11 +86,12 @@ def test_tape_round_trips_ticks(tmp_path):
 
 def test_a_restarted_simulator_continues_the_same_stream():
     full = _ticks(9, START + 900)
-    later = _ticks(9, START + 900, start=START + 300)
-    tail = [t for t in full if t.exchange_ts.timestamp() >= START + 300]
-    assert [(t.symbol, t.exchange_ts, t.last_price, t.volume) for t in later] == [
-        (t.symbol, t.exchange_ts, t.last_price, t.volume) for t in tail
-    ]
+    for restart in (START + 300, START + 307.431, START + 899.5):  # on a chunk boundary, inside chunks
+        later = _ticks(9, START + 900, start=restart)
+        tail = [t for t in full if t.exchange_ts.timestamp() >= restart]
+        assert [(t.symbol, t.exchange_ts, t.last_price, t.volume) for t in later] == [
+            (t.symbol, t.exchange_ts, t.last_price, t.volume) for t in tail
+        ]
 
 
 def test_equal_prices_are_one_shared_object_as_the_broker_decoders_hand_them_over():

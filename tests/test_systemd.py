@@ -265,7 +265,7 @@ def sim_service(tmp_path) -> Iterator[Service]:
     store = SQLiteStore(tmp_path / "candles.db")
     store.migrate()
     clock = SimClock(1_795_491_900.0, 60.0)
-    broker = SimBroker(clock, seed=1, resume=False)
+    broker = SimBroker(clock, seed=1)
     spool = Spool(tmp_path / "spool")
     service = Service(broker, store, [Instrument("NSE", "INFY")], parse_intervals("1m"), clock=clock, spool=spool)
     try:

@@ -52,6 +52,7 @@ class KiteInstruments:
         return lookup_symbols(self.load(), pairs)
 
     def _fetch(self) -> list[Instrument]:
+        log.info("downloading the Kite instruments dump (about 100k rows)")
         try:
             raw = self._kite.instruments()
         except Exception as exc:  # kiteconnect raises its own exception family and requests' errors

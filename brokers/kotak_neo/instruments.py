@@ -40,6 +40,7 @@ import requests
 from brokers.base import BrokerError
 from brokers.kotak_neo.protocol import EXCHANGE_SEGMENTS
 from core.ist import IST
+from core.progress import progress
 from core.ticks import Instrument
 
 log = logging.getLogger(__name__)
@@ -224,14 +225,21 @@ class KotakScripMaster:
             raise SegmentNotOffered(f"Kotak's scrip master has no file for segment {segment}: the exchange may not be offered")
         url = matches[0]
         try:
-            reply = self._http.get(url, timeout=self.timeout)
+            with self._http.get(url, timeout=self.timeout, stream=True) as reply:
+                if reply.status_code != 200:
+                    raise BrokerError(f"the {segment} scrip master download failed with HTTP {reply.status_code}: try again later")
+                size = int(reply.headers.get("Content-Length") or 0) or None
+                parts = []
+                with progress(f"downloading the Kotak {segment} scrip master", size, "bytes") as bar:
+                    for part in reply.iter_content(1 << 16):
+                        parts.append(part)
+                        bar.update(len(part))
         except requests.RequestException as exc:
             raise BrokerError(f"could not download the {segment} scrip master from {url}: {type(exc).__name__}") from None
-        if reply.status_code != 200:
-            raise BrokerError(f"the {segment} scrip master download failed with HTTP {reply.status_code}: try again later")
-        log.info("downloaded the Kotak %s scrip master (%d bytes)", segment, len(reply.content))
+        content = b"".join(parts)
+        log.info("downloaded the Kotak %s scrip master (%d bytes)", segment, len(content))
         # UTF-8 whatever the headers say: requests would read text/csv without a charset as ISO-8859-1
-        return reply.content.decode("utf-8", errors="replace")
+        return content.decode("utf-8", errors="replace")
 
 
 def _known_index(segment: str, exchange: str, symbol: str) -> KotakInstrument | None:

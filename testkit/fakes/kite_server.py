@@ -555,6 +555,8 @@ class KiteFakeServer:
         self.handshakes = 0  # successful upgrades (101)
         self.rejected_handshakes = 0  # upgrades refused with 403 or 429
         self.rest_requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
+        #: seconds the instruments dump waits before its reply (a slow download at start-up)
+        self.instruments_delay = 0.0
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -1121,6 +1123,8 @@ def _make_rest_handler(server: KiteFakeServer) -> type[BaseHTTPRequestHandler]:
                     )
             elif path == "/instruments" or path.startswith("/instruments/"):
                 exchange = path.removeprefix("/instruments").strip("/") or None
+                if server.instruments_delay:
+                    server._stopping.wait(server.instruments_delay)
                 self._send(200, server.instruments_csv(exchange).encode(), "text/csv; charset=utf-8")
             else:
                 self._error(404, f"Route not found: GET {path}", "GeneralException")

@@ -1,0 +1,91 @@
+"""The daemon's signals, from the first line of ``run_daemon`` to its last.
+
+SIGTERM and SIGINT stop the daemon in every phase. Before the service streams, the handler raises
+``StopRequested`` in the main thread (Python runs handlers there between bytecodes, and a blocking
+socket read it interrupts raises too, PEP 475), so the start-up unwinds through the daemon's
+``ExitStack``: what was started is stopped in reverse. ``StopRequested`` is a ``BaseException``, so
+the ``except Exception`` of a library (a download, a login) cannot swallow it. Once the service
+streams, and while the daemon winds down, the handlers only set flags: the main thread's wait loop
+acts on them (``poll``). SIGHUP only sets a flag too: the watchlist is reloaded by that loop.
+
+The handlers take no lock and log nothing: a handler runs on top of whatever the main thread was
+doing, which may hold the very lock it would need.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+_STOPS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequested(BaseException):  # noqa: N818 - a request, not an error
+    """SIGTERM or SIGINT arrived during start-up: leave, stopping what was started."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+
+
+class DaemonSignals:
+    """Installed with ``install`` (the main thread only), undone with ``restore``.
+
+    ``phase`` says what the start-up is doing, for the log line of a stop that interrupts it.
+    """
+
+    def __init__(self) -> None:
+        self.phase = "starting"
+        self.stop_signal: str | None = None  # the name of the first stop signal received
+        self.reload_pending = False
+        self._mode = "starting"  # "starting": raise; "running" / "closing": set flags only
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> bool:
+        """Take over SIGTERM, SIGINT and SIGHUP; False (nothing done) off the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in (*_STOPS, signal.SIGHUP):
+            self._previous[sig] = signal.getsignal(sig)
+        for sig in _STOPS:
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        return True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def enter(self, phase: str) -> None:
+        """The start-up moves on to ``phase`` (words that follow "while")."""
+        self.phase = phase
+
+    def running(self) -> None:
+        """The service streams: from now on a stop signal is a flag the wait loop reads. A signal
+        that arrived in between raises here."""
+        self._mode = "running"
+        self.phase = "streaming"
+
+    def closing(self) -> None:
+        """The daemon winds down: stop signals no longer interrupt anything."""
+        self._mode = "closing"
+
+    def take_reload(self) -> bool:
+        """Whether a SIGHUP arrived since the last call."""
+        if self.reload_pending:
+            self.reload_pending = False
+            return True
+        return False
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop_signal is not None:
+            return
+        self.stop_signal = signal.Signals(signum).name
+        if self._mode == "starting":
+            raise StopRequested(self.stop_signal)
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload_pending = True

@@ -1,0 +1,102 @@
+"""Progress of long start-up work: a bar on a terminal, a log line every few seconds otherwise.
+
+``with progress("loading the scrip master", total=n, unit="rows") as bar: bar.update(k)``. Nothing
+is shown for work that ends within ``quiet`` seconds, so the common short case stays silent; under
+systemd (stderr not a terminal) the journal gets one line every ``every`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+log = logging.getLogger("marketfeed")
+
+#: seconds of work before anything is shown
+QUIET_S = 1.0
+#: seconds between log lines (no terminal) or bar redraws (terminal)
+LOG_EVERY_S = 5.0
+BAR_EVERY_S = 0.2
+_BAR_WIDTH = 30
+
+
+class Progress:
+    """Counts done units; shows them now and then. Not thread-safe: one caller updates it."""
+
+    def __init__(
+        self,
+        what: str,
+        total: int | None,
+        unit: str,
+        *,
+        stream: TextIO | None = None,
+        quiet: float = QUIET_S,
+        every: float | None = None,
+    ) -> None:
+        self.what = what
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self._stream = stream if stream is not None else sys.stderr
+        self._bar = _is_terminal(self._stream)
+        self._every = every if every is not None else (BAR_EVERY_S if self._bar else LOG_EVERY_S)
+        self._started = time.monotonic()
+        self._next = self._started + quiet
+        self._shown = False
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._every
+            self._show(now)
+
+    def close(self) -> None:
+        if self._shown:
+            if self._bar:
+                self._show(time.monotonic())
+                self._stream.write("\n")
+                self._stream.flush()
+            else:
+                log.info("%s: done, %s in %.1f s", self.what, self._count(), time.monotonic() - self._started)
+
+    def _count(self) -> str:
+        if self.total:
+            return f"{self.done:,}/{self.total:,} {self.unit}"
+        return f"{self.done:,} {self.unit}"
+
+    def _show(self, now: float) -> None:
+        self._shown = True
+        elapsed = now - self._started
+        if not self._bar:
+            log.info("%s: %s so far (%.0f s)", self.what, self._count(), elapsed)
+            return
+        if self.total:
+            filled = min(_BAR_WIDTH, _BAR_WIDTH * self.done // self.total)
+            bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
+            line = f"{self.what} [{bar}] {self._count()} {elapsed:.0f}s"
+        else:
+            line = f"{self.what}: {self._count()} {elapsed:.0f}s"
+        self._stream.write("\r" + line)
+        self._stream.flush()
+
+
+@contextmanager
+def progress(what: str, total: int | None = None, unit: str = "items", **kwargs: object) -> Iterator[Progress]:
+    """A ``Progress`` closed on the way out (its last line shown only if any was)."""
+    bar = Progress(what, total, unit, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
