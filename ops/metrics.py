@@ -122,8 +122,8 @@ class HealthCollector(Collector):
             value=1.0 if h.store_up else 0.0,
         )
         yield GaugeMetricFamily(
-            f"{PREFIX}_storage_fault", "1 while a disk refuses the spool's or the store's writes (full, I/O error).",
-            value=1.0 if h.spool_fault or (h.store_fault and not h.store_up) else 0.0,
+            f"{PREFIX}_storage_fault", "1 while a disk refuses the spool's, the store's or the journal's writes (full, I/O error).",
+            value=1.0 if h.spool_fault or (h.store_fault and not h.store_up) or h.journal_fault else 0.0,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_candles_waiting_in_memory", "Closed candles waiting in memory while the spool's disk refuses them.",

@@ -42,6 +42,7 @@ class Health:
     #: channel, but never a problem: ``state`` and ``/healthz`` ignore it
     notes: tuple[str, ...] = ()
     failure: str | None = None  # a thread died unexpectedly: the daemon is stopping, to be restarted
+    journal_fault: str | None = None  # the tick journal missed a batch (its disk refused it) since its last checkpoint
     spool_fault: str | None = None  # what the spool's disk said, while it refuses appends
     store_fault: str | None = None  # what the store's own disk said, while it refuses writes
     candles_in_memory: int = 0  # closed candles waiting in memory for the spool's disk
@@ -73,6 +74,8 @@ class Health:
             problems.append(f"store {self.store_fault}")
         elif not self.store_up:
             problems.append(f"store {self.store} unreachable")
+        if self.journal_fault:
+            problems.append(f"{self.journal_fault}: a kill now would lose open buckets' ticks (checkpoint retried)")
         if not self.pipeline_alive:
             problems.append(f"pipeline thread stopped or stuck for more than {self.pipeline_max_age:g} s")
         return problems

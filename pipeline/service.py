@@ -35,6 +35,14 @@ from version import __version__
 
 log = logging.getLogger(__name__)
 
+_CHECKPOINT_RETRY_S = 5.0  # after a failed checkpoint (a full disk): the next try
+
+
+def _disk_words(what: str, exc: OSError) -> str:
+    """``what: no space left on device (Errno 28)``: a disk fault as health words it."""
+    reason = (exc.strerror or str(exc)).lower()
+    return f"{what}: {reason} (Errno {exc.errno})" if exc.errno else f"{what}: {reason}"
+
 
 class Publisher(Protocol):
     """What the service needs of a publisher (publishers.mqtt.MqttPublisher): started with the
@@ -104,6 +112,11 @@ class Service:
         self._stop = threading.Event()
         #: why the daemon is stopping on its own: a thread died (``fail``); None while all is well
         self.failure: str | None = None
+        #: what the tick journal's disk said while the journal misses a batch (a kill would lose
+        #: open buckets' ticks); cleared by the first checkpoint taken after that batch was added
+        self.journal_fault: str | None = None
+        self._journal_hole: Sequence[TickData] | None = None  # the latest batch the journal missed
+        self._hole_added: Sequence[TickData] | None = None  # the latest such batch the aggregator took
         self._pipeline_beat: float | None = None  # monotonic time of the pipeline's latest loop (liveness)
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
 
@@ -131,17 +144,27 @@ class Service:
             self.store.description,
         )
 
-    def _checkpoint(self) -> None:
-        """Snapshot the aggregator into a new journal segment (pipeline thread, or before it runs)."""
+    def _checkpoint(self) -> bool:
+        """Snapshot the aggregator into a new journal segment (pipeline thread, or before it runs).
+        A snapshot taken after the journal missed a batch covers it: the journal is whole again."""
         assert self.journal is not None
+        hole = self._journal_hole
+        covered = hole is None or self._hole_added is hole
         try:
             seq = self.journal.checkpoint(snapshot.snapshot_chunks(self.aggregator), self._processed)
         except (OSError, pickle.PicklingError) as exc:
+            if isinstance(exc, OSError):
+                self.journal_fault = _disk_words(f"tick journal {self.journal.dir}", exc)
             log.error("journal checkpoint failed (%s): a kill now would lose the open buckets' ticks", exc)
-            return
+            return False
+        if covered and self.journal_fault is not None and self._journal_hole is hole:
+            self._journal_hole = None
+            self.journal_fault = None
+            log.info("tick journal %s: writable again, and whole from this checkpoint on", self.journal.dir)
         self._candles.put(Checkpoint(seq))
         if self.after_checkpoint is not None:
             self.after_checkpoint()
+        return True
 
     def _checkpoint_delay(self) -> float:
         """Seconds to the next checkpoint: about ``checkpoint_seconds``, moved to the middle of the
@@ -315,10 +338,15 @@ class Service:
                 number = journal.append(batch)
             except OSError as exc:  # a full disk must not stop the feed: the journal is a safety net
                 number = journal.number
-                self._journal_failed(exc)
+                self._journal_failed(exc, batch)
             self._ticks.put((number, batch))
 
-    def _journal_failed(self, exc: OSError) -> None:
+    def _journal_failed(self, exc: OSError, batch: Sequence[TickData]) -> None:
+        """A batch the journal could not keep: a kill before the next checkpoint would lose it, so
+        health says so until a checkpoint covers it (the pipeline takes one within seconds)."""
+        assert self.journal is not None
+        self._journal_hole = batch
+        self.journal_fault = _disk_words(f"tick journal {self.journal.dir}", exc)
         self.stats.journal_errors += 1
         if self.stats.journal_errors % 1000 == 1:
             log.error("tick journal write failed (%s): a kill now would lose open buckets' ticks", exc)
@@ -341,6 +369,7 @@ class Service:
         get = self._ticks.get
         journal = self.journal
         next_checkpoint = time.monotonic() + self._checkpoint_delay()
+        forced = -_CHECKPOINT_RETRY_S  # monotonic time of the last checkpoint taken early for a journal hole
         try:
             while True:
                 self._pipeline_beat = time.monotonic()
@@ -357,12 +386,22 @@ class Service:
                     revised = agg.add(batch)
                     if revised:
                         out.put(revised)
+                    if batch is self._journal_hole:
+                        self._hole_added = batch
                 closed = agg.advance()
                 if closed:
                     out.put(closed)
-                if journal is not None and time.monotonic() >= next_checkpoint:
-                    self._checkpoint()
-                    next_checkpoint = time.monotonic() + self._checkpoint_delay()
+                if journal is not None:
+                    now = time.monotonic()
+                    hole = self._journal_hole
+                    if hole is not None and self._hole_added is hole and now - forced >= _CHECKPOINT_RETRY_S:
+                        forced = now  # make the journal whole again soon (at most every few seconds)
+                        next_checkpoint = min(next_checkpoint, now)
+                    if now >= next_checkpoint:
+                        if self._checkpoint():
+                            next_checkpoint = time.monotonic() + self._checkpoint_delay()
+                        else:
+                            next_checkpoint = time.monotonic() + _CHECKPOINT_RETRY_S
             # shutdown: drain what the feed already handed over, then flush open buckets
             while True:
                 try:
@@ -423,6 +462,7 @@ class Service:
             reauths=broker.reauths,
             version=__version__,
             malformed=dict(broker.feed_stats().malformed),
+            journal_fault=self.journal_fault,
             failure=self.failure,
             notes=tuple(p.problem for p in self.publishers if p.problem),
             spool_fault=written.spool_fault,

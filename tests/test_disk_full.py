@@ -263,3 +263,39 @@ def _answers(port: int) -> bool:
         time.sleep(0.1)
         return False
     return True
+
+
+def test_a_journal_on_a_full_disk_degrades_until_a_checkpoint_covers_the_ticks_it_missed(small_disk, tmp_path):
+    """The spool and the store have room; only the tick journal's disk is full. Ticks keep flowing,
+    health names the journal (a kill now would lose open buckets' ticks), and once the disk takes
+    writes again a checkpoint covers the missed batches and health is clear by itself."""
+    intervals = parse_intervals("1m")
+    clock = SimClock(START, SPEED)
+    store = SQLiteStore(tmp_path / "candles.db")
+    store.migrate()
+    journal = TickJournal(small_disk / "journal")
+    service = Service(
+        SimBroker(clock, seed=5, tick_rate=1.0), store, SYMBOLS, intervals, clock=clock,
+        spool=Spool(tmp_path / "spool"), journal=journal,
+    )  # fmt: skip
+    service.start()
+    try:
+        wait_until(lambda: service.stats.ticks > 0, 10.0, "the first ticks")
+        filler = fill(small_disk)
+        wait_until(lambda: service.health().journal_fault is not None, 10.0, "the journal's fault in health")
+        health = service.health()
+        assert health.state == "degraded"
+        (problem,) = [p for p in health.problems if "journal" in p]
+        assert problem.startswith(f"tick journal {small_disk / 'journal'}: {NO_SPACE}: a kill now would lose"), problem
+        ticks = service.stats.ticks
+        wait_until(lambda: service.stats.ticks > ticks + 30, 10.0, "ticks flowing on")
+        assert service.writer.stats.spool_fault is None  # the spool has room: only the journal is named
+
+        filler.unlink()
+        wait_until(lambda: service.health().journal_fault is None, 20.0, "a checkpoint to cover the missed ticks")
+        assert service.health().state == "running"
+    finally:
+        assert service.stop()
+        journal.close()
+        service.spool.close()
+        store.close()
