@@ -1,4 +1,4 @@
-"""Progress of long start-up work: a bar on a terminal, a log line every few seconds otherwise.
+"""Progress of long start-up work: a bar on a terminal (tqdm), a log line every few seconds otherwise.
 
 ``with progress("loading the scrip master", total=n, unit="rows") as bar: bar.update(k)``. Nothing
 is shown for work that ends within ``quiet`` seconds, so the common short case stays silent; under
@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from tqdm import tqdm
+
 log = logging.getLogger("marketfeed")
 
 #: seconds of work before anything is shown
@@ -21,7 +23,6 @@ QUIET_S = 1.0
 #: seconds between log lines (no terminal) or bar redraws (terminal)
 LOG_EVERY_S = 5.0
 BAR_EVERY_S = 0.2
-_BAR_WIDTH = 30
 
 
 class Progress:
@@ -41,48 +42,39 @@ class Progress:
         self.total = total
         self.unit = unit
         self.done = 0
-        self._stream = stream if stream is not None else sys.stderr
-        self._bar = _is_terminal(self._stream)
-        self._every = every if every is not None else (BAR_EVERY_S if self._bar else LOG_EVERY_S)
+        stream = stream if stream is not None else sys.stderr
+        self._bar: tqdm | None = None
+        if _is_terminal(stream):
+            self._bar = tqdm(
+                total=total, desc=what, unit=unit, unit_scale=unit == "bytes", file=stream, delay=quiet,
+                mininterval=every if every is not None else BAR_EVERY_S, dynamic_ncols=True,
+            )  # fmt: skip
+        self._every = every if every is not None else LOG_EVERY_S
         self._started = time.monotonic()
         self._next = self._started + quiet
-        self._shown = False
+        self._logged = False
 
     def update(self, n: int = 1) -> None:
         self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self._every
-            self._show(now)
+            self._logged = True
+            log.info("%s: %s so far (%.0f s)", self.what, self._count(), now - self._started)
 
     def close(self) -> None:
-        if self._shown:
-            if self._bar:
-                self._show(time.monotonic())
-                self._stream.write("\n")
-                self._stream.flush()
-            else:
-                log.info("%s: done, %s in %.1f s", self.what, self._count(), time.monotonic() - self._started)
+        if self._bar is not None:
+            self._bar.close()
+        elif self._logged:
+            log.info("%s: done, %s in %.1f s", self.what, self._count(), time.monotonic() - self._started)
 
     def _count(self) -> str:
         if self.total:
             return f"{self.done:,}/{self.total:,} {self.unit}"
         return f"{self.done:,} {self.unit}"
-
-    def _show(self, now: float) -> None:
-        self._shown = True
-        elapsed = now - self._started
-        if not self._bar:
-            log.info("%s: %s so far (%.0f s)", self.what, self._count(), elapsed)
-            return
-        if self.total:
-            filled = min(_BAR_WIDTH, _BAR_WIDTH * self.done // self.total)
-            bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
-            line = f"{self.what} [{bar}] {self._count()} {elapsed:.0f}s"
-        else:
-            line = f"{self.what}: {self._count()} {elapsed:.0f}s"
-        self._stream.write("\r" + line)
-        self._stream.flush()
 
 
 @contextmanager
