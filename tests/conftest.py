@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +52,18 @@ def mosquitto() -> Iterator[MosquittoServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run main() in this process, in ``tmp_path``, with the signal handlers and the thread hook it
+    installs undone after."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    hook = threading.excepthook
+    monkeypatch.chdir(tmp_path)
+    for name in ("PG_CONN_STR", "SQLITE_PATH", "DATA_DIR", "METRICS_PORT", "MQTT_HOST", "MARKETFEED_BROKER"):
+        monkeypatch.delenv(name, raising=False)
+    yield tmp_path
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    threading.excepthook = hook

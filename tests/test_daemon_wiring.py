@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from brokers.base import BrokerError
 from brokers.sim.client import SimBroker
 from cli.app import main
 from storage.spool import Spool
 from testkit.waiting import free_port, wait_until
-
-
-@pytest.fixture
-def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Run main() in this process, in ``tmp_path``, with the signal handlers it installs undone after."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    monkeypatch.chdir(tmp_path)
-    for name in ("PG_CONN_STR", "SQLITE_PATH", "DATA_DIR", "METRICS_PORT", "MQTT_HOST"):
-        monkeypatch.delenv(name, raising=False)
-    yield tmp_path
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
 
 
 def _port_is_free(port: int) -> bool:

@@ -4,13 +4,10 @@ its traceback, turns health to ``failed`` and makes the daemon stop and exit 1 f
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,20 +16,6 @@ from candles.aggregator import CandleAggregator
 from cli.app import main
 from storage.sqlite import SQLiteStore
 from testkit.waiting import free_port, wait_until
-
-
-@pytest.fixture
-def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Run main() in this process, in ``tmp_path``, with the handlers it installs undone after."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    hook = threading.excepthook
-    monkeypatch.chdir(tmp_path)
-    for name in ("PG_CONN_STR", "SQLITE_PATH", "DATA_DIR", "METRICS_PORT", "MQTT_HOST"):
-        monkeypatch.delenv(name, raising=False)
-    yield tmp_path
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    threading.excepthook = hook
 
 
 def _fail_after(calls: int, exc: Exception):  # noqa: ANN202
