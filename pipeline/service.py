@@ -117,6 +117,7 @@ class Service:
         self.journal_fault: str | None = None
         self._journal_hole: Sequence[TickData] | None = None  # the latest batch the journal missed
         self._hole_added: Sequence[TickData] | None = None  # the latest such batch the aggregator took
+        self._checkpoint_error_logged = -60.0  # monotonic time a failed checkpoint was last logged
         self._pipeline_beat: float | None = None  # monotonic time of the pipeline's latest loop (liveness)
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
 
@@ -155,7 +156,10 @@ class Service:
         except (OSError, pickle.PicklingError) as exc:
             if isinstance(exc, OSError):
                 self.journal_fault = _disk_words(f"tick journal {self.journal.dir}", exc)
-            log.error("journal checkpoint failed (%s): a kill now would lose the open buckets' ticks", exc)
+            now = time.monotonic()
+            if now - self._checkpoint_error_logged >= 60.0:  # retried every few seconds: said once a minute
+                self._checkpoint_error_logged = now
+                log.error("journal checkpoint failed (%s): a kill now would lose the open buckets' ticks", exc)
             return False
         if covered and self.journal_fault is not None and self._journal_hole is hole:
             self._journal_hole = None
