@@ -174,9 +174,10 @@ def _ride_out_a_full_disk(store: CandleStore, disk: Path, tape: Path) -> None:
         wait_until(lambda: service.health().candles_in_memory >= 30, 20.0, "ten simulated minutes of candles in memory")
         status, body = _healthz(metrics.port)
         assert status == 503, body
-        (problem,) = [p for p in body["problems"] if "spool" in p]
+        (problem,) = [p for p in body["problems"] if p.startswith("spool ")]
         assert f"spool {disk / 'spool' / 'candles.spool'}: {NO_SPACE}" in problem
         assert "candles wait in memory, limit 100000" in problem
+        assert any(p.startswith(f"tick journal {disk / 'journal'}: {NO_SPACE}") for p in body["problems"]), body
         assert service.health().state == "degraded"
         assert service.health().heartbeat(0.0)["candles_in_memory"] >= 30
         assert _metric(metrics.port, "marketfeed_storage_fault") == 1
@@ -285,7 +286,7 @@ def test_a_journal_on_a_full_disk_degrades_until_a_checkpoint_covers_the_ticks_i
         wait_until(lambda: service.health().journal_fault is not None, 10.0, "the journal's fault in health")
         health = service.health()
         assert health.state == "degraded"
-        (problem,) = [p for p in health.problems if "journal" in p]
+        (problem,) = [p for p in health.problems if p.startswith("tick journal ")]
         assert problem.startswith(f"tick journal {small_disk / 'journal'}: {NO_SPACE}: a kill now would lose"), problem
         ticks = service.stats.ticks
         wait_until(lambda: service.stats.ticks > ticks + 30, 10.0, "ticks flowing on")
