@@ -145,7 +145,12 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
                 log.info("received %s: shutting down", signals.stop_signal)
                 service.request_stop()
             elif signals.take_reload():
-                _reload_watchlist(args, store, broker, shard, service)
+                try:
+                    with signals.interruptible("reloading the watchlist"):
+                        _reload_watchlist(args, store, broker, shard, service)
+                except StopRequested as stop:
+                    log.info("received %s while reloading the watchlist: reload abandoned, shutting down", stop.signame)
+                    service.request_stop()
 
         service.wait(args.duration, poll=on_signals)
     log.info("stopped: %s", _summary(service, drained[0]))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -72,6 +74,19 @@ class DaemonSignals:
     def closing(self) -> None:
         """The daemon winds down: stop signals no longer interrupt anything."""
         self._mode = "closing"
+
+    @contextmanager
+    def interruptible(self, phase: str) -> Iterator[None]:
+        """While streaming, make the work of the block (a watchlist reload: a scrip master
+        download) stop at SIGTERM/SIGINT as the start-up does, raising ``StopRequested``."""
+        saved = self._mode, self.phase
+        self._mode, self.phase = "starting", phase
+        try:
+            if self.stop_signal is not None:
+                raise StopRequested(self.stop_signal)
+            yield
+        finally:
+            self._mode, self.phase = saved
 
     def take_reload(self) -> bool:
         """Whether a SIGHUP arrived since the last call."""

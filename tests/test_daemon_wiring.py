@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
+import time
 
 from brokers.base import BrokerError
 from brokers.sim.client import SimBroker
@@ -53,3 +56,35 @@ def test_a_clean_run_ends_with_every_thread_stopped(in_process):
     code = main(["--broker", "sim", "--symbols", "NSE:INFY", "--duration", "0.5", "--metrics-port", str(free_port())])
     assert code == 0
     assert not _threads("pipeline", "writer", "metrics", "sim-feed")
+
+
+def test_sigterm_during_a_slow_watchlist_reload_stops_the_daemon_within_seconds(in_process, monkeypatch, capfd):
+    (in_process / "symbols.txt").write_text("NSE:INFY\n")
+    reloading = threading.Event()
+    original = SimBroker.resolve
+    calls = [0]
+
+    def slow_resolve(self: SimBroker, pairs):  # noqa: ANN001, ANN202
+        calls[0] += 1
+        if calls[0] > 1:  # the reload's: as slow as a scrip master download on a bad day
+            reloading.set()
+            time.sleep(60)
+        return original(self, pairs)
+
+    monkeypatch.setattr(SimBroker, "resolve", slow_resolve)
+    asked: list[float] = []
+
+    def operator() -> None:
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGHUP)
+        if reloading.wait(20):
+            asked.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=operator, daemon=True).start()
+    code = main(["--broker", "sim", "--symbols-file", "symbols.txt", "--duration", "90"])
+
+    assert asked, "the reload never started"
+    assert time.monotonic() - asked[0] < 10, "the stop waited for the reload"
+    assert code == 0
+    assert "received SIGTERM while reloading the watchlist: reload abandoned, shutting down" in capfd.readouterr().err
