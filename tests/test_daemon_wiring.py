@@ -88,3 +88,13 @@ def test_sigterm_during_a_slow_watchlist_reload_stops_the_daemon_within_seconds(
     assert time.monotonic() - asked[0] < 10, "the stop waited for the reload"
     assert code == 0
     assert "received SIGTERM while reloading the watchlist: reload abandoned, shutting down" in capfd.readouterr().err
+
+
+def test_a_run_that_stores_nothing_says_why_in_its_stop_line(in_process, monkeypatch, capfd):
+    monkeypatch.setattr(SimBroker, "due_ticks", lambda self, now: [])  # a feed that sends nothing
+    code = main(["--broker", "sim", "--symbols", "NSE:INFY", "--duration", "0.5"])
+    err = capfd.readouterr().err
+    assert code == 0
+    (line,) = [x for x in err.splitlines() if "stopped: " in x]
+    assert line.endswith("stopped: 0 ticks, 0 candle writes (a revision or a replay writes a candle again), "
+                         "no tick arrived: the feed lines above say whether it was connected"), line  # fmt: skip
