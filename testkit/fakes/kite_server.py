@@ -1,5 +1,14 @@
 """A fake Zerodha Kite Connect v3 server on loopback: the market-data WebSocket and the REST calls we use.
 
+REST: the login redirect, ``POST /session/token``, ``/user/profile``, the instruments dump, and the
+historical API (``GET /instruments/historical/{token}/{interval}?from=&to=&continuous=&oi=``). The
+historical API serves candles built from every tick put on the tape (``send_ticks``, ``play_tape``),
+including ticks sent while no client was connected, by the rules in ``historical_candles``; it
+answers Kite's errors (400 ``InputException``, 403 ``TokenException`` and ``PermissionException``),
+and 429 past 3 requests a second per API key. Switches: ``historical_access = False`` (an app
+without the historical add-on), ``historical_rate_limit``, ``historical_delay``, ``fail_historical``
+(5xx/429 on the next requests); ``historical_requests`` records each request, its arrival time and status.
+
 It speaks the real wire protocols byte for byte (Kite Connect's WebSocket and
 REST docs, https://kite.trade/docs/connect/v3/, and pykiteconnect's ``kiteconnect/ticker.py``)
 so the official pykiteconnect client and our own client can both be pointed at it. It shares nothing
@@ -431,6 +440,82 @@ def random_tape(
 
 
 # --------------------------------------------------------------------------------------------------
+# Historical candles from the tape (sans-I/O)
+# --------------------------------------------------------------------------------------------------
+
+#: Kite's interval names -> bucket width in seconds ("day" is the IST calendar day).
+HISTORICAL_INTERVALS = {
+    "minute": 60, "3minute": 180, "5minute": 300, "10minute": 600, "15minute": 900,
+    "30minute": 1800, "60minute": 3600, "day": 86_400,
+}  # fmt: skip
+#: The longest range one request may ask for, in calendar days, per interval (Kite's published limits).
+HISTORICAL_MAX_DAYS = {
+    "minute": 60, "3minute": 100, "5minute": 100, "10minute": 100, "15minute": 200,
+    "30minute": 200, "60minute": 400, "day": 2000,
+}  # fmt: skip
+_IST_OFFSET = 19_800
+_SESSION_ANCHOR = (9 * 3600 + 15 * 60 - _IST_OFFSET) % 86_400  # 09:15 IST as epoch seconds mod a day
+
+
+def historical_bucket(epoch: int, interval: str) -> int:
+    """Epoch seconds of the start of ``interval``'s candle holding ``epoch``: intraday buckets are
+    aligned to 09:15 IST (60minute: 09:15-10:15 ...), ``day`` is the IST calendar day."""
+    width = HISTORICAL_INTERVALS[interval]
+    if interval == "day":
+        return (epoch + _IST_OFFSET) // 86_400 * 86_400 - _IST_OFFSET
+    return (epoch - _SESSION_ANCHOR) // width * width + _SESSION_ANCHOR
+
+
+def historical_candles(ticks: Iterable[TapeTick], interval: str, start: int, end: int, oi: bool = False) -> list[list[Any]]:
+    """Kite's ``data.candles`` rows for one instrument's ``ticks`` (in the order the exchange sent
+    them) whose bucket starts in ``[start, end]`` (epoch seconds; both ends inclusive).
+
+    The rules, as far as Kite's are public; where they are not, the choice is ours and says so:
+
+    - A tick is placed by its exchange time, in the bucket ``historical_bucket`` gives.
+    - Only trades move OHLC: a tick whose cumulative day volume rose (indices, which carry no
+      volume, trade on every tick). A bucket without a trade has no candle, as Kite omits minutes
+      in which an instrument did not trade.
+    - Volume is the rise in cumulative day volume from the last tick before the bucket to the last
+      tick in it. The day's first tick counts from zero, so its pre-open volume lands in its bucket
+      (assumed: the 09:15 candle carries the pre-open trades) and the day's candles add up to the
+      day's volume. A new IST day, or cumulative volume falling (a tape replayed), starts from zero again.
+    - OI (the seventh value when ``oi``) is the open interest of the bucket's last tick.
+    """
+    rows: dict[int, list[Any]] = {}
+    day = None
+    base = 0  # cumulative volume before the current tick, for the current day
+    for t in ticks:
+        tick_day = (t.exchange_ts + _IST_OFFSET) // 86_400
+        if tick_day != day or t.volume < base:
+            day, base = tick_day, 0
+        index = is_index(t.token)
+        traded = index or t.volume > base
+        bucket = historical_bucket(t.exchange_ts, interval)
+        row = rows.get(bucket)
+        if traded:
+            if row is None:
+                row = rows[bucket] = [bucket, t.last_price, t.last_price, t.last_price, t.last_price, 0, t.oi]
+            else:
+                row[2] = max(row[2], t.last_price)
+                row[3] = min(row[3], t.last_price)
+                row[4] = t.last_price
+            row[5] += max(0, t.volume - base)
+        if row is not None:
+            row[6] = t.oi
+        base = max(base, t.volume)
+    out = []
+    for bucket in sorted(b for b in rows if start <= b <= end):
+        row = rows[bucket]
+        stamp = datetime.fromtimestamp(bucket, IST).strftime("%Y-%m-%dT%H:%M:%S+0530")
+        candle = [stamp, *(float(p) for p in row[1:5]), row[5]]
+        if oi:
+            candle.append(row[6])
+        out.append(candle)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # Minimal RFC 6455 server pieces
 # --------------------------------------------------------------------------------------------------
 
@@ -491,6 +576,17 @@ class ConnectionInfo:
     messages: list[Any]  # client text messages, parsed JSON (or the raw string when not JSON)
     query: dict[str, str]
     headers: dict[str, str]  # lower-case names
+
+
+@dataclass(frozen=True)
+class HistoricalRequest:
+    """One request to the historical endpoint as the fake saw it."""
+
+    at: float  # time.monotonic() on arrival
+    token: int
+    interval: str
+    query: dict[str, str]
+    status: int  # the HTTP status it was answered with
 
 
 @dataclass(eq=False)
@@ -557,6 +653,18 @@ class KiteFakeServer:
         self.rest_requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         #: seconds the instruments dump waits before its reply (a slow download at start-up)
         self.instruments_delay = 0.0
+        # The historical API. ``_history`` is every tick put on the tape, per token, in the order
+        # sent, whether or not a client was connected (or the server muted) at the time.
+        self._history: dict[int, list[TapeTick]] = {}
+        #: False: the app has no historical data add-on (403 PermissionException on every request)
+        self.historical_access = True
+        #: requests per second per API key before 429 (None: no limit)
+        self.historical_rate_limit: int | None = 3
+        #: seconds each historical reply waits (a slow API)
+        self.historical_delay = 0.0
+        self._historical_faults: list[int] = []  # statuses the next requests answer with
+        self._historical_accepted: dict[str, list[float]] = {}  # API key -> arrival times let through
+        self.historical_requests: list[HistoricalRequest] = []
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -817,6 +925,7 @@ class KiteFakeServer:
                 r = self._resolve(t)
                 encode_packet(r, "full")  # fail here, in the caller's thread, on values the wire cannot carry
                 self._last[t.token] = r
+                self._history.setdefault(t.token, []).append(r)
                 resolved.append(r)
         return self._call(self._send_resolved, resolved, mode)
 
@@ -1037,6 +1146,108 @@ class KiteFakeServer:
             return
         self._send_resolved(snapshot, None, only=conn)
 
+    # ------------------------------------------------------------------ historical API
+
+    def fail_historical(self, *statuses: int) -> None:
+        """Answer the next historical requests (past the token check) with these HTTP statuses, in
+        order, each with Kite's error body: 429 ``NetworkException`` "Too many requests", 500
+        ``GeneralException``, 502 ``DataException``, 503/504 ``NetworkException``."""
+        with self._lock:
+            self._historical_faults.extend(statuses)
+
+    def history(self, token: int) -> list[TapeTick]:
+        """Every tick put on the tape for ``token`` so far, resolved, in the order sent."""
+        with self._lock:
+            return list(self._history.get(token, ()))
+
+    def clear_history(self) -> None:
+        """Forget the tape the historical API serves (a tape replayed with the same times would mix with it)."""
+        with self._lock:
+            self._history.clear()
+
+    def historical_reply(
+        self, api_key: str, access_token: str, token_text: str, interval: str, query: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """The status and JSON body for ``GET /instruments/historical/{token}/{interval}?{query}``.
+
+        Checked in this order (Kite does not document its order; this one is ours): the access
+        token (403 ``TokenException``), the rate limit (429), injected faults, the app's access
+        (403 ``PermissionException``), then the parameters (400 ``InputException``).
+
+        Wording: "Too many requests" (``NetworkException``, 429), "Insufficient permission for that
+        call." (``PermissionException``, 403) and "interval exceeds max limit: 60 days"
+        (``InputException``) are what Kite is reported to send. The texts for a bad date, a bad
+        interval, an unknown token and a reversed range could not be confirmed and are ours; so is
+        inclusiveness of ``to`` (a candle starting exactly at ``to`` is returned) and counting the
+        range limit in calendar dates (``to`` date - ``from`` date + 1 <= the limit; the stricter reading).
+        ``continuous=1`` is accepted and changes nothing (the fake has no expired contracts).
+        """
+        now = time.monotonic()
+        token_num = int(token_text) if token_text.isdigit() else -1
+
+        def answer(status: int, body: bytes) -> tuple[int, bytes]:
+            with self._lock:
+                self.historical_requests.append(HistoricalRequest(now, token_num, interval, dict(query), status))
+            return status, body
+
+        def bad(message: str) -> tuple[int, bytes]:
+            return answer(400, _json_error(message, "InputException"))
+
+        if not self._token_ok(api_key, access_token):
+            return answer(403, _json_error("Incorrect `api_key` or `access_token`.", "TokenException"))
+        with self._lock:
+            limit = self.historical_rate_limit
+            if limit is not None:
+                recent = [t for t in self._historical_accepted.get(api_key, []) if now - t < 1.0]
+                if len(recent) >= limit:
+                    self._historical_accepted[api_key] = recent
+                    limited = True
+                else:
+                    self._historical_accepted[api_key] = [*recent, now]
+                    limited = False
+            else:
+                limited = False
+            fault = self._historical_faults.pop(0) if self._historical_faults and not limited else None
+        if limited:
+            return answer(429, _json_error("Too many requests", "NetworkException"))
+        if fault is not None:
+            kinds = {429: ("Too many requests", "NetworkException"), 500: ("Something went wrong.", "GeneralException"),
+                     502: ("Bad gateway.", "DataException")}  # fmt: skip
+            message, kind = kinds.get(fault, ("Service unavailable.", "NetworkException"))
+            return answer(fault, _json_error(message, kind))
+        if not self.historical_access:
+            return answer(403, _json_error("Insufficient permission for that call.", "PermissionException"))
+        if interval not in HISTORICAL_INTERVALS:
+            return bad("invalid interval")
+        if token_num < 0 or not any(i.token == token_num for i in self.instruments):
+            return bad("invalid token")
+        bounds = []
+        for name in ("from", "to"):
+            text = query.get(name, "")
+            for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+                try:
+                    bounds.append(datetime.strptime(text, fmt).replace(tzinfo=IST))
+                    break
+                except ValueError:
+                    continue
+            else:
+                return bad(f"invalid {name} date")
+        start, end = bounds
+        if start > end:
+            return bad("invalid date range: from is after to")
+        if (end.date() - start.date()).days + 1 > HISTORICAL_MAX_DAYS[interval]:
+            return bad(f"interval exceeds max limit: {HISTORICAL_MAX_DAYS[interval]} days")
+        flags = {}
+        for name in ("continuous", "oi"):
+            value = query.get(name, "0")
+            if value not in ("0", "1"):
+                return bad(f"invalid {name}: use 0 or 1")
+            flags[name] = value == "1"
+        if self.historical_delay:
+            self._stopping.wait(self.historical_delay)
+        candles = historical_candles(self.history(token_num), interval, int(start.timestamp()), int(end.timestamp()), flags["oi"])
+        return answer(200, json.dumps({"status": "success", "data": {"candles": candles}}).encode())
+
     # ------------------------------------------------------------------ REST
 
     def instruments_csv(self, exchange: str | None = None) -> str:
@@ -1121,6 +1332,15 @@ def _make_rest_handler(server: KiteFakeServer) -> type[BaseHTTPRequestHandler]:
                             "meta": {"demat_consent": "consent"},
                         }
                     )
+            elif path.startswith("/instruments/historical/"):
+                parts = path.split("/")
+                if len(parts) != 5:
+                    self._error(404, f"Route not found: GET {path}", "GeneralException")
+                    return
+                scheme, _, cred = self.headers.get("Authorization", "").partition(" ")
+                key, _, token = cred.partition(":") if scheme == "token" else ("", "", "")
+                status, body = server.historical_reply(key, token, parts[3], parts[4], {k: v[-1] for k, v in query.items()})
+                self._send(status, body, "application/json")
             elif path == "/instruments" or path.startswith("/instruments/"):
                 exchange = path.removeprefix("/instruments").strip("/") or None
                 if server.instruments_delay:
@@ -1194,6 +1414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tape = random_tape(seconds=3600, seed=args.seed)
         try:
             while True:  # replaying the same hour looks like a new trading day to a client (volume drops)
+                server.clear_history()
                 server.play_tape(tape, rate=args.rate)
                 server.wait_tape(timeout=len(tape) / args.rate + 60)
         except KeyboardInterrupt:
