@@ -22,6 +22,19 @@ from types import FrameType
 from typing import Any
 
 _STOPS = (signal.SIGTERM, signal.SIGINT)
+_HANDLED = (*_STOPS, signal.SIGHUP)
+_thread_start = threading.Thread.start
+
+
+def _start_without_signals(thread: threading.Thread) -> None:
+    """``Thread.start`` with the daemon's signals blocked while the thread is made: it inherits
+    the mask, so it never takes them. A signal that arrives meanwhile stays pending and reaches
+    the main thread as the mask is put back."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+    try:
+        _thread_start(thread)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StopRequested(BaseException):  # noqa: N818 - a request, not an error
@@ -46,17 +59,24 @@ class DaemonSignals:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> bool:
-        """Take over SIGTERM, SIGINT and SIGHUP; False (nothing done) off the main thread."""
+        """Take over SIGTERM, SIGINT and SIGHUP; False (nothing done) off the main thread.
+
+        Threads started from now on start with these signals blocked (``Thread.start`` is
+        wrapped until ``restore``), so the kernel delivers them to the main thread: a signal that
+        lands on another thread runs its handler only when the main thread next runs Python code,
+        and would not interrupt a blocking call there (a download, a sleep, a lock wait)."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        for sig in (*_STOPS, signal.SIGHUP):
+        for sig in _HANDLED:
             self._previous[sig] = signal.getsignal(sig)
         for sig in _STOPS:
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        threading.Thread.start = _start_without_signals  # type: ignore[method-assign]
         return True
 
     def restore(self) -> None:
+        threading.Thread.start = _thread_start  # type: ignore[method-assign]
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

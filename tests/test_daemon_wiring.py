@@ -12,6 +12,7 @@ from brokers.base import BrokerError
 from brokers.sim.client import SimBroker
 from cli.app import main
 from storage.spool import Spool
+from storage.sqlite import SQLiteStore
 from testkit.waiting import free_port, wait_until
 
 
@@ -58,7 +59,7 @@ def test_a_clean_run_ends_with_every_thread_stopped(in_process):
     assert not _threads("pipeline", "writer", "metrics", "sim-feed")
 
 
-def test_sigterm_during_a_slow_watchlist_reload_stops_the_daemon_within_seconds(in_process, monkeypatch, capfd):
+def test_sigterm_during_a_slow_reload_asked_for_during_start_up_stops_the_daemon_within_seconds(in_process, monkeypatch, capfd):
     (in_process / "symbols.txt").write_text("NSE:INFY\n")
     reloading = threading.Event()
     original = SimBroker.resolve
@@ -72,9 +73,17 @@ def test_sigterm_during_a_slow_watchlist_reload_stops_the_daemon_within_seconds(
         return original(self, pairs)
 
     monkeypatch.setattr(SimBroker, "resolve", slow_resolve)
+    migrate = SQLiteStore.migrate
+
+    def slow_migrate(self: SQLiteStore) -> int:  # a start-up that takes a while: the SIGHUP lands in it
+        time.sleep(1.5)
+        return migrate(self)
+
+    monkeypatch.setattr(SQLiteStore, "migrate", slow_migrate)
     asked: list[float] = []
 
-    def operator() -> None:
+    def operator() -> None:  # signals from outside: this thread never takes them itself
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGHUP)
         if reloading.wait(20):
@@ -98,3 +107,29 @@ def test_a_run_that_stores_nothing_says_why_in_its_stop_line(in_process, monkeyp
     (line,) = [x for x in err.splitlines() if "stopped: " in x]
     assert line.endswith("stopped: 0 ticks, 0 candle writes (a revision or a replay writes a candle again), "
                          "no tick arrived: the feed lines above say whether it was connected"), line  # fmt: skip
+
+
+def test_threads_started_while_the_daemon_runs_leave_its_signals_to_the_main_thread(in_process):
+    """A stop signal taken by another thread would not interrupt the main thread's blocking call
+    (a download, a lock wait): the daemon's threads block them, so the kernel picks the main thread."""
+    from cli.signals import DaemonSignals
+
+    masks: list[set[int]] = []
+
+    def record() -> None:
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    signals = DaemonSignals()
+    assert signals.install()
+    try:
+        thread = threading.Thread(target=record)
+        thread.start()
+        thread.join()
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the main thread still takes them
+    finally:
+        signals.restore()
+    after = threading.Thread(target=record)
+    after.start()
+    after.join()
+    assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= masks[0]
+    assert signal.SIGTERM not in masks[1]  # restore() puts Thread.start back
