@@ -17,6 +17,7 @@ import logging
 import threading
 import zlib
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 
 from brokers import registry
@@ -25,8 +26,11 @@ from candles.model import parse_intervals
 from cli.errors import UsageError
 from cli.settings import feed_context
 from cli.signals import DaemonSignals, StopRequested
+from config.market_calendar import load_calendar, staleness, today_line
 from config.settings import Settings
 from config.symbols import SymbolError, load_symbols_file, parse_symbol, parse_symbols
+from core.ist import IST
+from core.market_calendar import MarketCalendar
 from core.ticks import Instrument
 from ops import systemd
 from ops.gc_tuning import tune_for_streaming
@@ -78,6 +82,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
     shard = _parse_shard(args.shard)
     port = args.metrics_port if args.metrics_port is not None else settings.metrics.port
     listed = _listed(args)  # a bad symbols file stops the start before any login
+    calendar = _market_calendar(settings)  # so does a bad market calendar file
     signals.enter(f"opening the {args.broker} feed (logging in, loading its instrument list)")
     broker, clock = open_feed(settings, args)
     drained = [True]
@@ -93,6 +98,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             pairs = _shard_of(pairs, *shard)
         instruments = _resolve(broker, pairs)
         broker.check_capacity(len(instruments))
+        log.info("%s", today_line(calendar, sorted({exchange for exchange, _ in pairs}) or ["NSE"], datetime.now(IST)))
 
         signals.enter("opening the spool and the tick journal")
         data_dir = Path(settings.storage.data_dir)
@@ -158,6 +164,16 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         log.error("exiting with status 1 after a failure: %s", service.failure)
         return 1
     return 0 if drained[0] else 1
+
+
+def _market_calendar(settings: Settings) -> MarketCalendar:
+    """The market calendar (a bad override file is a ``ConfigError``: exit 2); a warning when it
+    knows no holidays for this year (or, in December, the next)."""
+    calendar, overrides = load_calendar(settings.calendar.file, Path(settings.storage.data_dir))
+    stale = staleness(calendar, overrides, datetime.now(IST).date())
+    if stale:
+        log.warning("%s", stale)
+    return calendar
 
 
 def _summary(service: Service, drained: bool) -> str:
