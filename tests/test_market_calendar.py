@@ -13,6 +13,7 @@ from config.market_calendar import build_calendar, library_holidays, read_overri
 from config.symbols import EXCHANGES
 from core.ist import IST
 from core.market_calendar import REGULAR_HOURS, MarketCalendar
+from testkit.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -184,5 +185,12 @@ def test_the_daemon_refuses_a_bad_calendar_file_before_logging_in(in_process, ca
 def test_the_daemon_logs_todays_sessions_at_start_up(in_process, capsys):
     code = main(["--broker", "sim", "--symbols", "NSE:INFY", "--duration", "0.5"])
     assert code == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if "market calendar: NSE" in line]
-    assert lines and ("NSE open today 09:15\u201315:30" in lines[0] or "NSE closed today (" in lines[0])
+    err: list[str] = []
+
+    def logged() -> bool:  # the holidays are read beside the start, which does not wait for them
+        err.extend(capsys.readouterr().err.splitlines())
+        return any("market calendar: NSE" in line for line in err)
+
+    wait_until(logged, 30, "the market calendar's start-up line")
+    lines = [line for line in err if "market calendar: NSE" in line]
+    assert ("NSE open today 09:15\u201315:30" in lines[0] or "NSE closed today (" in lines[0])
