@@ -17,6 +17,7 @@ import logging
 import threading
 import zlib
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 
 from brokers import registry
@@ -25,8 +26,10 @@ from candles.model import parse_intervals
 from cli.errors import UsageError
 from cli.settings import feed_context
 from cli.signals import DaemonSignals, StopRequested
+from config.market_calendar import Overrides, build_calendar, library_holidays, read_overrides, staleness, today_line
 from config.settings import Settings
 from config.symbols import SymbolError, load_symbols_file, parse_symbol, parse_symbols
+from core.ist import IST
 from core.ticks import Instrument
 from ops import systemd
 from ops.gc_tuning import tune_for_streaming
@@ -78,6 +81,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
     shard = _parse_shard(args.shard)
     port = args.metrics_port if args.metrics_port is not None else settings.metrics.port
     listed = _listed(args)  # a bad symbols file stops the start before any login
+    overrides = read_overrides(settings.calendar.file)  # so does a bad market calendar file
     signals.enter(f"opening the {args.broker} feed (logging in, loading its instrument list)")
     broker, clock = open_feed(settings, args)
     drained = [True]
@@ -93,6 +97,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             pairs = _shard_of(pairs, *shard)
         instruments = _resolve(broker, pairs)
         broker.check_capacity(len(instruments))
+        _market_calendar(overrides, Path(settings.storage.data_dir), sorted({exchange for exchange, _ in pairs}))
 
         signals.enter("opening the spool and the tick journal")
         data_dir = Path(settings.storage.data_dir)
@@ -158,6 +163,25 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         log.error("exiting with status 1 after a failure: %s", service.failure)
         return 1
     return 0 if drained[0] else 1
+
+
+def _market_calendar(overrides: Overrides, data_dir: Path, exchanges: list[str]) -> None:
+    """Log today's sessions of ``exchanges``, and a warning when the calendar knows no holidays for
+    this year (or, in December, the next). The library's holidays may take a child process and a
+    second or two: a thread of its own, so the start does not wait for them."""
+
+    def work() -> None:
+        try:
+            calendar = build_calendar(library_holidays(data_dir), overrides)
+            now = datetime.now(IST)
+            stale = staleness(calendar, overrides, now.date())
+            if stale:
+                log.warning("%s", stale)
+            log.info("%s", today_line(calendar, exchanges or ["NSE"], now))
+        except Exception as exc:  # a calendar that cannot be read must not stop the feed
+            log.warning("market calendar: not loaded: %s", exc)
+
+    threading.Thread(target=work, name="market-calendar", daemon=True).start()
 
 
 def _summary(service: Service, drained: bool) -> str:

@@ -12,12 +12,14 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from candles.model import parse_intervals
 from config.env import TRUE, Env, load_env, read, redacted, var
 
 DEFAULT_SQLITE_PATH = "data/marketfeed.db"
+DEFAULT_CALENDAR_NAME = "calendar.toml"
 
 
 
@@ -26,6 +28,15 @@ class StorageSettings:
     pg_conn_str: str | None = var("PG_CONN_STR", secret=True)  # unset: the SQLite file
     sqlite_path: str = var("SQLITE_PATH", DEFAULT_SQLITE_PATH)
     data_dir: str = var("DATA_DIR", "data")  # the spool, the tick journal, downloaded instrument masters
+
+    __repr__ = redacted
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class CalendarSettings:
+    #: the market calendar's override file (TOML: special sessions, closures, changed hours);
+    #: unset: calendar.toml beside the settings file, if there is one (config/market_calendar.py)
+    file: str | None = var("MARKET_CALENDAR_FILE", file=True)
 
     __repr__ = redacted
 
@@ -114,6 +125,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    calendar: CalendarSettings = field(default_factory=CalendarSettings)
     #: each venue's own settings, by the venue's name (see brokers/registry.py)
     venues: Mapping[str, Any] = field(default_factory=dict)
 
@@ -123,6 +135,16 @@ class Settings:
         return f"Settings({', '.join(parts)})"
 
     __str__ = __repr__
+
+
+def _calendar_settings(source: Env, env_file: str | os.PathLike[str] | None) -> CalendarSettings:
+    """MARKET_CALENDAR_FILE, else calendar.toml beside the settings file when it exists."""
+    settings = read(CalendarSettings, source)
+    if settings.file is None and env_file:
+        beside = Path(env_file).parent / DEFAULT_CALENDAR_NAME
+        if beside.is_file():
+            settings = replace(settings, file=str(beside))
+    return settings
 
 
 def load_settings(
@@ -161,6 +183,7 @@ def load_settings(
         log=read(LogSettings, source),
         metrics=read(MetricsSettings, source),
         mqtt=MqttSettings.from_env(source),
+        calendar=_calendar_settings(source, env_file),
         venues={name: read(cls, source) for name, cls in (venues or {}).items()},
     )
     source.raise_problems()

@@ -1,0 +1,250 @@
+"""When each exchange trades: its sessions on a day, as aware IST datetimes.
+
+A pure value: the exchanges' regular hours (below), the exchange holidays and special weekend
+sessions it is given (``config.market_calendar`` reads them from the ``exchange_calendars``
+library and the operator's override file), and the override file's closures, special sessions and
+changed hours. It reads no file and no clock; every answer is worked out once per (exchange, day)
+and kept, so asking on a hot path costs a dict lookup.
+
+Session minutes are the continuous session only: no pre-open (09:00–09:15 for cash), no closing
+auction or post-close session.
+
+What the holidays cover (see config/market_calendar.py for why this library):
+- NSE, BSE, NFO, BFO: the equity holiday list (NSE and BSE publish the same one for cash and F&O)
+  and the special weekend sessions (budget-day Saturdays).
+- CDS, BCD, MCX: no maintained library lists their holidays, so they get the same equity holidays
+  (closed the whole day) and no weekend sessions. That is wrong on some days: the currency
+  segment also closes on some bank holidays, and MCX keeps its evening session (from 17:00) on
+  most equity holidays and closes on a few days the equity segment trades. Those days belong in
+  the override file (``[[closed]]``, ``[[session]]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+
+from core.ist import IST
+
+MINUTE = timedelta(minutes=1)
+
+#: Regular continuous-session hours by exchange (IST). MCX's close depends on the day: ``mcx_close``.
+REGULAR_HOURS: dict[str, tuple[time, time]] = {
+    "NSE": (time(9, 15), time(15, 30)),  # cash
+    "BSE": (time(9, 15), time(15, 30)),
+    "NFO": (time(9, 15), time(15, 30)),  # equity F&O
+    "BFO": (time(9, 15), time(15, 30)),
+    "CDS": (time(9, 0), time(17, 0)),  # currency derivatives
+    "BCD": (time(9, 0), time(17, 0)),
+    "MCX": (time(9, 0), time(23, 30)),  # the close moves with US daylight saving: mcx_close
+}
+
+#: The exchanges the equity holiday library's special weekend sessions (budget-day Saturdays) apply to.
+EQUITY_EXCHANGES = frozenset({"NSE", "BSE", "NFO", "BFO"})
+
+MCX_SUMMER_CLOSE = time(23, 30)
+MCX_WINTER_CLOSE = time(23, 55)
+
+
+def _nth_sunday(year: int, month: int, n: int) -> date:
+    first = date(year, month, 1)
+    return first + timedelta(days=(6 - first.weekday()) % 7 + 7 * (n - 1))
+
+
+def us_daylight_saving(day: date) -> bool:
+    """Whether the US is on daylight saving time on ``day`` (from the second Sunday of March to
+    the first Sunday of November, the rule since 2007)."""
+    return _nth_sunday(day.year, 3, 2) <= day < _nth_sunday(day.year, 11, 1)
+
+
+def mcx_close(day: date) -> time:
+    """MCX's close for non-agricultural commodities: 23:30 while the US is on daylight saving
+    time, 23:55 while it is not. MCX announces the switch each March and November in a circular
+    ("Change in trading hours", mcxindia.com → Circulars), effective the first trading day after
+    the US clocks change; agricultural commodities close at 17:00 (or 21:00), which this calendar
+    does not model: it answers for the exchange's longest session."""
+    return MCX_SUMMER_CLOSE if us_daylight_saving(day) else MCX_WINTER_CLOSE
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    """The exchanges do not trade on ``day`` (the override file's ``[[closed]]``)."""
+
+    day: date
+    exchanges: frozenset[str]
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SpecialSession:
+    """A session on ``day`` besides (or instead of) the regular one: Muhurat trading, a
+    budget-day Saturday (the override file's ``[[session]]``)."""
+
+    day: date
+    exchanges: frozenset[str]
+    open: time
+    close: time
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Hours:
+    """The exchanges' regular hours from ``start`` on (the override file's ``[[hours]]``)."""
+
+    start: date
+    exchanges: frozenset[str]
+    open: time
+    close: time
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """One exchange's day: its sessions, and why it has none when it has none."""
+
+    sessions: tuple[tuple[datetime, datetime], ...]
+    closed_because: str = ""  # "weekend", "holiday: …", "closed: …" when there is no session
+
+
+@dataclass(slots=True)
+class MarketCalendar:
+    """The sessions of every exchange in ``REGULAR_HOURS``.
+
+    ``holidays`` are the equity holidays (date → name, may be blank) the library knows, for the
+    days from ``known_from`` to ``known_until``; outside that range only weekends are known.
+    ``weekend_sessions`` are the library's special weekend trading days (equity exchanges only).
+    ``closures``, ``special_sessions`` and ``hours`` come from the override file and win over
+    the library: a closure removes the regular session, a special session is added (on a closed
+    day it is the only one)."""
+
+    holidays: Mapping[date, str] = field(default_factory=dict)
+    weekend_sessions: Collection[date] = ()
+    known_from: date | None = None
+    known_until: date | None = None
+    closures: Iterable[Closure] = ()
+    special_sessions: Iterable[SpecialSession] = ()
+    hours: Iterable[Hours] = ()
+    source: str = "weekends only"
+    _closed: dict[tuple[str, date], str] = field(init=False, repr=False)
+    _special: dict[tuple[str, date], list[SpecialSession]] = field(init=False, repr=False)
+    _hours: dict[str, list[Hours]] = field(init=False, repr=False)
+    _days: dict[tuple[str, date], Day] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.weekend_sessions = frozenset(self.weekend_sessions)
+        self._closed = {}
+        for c in self.closures:
+            for exchange in c.exchanges:
+                self._closed[(exchange, c.day)] = c.note
+        self._special = {}
+        for s in self.special_sessions:
+            for exchange in s.exchanges:
+                self._special.setdefault((exchange, s.day), []).append(s)
+        self._hours = {}
+        for h in sorted(self.hours, key=lambda h: h.start):
+            for exchange in h.exchanges:
+                self._hours.setdefault(exchange, []).append(h)
+        self._days = {}
+
+    # -- what the library knows ---------------------------------------------------------------
+
+    def knows_holidays_for(self, year: int) -> bool:
+        """Whether the holiday list covers all of ``year``."""
+        return (
+            self.known_from is not None
+            and self.known_until is not None
+            and self.known_from <= date(year, 1, 1)
+            and date(year, 12, 31) <= self.known_until
+        )
+
+    # -- one exchange's day -------------------------------------------------------------------
+
+    def day(self, exchange: str, day: date) -> Day:
+        """``exchange``'s sessions on ``day`` and, when there is none, why."""
+        key = (exchange, day)
+        found = self._days.get(key)
+        if found is None:
+            found = self._days[key] = self._work_out(exchange, day)
+        return found
+
+    def _work_out(self, exchange: str, day: date) -> Day:
+        if exchange not in REGULAR_HOURS:
+            raise ValueError(f"unknown exchange {exchange!r}: use one of {', '.join(REGULAR_HOURS)}")
+        windows: list[tuple[time, time]] = []
+        why = ""
+        if (exchange, day) in self._closed:
+            note = self._closed[(exchange, day)]
+            why = f"closed: {note}" if note else "closed"
+        elif day in self.holidays:
+            name = self.holidays[day]
+            why = f"holiday: {name}" if name else "holiday"
+        elif day.weekday() >= 5 and not (exchange in EQUITY_EXCHANGES and day in self.weekend_sessions):
+            why = "weekend"
+        else:
+            windows.append(self.regular_hours(exchange, day))
+        windows += [(s.open, s.close) for s in self._special.get((exchange, day), ())]
+        sessions = tuple((datetime.combine(day, o, IST), datetime.combine(day, c, IST)) for o, c in _merged(windows))
+        return Day(sessions, "" if sessions else why)
+
+    def regular_hours(self, exchange: str, day: date) -> tuple[time, time]:
+        """``exchange``'s regular hours on ``day`` (whether or not it trades that day)."""
+        chosen = None
+        for h in self._hours.get(exchange, ()):
+            if h.start <= day:
+                chosen = (h.open, h.close)
+        if chosen is not None:
+            return chosen
+        start, end = REGULAR_HOURS[exchange]
+        return (start, mcx_close(day)) if exchange == "MCX" else (start, end)
+
+    def sessions(self, exchange: str, day: date) -> list[tuple[datetime, datetime]]:
+        """``exchange``'s sessions on ``day``, in order, as (open, close) IST datetimes; empty on a
+        weekend or holiday."""
+        return list(self.day(exchange, day).sessions)
+
+    def is_open(self, exchange: str, t: datetime) -> bool:
+        """Whether ``exchange`` is in a session at ``t`` (aware; open ≤ t < close)."""
+        local = t.astimezone(IST)
+        return any(start <= local < end for start, end in self.day(exchange, local.date()).sessions)
+
+    def session_minutes(self, exchange: str, day: date) -> list[datetime]:
+        """The start of every session minute of ``exchange`` on ``day`` (375 on a normal NSE day)."""
+        minutes = []
+        for start, end in self.day(exchange, day).sessions:
+            t = start
+            while t < end:
+                minutes.append(t)
+                t += MINUTE
+        return minutes
+
+    def trading_days(self, exchange: str, start: date, end: date) -> list[date]:
+        """The days from ``start`` to ``end`` (both included) on which ``exchange`` has a session."""
+        days = []
+        d = start
+        while d <= end:
+            if self.day(exchange, d).sessions:
+                days.append(d)
+            d += timedelta(days=1)
+        return days
+
+    def next_open(self, exchange: str, t: datetime, *, within_days: int = 366) -> datetime | None:
+        """The first session open of ``exchange`` at or after ``t``; ``t`` itself if it is in a
+        session; None if none comes within ``within_days``."""
+        local = t.astimezone(IST)
+        for offset in range(within_days + 1):
+            for start, end in self.day(exchange, local.date() + timedelta(days=offset)).sessions:
+                if local < end:
+                    return max(start, local)
+        return None
+
+
+def _merged(windows: list[tuple[time, time]]) -> list[tuple[time, time]]:
+    """Overlapping or touching windows joined, in order."""
+    out: list[tuple[time, time]] = []
+    for start, end in sorted(windows):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
