@@ -234,7 +234,8 @@ class _Bucket:
         self.oi_ts = -_INF
         self.closed = False
         self.emitted_volume = -1
-        self.partial = start < series.symbol.watch_from  # rule 8: not watched from its start
+        sym = series.symbol  # rule 8: a bucket overlapping the latest unwatched span is partial
+        self.partial = start < sym.watch_from and self.end > sym.gap_since
         # rule 8: the cumulative volume its volume counts from when it was entered after an
         # unwatched span (its first tick's); _NO_VOLUME: from the earlier buckets as rule 3 says
         self.base = _NO_VOLUME
