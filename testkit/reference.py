@@ -66,14 +66,16 @@ def reference_candles(
     horizon_ok: bool = True,
     grace: float = 2.0,
     revision_horizon: float = 900.0,
-    unwatched: Sequence[tuple[int, float, float]] = (),
+    unwatched: Sequence[tuple[int, float, float]] | None = None,
 ) -> dict[Key, dict[str, Any]]:
     """Final candles for ``arrivals`` (tick objects with exchange, symbol, last_price, volume,
     oi, exchange_ts and, for ``horizon_ok=False``, receive_ts; in arrival order).
 
     Returns {(exchange, symbol, interval_name, bucket_epoch): {open, high, low, close, volume,
-    oi, tick_count, first_tick_epoch, last_tick_epoch, cum_volume, source}}.
+    oi, tick_count, first_tick_epoch, last_tick_epoch, cum_volume}}, plus ``source`` when
+    ``unwatched`` is given (compare with ``candle_to_dict(c, with_source=True)``).
     """
+    spans = unwatched or ()
     # ---- pass 1: classify every arrival -------------------------------------------------------
     rows = []  # (arrival index, tick, ts, segment, trade)
     days: dict[tuple[str, str, int], _Day] = {}
@@ -119,7 +121,7 @@ def reference_candles(
 
         # rule 8: the bucket each series enters first after an unwatched span, and its base
         floors: dict[Key, int] = {}
-        for before, since, _ in unwatched:
+        for before, since, _ in spans:
             entered: set[tuple[str, str, str]] = set()
             for index, tick, ts, _, _ in rows[before:]:
                 series = (tick.exchange, tick.symbol, interval.name)
@@ -172,16 +174,18 @@ def reference_candles(
                 "first_tick_epoch": first[2],
                 "last_tick_epoch": last[2],
                 "cum_volume": cum,
-                "source": "partial" if any(start < until and start + interval.seconds > since
-                                           for _, since, until in unwatched) else "live",
             }
+            if unwatched is not None:
+                unseen = any(start < until and start + interval.seconds > since for _, since, until in spans)
+                result[key]["source"] = "partial" if unseen else "live"
     return result
 
 
-def candle_to_dict(candle: Candle) -> tuple[Key, dict[str, Any]]:
-    """A candle as (key, values) in the shape :func:`reference_candles` returns."""
+def candle_to_dict(candle: Candle, *, with_source: bool = False) -> tuple[Key, dict[str, Any]]:
+    """A candle as (key, values) in the shape :func:`reference_candles` returns (``source``
+    included when ``with_source``: the reference's when it is given ``unwatched``)."""
     key = (candle.exchange, candle.symbol, candle.interval, int(candle.bucket.timestamp()))
-    return key, {
+    values = {
         "open": candle.open,
         "high": candle.high,
         "low": candle.low,
@@ -192,5 +196,7 @@ def candle_to_dict(candle: Candle) -> tuple[Key, dict[str, Any]]:
         "first_tick_epoch": candle.first_tick.timestamp(),
         "last_tick_epoch": candle.last_tick.timestamp(),
         "cum_volume": candle.cum_volume,
-        "source": candle.source,
     }
+    if with_source:
+        values["source"] = candle.source
+    return key, values

@@ -69,8 +69,8 @@ class Feed:
     def candle(self, interval: str, minute: float, symbol: str = "INFY") -> Candle:
         return self.store[("NSE", symbol, interval, datetime.fromtimestamp(DAY0 + minute * 60, IST))]
 
-    def as_reference(self) -> dict:
-        return dict(candle_to_dict(c) for c in self.store.values())
+    def as_reference(self, *, with_source: bool = False) -> dict:
+        return dict(candle_to_dict(c, with_source=with_source) for c in self.store.values())
 
 
 def at_ist(text: str) -> datetime:
@@ -388,7 +388,8 @@ def test_the_first_bucket_after_a_start_inside_it_is_partial_and_the_next_one_li
     assert feed.candle("1m", 1).source == "live"
     assert feed.candle("5m", 0).source == "partial"
     assert feed.candle("1m", 0).volume == 100  # from its first tick, as before
-    assert feed.as_reference() == reference_candles(ticks, feed.intervals, unwatched=[(0, float("-inf"), DAY0 + 20)])
+    expected = reference_candles(ticks, feed.intervals, unwatched=[(0, float("-inf"), DAY0 + 20)])
+    assert feed.as_reference(with_source=True) == expected
 
 
 def restart_story(feed: Feed) -> list[TickData]:
@@ -416,7 +417,7 @@ def test_a_restart_leaves_both_neighbours_of_the_hole_partial_and_the_one_after_
     # not from M's last (21,317): the outage's volume is not in it
     assert (m2.source, m2.volume) == ("partial", 63_500 - 61_000)
     assert (m3.source, m3.volume, m3.final) == ("live", 66_000 - 63_500, True)
-    assert feed.as_reference() == reference_candles(ticks, feed.intervals, unwatched=[(3, DAY0 + 94, DAY0 + 185)])
+    assert feed.as_reference(with_source=True) == reference_candles(ticks, feed.intervals, unwatched=[(3, DAY0 + 94, DAY0 + 185)])
 
 
 def test_an_outage_inside_one_bucket_makes_it_partial_with_its_volume_exact():
