@@ -50,7 +50,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from candles.model import Candle, Interval, new_candle
+from candles.model import LIVE, PARTIAL, Candle, Interval, new_candle
 from core.ist import IST, ist_date
 
 __all__ = ["AggregatorStats", "CandleAggregator", "TickLike"]
@@ -138,7 +138,7 @@ class _SeriesDay:
 
 
 class _Series:
-    __slots__ = ("symbol", "name", "width", "offset", "buckets", "days", "cur")
+    __slots__ = ("symbol", "name", "width", "offset", "buckets", "days", "cur", "gap")
 
     def __init__(self, symbol: _Symbol, name: str, width: int, offset: int) -> None:
         self.symbol = symbol
@@ -148,17 +148,24 @@ class _Series:
         self.buckets: dict[int, _Bucket] = {}  # retained buckets by start
         self.days: dict[int, _SeriesDay] = {}
         self.cur: _Bucket | None = None  # newest bucket: where nearly every tick goes
+        # start of the latest unwatched span (``unwatched``) until a tick lands after it: the
+        # first bucket entered after it counts its volume from its own first tick (rule 8)
+        self.gap: float | None = None
 
 
 class _Symbol:
     __slots__ = (
-        "exchange", "symbol", "series", "days", "cur", "lo", "hi", "dirty",
+        "exchange", "symbol", "series", "days", "cur", "lo", "hi", "dirty", "watch_from", "gap_since",
         "count", "open", "high", "low", "close", "first_ts", "last_ts", "maxcum", "oi", "oi_ts",
     )  # fmt: skip
 
-    def __init__(self, exchange: str, symbol: str) -> None:
+    def __init__(self, exchange: str, symbol: str, watch_from: float = -_INF) -> None:
         self.exchange = exchange
         self.symbol = symbol
+        # watched without a break since ``watch_from``: a bucket starting earlier is partial (rule 8);
+        # ``gap_since`` is when the latest unwatched span began
+        self.watch_from = watch_from
+        self.gap_since = -_INF
         self.series: list[_Series] = []
         self.days: dict[int, _SymDay] = {}
         self.cur = _NO_DAY
@@ -182,10 +189,10 @@ class _Symbol:
         self.oi_ts = -_INF
 
 
-# A packed closed bucket: maxcum, day, flags (1: no frozen_cum, 2: no OI), count, carry, frozen_cum,
-# oi, emitted_volume, first_ts, last_ts, oi_ts; then "open high low close" as ASCII text when count > 0
+# A packed closed bucket: maxcum, day, flags (1: no frozen_cum, 2: no OI, 4: partial), count, carry,
+# frozen_cum, oi, emitted_volume, base, first_ts, last_ts, oi_ts; then "open high low close" as ASCII text when count > 0
 # (the exact spelling of each Decimal). maxcum and day lead: _volume reads only them.
-_REC = struct.Struct("<qiBqqqqqddd")
+_REC = struct.Struct("<qiBqqqqqqddd")
 _REC_KEY = struct.Struct("<qi")
 _PACK_PER_ADVANCE = 2048  # closed buckets packed per advance() call: a 15m close spreads over a few calls
 
@@ -204,7 +211,7 @@ def _shared(n: int) -> int:
 class _Bucket:
     __slots__ = (
         "series", "start", "end", "day", "sday", "open", "high", "low", "close", "first_ts", "last_ts", "count",
-        "maxcum", "carry", "frozen_cum", "oi", "oi_ts", "closed", "emitted_volume",
+        "maxcum", "carry", "frozen_cum", "oi", "oi_ts", "closed", "emitted_volume", "partial", "base",
     )  # fmt: skip
 
     def __init__(self, series: _Series, start: int, sday: _SeriesDay) -> None:
@@ -227,6 +234,11 @@ class _Bucket:
         self.oi_ts = -_INF
         self.closed = False
         self.emitted_volume = -1
+        sym = series.symbol  # rule 8: a bucket overlapping the latest unwatched span is partial
+        self.partial = start < sym.watch_from and self.end > sym.gap_since
+        # rule 8: the cumulative volume its volume counts from when it was entered after an
+        # unwatched span (its first tick's); _NO_VOLUME: from the earlier buckets as rule 3 says
+        self.base = _NO_VOLUME
 
 
 def _file(index: dict[float, list], heap: list[float], at: float, item: object) -> None:
@@ -251,8 +263,8 @@ def _pack_bucket(b: _Bucket) -> bytes | None:
     oi = b.oi
     try:
         return _REC.pack(
-            b.maxcum, b.day, (frozen is None) | (oi is None) << 1, b.count, b.carry, frozen or 0, oi or 0,
-            b.emitted_volume, b.first_ts, b.last_ts, b.oi_ts,
+            b.maxcum, b.day, (frozen is None) | (oi is None) << 1 | b.partial << 2, b.count, b.carry, frozen or 0,
+            oi or 0, b.emitted_volume, b.base, b.first_ts, b.last_ts, b.oi_ts,
         ) + text  # fmt: skip
     except (struct.error, OverflowError):
         return None
@@ -303,6 +315,7 @@ class CandleAggregator:
         self._prune_at = -_INF
         self._bucket_dt: dict[int, datetime] = {}
         self._dirty: list[_Symbol] = []  # symbols whose accumulator may hold ticks
+        self._watch_from = -_INF  # what symbols seen for the first time are watched since (rule 8)
         self.stats = AggregatorStats()
 
     # ---- public ------------------------------------------------------------------------------
@@ -442,6 +455,8 @@ class CandleAggregator:
                     if b.closed:
                         late = True
                         touched[b] = None
+                if ser.gap is not None and b.end > ser.gap:
+                    self._end_gap(ser, b, v)
                 if trade:
                     n = b.count
                     if n:
@@ -579,6 +594,7 @@ class CandleAggregator:
                 b.maxcum = cum
             b.oi = c.oi
             b.oi_ts = last
+            b.partial = c.source != LIVE  # revisions keep what it was (rule 8)
             close_at = b.end + grace
             if now >= close_at + horizon:  # too old to revise: remember only its volume
                 if b.maxcum > sday.evicted_max:
@@ -596,6 +612,34 @@ class CandleAggregator:
                 _file(self._closing, self._closing_heap, close_at, b)
                 self.stats.open_buckets += 1
 
+    def unwatched(self, since: float, until: float, keys: Iterable[tuple[str, str]] | None = None) -> None:
+        """The feed was not watched from ``since`` to ``until`` (epoch seconds; ``since`` may be
+        ``-inf``: nothing was watched before) for these (exchange, symbol) keys, for every symbol
+        when None (a start: call it once the open buckets are resumed). Rule 8: open buckets
+        overlapping that span become partial, and so does any bucket created later that starts
+        before ``until``; each series' first bucket entered after the span counts its volume
+        from its own first tick if it starts after ``since``."""
+        if keys is None:
+            if until > self._watch_from:
+                self._watch_from = until
+            syms: Iterable[_Symbol] = list(self._symbols.values())
+        else:
+            syms = [sym for sym in map(self._symbols.get, keys) if sym is not None]
+        for sym in syms:
+            if until > sym.watch_from:
+                sym.watch_from = until
+            sym.gap_since = since
+            sym.hi = -_INF  # the next tick takes the slow path, where the gap is ended
+            for ser in sym.series:
+                ser.gap = since
+                for b in ser.buckets.values():
+                    if type(b) is not bytes and not b.closed and b.start < until and b.end > since:
+                        b.partial = True
+
+    def last_seen(self) -> float:
+        """The newest exchange time of any tick taken (or seeded); ``-inf`` before the first."""
+        return max((sd.latest_ts for sym in self._symbols.values() for sd in sym.days.values()), default=-_INF)
+
     @property
     def grace(self) -> float:
         return self._grace
@@ -606,7 +650,7 @@ class CandleAggregator:
 
     # ---- internals ---------------------------------------------------------------------------
     def _new_symbol(self, exchange: str, symbol: str) -> _Symbol:
-        sym = _Symbol(exchange, symbol)
+        sym = _Symbol(exchange, symbol, self._watch_from)
         sym.series = [_Series(sym, name, width, offset) for name, width, offset in self._specs]
         self._symbols[(exchange, symbol)] = sym
         self._by_name.setdefault(symbol, sym)  # the first exchange's; others go by (exchange, symbol)
@@ -621,7 +665,7 @@ class CandleAggregator:
         day = sd.day
         for ser in sym.series:
             b = ser.cur
-            if b is None or b.closed or b.day != day:
+            if b is None or b.closed or b.day != day or ser.gap is not None:  # a gap ends on the slow path
                 sym.hi = -_INF
                 return
             if b.start > lo:
@@ -630,6 +674,15 @@ class CandleAggregator:
                 hi = b.end
         sym.lo = lo
         sym.hi = hi
+
+    @staticmethod
+    def _end_gap(ser: _Series, b: _Bucket, v: int | None) -> None:
+        """The first tick after an unwatched span that lands in a bucket reaching past its start.
+        If the bucket starts after the span began, the cumulative volume before its first tick is
+        unknown (what traded while unwatched is in it): rule 8 counts its volume from that tick."""
+        if b.start > ser.gap and v is not None and b.maxcum < 0 and not b.carry:  # type: ignore[operator]
+            b.base = v
+        ser.gap = None
 
     def _drain(self, sym: _Symbol, out: list[Candle]) -> None:
         """Merge the accumulator into the window's buckets (each interval's current bucket)."""
@@ -741,10 +794,10 @@ class CandleAggregator:
         top = b.maxcum
         if top < 0:
             return b.carry
-        return self._volume_of(b.series, b.start, b.day, b.sday, top, b.carry)
+        return self._volume_of(b.series, b.start, b.day, b.sday, top, b.carry, b.base)
 
     @staticmethod
-    def _volume_of(ser: _Series, start: int, day: int, sday: _SeriesDay, top: int, carry: int) -> int:
+    def _volume_of(ser: _Series, start: int, day: int, sday: _SeriesDay, top: int, carry: int, floor: int) -> int:
         """``_volume`` of the bucket of ``ser`` at ``start`` that holds these (packed or not)."""
         base = sday.evicted_max
         unpack = _REC_KEY.unpack_from
@@ -760,6 +813,8 @@ class CandleAggregator:
         if base < 0:
             baseline = sday.baseline if sday.baseline is not None else sday.sym_day.baseline
             base = top if baseline is None else baseline
+        if floor > base:  # entered after an unwatched span (rule 8)
+            base = floor
         return carry + top - base if top > base else carry
 
     def _candle(self, b: _Bucket, final: bool, volume: int | None = None) -> Candle:
@@ -785,6 +840,7 @@ class CandleAggregator:
             datetime.fromtimestamp(b.last_ts, IST),
             b.maxcum if b.maxcum >= 0 else b.frozen_cum,
             final,
+            PARTIAL if b.partial else LIVE,
         )
 
     def _bucket_time(self, start: int) -> datetime:
@@ -803,11 +859,11 @@ class CandleAggregator:
             for start in sorted(buckets):
                 b = buckets[start]
                 if type(b) is bytes:  # packed: not touched; re-emitted only if its volume moved
-                    top, day, _, count, carry, _, _, emitted = _REC.unpack_from(b)[:8]
+                    top, day, _, count, carry, _, _, emitted, floor = _REC.unpack_from(b)[:9]
                     sday = ser.days.get(day)
                     if not count or sday is None:
                         continue
-                    volume = carry if top < 0 else self._volume_of(ser, start, day, sday, top, carry)
+                    volume = carry if top < 0 else self._volume_of(ser, start, day, sday, top, carry, floor)
                     if volume != emitted:
                         out.append(self._candle(self._inflate(ser, start, b), True, volume))
                 elif b.closed and b.count:
@@ -859,7 +915,7 @@ class CandleAggregator:
 
     def _inflate(self, ser: _Series, start: int, rec: bytes) -> _Bucket:
         """The packed bucket of ``ser`` at ``start`` as an object again (in ``ser.buckets`` too)."""
-        maxcum, day, flags, count, carry, frozen, oi, emitted, first_ts, last_ts, oi_ts = _REC.unpack_from(rec)
+        maxcum, day, flags, count, carry, frozen, oi, emitted, base, first_ts, last_ts, oi_ts = _REC.unpack_from(rec)
         b = object.__new__(_Bucket)
         b.series = ser
         b.start = _shared(start)
@@ -880,6 +936,8 @@ class CandleAggregator:
         b.oi_ts = oi_ts
         b.closed = True
         b.emitted_volume = emitted
+        b.partial = bool(flags & 4)
+        b.base = base
         ser.buckets[b.start] = b
         self._to_pack.append(b)  # packed again once the late ticks are in
         return b
@@ -905,7 +963,10 @@ class CandleAggregator:
         assert px is not None  # prev had a trade
         for start in range(prev.start + ser.width, b.start, ser.width):
             at = self._bucket_time(start)
-            out.append(new_candle(sym.exchange, sym.symbol, ser.name, at, px, px, px, px, 0, prev.oi, 0, at, at, cum, True))
+            # no trade seen is no trade made only while watched (rule 8)
+            unseen = start < sym.watch_from and start + ser.width > sym.gap_since
+            source = PARTIAL if unseen else LIVE
+            out.append(new_candle(sym.exchange, sym.symbol, ser.name, at, px, px, px, px, 0, prev.oi, 0, at, at, cum, True, source))
 
     def _reset_day(self, sym: _Symbol, sd: _SymDay) -> None:
         """Cumulative volume fell inside an IST day: the feed started a new trading day. Volume
@@ -919,6 +980,7 @@ class CandleAggregator:
                 b.carry = volume
                 b.frozen_cum = b.maxcum
                 b.maxcum = _NO_VOLUME
+                b.base = _NO_VOLUME
             sday = ser.days.get(day)
             if sday is not None:
                 sday.evicted_max = _NO_VOLUME
@@ -935,6 +997,7 @@ class CandleAggregator:
         if b.maxcum >= 0:
             b.carry = self._volume(b)
             b.frozen_cum = b.maxcum
+        b.base = _NO_VOLUME
         b.day = sd.day
         b.sday = self._series_day(b.series, sd)
 

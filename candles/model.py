@@ -65,9 +65,20 @@ def parse_intervals(text: str) -> tuple[Interval, ...]:
     return tuple(found[s] for s in sorted(found))
 
 
+LIVE = "live"  # built from ticks watched over the whole bucket
+PARTIAL = "partial"  # built from ticks, but the feed was not watched over the whole bucket
+BACKFILL = "backfill"  # from the broker's historical candles
+SOURCES = (LIVE, PARTIAL, BACKFILL)
+
+
 @dataclass(frozen=True, slots=True)
 class Candle:
-    """One OHLCV bar. ``bucket`` is timezone-aware (IST); prices are exact decimals."""
+    """One OHLCV bar. ``bucket`` is timezone-aware (IST); prices are exact decimals.
+
+    ``source`` says where it came from (ARCHITECTURE.md, candle rule 8): ``live``, ``partial``
+    (a live candle whose bucket the daemon did not watch from start to end: its OHLC may miss
+    extremes and its volume may be short) or ``backfill``.
+    """
 
     exchange: str
     symbol: str
@@ -84,6 +95,7 @@ class Candle:
     last_tick: datetime
     cum_volume: int | None
     final: bool
+    source: str = LIVE
 
     @property
     def key(self) -> tuple[str, str, str, datetime]:

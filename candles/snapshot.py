@@ -16,7 +16,7 @@ from decimal import Decimal
 from candles.aggregator import _NO_DAY, AggregatorStats, CandleAggregator, _Bucket, _Series, _SeriesDay, _shared, _SymDay
 from candles.model import Interval
 
-VERSION = 4
+VERSION = 5  # 5: candle provenance (partial buckets, unwatched spans)
 _CHUNK = struct.Struct("<I")  # length of each marshalled chunk of a snapshot
 
 
@@ -34,7 +34,7 @@ def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
     st = agg.stats
     head = (
         VERSION, [iv.name for iv in agg.intervals], agg._grace, agg._horizon, agg._emit_empty,
-        agg._memory, agg._prune_at,
+        agg._memory, agg._prune_at, agg._watch_from,
         (st.ticks, st.trades, st.quotes, st.late_ticks, st.dropped_ticks, st.volume_resets, st.open_buckets),
     )  # fmt: skip
     pack = _CHUNK.pack
@@ -56,7 +56,8 @@ def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
                 (start, b) if type(b) is bytes else
                 (b.start, b.day, sday_index[id(b.sday)],
                  (str(b.open), str(b.high), str(b.low), str(b.close)) if b.count else None,
-                 b.first_ts, b.last_ts, b.count, b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts, b.closed, b.emitted_volume)
+                 b.first_ts, b.last_ts, b.count, b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts, b.closed, b.emitted_volume,
+                 b.partial, b.base)
                 for start, b in ser.buckets.items()
             ]  # fmt: skip
             sday_rows = []
@@ -69,7 +70,7 @@ def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
                 else:  # evicted, still the gap filler's reference: keep what it reads
                     last = (lt.start, lt.maxcum, lt.frozen_cum, str(lt.close), lt.oi)
                 sday_rows.append((id(x.sym_day), x.evicted_max, x.baseline, last, id(x) in listed_sdays))
-            series.append((sday_rows, buckets, None if ser.cur is None else ser.cur.start))
+            series.append((sday_rows, buckets, None if ser.cur is None else ser.cur.start, ser.gap))
         day_rows = [
             (
                 key,
@@ -93,7 +94,9 @@ def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
         cur = id(sym.cur) if sym.cur is not _NO_DAY else None
         # marshalled per symbol: only one symbol's tuples exist at a time (at 9,000 symbols the
         # whole state as tuples took about 190 MB for a moment)
-        chunk = marshal.dumps((sym.exchange, sym.symbol, day_rows, listed, cur, series, sym.lo, sym.hi, acc))
+        chunk = marshal.dumps(
+            (sym.exchange, sym.symbol, day_rows, listed, cur, series, sym.lo, sym.hi, acc, sym.watch_from, sym.gap_since)
+        )
         yield pack(len(chunk)) + chunk
 
 
@@ -120,12 +123,13 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
     if not isinstance(head, tuple) or not head or head[0] != VERSION:
         raise ValueError("the snapshot was written by another version of the aggregator")
     symbols = chunks[1:]
-    _, names, grace, horizon, emit_empty, memory, prune_at, counters = head
+    _, names, grace, horizon, emit_empty, memory, prune_at, watch_from, counters = head
     agg = CandleAggregator(
         [Interval.parse(n) for n in names], clock, grace=grace, emit_empty=emit_empty, revision_horizon=horizon,
         reorder_memory=memory,
     )  # fmt: skip
     agg._prune_at = prune_at
+    agg._watch_from = watch_from
     agg.stats = AggregatorStats(*counters)
     closing: dict[float, list[_Bucket]] = {}
     evicting: dict[float, list[_Series]] = {}
@@ -140,8 +144,9 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
         return value
 
     for raw in symbols:
-        exchange, symbol, day_rows, listed, cur, series, win_lo, win_hi, acc = marshal.loads(raw)
+        exchange, symbol, day_rows, listed, cur, series, win_lo, win_hi, acc, sym_watch_from, gap_since = marshal.loads(raw)
         sym = agg._new_symbol(exchange, symbol)
+        sym.watch_from, sym.gap_since = sym_watch_from, gap_since
         sym_days: dict[int, _SymDay] = {}
         for key, day, latest_ts, run_max, (hist, pos), floor, baseline, plain_ts, plain_price in day_rows:
             sd = sym_days[key] = _SymDay(day, 0)
@@ -152,7 +157,8 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
         for key in listed:
             sym.days[sym_days[key].day] = sym_days[key]
         sym.cur = _NO_DAY if cur is None else sym_days[cur]
-        for ser, (sday_rows, buckets, cur_start) in zip(sym.series, series):
+        for ser, (sday_rows, buckets, cur_start, gap) in zip(sym.series, series):
+            ser.gap = gap
             sdays = []
             lasts = []
             for sym_day_key, evicted_max, baseline, last, is_listed in sday_rows:
@@ -171,7 +177,7 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
                     evicting.setdefault(_shared(start + width) + grace + horizon, []).append(ser)
                     continue
                 (start, day, sday, ohlc, first_ts, last_ts, count, maxcum, carry, frozen_cum, oi, oi_ts, closed,
-                 emitted) = row  # fmt: skip
+                 emitted, partial, base) = row  # fmt: skip
                 b = new(_Bucket)
                 b.series, b.start, b.end, b.day, b.sday = ser, _shared(start), _shared(start + width), day, sdays[sday]
                 if ohlc is None:
@@ -180,7 +186,7 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
                     b.open, b.high, b.low, b.close = dec(ohlc[0]), dec(ohlc[1]), dec(ohlc[2]), dec(ohlc[3])
                 b.first_ts, b.last_ts, b.count = first_ts, last_ts, count
                 b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts = maxcum, carry, frozen_cum, oi, oi_ts
-                b.closed, b.emitted_volume = closed, emitted
+                b.closed, b.emitted_volume, b.partial, b.base = closed, emitted, partial, base
                 ser.buckets[b.start] = b
                 at = b.end + grace
                 if closed:

@@ -25,13 +25,16 @@ def show_candles(settings: Settings, symbol: str, interval: str, limit: int) -> 
         print(f"no {iv.name} candles for {exchange}:{name} in {store.description}")
         return 0
     print(f"{exchange}:{name} {iv.name} — newest {len(rows)} from {store.description}")
-    header = f"{'bucket (IST)':<19} {'open':>10} {'high':>10} {'low':>10} {'close':>10} {'volume':>10} {'ticks':>6}  state"
+    header = (
+        f"{'bucket (IST)':<19} {'open':>10} {'high':>10} {'low':>10} {'close':>10} {'volume':>10} {'ticks':>6}  "
+        f"{'state':<5}  source"
+    )
     print(header)
     print("-" * len(header))
     for c in reversed(rows):
         print(
             f"{c.bucket.astimezone(IST):%Y-%m-%d %H:%M:%S} {c.open:>10} {c.high:>10} {c.low:>10} "
-            f"{c.close:>10} {c.volume:>10} {c.tick_count:>6}  {'final' if c.final else 'open'}"
+            f"{c.close:>10} {c.volume:>10} {c.tick_count:>6}  {'final' if c.final else 'open':<5}  {c.source}"
         )
     return 0
 

@@ -17,7 +17,7 @@ def fast_new(cls: type) -> Any:
     """A function building ``cls(*args)`` for a frozen slots dataclass, four times faster.
 
     A frozen dataclass's ``__init__`` sets each field with ``object.__setattr__`` (≈90 ns a field
-    here); TickData has 11 fields and a full packet may build 12 objects; Candle has 15. The function below fills
+    here); TickData has 11 fields and a full packet may build 12 objects; Candle has 16. The function below fills
     an instance of a twin class with the same slots by plain attribute stores, then makes it a
     ``cls`` instance by ``__class__`` assignment (allowed between types of identical layout). The
     result is a genuine, immutable ``cls`` instance, equal to what ``cls(*args)`` builds; that is

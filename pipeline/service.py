@@ -128,6 +128,8 @@ class Service:
             self.writer.replay_spool()  # before resuming open buckets from the store, so that it is complete
         if not self._recover_from_journal():
             self._resume_open_buckets()
+            # candle rule 8: nothing was watched between the newest stored tick and now
+            self.aggregator.unwatched(self.aggregator.last_seen(), self.clock())
         if self.journal is not None:
             self._checkpoint()
         self.writer.start()  # before the pipeline: a stop between the two finds no pipeline without its writer
@@ -241,6 +243,9 @@ class Service:
                 if revised:
                     candles.append(revised)
                 bar.update()
+        # candle rule 8: nothing was watched between the journal's newest tick and now (the
+        # buckets open at the kill were cut short there), before they close below
+        restored.unwatched(restored.last_seen(), self.clock())
         closed = restored.advance()
         if closed:
             candles.append(closed)

@@ -80,6 +80,7 @@ def candle_json(candle: Candle) -> str:
             "first_tick": candle.first_tick.isoformat() if candle.first_tick else None,
             "last_tick": candle.last_tick.isoformat() if candle.last_tick else None,
             "final": candle.final,
+            "source": candle.source,
         },
         separators=(",", ":"),
     )

@@ -62,8 +62,10 @@ class CandleStore(abc.ABC):
         """Bring the schema to the latest version; returns the version now in place."""
 
     @abc.abstractmethod
-    def upsert(self, candles: Sequence[Candle]) -> None:
-        """Insert or replace candles in one transaction."""
+    def upsert(self, candles: Sequence[Candle], *, force: bool = False) -> None:
+        """Insert or replace candles in one transaction. A ``backfill`` candle fills an empty
+        bucket or replaces a ``partial``, ``backfill`` or non-final ``live`` one, never a final
+        ``live`` one unless ``force`` (candle rule 8); ``live`` and ``partial`` ones always replace."""
 
     @abc.abstractmethod
     def delete(self, candles: Sequence[Candle]) -> int:
@@ -98,7 +100,7 @@ class CandleStore(abc.ABC):
 def candle_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> Candle:
     """A Candle from a row of the candles table in column order; ``to_time`` turns the store's
     timestamp representation into an aware IST datetime."""
-    (exchange, symbol, interval, bucket, o, h, lo, c, volume, oi, ticks, first, last, cum, final) = row
+    (exchange, symbol, interval, bucket, o, h, lo, c, volume, oi, ticks, first, last, cum, final, source) = row
     return Candle(
         exchange=exchange,
         symbol=symbol,
@@ -115,4 +117,5 @@ def candle_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> C
         last_tick=to_time(last),
         cum_volume=None if cum is None else int(cum),
         final=bool(final),
+        source=source,
     )

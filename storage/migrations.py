@@ -120,6 +120,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=2,
+        description="candle provenance: live, partial or backfill",
+        sqlite=(
+            """
+            ALTER TABLE candles ADD COLUMN source TEXT NOT NULL DEFAULT 'live'
+                CHECK (source IN ('live', 'partial', 'backfill'))
+            """,
+        ),
+        postgres=(
+            """
+            ALTER TABLE candles ADD COLUMN source text NOT NULL DEFAULT 'live'
+                CONSTRAINT candles_source_check CHECK (source IN ('live', 'partial', 'backfill'))
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 _COLUMNS = (
     'exchange, symbol, "interval", bucket, open, high, low, close, volume, oi, tick_count, '
-    "first_tick, last_tick, cum_volume, final"
+    "first_tick, last_tick, cum_volume, final, source"
 )
 # Candles go in with COPY into a per-session staging table, then one INSERT ... SELECT upserts
 # them: about a tenth of the client-side work of a VALUES list (the writer shares the
@@ -43,7 +43,7 @@ _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
     exchange text, symbol text, "interval" text, bucket timestamptz, open numeric, high numeric,
     low numeric, close numeric, volume bigint, oi bigint, tick_count integer, first_tick timestamptz,
-    last_tick timestamptz, cum_volume bigint, final boolean
+    last_tick timestamptz, cum_volume bigint, final boolean, source text
 ) ON COMMIT DELETE ROWS
 """
 _COPY = f"COPY {_STAGE} ({_COLUMNS}) FROM STDIN"
@@ -53,8 +53,14 @@ ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
     open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, oi = EXCLUDED.oi, tick_count = EXCLUDED.tick_count,
     first_tick = EXCLUDED.first_tick, last_tick = EXCLUDED.last_tick,
-    cum_volume = EXCLUDED.cum_volume, final = EXCLUDED.final, updated_at = now()
+    cum_volume = EXCLUDED.cum_volume, final = EXCLUDED.final, source = EXCLUDED.source,
+    updated_at = now()
 """
+# candle rule 8: a backfill candle never replaces a final live one (unless forced); decided in
+# the statement itself, so no read-then-write race with another writer
+_UPSERT_STAGED_KEEPING_LIVE = (
+    _UPSERT_STAGED + "WHERE EXCLUDED.source <> 'backfill' OR candles.source <> 'live' OR NOT candles.final\n"
+)
 # COPY text format: backslash, tab, newline and carriage return are escaped; \N is NULL
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _COPY_READ = 1 << 16  # characters psycopg2 asks the COPY source for at a time
@@ -346,7 +352,7 @@ class PostgresStore(CandleStore):
 
     # -- candles --------------------------------------------------------------------------------
 
-    def upsert(self, candles: Sequence[Candle]) -> None:
+    def upsert(self, candles: Sequence[Candle], *, force: bool = False) -> None:
         if not candles:
             return
         # One statement may not touch a row twice (ON CONFLICT ... cardinality violation), so
@@ -362,7 +368,7 @@ class PostgresStore(CandleStore):
                 if source.failure is not None:  # a row could not be written out: that, not the
                     raise source.failure from None  # "COPY failed" psycopg2 makes of it
                 raise
-            cur.execute(_UPSERT_STAGED)
+            cur.execute(_UPSERT_STAGED if force else _UPSERT_STAGED_KEEPING_LIVE)
 
         self._run(f"write {len(unique)} candles", work)
 
@@ -460,7 +466,7 @@ def _copy_lines(candles: Iterable[Candle]) -> Iterator[str]:
             f"{name[c.exchange]}\t{name[c.symbol]}\t{name[c.interval]}\t{when[c.bucket]}\t"
             f"{_price(c.open)}\t{_price(c.high)}\t{_price(c.low)}\t{_price(c.close)}\t"
             f"{int(c.volume)}\t{_nullable(c.oi)}\t{int(c.tick_count)}\t{when[c.first_tick]}\t"
-            f"{when[c.last_tick]}\t{_nullable(c.cum_volume)}\t{'t' if c.final else 'f'}\n"
+            f"{when[c.last_tick]}\t{_nullable(c.cum_volume)}\t{'t' if c.final else 'f'}\t{name[c.source]}\n"
         )
 
 

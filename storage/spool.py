@@ -26,7 +26,7 @@ from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 
-from candles.model import Candle
+from candles.model import LIVE, Candle
 from core.ist import IST
 from storage.base import TextMemo
 
@@ -59,7 +59,7 @@ def encoder() -> Callable[[Candle], bytes]:
             f'[{name[c.exchange]},{name[c.symbol]},{name[c.interval]},{when[c.bucket]},'
             f'"{str(c.open)}","{str(c.high)}","{str(c.low)}","{str(c.close)}",'
             f"{_number(c.volume)},{_number(c.oi)},{_number(c.tick_count)},{when[c.first_tick]},"
-            f"{when[c.last_tick]},{_number(c.cum_volume)},{'true' if c.final else 'false'}]\n"
+            f"{when[c.last_tick]},{_number(c.cum_volume)},{'true' if c.final else 'false'},{name[c.source]}]\n"
         ).encode()
 
     return encode
@@ -76,10 +76,16 @@ def encode(candle: Candle) -> bytes:
 
 
 def decode(line: bytes) -> Candle:
-    e, s, i, b, o, h, lo, c, v, oi, n, first, last, cum, final = json.loads(line)
+    """A candle from its spool line. A line of 15 fields (written before candles had a source)
+    is a ``live`` candle: the spool an upgraded daemon finds at its first start still replays."""
+    fields = json.loads(line)
+    e, s, i, b, o, h, lo, c, v, oi, n, first, last, cum, final = fields[:15]
+    source = fields[15] if len(fields) == 16 else (LIVE if len(fields) == 15 else None)
+    if source is None:
+        raise ValueError(f"a spool line of {len(fields)} fields: not a candle")
     return Candle(
         e, s, i, datetime.fromtimestamp(b, IST), Decimal(o), Decimal(h), Decimal(lo), Decimal(c),
-        v, oi, n, _dt(first), _dt(last), cum, bool(final),
+        v, oi, n, _dt(first), _dt(last), cum, bool(final), source,
     )  # fmt: skip
 
 

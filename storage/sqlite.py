@@ -31,17 +31,21 @@ _MICRO = timedelta(microseconds=1)
 
 _COLUMNS = (
     'exchange, symbol, "interval", bucket, open, high, low, close, volume, oi, tick_count, '
-    "first_tick, last_tick, cum_volume, final"
+    "first_tick, last_tick, cum_volume, final, source"
 )
 _UPSERT = f"""
 INSERT INTO candles ({_COLUMNS}, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
     volume = excluded.volume, oi = excluded.oi, tick_count = excluded.tick_count,
     first_tick = excluded.first_tick, last_tick = excluded.last_tick,
-    cum_volume = excluded.cum_volume, final = excluded.final, updated_at = excluded.updated_at
+    cum_volume = excluded.cum_volume, final = excluded.final, source = excluded.source,
+    updated_at = excluded.updated_at
 """
+# candle rule 8: a backfill candle never replaces a final live one (unless forced); decided in
+# the statement itself, so no read-then-write race with another writer
+_UPSERT_KEEPING_LIVE = _UPSERT + "WHERE excluded.source <> 'backfill' OR candles.source <> 'live' OR candles.final = 0\n"
 
 
 def to_micros(value: datetime) -> int:
@@ -201,7 +205,7 @@ class SQLiteStore(CandleStore):
 
     # -- candles --------------------------------------------------------------------------------
 
-    def upsert(self, candles: Sequence[Candle]) -> None:
+    def upsert(self, candles: Sequence[Candle], *, force: bool = False) -> None:
         if not candles:
             return
         now = to_micros(datetime.now(timezone.utc))
@@ -210,13 +214,13 @@ class SQLiteStore(CandleStore):
                 c.exchange, c.symbol, c.interval, to_micros(c.bucket),
                 price_text(c.open), price_text(c.high), price_text(c.low), price_text(c.close),
                 c.volume, c.oi, c.tick_count, to_micros(c.first_tick), to_micros(c.last_tick),
-                c.cum_volume, int(c.final), now,
+                c.cum_volume, int(c.final), c.source, now,
             )
             for c in _dedupe(candles)
         ]
         with self._transaction() as conn:
             try:
-                conn.executemany(_UPSERT, rows)
+                conn.executemany(_UPSERT if force else _UPSERT_KEEPING_LIVE, rows)
             except (sqlite3.Error, OverflowError) as exc:  # OverflowError: int beyond 64 bits
                 raise self._error(f"write {len(rows)} candles", exc) from exc
 

@@ -26,6 +26,12 @@ Definitions (per symbol; "day" is the IST day of a tick's exchange timestamp):
     base_s(B) = max volume of segment-s ticks placed in earlier buckets, else s's baseline;
     cum_volume = max volume in B of the latest segment that has one in B (None if none).
   Only buckets with at least one trade are candles.
+* Provenance (rule 8). ``unwatched`` lists spans (arrivals before it, since, until) in which
+  nothing was watched (a restart, a feed outage). B is ``partial`` if [start, end) overlaps a
+  span (start < until and end > since), else ``live``. Per series, the first arrival after a span
+  placed in a bucket ending after ``since``: if that bucket starts after ``since`` and holds no
+  earlier arrival with a volume, its volume counts from that arrival's volume (the base is at
+  least it).
 * ``horizon_ok=True`` (default): every tick is placed (the caller knows none arrived beyond the
   revision horizon). ``horizon_ok=False``: a tick's ``receive_ts`` is its arrival clock and it is
   left out of an interval's bucket when receive >= bucket end + grace + revision_horizon.
@@ -60,13 +66,16 @@ def reference_candles(
     horizon_ok: bool = True,
     grace: float = 2.0,
     revision_horizon: float = 900.0,
+    unwatched: Sequence[tuple[int, float, float]] | None = None,
 ) -> dict[Key, dict[str, Any]]:
     """Final candles for ``arrivals`` (tick objects with exchange, symbol, last_price, volume,
     oi, exchange_ts and, for ``horizon_ok=False``, receive_ts; in arrival order).
 
     Returns {(exchange, symbol, interval_name, bucket_epoch): {open, high, low, close, volume,
-    oi, tick_count, first_tick_epoch, last_tick_epoch, cum_volume}}.
+    oi, tick_count, first_tick_epoch, last_tick_epoch, cum_volume}}, plus ``source`` when
+    ``unwatched`` is given (compare with ``candle_to_dict(c, with_source=True)``).
     """
+    spans = unwatched or ()
     # ---- pass 1: classify every arrival -------------------------------------------------------
     rows = []  # (arrival index, tick, ts, segment, trade)
     days: dict[tuple[str, str, int], _Day] = {}
@@ -110,6 +119,21 @@ def reference_candles(
                 continue
             buckets.setdefault((tick.exchange, tick.symbol, interval.name, start), []).append(row)
 
+        # rule 8: the bucket each series enters first after an unwatched span, and its base
+        floors: dict[Key, int] = {}
+        for before, since, _ in spans:
+            entered: set[tuple[str, str, str]] = set()
+            for index, tick, ts, _, _ in rows[before:]:
+                series = (tick.exchange, tick.symbol, interval.name)
+                start = interval.bucket_start(ts)
+                if series in entered or start + interval.seconds <= since:
+                    continue
+                entered.add(series)
+                key = (*series, start)
+                fresh = not any(r[0] < index and r[1].volume is not None for r in buckets.get(key, ()))
+                if start > since and tick.volume is not None and fresh:
+                    floors[key] = tick.volume
+
         # max volume per segment over each series' earlier buckets, walking buckets in time order
         earlier_max: dict[Key, dict[tuple[int, int], int]] = {}
         running: dict[tuple[str, str, str], dict[tuple[int, int], int]] = {}
@@ -133,6 +157,8 @@ def reference_candles(
             for seg in segments:
                 top = max(r[1].volume for r in placed if r[3] == seg and r[1].volume is not None)
                 base = earlier_max[key].get(seg, baselines[(exchange, symbol, *seg)])
+                if key in floors:
+                    base = max(base, floors[key])
                 volume += max(0, top - base)
             cum = None
             if segments:
@@ -149,13 +175,17 @@ def reference_candles(
                 "last_tick_epoch": last[2],
                 "cum_volume": cum,
             }
+            if unwatched is not None:
+                unseen = any(start < until and start + interval.seconds > since for _, since, until in spans)
+                result[key]["source"] = "partial" if unseen else "live"
     return result
 
 
-def candle_to_dict(candle: Candle) -> tuple[Key, dict[str, Any]]:
-    """A candle as (key, values) in the shape :func:`reference_candles` returns."""
+def candle_to_dict(candle: Candle, *, with_source: bool = False) -> tuple[Key, dict[str, Any]]:
+    """A candle as (key, values) in the shape :func:`reference_candles` returns (``source``
+    included when ``with_source``: the reference's when it is given ``unwatched``)."""
     key = (candle.exchange, candle.symbol, candle.interval, int(candle.bucket.timestamp()))
-    return key, {
+    values = {
         "open": candle.open,
         "high": candle.high,
         "low": candle.low,
@@ -167,3 +197,6 @@ def candle_to_dict(candle: Candle) -> tuple[Key, dict[str, Any]]:
         "last_tick_epoch": candle.last_tick.timestamp(),
         "cum_volume": candle.cum_volume,
     }
+    if with_source:
+        values["source"] = candle.source
+    return key, values

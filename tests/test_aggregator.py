@@ -69,8 +69,8 @@ class Feed:
     def candle(self, interval: str, minute: float, symbol: str = "INFY") -> Candle:
         return self.store[("NSE", symbol, interval, datetime.fromtimestamp(DAY0 + minute * 60, IST))]
 
-    def as_reference(self) -> dict:
-        return dict(candle_to_dict(c) for c in self.store.values())
+    def as_reference(self, *, with_source: bool = False) -> dict:
+        return dict(candle_to_dict(c, with_source=with_source) for c in self.store.values())
 
 
 def at_ist(text: str) -> datetime:
@@ -366,6 +366,153 @@ def test_seeded_final_candle_is_not_emitted_again_but_late_ticks_still_revise_it
     assert second.at(64) == []
     (revised,) = second.add(tick(7, 102, 20, received=64))
     assert (revised.close, revised.volume, revised.tick_count) == (102, 10, 3)
+
+
+# ---- rule 8: provenance: live, partial ------------------------------------------------------------
+def test_a_bucket_watched_from_start_to_end_is_live():
+    feed = Feed("1m")
+    feed.agg.unwatched(float("-inf"), DAY0 - 60)  # started a minute before the bucket
+    feed.add(tick(5, 100, 10), tick(30, 101, 20))
+    (closed,) = feed.at(62)
+    assert (closed.source, closed.final) == ("live", True)
+
+
+def test_the_first_bucket_after_a_start_inside_it_is_partial_and_the_next_one_live():
+    feed = Feed("1m,5m")
+    feed.clock.now = DAY0 + 20
+    feed.agg.unwatched(float("-inf"), DAY0 + 20)  # started 20 s into 09:15
+    ticks = [tick(21, 100, 1000), tick(40, 101, 1100), tick(70, 102, 1300), tick(90, 103, 1350)]
+    feed.add(*ticks)
+    feed.at(302)
+    assert feed.candle("1m", 0).source == "partial"
+    assert feed.candle("1m", 1).source == "live"
+    assert feed.candle("5m", 0).source == "partial"
+    assert feed.candle("1m", 0).volume == 100  # from its first tick, as before
+    expected = reference_candles(ticks, feed.intervals, unwatched=[(0, float("-inf"), DAY0 + 20)])
+    assert feed.as_reference(with_source=True) == expected
+
+
+def restart_story(feed: Feed) -> list[TickData]:
+    """Killed 35 s into 09:16 (minute M), back 90 s later (09:17:05): the journal restored M."""
+    before = [tick(60, 100, 10_000), tick(80, 101, 15_000), tick(94, 99, 21_317)]
+    feed.clock.now = DAY0 + 95
+    feed.add(*before)
+    feed.clock.now = DAY0 + 185
+    feed.agg.unwatched(feed.agg.last_seen(), DAY0 + 185)
+    feed.at(185)  # M closes at once: cut short at the kill
+    after = [tick(186, 104, 61_000), tick(200, 105, 62_000), tick(230, 103, 63_500),
+             tick(245, 106, 64_000), tick(290, 107, 66_000)]  # fmt: skip
+    feed.add(*after)
+    feed.at(302)
+    return before + after
+
+
+def test_a_restart_leaves_both_neighbours_of_the_hole_partial_and_the_one_after_counts_from_its_first_tick():
+    feed = Feed("1m")
+    ticks = restart_story(feed)
+    m, m2, m3 = feed.candle("1m", 1), feed.candle("1m", 3), feed.candle("1m", 4)
+    assert (m.source, m.final, m.volume) == ("partial", True, 11_317)  # what was seen before the kill
+    assert ("NSE", "INFY", "1m", datetime.fromtimestamp(DAY0 + 120, IST)) not in feed.store  # the hole
+    # M+2 started before the daemon watched again: its volume counts from its first tick (61,000),
+    # not from M's last (21,317): the outage's volume is not in it
+    assert (m2.source, m2.volume) == ("partial", 63_500 - 61_000)
+    assert (m3.source, m3.volume, m3.final) == ("live", 66_000 - 63_500, True)
+    assert feed.as_reference(with_source=True) == reference_candles(ticks, feed.intervals, unwatched=[(3, DAY0 + 94, DAY0 + 185)])
+
+
+def test_an_outage_inside_one_bucket_makes_it_partial_with_its_volume_exact():
+    feed = Feed("1m")
+    feed.add(tick(5, 100, 1_000), tick(10, 101, 1_100))
+    feed.clock.now = DAY0 + 40
+    feed.agg.unwatched(DAY0 + 12, DAY0 + 40, [("NSE", "INFY")])
+    feed.add(tick(41, 99, 1_900), tick(50, 98, 2_000))
+    feed.at(62)
+    m = feed.candle("1m", 0)
+    assert (m.source, m.volume) == ("partial", 1_000)  # cumulative volume spans the outage
+    assert feed.candle("1m", 0).high == 101
+
+
+def test_an_outage_of_one_symbol_leaves_the_others_live():
+    feed = Feed("1m")
+    feed.add(tick(5, 100, 1_000), tick(6, 50, 500, symbol="TCS"))
+    feed.agg.unwatched(DAY0 + 7, DAY0 + 20, [("NSE", "INFY")])
+    feed.add(tick(30, 101, 1_100), tick(31, 51, 600, symbol="TCS"))
+    feed.at(62)
+    assert feed.candle("1m", 0).source == "partial"
+    assert feed.candle("1m", 0, symbol="TCS").source == "live"
+
+
+def test_a_late_tick_revising_a_partial_candle_keeps_it_partial():
+    feed = Feed("1m")
+    feed.agg.unwatched(float("-inf"), DAY0 + 20)
+    feed.add(tick(21, 100, 1_000), tick(30, 101, 1_100))
+    feed.at(62)
+    (revised,) = feed.add(tick(50, 102, 1_200, received=63))
+    assert (revised.source, revised.close, revised.volume) == ("partial", 102, 200)
+
+
+def test_a_shutdown_flush_of_a_partial_bucket_is_partial_and_seeding_it_keeps_it_so():
+    first = Feed("1m")
+    first.agg.unwatched(float("-inf"), DAY0 + 20)
+    first.add(tick(21, 100, 1_000), tick(30, 101, 1_100))
+    (stored,) = first.flush()
+    assert (stored.source, stored.final) == ("partial", False)
+    second = Feed("1m")
+    second.clock.now = DAY0 + 40
+    second.agg.seed([stored])
+    second.add(tick(45, 102, 1_300))
+    second.at(62)
+    assert (second.candle("1m", 0).source, second.candle("1m", 0).volume) == ("partial", 300)
+
+
+def test_a_restart_resumed_from_the_store_is_partial_and_counts_no_outage_volume():
+    first = Feed("1m")
+    first.add(tick(60, 100, 10_000), tick(94, 99, 21_317))
+    stored = first.flush()  # stopped 35 s into 09:16
+    second = Feed("1m")
+    second.clock.now = DAY0 + 185
+    second.agg.seed(stored)
+    second.agg.unwatched(second.agg.last_seen(), DAY0 + 185)
+    second.at(185)
+    second.add(tick(186, 104, 61_000), tick(200, 105, 62_000))
+    second.at(242)
+    assert (second.candle("1m", 1).source, second.candle("1m", 1).final) == ("partial", True)
+    assert (second.candle("1m", 3).source, second.candle("1m", 3).volume) == ("partial", 1_000)
+
+
+def test_snapshot_keeps_what_is_partial_and_where_volume_counts_from():
+    feed = Feed("1m")
+    feed.add(tick(60, 100, 10_000), tick(94, 99, 21_317))
+    feed.clock.now = DAY0 + 185
+    feed.agg.unwatched(feed.agg.last_seen(), DAY0 + 185)
+    feed.add(tick(186, 104, 61_000))
+    feed.agg = snapshot.restore(snapshot.snapshot(feed.agg), feed.clock)
+    feed.add(tick(200, 105, 62_000))
+    feed.at(242)
+    assert (feed.candle("1m", 1).source, feed.candle("1m", 1).volume) == ("partial", 11_317)
+    assert (feed.candle("1m", 3).source, feed.candle("1m", 3).volume) == ("partial", 1_000)
+
+
+def test_a_packed_partial_bucket_stays_partial_when_a_late_tick_revises_it():
+    feed = Feed("1m")
+    feed.agg.unwatched(float("-inf"), DAY0 + 20)
+    feed.add(tick(21, 100, 1_000), tick(30, 101, 1_100))
+    feed.at(62)
+    feed.add(tick(70, 102, 1_200))
+    feed.at(122)
+    feed.at(123)  # packs the closed 09:15 bucket
+    (revised, _) = feed.add(tick(50, 99, 1_150, received=124))
+    assert (revised.source, revised.low, revised.volume) == ("partial", 99, 150)
+
+
+def test_emit_empty_fills_an_unwatched_span_with_partial_flat_candles():
+    feed = Feed("1m", emit_empty=True)
+    feed.add(tick(5, 100, 1_000))
+    feed.at(62)
+    feed.agg.unwatched(DAY0 + 62, DAY0 + 185)
+    feed.add(tick(190, 101, 2_000))
+    assert feed.candle("1m", 1).source == "partial"  # nothing seen is not nothing traded
+    assert feed.candle("1m", 2).source == "partial"
 
 
 # ---- memory and layering --------------------------------------------------------------------------

@@ -105,7 +105,8 @@ def test_readme_demo_shows_one_minute_candles_in_the_read_only_view(tmp_path):
     assert lines[0].startswith("NSE:INFY 1m")
     rows = [line for line in lines[3:] if line.strip()]
     assert 1 <= len(rows) <= 5
-    assert any(row.rstrip().endswith("final") for row in rows)
+    assert any(row.split()[-2] == "final" for row in rows)
+    assert all(row.split()[-1] in ("live", "partial") for row in rows)  # where each candle came from
 
 
 def test_test_database_passes_on_postgres_and_leaves_no_probe_behind(tmp_path, pg_dsn):

@@ -177,7 +177,9 @@ def test_candle_events_match_the_stored_candles(tmp_path, mosquitto: MosquittoSe
         assert (Decimal(body["open"]), Decimal(body["high"]), Decimal(body["low"]), Decimal(body["close"])) == (
             candle.open, candle.high, candle.low, candle.close,
         )  # fmt: skip
-        assert (body["volume"], body["tick_count"], body["final"]) == (candle.volume, candle.tick_count, candle.final)
+        assert (body["volume"], body["tick_count"], body["final"], body["source"]) == (
+            candle.volume, candle.tick_count, candle.final, candle.source,
+        )  # fmt: skip
 
 
 def test_a_broker_that_is_down_never_blocks_ticks_or_candles(tmp_path):

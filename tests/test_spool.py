@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from brokers.sim.client import read_tape
-from candles.model import Candle, parse_intervals
+from candles.model import LIVE, PARTIAL, SOURCES, Candle, parse_intervals
 from core.ist import IST
 from storage.postgres import PostgresStore
 from storage.spool import Spool, SpoolError, decode, encode, encoder
@@ -43,7 +44,7 @@ def json_line(c: Candle) -> bytes:
     fields = [
         c.exchange, c.symbol, c.interval, c.bucket.timestamp(), str(c.open), str(c.high), str(c.low), str(c.close),
         c.volume, c.oi, c.tick_count, None if c.first_tick is None else c.first_tick.timestamp(),
-        None if c.last_tick is None else c.last_tick.timestamp(), c.cum_volume, c.final,
+        None if c.last_tick is None else c.last_tick.timestamp(), c.cum_volume, c.final, c.source,
     ]  # fmt: skip
     return (json.dumps(fields, separators=(",", ":")) + "\n").encode()
 
@@ -60,7 +61,7 @@ _counts = st.integers(min_value=0, max_value=2**63 - 1)
         st.builds(
             Candle, st.sampled_from(["NSE", "BSE", "NFO"]), st.text(max_size=12), st.sampled_from(["1m", "5m", "15m"]),
             _times, _prices, _prices, _prices, _prices, _counts, st.none() | _counts, _counts,
-            st.none() | _times, st.none() | _times, st.none() | _counts, st.booleans(),
+            st.none() | _times, st.none() | _times, st.none() | _counts, st.booleans(), st.sampled_from(SOURCES),
         ),  # fmt: skip
         max_size=20,
     )
@@ -92,6 +93,20 @@ def test_an_append_of_several_thousand_candles_keeps_every_one_in_order(tmp_path
     again = Spool(tmp_path)
     assert [c for _, chunk in again.chunks(size=1_000) for c in chunk] == batch
     again.close()
+
+
+def test_a_spool_written_before_candles_had_a_source_replays_as_live_candles(tmp_path):
+    old = candle(0)
+    new = replace(candle(1), source=PARTIAL)
+    line = encode(old)
+    assert line.endswith(b',"live"]\n')
+    (tmp_path / "candles.spool").write_bytes(line[: -len(b',"live"]\n')] + b"]\n" + encode(new))
+    spool = Spool(tmp_path)
+    [(_, replayed)] = list(spool.chunks())
+    spool.close()
+    assert replayed == [old, new]
+    assert [c.source for c in replayed] == [LIVE, PARTIAL]
+    assert spool.torn == 0
 
 
 def test_a_reopened_spool_replays_in_order_and_resumes_after_a_partial_replay(tmp_path):

@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg2 import sql
 
-from candles.model import Candle
+from candles.model import BACKFILL, LIVE, PARTIAL, SOURCES, Candle
 from core.ist import IST
 from storage import open_store
 from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry
-from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.migrations import LATEST_VERSION, MIGRATIONS, SCHEMA_MIGRATIONS_POSTGRES, SCHEMA_MIGRATIONS_SQLITE
 from storage.postgres import PostgresStore, redact_dsn
 from storage.sqlite import SQLiteStore
 from testkit.pg import PostgresServer, free_port
@@ -335,6 +335,101 @@ def test_latest_returns_one_series_newest_first_up_to_the_limit(store: CandleSto
     assert store.latest("NSE", "INFY", "1m") == series[:-21:-1]  # default limit 20
     assert store.latest("NSE", "INFY", "1m", limit=100) == series[::-1]
     assert store.latest("NSE", "WIPRO", "1m") == []
+
+
+# -- provenance (candle rule 8) ------------------------------------------------------------------
+
+
+def test_migration_2_marks_existing_candles_live_and_refuses_an_unknown_source(backend: Backend) -> None:
+    version_1 = MIGRATIONS[0].sqlite if backend.name == "sqlite" else MIGRATIONS[0].postgres
+    first_tick = "1714967101250001" if backend.name == "sqlite" else "'2024-05-06 09:15:01+05:30'"
+    s = backend.open()  # creates the SQLite file; migrated below, once it is at version 1
+    backend.query(SCHEMA_MIGRATIONS_SQLITE if backend.name == "sqlite" else SCHEMA_MIGRATIONS_POSTGRES)
+    for statement in version_1:
+        backend.query(statement)
+    backend.query("INSERT INTO schema_migrations (version, description) VALUES (1, 'candles and watchlist')")
+    backend.query(
+        'INSERT INTO candles (exchange, symbol, "interval", bucket, open, high, low, close, volume, oi, '
+        "tick_count, first_tick, last_tick, cum_volume, final) VALUES ('NSE', 'INFY', '1m', "
+        f"{first_tick}, '1500', '1502', '1499', '1501', 10, NULL, 3, {first_tick}, {first_tick}, 99, "
+        f"{'1' if backend.name == 'sqlite' else 'true'})"
+    )
+    try:
+        assert s.migrate() == LATEST_VERSION
+        [old] = s.latest("NSE", "INFY", "1m")
+        assert old.source == LIVE
+        with pytest.raises(StoreError) as info:
+            s.upsert([make_candle("TCS", source="guessed")])
+        assert not isinstance(info.value, StoreUnavailable)
+        assert s.latest("NSE", "TCS", "1m") == []
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_source_round_trips(store: CandleStore, source: str) -> None:
+    c = make_candle(source=source)
+    store.upsert([c])
+    assert store.latest("NSE", "INFY", "1m") == [c]
+
+
+def test_a_backfill_candle_fills_an_empty_bucket(store: CandleStore) -> None:
+    c = make_candle(source=BACKFILL, tick_count=0)
+    store.upsert([c])
+    assert store.latest("NSE", "INFY", "1m") == [c]
+
+
+def test_a_backfill_candle_replaces_a_partial_one(store: CandleStore) -> None:
+    store.upsert([make_candle(source=PARTIAL, volume=11_317)])
+    mended = make_candle(source=BACKFILL, volume=19_669)
+    store.upsert([mended])
+    assert store.latest("NSE", "INFY", "1m") == [mended]
+
+
+def test_a_backfill_candle_never_overwrites_a_final_live_one(store: CandleStore) -> None:
+    live = make_candle(source=LIVE, final=True)
+    store.upsert([live])
+    store.upsert([make_candle(source=BACKFILL, volume=1, price="1400")])
+    assert store.latest("NSE", "INFY", "1m") == [live]
+
+
+def test_a_backfill_candle_replaces_a_live_one_that_is_not_final(store: CandleStore) -> None:
+    store.upsert([make_candle(source=LIVE, final=False)])  # flushed at a shutdown: cut short
+    mended = make_candle(source=BACKFILL, volume=20_000)
+    store.upsert([mended])
+    assert store.latest("NSE", "INFY", "1m") == [mended]
+
+
+def test_a_backfill_candle_replaces_an_earlier_backfill(store: CandleStore) -> None:
+    store.upsert([make_candle(source=BACKFILL, volume=1)])
+    again = make_candle(source=BACKFILL, volume=2)
+    store.upsert([again])
+    assert store.latest("NSE", "INFY", "1m") == [again]
+
+
+def test_a_forced_backfill_overwrites_a_final_live_candle(store: CandleStore) -> None:
+    store.upsert([make_candle(source=LIVE, final=True)])
+    reconciled = make_candle(source=BACKFILL, volume=7)
+    store.upsert([reconciled], force=True)
+    assert store.latest("NSE", "INFY", "1m") == [reconciled]
+
+
+@pytest.mark.parametrize("source", [LIVE, PARTIAL])
+@pytest.mark.parametrize("stored", SOURCES)
+def test_live_and_partial_candles_replace_whatever_is_stored(store: CandleStore, source: str, stored: str) -> None:
+    store.upsert([make_candle(source=stored, final=True)])
+    revised = make_candle(source=source, volume=99, final=True)
+    store.upsert([revised])
+    assert store.latest("NSE", "INFY", "1m") == [revised]
+
+
+def test_a_backfill_batch_skips_only_the_final_live_buckets(store: CandleStore) -> None:
+    live = make_candle(bucket=T0, source=LIVE)
+    partial = make_candle(bucket=T0 + MINUTE, source=PARTIAL)
+    store.upsert([live, partial])
+    backfill = [make_candle(bucket=T0 + i * MINUTE, source=BACKFILL, volume=5) for i in range(3)]
+    store.upsert(backfill)
+    assert store.latest("NSE", "INFY", "1m") == [backfill[2], backfill[1], live]
 
 
 def test_latest_per_series_gives_the_newest_candle_of_each_series_since_a_time(store: CandleStore) -> None:
