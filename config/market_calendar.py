@@ -379,4 +379,9 @@ def today_line(calendar: MarketCalendar, exchanges: list[str], now: datetime) ->
 
 
 if __name__ == "__main__":
+    import signal
+
+    # started from a daemon thread, which blocks the daemon's signals (cli/signals.py): the child
+    # inherits that mask, and a stop must still end it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     json.dump(_extract(), sys.stdout)
