@@ -119,22 +119,32 @@ def load_env(
 _NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")
 
 
+def read_text_file(
+    path: Path, what: str, where: str, form: str, error: type[Exception] | None = None
+) -> str:
+    """The text of a file the operator names (a BOM is dropped: editors on Windows write one);
+    ``error`` (ConfigError) naming the file, what it is (``what``), the setting that names it
+    (``where``) and, for text that is not UTF-8, the line and what the file holds (``form``)."""
+    error = error or ConfigError
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist: check {where}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {str(path)!r} is a directory: name the file ({where})") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = text_line(data, exc.start)
+        raise error(f"{path}:{line}: not UTF-8 text (byte {exc.start}): a {what} is text, {form}") from None
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """The variables a settings file sets; ``ConfigError`` naming the file (and the line) if it is
     missing, unreadable, not UTF-8 text or has a line python-dotenv cannot parse."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"settings file {str(path)!r} does not exist: check --env-file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"settings file {str(path)!r} is a directory: name the file (e.g. {path / '.env'})") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read settings file {str(path)!r}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        line = text_line(exc.object, exc.start)
-        raise ConfigError(
-            f"{path}:{line}: not UTF-8 text (byte {exc.start}): a settings file is text, NAME=value a line"
-        ) from None
+    text = read_text_file(path, "settings file", "--env-file", "NAME=value a line")
     problems = []
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:

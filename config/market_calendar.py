@@ -58,7 +58,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from config.env import ConfigError
+from config.env import ConfigError, read_text_file
 from core.ist import IST
 from core.market_calendar import REGULAR_HOURS, Closure, Hours, MarketCalendar, SpecialSession
 
@@ -204,16 +204,9 @@ def read_overrides(path: str | os.PathLike[str] | None) -> Overrides:
     if path is None:
         return Overrides()
     path = Path(path)
+    text = read_text_file(path, "market calendar file", "MARKET_CALENDAR_FILE", "TOML (see deploy/calendar.toml.example)")
     try:
-        doc = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
-    except FileNotFoundError:
-        raise ConfigError(f"market calendar file {str(path)!r} does not exist: check MARKET_CALENDAR_FILE") from None
-    except IsADirectoryError:
-        raise ConfigError(f"market calendar file {str(path)!r} is a directory: name the TOML file (MARKET_CALENDAR_FILE)") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read market calendar file {str(path)!r}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"market calendar file {path}: not UTF-8 text (byte {exc.start}): it is a TOML file") from None
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"market calendar file {path}: not valid TOML ({exc}): see deploy/calendar.toml.example") from None
 

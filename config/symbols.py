@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from config.env import read_text_file
+
 EXCHANGES = ("NSE", "BSE", "NFO", "BFO", "CDS", "BCD", "MCX")
 # Trading symbols use letters, digits and a few marks (M&M, BAJAJ-AUTO, NIFTY 50, 3MINDIA).
 _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9&_.\- ]*\Z")
@@ -49,17 +51,8 @@ def load_symbols_file(path: str | Path) -> list[tuple[str, str]]:
     A malformed line raises SymbolError naming the file and the line number.
     """
     file = Path(path)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise SymbolError(f"cannot read symbols file {str(file)!r}: {exc.strerror}") from None
-    try:
-        lines = data.decode("utf-8-sig").splitlines()  # -sig: editors on Windows start the file with a BOM
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise SymbolError(
-            f"{file}:{line}: not UTF-8 text (byte {exc.start}): a symbols file is text, one EXCHANGE:SYMBOL a line"
-        ) from None
+    text = read_text_file(file, "symbols file", "--symbols-file", "one EXCHANGE:SYMBOL a line", SymbolError)
+    lines = text.splitlines()
     pairs = []
     for number, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()
