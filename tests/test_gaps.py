@@ -19,6 +19,7 @@ from pipeline.service import Service
 from storage import open_store
 from storage.base import WatchRecord
 from storage.spool import Spool
+from testkit.cli import run_main
 from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick
 from testkit.waiting import wait_until
 
@@ -142,3 +143,21 @@ def test_coverage_sums_todays_gap_minutes_over_the_symbols_it_watches():
     assert unwatched == [(open_ + 125, [keys[0]])] and record.kind == "open"
     # INFY missed 09:17 to 09:19 (3 minutes); TCS nothing; at 09:25 both are still watched
     assert cov.gap_minutes(cal, keys, open_ + 600) == 3
+
+
+@pytest.mark.slow
+def test_show_gaps_prints_the_unwatched_session_minutes_merged_per_symbol(tmp_path):
+    (tmp_path / "data").mkdir()
+    store = open_store(None, str(tmp_path / "data" / "marketfeed.db"))
+    store.migrate()
+    infy = (("NSE", "INFY"),)
+    ten = datetime(2024, 1, 15, 10, 0, tzinfo=IST).timestamp()  # a Monday
+    close = datetime(2024, 1, 15, 15, 30, tzinfo=IST).timestamp()
+    store.record_watched("a", [WatchRecord("open", ten - 3600, infy), WatchRecord("close", ten + 70, infy)])
+    store.record_watched("b", [WatchRecord("open", ten + 230, infy), WatchRecord("close", close, infy)])
+    store.close()
+    proc = run_main("--show-gaps", "NSE:INFY", "--date", "2024-01-15", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "NSE:INFY 2024-01-15 10:01–10:04 IST (3 min)"
+    weekend = run_main("--show-gaps", "NSE:INFY", "--date", "2024-01-14", cwd=tmp_path)
+    assert weekend.stdout.strip().startswith("no gaps on 2024-01-14"), weekend.stdout + weekend.stderr
