@@ -22,6 +22,21 @@ class ConnectionState:
     session_changes: int = 0  # moves to a renewed login session without a reconnect (Kotak Neo)
 
 
+@dataclass(frozen=True, slots=True)
+class WatchChange:
+    """Instruments the feed began (``up``: subscribed on an open connection) or stopped (the
+    connection went down: ``at`` is its last frame) watching, at ``at`` (epoch seconds, the feed's
+    clock). ``keys`` are (exchange, symbol) pairs."""
+
+    up: bool
+    at: float
+    keys: tuple[tuple[str, str], ...]
+    connection: int = 1
+
+
+WatchCallback = Callable[[WatchChange], None]
+
+
 @dataclass(slots=True)
 class FeedStats:
     """What every feed counts, summed over its connections."""
@@ -68,10 +83,22 @@ class BaseBroker(abc.ABC):
     max_symbols_per_connection: int = 0
     #: how many connections the broker allows per account / API key
     max_connections: int = 1
+    #: told when instruments begin or stop being watched (``watch``); None: nobody listens
+    _on_watch: WatchCallback | None = None
 
     @property
     def max_symbols(self) -> int:
         return self.max_symbols_per_connection * self.max_connections
+
+    def watch(self, callback: WatchCallback | None) -> None:
+        """Call ``callback`` (from the feed's threads; it must be cheap) whenever instruments begin
+        or stop being watched. Set it before ``connect``."""
+        self._on_watch = callback
+
+    def _report_watch(self, up: bool, at: float, keys: tuple[tuple[str, str], ...], connection: int = 1) -> None:
+        callback = self._on_watch
+        if callback is not None and keys:
+            callback(WatchChange(up, at, keys, connection))
 
     @abc.abstractmethod
     def connect(self, on_ticks: TickBatchCallback) -> None:

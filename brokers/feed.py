@@ -184,6 +184,10 @@ class FeedConnection:
         self.last_frame = 0.0  # monotonic time of the last frame; 0 before the first
         self.last_error: str | None = None
         self.callback_errors = 0
+        self.up_at = 0.0  # the feed's clock when the current session subscribed its instruments
+
+    def _keys(self, instruments: Iterable[Instrument]) -> tuple[tuple[str, str], ...]:
+        return tuple((i.exchange, i.symbol) for i in instruments)
 
     # ---------------------------------------------------------------- the venue's part
 
@@ -225,6 +229,7 @@ class FeedConnection:
             self.decoder.set_instruments(dict(self.instruments))
             if self.connected and self.ws is not None:
                 self._send_subscription(self.ws, new)
+                self.broker._report_watch(True, self.broker.clock(), self._keys(new.values()), self.id)
 
     def remove(self, keys: Iterable[Any]) -> None:
         with self.lock:
@@ -233,6 +238,8 @@ class FeedConnection:
                 return
             self.decoder.set_instruments(dict(self.instruments))
             ws = self.ws
+            if self.connected:
+                self.broker._report_watch(False, self.broker.clock(), self._keys(gone.values()), self.id)
             if self.connected and ws is not None:
                 try:
                     for frame in self._unsubscribe_frames(gone):
@@ -328,6 +335,10 @@ class FeedConnection:
             was_open = self.connected
             self.connected = False
             ws, self.ws = self.ws, None
+            if was_open:  # watched until its last frame (or, with none, until it subscribed)
+                clock = self.broker.clock
+                last = clock() - (time.monotonic() - self.last_frame) if self.last_frame else 0.0
+                self.broker._report_watch(False, max(self.up_at, last), self._keys(self.instruments.values()), self.id)
         if ws is not None:
             with contextlib.suppress(Exception):  # closing a dead socket; nothing to report
                 ws.shutdown()
@@ -359,6 +370,8 @@ class FeedConnection:
                 self.dedupe.arm(last)
             self._send_subscription(ws, dict(self.instruments))
             count = len(self.instruments)
+            self.up_at = self.broker.clock()
+            self.broker._report_watch(True, self.up_at, self._keys(self.instruments.values()), self.id)
         if reconnect:
             self.reconnects += 1
             self.log.warning(

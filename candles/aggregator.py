@@ -455,7 +455,7 @@ class CandleAggregator:
                     if b.closed:
                         late = True
                         touched[b] = None
-                if ser.gap is not None and b.end > ser.gap:
+                if ser.gap is not None and b.end > ser.gap and ts >= ser.gap:  # (an older tick is a repeat)
                     self._end_gap(ser, b, v)
                 if trade:
                     n = b.count

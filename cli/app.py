@@ -14,7 +14,7 @@ from cli.daemon import run_daemon
 from cli.errors import UsageError
 from cli.kite_login import login
 from cli.settings import broker_name, load_settings, venue_settings
-from cli.views import show_candles
+from cli.views import show_candles, show_gaps
 from config.env import ConfigError
 from config.logs import setup_logging
 from config.symbols import SymbolError
@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(env_file=args.env_file or ".env", env_file_required=args.env_file is not None)
         args.broker = broker_name(settings, args)
         setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
+        if args.show_gaps is not None:
+            return show_gaps(settings, args.show_gaps, args.date)
         if args.show_candles:
             return show_candles(settings, args.show_candles, args.interval, args.limit)
         if args.test_database:

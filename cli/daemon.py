@@ -16,6 +16,7 @@ import argparse
 import logging
 import threading
 import zlib
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from config.market_calendar import Overrides, build_calendar, library_holidays, 
 from config.settings import Settings
 from config.symbols import SymbolError, load_symbols_file, parse_symbol, parse_symbols
 from core.ist import IST
+from core.market_calendar import MarketCalendar
 from core.ticks import Instrument
 from ops import systemd
 from ops.gc_tuning import tune_for_streaming
@@ -97,7 +99,6 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             pairs = _shard_of(pairs, *shard)
         instruments = _resolve(broker, pairs)
         broker.check_capacity(len(instruments))
-        _market_calendar(overrides, Path(settings.storage.data_dir), sorted({exchange for exchange, _ in pairs}))
 
         signals.enter("opening the spool and the tick journal")
         data_dir = Path(settings.storage.data_dir)
@@ -124,6 +125,8 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             journal=journal,
             after_checkpoint=release_free_memory,
         )
+        exchanges = sorted({exchange for exchange, _ in pairs})
+        _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))
         # No thread dies unnoticed: an exception that ends any thread fails the daemon (exit 1).
         previous_hook = threading.excepthook
         threading.excepthook = service.thread_died
@@ -165,7 +168,9 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
     return 0 if drained[0] else 1
 
 
-def _market_calendar(overrides: Overrides, data_dir: Path, exchanges: list[str]) -> None:
+def _market_calendar(
+    overrides: Overrides, data_dir: Path, exchanges: list[str], loaded: Callable[[MarketCalendar], object]
+) -> None:
     """Log today's sessions of ``exchanges``, and a warning when the calendar knows no holidays for
     this year (or, in December, the next). The library's holidays may take a child process and a
     second or two: a thread of its own, so the start does not wait for them."""
@@ -178,6 +183,7 @@ def _market_calendar(overrides: Overrides, data_dir: Path, exchanges: list[str])
             if stale:
                 log.warning("%s", stale)
             log.info("%s", today_line(calendar, exchanges or ["NSE"], now))
+            loaded(calendar)  # the service counts gaps with it from then on
         except Exception as exc:  # a calendar that cannot be read must not stop the feed
             log.warning("market calendar: not loaded: %s", exc)
 

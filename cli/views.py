@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import date, datetime
+from pathlib import Path
 
 from candles.model import Interval
+from cli.errors import UsageError
+from config.market_calendar import build_calendar, library_holidays, read_overrides
 from config.settings import Settings
 from config.symbols import parse_symbol
+from core.gaps import gaps
 from core.ist import IST
 from storage import open_store
 
@@ -39,3 +45,33 @@ def show_candles(settings: Settings, symbol: str, interval: str, limit: int) -> 
     return 0
 
 
+
+
+def show_gaps(settings: Settings, symbols: list[str], day_text: str | None) -> int:
+    """The session minutes of ``day`` that no watched span covers, merged per symbol; every symbol
+    the store has watched that day (or ever, if none) when none is named."""
+    now = time.time()
+    try:
+        day = date.fromisoformat(day_text) if day_text else datetime.now(IST).date()
+    except ValueError:
+        raise UsageError(f"--date {day_text!r} is not a date: use YYYY-MM-DD, e.g. 2026-12-07") from None
+    calendar = build_calendar(library_holidays(Path(settings.storage.data_dir)), read_overrides(settings.calendar.file))
+    start = datetime.combine(day, datetime.min.time(), IST).timestamp()
+    store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path, read_only=True)
+    try:
+        keys = [parse_symbol(s) for s in symbols] if symbols else None
+        spans = store.watched(start, start + 86_400, keys)
+        if keys is None:
+            keys = sorted(spans) or sorted(store.watched(0.0, now))
+    finally:
+        store.close()
+    if not keys:
+        print(f"no symbol was ever watched according to {store.description}")
+        return 0
+    lines = []
+    for exchange, symbol in keys:
+        for a, b in gaps(calendar.sessions(exchange, day), spans.get((exchange, symbol), ()), now):
+            first, last = datetime.fromtimestamp(a, IST), datetime.fromtimestamp(b, IST)
+            lines.append(f"{exchange}:{symbol} {first:%Y-%m-%d %H:%M}–{last:%H:%M} IST ({round((b - a) / 60)} min)")
+    print("\n".join(lines) if lines else f"no gaps on {day.isoformat()} in {store.description}")
+    return 0

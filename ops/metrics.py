@@ -133,6 +133,14 @@ class HealthCollector(Collector):
             f"{PREFIX}_candles_memory_limit", "The most closed candles that wait in memory; beyond it the oldest are dropped.",
             value=h.memory_limit,
         )
+        gap_minutes = GaugeMetricFamily(
+            f"{PREFIX}_gap_minutes",
+            "Today's session minutes so far that the daemon did not watch, summed over the symbols (absent until the "
+            "market calendar is loaded).",
+        )
+        if h.gaps_open is not None:
+            gap_minutes.add_metric([], h.gaps_open)
+        yield gap_minutes
         yield CounterMetricFamily(
             f"{PREFIX}_candles_dropped", "Closed candles dropped beyond the memory limit while the spool's disk refused them.",
             value=h.candles_dropped,

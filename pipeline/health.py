@@ -48,6 +48,9 @@ class Health:
     candles_in_memory: int = 0  # closed candles waiting in memory for the spool's disk
     memory_limit: int = 0  # the most candles that wait in memory; beyond it the oldest are dropped
     candles_dropped: int = 0  # closed candles dropped beyond the memory limit, since the start
+    #: today's gap minutes so far, summed over the watchlist's symbols (a minute two symbols miss
+    #: counts twice); None until the market calendar is loaded
+    gaps_open: int | None = None
 
     @property
     def connections_up(self) -> int:
@@ -112,6 +115,7 @@ class Health:
             "candles_dropped": self.candles_dropped,
             "version": self.version,
             "notes": list(self.notes),
+            "gaps_open": self.gaps_open,
         }
 
     def feed_line(self) -> str:

@@ -14,21 +14,24 @@ import pickle
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from brokers.base import BaseBroker
+from brokers.base import BaseBroker, WatchChange
 from candles import snapshot
 from candles.aggregator import CandleAggregator
 from candles.model import Candle, Interval
 from core.ist import IST
+from core.market_calendar import MarketCalendar
 from core.progress import progress
 from core.ticks import Instrument, TickData
+from pipeline.coverage import Coverage, day_bounds
 from pipeline.health import Health
 from pipeline.journal import TickJournal
-from pipeline.writer import Checkpoint, Writer
+from pipeline.writer import Checkpoint, Watched, Writer
 from storage.base import CandleStore, StoreError
 from storage.spool import Spool
 from version import __version__
@@ -81,6 +84,7 @@ class Service:
         checkpoint_seconds: float = 60.0,
         after_checkpoint: Callable[[], object] | None = None,
         pipeline_max_age: float = 10.0,
+        calendar: MarketCalendar | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -100,7 +104,8 @@ class Service:
         self.pipeline_max_age = pipeline_max_age
         self._processed = 0  # number of the last journalled batch the aggregator has taken
         self.started_at = time.time()
-        self._ticks: queue.Queue[tuple[int, Sequence[TickData]] | None] = queue.Queue()  # (journal number, batch)
+        # (journal number, batch), or what the feed began or stopped watching
+        self._ticks: queue.Queue[tuple[int, Sequence[TickData]] | WatchChange | None] = queue.Queue()
         self._candles: queue.Queue[list[Candle] | Checkpoint | None] = queue.Queue()
         self.writer = Writer(
             store,
@@ -120,6 +125,11 @@ class Service:
         self._checkpoint_error_logged = -60.0  # monotonic time a failed checkpoint was last logged
         self._pipeline_beat: float | None = None  # monotonic time of the pipeline's latest loop (liveness)
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
+        #: the sessions gaps are counted in; None until it is known (the daemon sets it when loaded)
+        self.calendar = calendar
+        self.coverage = Coverage()  # the watched spans (pipeline thread)
+        self.run_id = uuid.uuid4().hex  # this run's spans in the store
+        self.gaps_open: int | None = None  # today's gap minutes so far (Coverage.gap_minutes)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,6 +144,8 @@ class Service:
             self._checkpoint()
         self.writer.start()  # before the pipeline: a stop between the two finds no pipeline without its writer
         self._pipeline.start()
+        self._load_coverage()
+        self.broker.watch(self._ticks.put)  # WatchChange items, in order with the batches
         self.broker.subscribe(self.instruments)
         self.broker.connect(self._on_ticks)
         for publisher in self.publishers:
@@ -360,6 +372,31 @@ class Service:
         if self.stats.journal_errors % 1000 == 1:
             log.error("tick journal write failed (%s): a kill now would lose open buckets' ticks", exc)
 
+    def _load_coverage(self) -> None:
+        """Today's watched spans of earlier runs (gaps count from them)."""
+        today = datetime.fromtimestamp(self.clock(), IST).date()
+        try:
+            self.coverage.load(self.store.watched(*day_bounds(today)))
+        except StoreError as exc:
+            log.warning("could not read today's watched spans (today's gaps count from this start): %s", exc)
+
+    def _watch_changed(self, change: WatchChange) -> None:
+        """Pipeline thread: candle rule 8 for symbols whose connection came back, and the record."""
+        unwatched, record = self.coverage.change(change)
+        for since, keys in unwatched:
+            self.aggregator.unwatched(since, change.at, keys)
+        self._candles.put(Watched(self.run_id, (record,)))
+
+    def _count_gaps(self, now: float) -> None:
+        """Pipeline thread: extend the open spans in the store and count today's gaps, once a minute."""
+        record = self.coverage.extend(now)
+        if record is None:
+            return
+        self._candles.put(Watched(self.run_id, (record,)))
+        calendar = self.calendar
+        if calendar is not None:
+            self.gaps_open = self.coverage.gap_minutes(calendar, [(i.exchange, i.symbol) for i in self.instruments], now)
+
     def _resume_open_buckets(self) -> None:
         since = self.clock() - 86_400
         try:
@@ -388,6 +425,9 @@ class Service:
                     item = (self._processed, ())
                 if item is None:
                     break
+                if type(item) is WatchChange:
+                    self._watch_changed(item)
+                    continue
                 self._processed, batch = item
                 if batch:
                     stats.ticks += len(batch)
@@ -400,6 +440,7 @@ class Service:
                 closed = agg.advance()
                 if closed:
                     out.put(closed)
+                self._count_gaps(self.clock())
                 if journal is not None:
                     now = time.monotonic()
                     hole = self._journal_hole
@@ -418,6 +459,9 @@ class Service:
                 except queue.Empty:
                     break
                 if item is None:
+                    continue
+                if type(item) is WatchChange:
+                    self._watch_changed(item)
                     continue
                 self._processed, batch = item
                 if batch:
@@ -479,6 +523,7 @@ class Service:
             candles_in_memory=written.in_memory,
             memory_limit=self.writer.memory_limit,
             candles_dropped=written.dropped,
+            gaps_open=self.gaps_open,
         )
 
     def pipeline_alive(self, max_age: float) -> bool:
@@ -491,7 +536,7 @@ class Service:
         health = self.health()
         log.info(
             "status: %.1f ticks/s, %d ticks, %d candles written, queue depth %d, store lag %.1fs, spool %d, "
-            "late ticks %d, dropped %d, feed %s%s%s",
+            "late ticks %d, dropped %d, feed %s, gap minutes today %s%s%s",
             ticks_per_second,
             health.ticks,
             health.candles_written,
@@ -501,6 +546,7 @@ class Service:
             health.late_ticks,
             health.dropped_ticks,
             health.feed_line(),
+            "unknown" if health.gaps_open is None else health.gaps_open,
             f"; {health.state.upper()}: {'; '.join(health.problems)}" if health.problems else "",
             "".join(f"; {note}" for note in health.notes),
         )

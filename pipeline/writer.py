@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from candles.model import Candle
-from storage.base import CandleStore, StorageFault, StoreError, StoreUnavailable
+from storage.base import CandleStore, StorageFault, StoreError, StoreUnavailable, WatchRecord
 from storage.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,18 @@ class Checkpoint:
     ``on_spooled(seq)`` lets the journal drop what came before it."""
 
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """Changes to the watched spans of daemon run ``run``, for the store (``record_watched``);
+    written in order, retried every few seconds while the store refuses them."""
+
+    run: str
+    records: tuple[WatchRecord, ...]
+
+
+_WATCHED_RETRY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -83,6 +95,8 @@ class Writer:
         self._fault_since = 0.0  # monotonic time the spool's disk first refused
         self._fault_logged = 0.0
         self._release_after: int | None = None
+        self._watched: list[Watched] = []  # changes to the watched spans the store has not taken yet
+        self._watched_retry = 0.0  # monotonic time of the next try after a refusal
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
 
     def start(self) -> None:
@@ -115,6 +129,8 @@ class Writer:
         while True:
             if not finished:
                 finished = self._collect(pending)
+            if self._watched and (finished or time.monotonic() >= self._watched_retry):
+                self._write_watched()
             if pending:
                 # durable once in the spool: this is when a candle counts as accepted
                 if self._held or not self._append(pending):
@@ -179,6 +195,8 @@ class Writer:
             stats.pending = 0
             stats.oldest_pending = None
             backoff = 1.0
+        if self._watched:
+            self._write_watched()
         stats.pending = spool.depth
         if spool.depth:
             log.warning("shutdown: %d candles remain in the spool %s; the next start writes them", spool.depth, spool.path)
@@ -188,6 +206,20 @@ class Writer:
                 "was kept, so a start with space on the disk builds them again if it is still there",
                 len(self._held), stats.spool_fault,
             )  # fmt: skip
+
+    def _write_watched(self) -> None:
+        """Record the changes to the watched spans, in order; kept for a later try when refused."""
+        while self._watched:
+            item = self._watched[0]
+            try:
+                self.store.record_watched(item.run, item.records)
+            except StoreError as exc:
+                if self._watched_retry == 0.0:  # once per outage
+                    log.warning("the watched spans could not be recorded (%s): retrying", exc)
+                self._watched_retry = time.monotonic() + _WATCHED_RETRY_S
+                return
+            self._watched.pop(0)
+        self._watched_retry = 0.0
 
     # ---- a refusing disk ----------------------------------------------------------------------
     def _append(self, candles: list[Candle]) -> bool:
@@ -370,6 +402,13 @@ class Writer:
             if isinstance(item, Checkpoint):
                 self._release_after = item.seq  # released once what came before it is spooled
                 return False
+            if isinstance(item, Watched):
+                last = self._watched[-1] if self._watched else None
+                if last is not None and last.run == item.run and item.records[0].kind == "extend" == last.records[-1].kind:
+                    self._watched[-1] = Watched(item.run, last.records[:-1] + item.records)  # the newer extend is enough
+                else:
+                    self._watched.append(item)
+                continue
             if item and self.stats.oldest_pending is None:
                 self.stats.oldest_pending = time.monotonic()
             pending.extend(item)

@@ -50,6 +50,22 @@ class WatchlistEntry:
     priority: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class WatchRecord:
+    """A change to the watched spans of one daemon run (``CandleStore.record_watched``), at ``at``
+    (epoch seconds): ``open`` begins a span for ``keys``; ``extend`` moves the end of every open
+    span of the run to ``at`` (what a killed daemon leaves behind: watched until then); ``close``
+    ends the open spans of ``keys``."""
+
+    kind: str  # "open", "extend" or "close"
+    at: float
+    keys: tuple[tuple[str, str], ...] = ()
+
+
+#: (exchange, symbol) -> its watched spans (began, ended), epoch seconds, in order
+WatchedSpans = dict[tuple[str, str], list[tuple[float, float]]]
+
+
 class CandleStore(abc.ABC):
     """Durable home of candles. Writes are idempotent upserts keyed by
     (exchange, symbol, interval, bucket)."""
@@ -89,6 +105,16 @@ class CandleStore(abc.ABC):
     @abc.abstractmethod
     def set_watchlist(self, entries: Sequence[WatchlistEntry]) -> None:
         """Insert or update watchlist rows (used by tools and tests)."""
+
+    @abc.abstractmethod
+    def record_watched(self, run: str, records: Sequence[WatchRecord]) -> None:
+        """Apply ``records``, in order, in one transaction, to the spans of daemon run ``run``.
+        Applying them twice changes nothing."""
+
+    @abc.abstractmethod
+    def watched(self, since: float, until: float, keys: Sequence[tuple[str, str]] | None = None) -> WatchedSpans:
+        """The watched spans overlapping ``since`` to ``until`` (epoch seconds), of ``keys`` or of
+        every symbol, each symbol's spans in order of their beginning."""
 
     @abc.abstractmethod
     def schema_version(self) -> int: ...

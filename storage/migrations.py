@@ -136,6 +136,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=3,
+        description="watched spans: when the daemon watched each symbol (gaps are what they leave out)",
+        sqlite=(
+            """
+            CREATE TABLE watched (
+                exchange TEXT    NOT NULL,
+                symbol   TEXT    NOT NULL,
+                began    INTEGER NOT NULL,
+                ended    INTEGER NOT NULL,
+                run      TEXT    NOT NULL,
+                open     INTEGER NOT NULL DEFAULT 1 CHECK (open IN (0, 1)),
+                PRIMARY KEY (exchange, symbol, began)
+            )
+            """,
+            "CREATE INDEX watched_ended_idx ON watched (ended)",
+            "CREATE INDEX watched_open_idx ON watched (run) WHERE open = 1",
+        ),
+        postgres=(
+            """
+            CREATE TABLE watched (
+                exchange text        NOT NULL,
+                symbol   text        NOT NULL,
+                began    timestamptz NOT NULL,
+                ended    timestamptz NOT NULL,
+                run      text        NOT NULL,
+                open     boolean     NOT NULL DEFAULT true,
+                PRIMARY KEY (exchange, symbol, began)
+            )
+            """,
+            "CREATE INDEX watched_ended_idx ON watched (ended)",
+            "CREATE INDEX watched_open_idx ON watched (run) WHERE open",
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

@@ -25,7 +25,16 @@ import psycopg2.extras
 from candles.model import Candle
 from core.ist import IST
 from storage import migrations
-from storage.base import CandleStore, StoreError, StoreUnavailable, TextMemo, WatchlistEntry, candle_from_row
+from storage.base import (
+    CandleStore,
+    StoreError,
+    StoreUnavailable,
+    TextMemo,
+    WatchedSpans,
+    WatchlistEntry,
+    WatchRecord,
+    candle_from_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -442,6 +451,48 @@ class PostgresStore(CandleStore):
             )
 
         self._run("write the watchlist", work)
+
+    # -- watched spans --------------------------------------------------------------------------
+
+    def record_watched(self, run: str, records: Sequence[WatchRecord]) -> None:
+        def work(cur: Any) -> None:
+            for r in records:
+                at = datetime.fromtimestamp(r.at, timezone.utc)
+                if r.kind == "open":
+                    psycopg2.extras.execute_values(
+                        cur,
+                        "INSERT INTO watched (exchange, symbol, began, ended, run, open) VALUES %s "
+                        "ON CONFLICT (exchange, symbol, began) DO NOTHING",
+                        [(e, s, at, at, run, True) for e, s in r.keys],
+                    )
+                elif r.kind == "extend":
+                    cur.execute("UPDATE watched SET ended = %s WHERE run = %s AND open AND ended < %s", (at, run, at))
+                elif r.keys:
+                    psycopg2.extras.execute_values(
+                        cur,
+                        "UPDATE watched AS w SET ended = GREATEST(w.ended, k.at), open = false "
+                        "FROM (VALUES %s) AS k (e, s, at, run) "
+                        "WHERE w.run = k.run AND w.open AND w.exchange = k.e AND w.symbol = k.s",
+                        [(e, s, at, run) for e, s in r.keys],
+                    )
+
+        self._run("record the watched spans", work)
+
+    def watched(self, since: float, until: float, keys: Sequence[tuple[str, str]] | None = None) -> WatchedSpans:
+        def work(cur: Any) -> WatchedSpans:
+            cur.execute(
+                "SELECT exchange, symbol, extract(epoch FROM began), extract(epoch FROM ended) FROM watched "
+                "WHERE ended > %s AND began < %s ORDER BY exchange, symbol, began",
+                (datetime.fromtimestamp(since, timezone.utc), datetime.fromtimestamp(until, timezone.utc)),
+            )
+            wanted = None if keys is None else set(keys)
+            spans: WatchedSpans = {}
+            for e, s, began, ended in cur.fetchall():
+                if wanted is None or (e, s) in wanted:
+                    spans.setdefault((e, s), []).append((float(began), float(ended)))
+            return spans
+
+        return self._run("read the watched spans", work)
 
     def close(self) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ from pathlib import Path
 from candles.model import Candle
 from core.ist import IST
 from storage import migrations
-from storage.base import CandleStore, StorageFault, StoreError, WatchlistEntry, candle_from_row
+from storage.base import CandleStore, StorageFault, StoreError, WatchedSpans, WatchlistEntry, WatchRecord, candle_from_row
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,43 @@ class SQLiteStore(CandleStore):
                 )
             except sqlite3.Error as exc:
                 raise self._error("write the watchlist", exc) from exc
+
+    # -- watched spans --------------------------------------------------------------------------
+
+    def record_watched(self, run: str, records: Sequence[WatchRecord]) -> None:
+        with self._transaction() as conn:
+            try:
+                for r in records:
+                    at = round(r.at * 1_000_000)
+                    if r.kind == "open":
+                        conn.executemany(
+                            "INSERT INTO watched (exchange, symbol, began, ended, run, open) VALUES (?, ?, ?, ?, ?, 1) "
+                            "ON CONFLICT (exchange, symbol, began) DO NOTHING",
+                            [(e, s, at, at, run) for e, s in r.keys],
+                        )
+                    elif r.kind == "extend":
+                        conn.execute("UPDATE watched SET ended = ? WHERE run = ? AND open = 1 AND ended < ?", (at, run, at))
+                    else:
+                        conn.executemany(
+                            "UPDATE watched SET ended = MAX(ended, ?), open = 0 "
+                            "WHERE run = ? AND open = 1 AND exchange = ? AND symbol = ?",
+                            [(at, run, e, s) for e, s in r.keys],
+                        )
+            except sqlite3.Error as exc:
+                raise self._error("record the watched spans", exc) from exc
+
+    def watched(self, since: float, until: float, keys: Sequence[tuple[str, str]] | None = None) -> WatchedSpans:
+        rows = self._query(
+            "SELECT exchange, symbol, began, ended FROM watched WHERE ended > ? AND began < ? "
+            "ORDER BY exchange, symbol, began",
+            (round(since * 1_000_000), round(until * 1_000_000)),
+        )
+        wanted = None if keys is None else set(keys)
+        spans: WatchedSpans = {}
+        for e, s, began, ended in rows:
+            if wanted is None or (e, s) in wanted:
+                spans.setdefault((e, s), []).append((began / 1_000_000, ended / 1_000_000))
+        return spans
 
     def close(self) -> None:
         with self._lock:

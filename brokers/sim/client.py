@@ -318,6 +318,7 @@ class SimBroker(BaseBroker):
     def subscribe(self, instruments: Sequence[Instrument]) -> None:
         self.check_capacity(len(self._walks) + len(instruments))
         start_ms = int(self.clock() * 1000)
+        added: list[tuple[str, str]] = []
         with self._lock, progress("preparing the simulated streams", len(instruments), "symbols") as bar:
             for inst in instruments:
                 bar.update()
@@ -326,13 +327,20 @@ class SimBroker(BaseBroker):
                 walk = _Walk(inst, self.seed, start_ms, self.tick_rate)
                 self._walks[inst.key] = walk
                 heapq.heappush(self._heap, (walk.ts_ms, inst.key))
+                added.append((inst.exchange, inst.symbol))
+        if self._thread is not None:
+            self._report_watch(True, self.clock(), tuple(added))
 
     def unsubscribe(self, instruments: Sequence[Instrument]) -> None:
+        gone: list[tuple[str, str]] = []
         with self._lock:
             for inst in instruments:
-                self._walks.pop(inst.key, None)
+                if self._walks.pop(inst.key, None) is not None:
+                    gone.append((inst.exchange, inst.symbol))
             self._heap = [(ts, key) for ts, key in self._heap if key in self._walks]
             heapq.heapify(self._heap)
+        if self._thread is not None:
+            self._report_watch(False, self.clock(), tuple(gone))
 
     def connect(self, on_ticks: TickBatchCallback) -> None:
         if self._thread is not None:
@@ -343,15 +351,21 @@ class SimBroker(BaseBroker):
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(on_ticks,), name="sim-feed", daemon=True)
         self._thread.start()
+        self._report_watch(True, self.clock(), self._keys())
 
     def disconnect(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+            self._report_watch(False, self.clock(), self._keys())
         if self._tape is not None:
             self._tape.close()
             self._tape = None
+
+    def _keys(self) -> tuple[tuple[str, str], ...]:
+        with self._lock:
+            return tuple((w.instrument.exchange, w.instrument.symbol) for w in self._walks.values())
 
     def is_connected(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -1,0 +1,111 @@
+"""What the daemon watched: each symbol's watched spans, kept on the pipeline thread.
+
+The feed says when instruments begin and stop being watched (``brokers.base.WatchChange``: a
+connection subscribed them, or went down at its last frame). ``Coverage`` turns that into
+
+- the unwatched spans the aggregator is told of (candle rule 8): from the moment a symbol's
+  connection went down to the moment it was subscribed again;
+- ``WatchRecord``s for the store (``watched`` table), handed to the writer thread: a span opens
+  and closes with the feed, and every ``EXTEND_S`` seconds the open ones are extended to now with
+  one statement, so a killed daemon leaves spans that end at most that long before it died;
+- today's gap minutes (``core.gaps``): the session minutes of the symbols' exchanges (per the
+  market calendar) not covered by a span, from the store's spans of earlier runs and this one's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import date, datetime, time, timedelta
+
+from brokers.base import WatchChange
+from core.gaps import Span, gap_minutes
+from core.ist import IST
+from core.market_calendar import MarketCalendar
+from storage.base import WatchedSpans, WatchRecord
+
+#: how often the open spans are extended in the store (what a kill may leave unrecorded)
+EXTEND_S = 60.0
+
+Key = tuple[str, str]
+
+
+def day_bounds(day: date) -> tuple[float, float]:
+    """The IST day ``day`` as epoch seconds (start, end)."""
+    start = datetime.combine(day, time(0), IST)
+    return start.timestamp(), (start + timedelta(days=1)).timestamp()
+
+
+class Coverage:
+    """The watched spans of one daemon run and of earlier ones today (pipeline thread only)."""
+
+    def __init__(self) -> None:
+        self.open: dict[Key, float] = {}  # symbol -> when its current span began
+        self.down: dict[Key, float] = {}  # symbol -> when its connection went down, until it is up again
+        self.closed: dict[Key, list[Span]] = defaultdict(list)  # today's ended spans (earlier runs' too)
+        self.day: date | None = None
+        self.extended = -math.inf  # the feed clock's time the open spans were last extended to
+
+    def load(self, spans: WatchedSpans) -> None:
+        """Today's spans of earlier runs (from the store)."""
+        for key, spans_of in spans.items():
+            self.closed[key].extend(spans_of)
+
+    def change(self, change: WatchChange) -> tuple[list[tuple[float, list[Key]]], WatchRecord]:
+        """Take ``change``; returns the unwatched spans to declare, as (since, keys) pairs that end at
+        ``change.at``, and the record for the store."""
+        at = change.at
+        if not change.up:
+            for key in change.keys:
+                began = self.open.pop(key, None)
+                if began is not None:
+                    self.closed[key].append((began, max(began, at)))
+                self.down[key] = at
+            return [], WatchRecord("close", at, change.keys)
+        since: dict[float, list[Key]] = defaultdict(list)
+        for key in change.keys:
+            down = self.down.pop(key, None)
+            if down is not None and down < at:
+                since[down].append(key)
+            self.open.setdefault(key, at)
+        return sorted(since.items()), WatchRecord("open", at, change.keys)
+
+    def extend(self, now: float) -> WatchRecord | None:
+        """The record that extends the open spans to ``now``, when ``EXTEND_S`` has passed."""
+        if now - self.extended < EXTEND_S:
+            return None
+        self.extended = now
+        return WatchRecord("extend", now)
+
+    def gap_minutes(self, calendar: MarketCalendar, keys: list[Key], now: float) -> int:
+        """Today's gap minutes so far, summed over ``keys``: session minutes already over that a
+        symbol's spans do not cover. Symbols with the same spans on the same exchange are worked
+        out once."""
+        today = datetime.fromtimestamp(now, IST).date()
+        if self.day != today:  # a new day: yesterday's spans no longer matter
+            self.day = today
+            start = day_bounds(today)[0]
+            for key in list(self.closed):
+                kept = [s for s in self.closed[key] if s[1] > start]
+                if kept:
+                    self.closed[key] = kept
+                else:
+                    del self.closed[key]
+        sessions: dict[str, list[tuple[datetime, datetime]]] = {}
+        done: dict[tuple, int] = {}
+        total = 0
+        for key in keys:
+            exchange = key[0]
+            if exchange not in sessions:
+                sessions[exchange] = calendar.sessions(exchange, today)
+            if not sessions[exchange]:
+                continue
+            began = self.open.get(key)
+            spans = tuple(self.closed.get(key, ()))
+            shape = (exchange, began, spans)
+            n = done.get(shape)
+            if n is None:
+                all_spans = spans + ((began, now),) if began is not None else spans
+                n = done[shape] = gap_minutes(sessions[exchange], all_spans, now)
+            total += n
+        return total
