@@ -29,7 +29,8 @@ Definitions (per symbol; "day" is the IST day of a tick's exchange timestamp):
 * Provenance (rule 8). ``unwatched`` lists spans (arrivals before it, since, until) in which
   nothing was watched (a restart, a feed outage). B is ``partial`` if [start, end) overlaps a
   span (start < until and end > since), else ``live``. Per series, the first arrival after a span
-  placed in a bucket ending after ``since``: if that bucket starts after ``since`` and holds no
+  with an exchange time at or after ``since`` (an older one repeats what was seen, as a feed's
+  snapshot on resubscribing does): if its bucket starts after ``since`` and holds no
   earlier arrival with a volume, its volume counts from that arrival's volume (the base is at
   least it).
 * ``horizon_ok=True`` (default): every tick is placed (the caller knows none arrived beyond the
@@ -126,7 +127,7 @@ def reference_candles(
             for index, tick, ts, _, _ in rows[before:]:
                 series = (tick.exchange, tick.symbol, interval.name)
                 start = interval.bucket_start(ts)
-                if series in entered or start + interval.seconds <= since:
+                if series in entered or start + interval.seconds <= since or ts < since:  # an older tick is a repeat
                     continue
                 entered.add(series)
                 key = (*series, start)

@@ -420,6 +420,22 @@ def test_a_restart_leaves_both_neighbours_of_the_hole_partial_and_the_one_after_
     assert feed.as_reference(with_source=True) == reference_candles(ticks, feed.intervals, unwatched=[(3, DAY0 + 94, DAY0 + 185)])
 
 
+def test_a_repeat_of_an_older_tick_after_an_outage_does_not_end_it_and_the_next_bucket_takes_no_outage_volume():
+    """On resubscribing, a feed repeats each instrument's last state (Kite's snapshot): a tick older
+    than the outage. The first bucket after the outage still counts from its own first tick."""
+    feed = Feed("1m")
+    feed.add(tick(50, 100, 10_000))
+    feed.clock.now = DAY0 + 130
+    feed.agg.unwatched(DAY0 + 55, DAY0 + 130, [("NSE", "INFY")])
+    ticks = [tick(50, 100, 10_000), tick(131, 103, 16_000), tick(140, 104, 16_100)]  # the repeat, then new ones
+    feed.add(*ticks)
+    feed.at(182)
+    after = feed.candle("1m", 2)
+    assert (after.source, after.volume) == ("partial", 100)  # 16,100 - 16,000: not the outage's 6,000
+    arrivals = [tick(50, 100, 10_000), *ticks]
+    assert feed.as_reference(with_source=True) == reference_candles(arrivals, feed.intervals, unwatched=[(1, DAY0 + 55, DAY0 + 130)])
+
+
 def test_an_outage_inside_one_bucket_makes_it_partial_with_its_volume_exact():
     feed = Feed("1m")
     feed.add(tick(5, 100, 1_000), tick(10, 101, 1_100))
