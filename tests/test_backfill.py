@@ -65,8 +65,14 @@ def day_tape(instruments=EQUITIES, seconds: int = 1800, start: int = DEFAULT_STA
 def reference(tape: list[TapeTick], intervals: str) -> dict:
     names = {i.token: i for i in EQUITIES}
     arrivals = [
-        SimpleNamespace(exchange="NSE", symbol=names[t.token].tradingsymbol, last_price=t.last_price, volume=t.volume,
-                        oi=t.oi, exchange_ts=datetime.fromtimestamp(t.exchange_ts, IST))  # fmt: skip
+        SimpleNamespace(
+            exchange="NSE",
+            symbol=names[t.token].tradingsymbol,
+            last_price=t.last_price,
+            volume=t.volume,
+            oi=t.oi,
+            exchange_ts=datetime.fromtimestamp(t.exchange_ts, IST),
+        )  # fmt: skip
         for t in tape
     ]
     ref = reference_candles(arrivals, parse_intervals(intervals))
@@ -138,9 +144,7 @@ def test_a_final_live_candle_is_kept_and_a_partial_one_is_replaced(
     assert "1 kept because a final live candle holds the bucket" in capsys.readouterr().out
 
 
-def test_a_holiday_and_a_weekend_are_skipped(
-    server: KiteFakeServer, in_process: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_holiday_and_a_weekend_are_skipped(server: KiteFakeServer, in_process: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     thursday = int(datetime(2024, 1, 25, 9, 15, tzinfo=IST).timestamp())
     friday = thursday + 86_400  # Republic Day: NSE is closed
     for start in (thursday, friday):
