@@ -6,7 +6,8 @@ Puts one trading day (09:15-15:30 IST, two trades a minute) of N instruments on 
 runs ``main.py --backfill`` for that day as a process (SQLite in a temporary directory), and prints
 the requests per second achieved against the limit (first request to last, as the fake saw them),
 the busiest one-second window, the 429s (0 expected), the candles written, the wall time, the
-process's peak RSS, and the wall time extrapolated to 9,000 instruments at the rate achieved.
+process's peak RSS (and its RSS over the second half: flat means no growth per symbol), and the
+wall time extrapolated to 9,000 instruments at the rate achieved.
 """
 
 from __future__ import annotations
@@ -26,6 +27,25 @@ from testkit.cli import MAIN, main_env
 from testkit.fakes.kite_server import FakeInstrument, KiteFakeServer
 
 
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    return _status_kb(pid, "VmHWM:")
+
+
+def _vm_rss_kb(pid: int) -> int:
+    return _status_kb(pid, "VmRSS:")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--instruments", type=int, default=60)
@@ -39,13 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         env = main_env(KITE_API_KEY=server.api_key, KITE_ACCESS_TOKEN=server.access_token, KITE_API_URL=server.api_url,
                        SQLITE_PATH=str(root / "candles.db"), DATA_DIR=str(root / "data"))  # fmt: skip
         started = time.perf_counter()
-        done = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, MAIN, "--backfill", "--symbols-file", "symbols.txt", "--from", "2024-01-15", "--to",
              "2024-01-15", "--intervals", args.intervals, "--log-level", "WARNING"],
-            cwd=root, env=env, capture_output=True, text=True, check=False,
+            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        peak_kb, samples = 0, []
+        while proc.poll() is None:  # the process's own high-water mark, read while it lives
+            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            samples.append(_vm_rss_kb(proc.pid))
+            time.sleep(0.2)
+        out, err = proc.communicate()
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         wall = time.perf_counter() - started
-        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         if done.returncode != 0:
             print(done.stdout, done.stderr, sep="\n", file=sys.stderr)
             return 1
@@ -62,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
           f"busiest second {busiest_second(times)}")  # fmt: skip
     print(f"candles written        {written:,}")
     print(f"wall time              {wall:.1f} s (process start-up, instruments dump and calendar included)")
-    print(f"peak RSS               {rss_mb:.0f} MB (main.py --backfill)")
+    mid = [x for x in samples if x][len(samples) // 2 :] or [0]
+    print(f"peak RSS               {peak_kb / 1024:.0f} MB (main.py --backfill; second half of the run: "
+          f"{min(mid) / 1024:.0f}-{max(mid) / 1024:.0f} MB); the calendar's child process: {child_mb:.0f} MB")
     print(f"9,000 instruments      ~{9000 / rate / 60:.0f} min at the rate achieved (extrapolated, not measured)")
     return 0
 
