@@ -9,6 +9,7 @@ import sys
 from brokers import registry
 from brokers.base import BrokerError, CredentialsRefused
 from cli.args import build_parser
+from cli.backfill import run_backfill
 from cli.checks import test_broker, test_database, test_mqtt
 from cli.daemon import run_daemon
 from cli.errors import UsageError
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
             return test_database(settings)
         if args.test_mqtt:
             return test_mqtt(settings)
+        if args.backfill:
+            return run_backfill(settings, args)
         venue = venue_settings(settings, args.broker)
         if args.login:
             if registry.venue(args.broker).name != "kite":

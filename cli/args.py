@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from datetime import date
 
 from brokers import registry
 from config.numbers import PORT, Range
+
+
+def parse_day(text: str) -> date:
+    """``YYYY-MM-DD`` for --from and --to."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: write it as YYYY-MM-DD, e.g. 2024-01-15") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--interval", default="1m", help="interval for --show-candles (default 1m)")
     rows = Range(1, 100_000, whole=True)
     checks.add_argument("--limit", type=rows.option, default=20, help="rows for --show-candles (default 20)")
+
+    back = p.add_argument_group("backfill from Kite's historical API (needs the Kite settings, whatever --broker is)")
+    back.add_argument("--backfill", action="store_true", help="fetch past candles of the watchlist's symbols, then exit "
+                      "(the same command again resumes a stopped run)")  # fmt: skip
+    back.add_argument("--from", dest="backfill_from", type=parse_day, metavar="YYYY-MM-DD", help="first day (default: today, IST)")
+    back.add_argument("--to", dest="backfill_to", type=parse_day, metavar="YYYY-MM-DD", help="last day (default: today, IST)")
 
     kite = p.add_argument_group("Zerodha Kite (--broker kite)")
     kite.add_argument("--login", action="store_true", help="daily login: print the login URL, store the access token")

@@ -94,6 +94,10 @@ class CandleStore(abc.ABC):
         """The newest candles of one series, newest first."""
 
     @abc.abstractmethod
+    def between(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime) -> list[Candle]:
+        """One series' candles with ``start <= bucket < end`` (aware datetimes), oldest first."""
+
+    @abc.abstractmethod
     def latest_per_series(self, since_epoch: float) -> list[Candle]:
         """For every (exchange, symbol, interval), its newest candle with bucket >= since
         (used to resume open buckets after a restart)."""

@@ -411,6 +411,17 @@ class PostgresStore(CandleStore):
 
         return self._run("read candles", work)
 
+    def between(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime) -> list[Candle]:
+        def work(cur: Any) -> list[Candle]:
+            cur.execute(
+                f'SELECT {_COLUMNS} FROM candles WHERE exchange = %s AND symbol = %s AND "interval" = %s '
+                "AND bucket >= %s AND bucket < %s ORDER BY bucket",
+                (exchange, symbol, interval, start, end),
+            )
+            return [_candle(r) for r in cur.fetchall()]
+
+        return self._run("read candles", work)
+
     def latest_per_series(self, since_epoch: float) -> list[Candle]:
         since = datetime.fromtimestamp(since_epoch, timezone.utc)
 

@@ -247,6 +247,14 @@ class SQLiteStore(CandleStore):
         )
         return [_candle(r) for r in rows]
 
+    def between(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime) -> list[Candle]:
+        rows = self._query(
+            f'SELECT {_COLUMNS} FROM candles WHERE exchange = ? AND symbol = ? AND "interval" = ? '
+            "AND bucket >= ? AND bucket < ? ORDER BY bucket",
+            (exchange, symbol, interval, to_micros(start), to_micros(end)),
+        )
+        return [_candle(r) for r in rows]
+
     def latest_per_series(self, since_epoch: float) -> list[Candle]:
         since = to_micros(datetime.fromtimestamp(since_epoch, timezone.utc))
         cols = ", ".join(f"c.{name.strip()}" for name in _COLUMNS.split(","))

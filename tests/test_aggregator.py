@@ -433,7 +433,8 @@ def test_a_repeat_of_an_older_tick_after_an_outage_does_not_end_it_and_the_next_
     after = feed.candle("1m", 2)
     assert (after.source, after.volume) == ("partial", 100)  # 16,100 - 16,000: not the outage's 6,000
     arrivals = [tick(50, 100, 10_000), *ticks]
-    assert feed.as_reference(with_source=True) == reference_candles(arrivals, feed.intervals, unwatched=[(1, DAY0 + 55, DAY0 + 130)])
+    expected = reference_candles(arrivals, feed.intervals, unwatched=[(1, DAY0 + 55, DAY0 + 130)])
+    assert feed.as_reference(with_source=True) == expected
 
 
 def test_an_outage_inside_one_bucket_makes_it_partial_with_its_volume_exact():

@@ -337,6 +337,13 @@ def test_latest_returns_one_series_newest_first_up_to_the_limit(store: CandleSto
     assert store.latest("NSE", "WIPRO", "1m") == []
 
 
+def test_between_returns_one_series_in_a_half_open_range_oldest_first(store: CandleStore) -> None:
+    series = [make_candle("INFY", T0 + i * MINUTE) for i in range(10)]
+    store.upsert(series[5:] + series[:5] + [make_candle("TCS", T0 + MINUTE), make_candle("INFY", T0, interval="5m")])
+    assert store.between("NSE", "INFY", "1m", T0 + 2 * MINUTE, T0 + 6 * MINUTE) == series[2:6]
+    assert store.between("NSE", "INFY", "1m", T0 + 20 * MINUTE, T0 + 30 * MINUTE) == []
+
+
 # -- provenance (candle rule 8) ------------------------------------------------------------------
 
 

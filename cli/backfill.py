@@ -1,0 +1,306 @@
+"""``--backfill``: the candles of past trading days from Kite's historical API, on demand.
+
+For each symbol, one call to ``KiteHistorical.minute_candles`` over the range (Kite's 60-day limit
+and 3 requests/s are the client's), kept to the market calendar's session minutes and to minutes
+that had ended when the request went out; the coarser intervals are rolled up from those minutes
+(``candles.rollup``: the live rules); every candle is ``backfill`` and final, upserted per symbol
+in one transaction, so the store keeps a final live candle (candle rule 8).
+
+Resuming: each (symbol, day) written is appended to a small file in ``DATA_DIR`` named after the
+request (dates, intervals, symbols), fsynced; the same command run again skips those, and the file
+goes once the whole request is done. The store cannot answer "done" itself: Kite sends no candle
+for a minute without a trade, so an illiquid symbol's day never fills every session minute, and a
+day with a final live candle in every bucket still needs asking. A day whose session had not
+ended when it was fetched is not recorded (a later run asks for it again).
+
+SIGTERM or SIGINT stop it after the symbol in hand: exit 0, saying how far it got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from brokers.base import BrokerError, CredentialsRefused
+from brokers.kite.historical import HistoricalUnavailable, KiteHistorical, minute_chunks
+from candles.model import BACKFILL, LIVE, Candle, Interval, parse_intervals
+from candles.rollup import roll_up
+from cli.daemon import _listed, _watchlist
+from cli.errors import UsageError
+from config.env import ConfigError
+from config.market_calendar import load_calendar
+from config.settings import Settings
+from core.ist import IST
+from core.market_calendar import MarketCalendar
+from core.progress import progress
+from core.ticks import Instrument
+from storage import open_store
+from storage.base import CandleStore
+
+log = logging.getLogger("marketfeed")
+
+#: consecutive symbols that fail (network, 5xx after every retry) before the run gives up
+MAX_FAILURES_IN_A_ROW = 5
+#: exit status when Kite refuses the historical API (cli/app.py: a refusal a rerun cannot fix)
+EXIT_REFUSED = 3
+
+
+@dataclass
+class Tally:
+    symbols: int = 0
+    days: int = 0
+    requests: int = 0
+    retries: int = 0
+    written: int = 0
+    kept_live: int = 0
+    failed: int = 0
+    resumed: int = 0  # (symbol, day) pairs an earlier run of the same request had done
+
+
+class DoneFile:
+    """The (symbol, day) pairs of one request already written, one ``EXCHANGE:SYMBOL YYYY-MM-DD`` a line."""
+
+    def __init__(self, data_dir: Path, request: dict[str, Any]) -> None:
+        key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = data_dir / f"backfill-{key}.done"
+        self.done: set[tuple[str, date]] = set()
+        if self.path.exists():
+            # the last piece is "" when the file ends with a whole line; a line cut by a kill has no
+            # newline yet and is left out: that day is asked again
+            for line in self.path.read_text(encoding="utf-8").split("\n")[:-1]:
+                key, _, day = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    self.done.add((key, date.fromisoformat(day)))
+        self._file: TextIO | None = None
+
+    def add(self, key: str, days: list[date]) -> None:
+        if not days:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file.write("".join(f"{key} {d.isoformat()}\n" for d in days))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done.update((key, d) for d in days)
+
+    def close(self, finished: bool) -> None:
+        if self._file is not None:
+            self._file.close()
+        if finished:
+            self.path.unlink(missing_ok=True)
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.signame: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._on)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _on(self, signum: int, _frame: FrameType | None) -> None:
+        self.signame = signal.Signals(signum).name
+
+
+def run_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    today = datetime.now(IST).date()
+    first = args.backfill_from or today
+    last = args.backfill_to or today
+    if first > last:
+        raise UsageError(f"--from {first} is after --to {last}: give the earlier day first")
+    if last > today:
+        raise UsageError(f"--to {last} is in the future (today is {today} IST): history ends today")
+    intervals = parse_intervals(settings.candles.intervals if args.intervals is None else args.intervals)
+    listed = _listed(args)
+    kite = settings.venues["kite"]
+    if kite.missing():
+        raise ConfigError(
+            "backfill fetches candles from Kite's historical API, whatever --broker is: set KITE_API_KEY "
+            "and log in with `python main.py --broker kite --login` (or set KITE_ACCESS_TOKEN)"
+        )
+    calendar, _ = load_calendar(settings.calendar.file, Path(settings.storage.data_dir))
+    store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
+    try:
+        store.migrate()
+        pairs = _watchlist(args, store, listed)
+        return _backfill(settings, store, calendar, pairs, intervals, first, last)
+    finally:
+        store.close()
+
+
+def _backfill(
+    settings: Settings,
+    store: CandleStore,
+    calendar: MarketCalendar,
+    pairs: list[tuple[str, str]],
+    intervals: tuple[Interval, ...],
+    first: date,
+    last: date,
+) -> int:
+    from brokers.kite.factory import access_token, rest_client
+    from brokers.kite.instruments import KiteInstruments
+
+    kite_settings = settings.venues["kite"]
+    data_dir = Path(settings.storage.data_dir)
+    try:
+        token = access_token(kite_settings)[0]
+        rest = rest_client(kite_settings, token)
+        instruments, unknown = KiteInstruments(rest, data_dir).resolve(pairs)
+    except CredentialsRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    for key in unknown:
+        log.warning("unknown symbol %s: skipped (check the exchange and the trading symbol)", key)
+    if not instruments:
+        raise UsageError(f"none of the {len(pairs)} symbols is in Kite's instruments dump")
+    request = {"from": first.isoformat(), "to": last.isoformat(), "intervals": [i.name for i in intervals],
+               "symbols": sorted(i.key for i in instruments)}  # fmt: skip
+    done = DoneFile(data_dir, request)
+    history = KiteHistorical(rest)
+    tally = Tally()
+    stop = _StopFlag()
+    started = time.monotonic()
+    finished = False
+    failures_in_a_row = 0
+    log.info("backfill: %d symbols, %s to %s, intervals %s, into %s%s", len(instruments), first, last,
+             ",".join(i.name for i in intervals), store.description,
+             f" (resuming: {len(done.done)} symbol-days done before)" if done.done else "")  # fmt: skip
+    stop.install()
+    try:
+        with progress("backfill", total=len(instruments), unit="symbols") as bar:
+            for inst in instruments:
+                if stop.signame:
+                    break
+                try:
+                    _one(inst, calendar, history, store, done, intervals, first, last, tally)
+                    failures_in_a_row = 0
+                except HistoricalUnavailable as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return EXIT_REFUSED
+                except BrokerError as exc:
+                    tally.failed += 1
+                    failures_in_a_row += 1
+                    log.error("backfill of %s failed: %s", inst.key, exc)
+                    if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                        log.error("backfill: %d symbols failed in a row: stopping; run the same command again "
+                                  "to resume once Kite answers", failures_in_a_row)  # fmt: skip
+                        break
+                bar.update(1)
+            else:
+                finished = not tally.failed
+    finally:
+        stop.restore()
+        done.close(finished)
+        tally.requests = history.requests
+    elapsed = time.monotonic() - started
+    summary = (
+        f"backfill: {tally.symbols} of {len(instruments)} symbols, {tally.days} symbol-days, "
+        f"{tally.requests} requests ({tally.retries} retried), {tally.written} candles written, "
+        f"{tally.kept_live} kept because a final live candle holds the bucket, "
+        f"{tally.resumed} symbol-days done by an earlier run, {tally.failed} failed, {elapsed:.1f} s"
+    )
+    print(summary)
+    if stop.signame:
+        print(f"backfill stopped by {stop.signame} after {tally.symbols} of {len(instruments)} symbols: "
+              "run the same command again to resume")  # fmt: skip
+        return 0
+    if tally.failed:
+        print(f"error: {tally.failed} symbols were not backfilled (see the log): run the same command again "
+              "to fill them", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _one(
+    inst: Instrument,
+    calendar: MarketCalendar,
+    history: KiteHistorical,
+    store: CandleStore,
+    done: DoneFile,
+    intervals: tuple[Interval, ...],
+    first: date,
+    last: date,
+    tally: Tally,
+) -> None:
+    """Fetch, roll up and write one symbol's days of the range."""
+    try:
+        days = calendar.trading_days(inst.exchange, first, last)
+    except ValueError:
+        log.warning("backfill: %s: the market calendar has no sessions for %s: skipped", inst.key, inst.exchange)
+        return
+    tally.symbols += 1
+    todo = [d for d in days if (inst.key, d) not in done.done]
+    tally.resumed += len(days) - len(todo)
+    if not todo:
+        return
+    sessions = {d: calendar.sessions(inst.exchange, d) for d in todo}
+    start, end = sessions[todo[0]][0][0], sessions[todo[-1]][-1][1]
+    before = history.requests
+    asked_at = datetime.now(IST)
+    minutes = history.minute_candles(inst, start, end)
+    tally.retries += history.requests - before - len(minute_chunks(start, end))
+    by_day: dict[date, list[Candle]] = {d: [] for d in todo}
+    for m in minutes:
+        day = m.bucket.date()
+        if day in by_day and m.bucket + timedelta(minutes=1) <= asked_at and _in(sessions[day], m.bucket):
+            by_day[day].append(replace(m, source=BACKFILL, final=True))
+    out: list[Candle] = []
+    complete: list[date] = []
+    for day, mins in by_day.items():
+        closed = sessions[day][-1][1] <= asked_at
+        for iv in intervals:
+            for c in roll_up(mins, iv):
+                if closed or _bucket_end(c, iv, sessions[day]) <= asked_at:
+                    out.append(c)
+        if closed:
+            complete.append(day)
+    tally.kept_live += _final_live(store, inst, intervals, start, end, out)
+    if out:
+        store.upsert(out)
+    tally.written += len(out)
+    tally.days += len(todo)
+    done.add(inst.key, complete)
+
+
+def _in(sessions: list[tuple[datetime, datetime]], t: datetime) -> bool:
+    return any(a <= t < b for a, b in sessions)
+
+
+def _bucket_end(c: Candle, iv: Interval, sessions: list[tuple[datetime, datetime]]) -> datetime:
+    """When ``c``'s bucket ends: the interval's end, or the last close of the sessions it overlaps if sooner."""
+    end = c.bucket + timedelta(seconds=iv.seconds)
+    closes = [b for a, b in sessions if a < end and c.bucket < b]
+    return min(end, max(closes)) if closes else end
+
+
+def _final_live(
+    store: CandleStore, inst: Instrument, intervals: tuple[Interval, ...], start: datetime, end: datetime,
+    candles: list[Candle],
+) -> int:  # fmt: skip
+    """How many of ``candles`` the store will keep out: their bucket holds a final live candle."""
+    wanted = {c.key for c in candles}
+    kept = 0
+    for iv in intervals:
+        lo = datetime.fromtimestamp(iv.bucket_start(start.timestamp()), IST)
+        for c in store.between(inst.exchange, inst.symbol, iv.name, lo, end):
+            if c.source == LIVE and c.final and c.key in wanted:
+                kept += 1
+    return kept
