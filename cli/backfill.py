@@ -37,8 +37,8 @@ from brokers.base import BrokerError, CredentialsRefused
 from brokers.kite.historical import HistoricalUnavailable, KiteHistorical, minute_chunks
 from candles.model import BACKFILL, LIVE, Candle, Interval, parse_intervals
 from candles.rollup import roll_up
-from cli.daemon import _listed, _watchlist
 from cli.errors import UsageError
+from cli.watchlist import listed_symbols, watchlist
 from config.env import ConfigError
 from config.market_calendar import load_calendar
 from config.settings import Settings
@@ -129,7 +129,7 @@ def run_backfill(settings: Settings, args: argparse.Namespace) -> int:
     if last > today:
         raise UsageError(f"--to {last} is in the future (today is {today} IST): history ends today")
     intervals = parse_intervals(settings.candles.intervals if args.intervals is None else args.intervals)
-    listed = _listed(args)
+    listed = listed_symbols(args)
     kite = settings.venues["kite"]
     if kite.missing():
         raise ConfigError(
@@ -140,7 +140,7 @@ def run_backfill(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
     try:
         store.migrate()
-        pairs = _watchlist(args, store, listed)
+        pairs = watchlist(args, store, listed)
         return _backfill(settings, store, calendar, pairs, intervals, first, last)
     finally:
         store.close()

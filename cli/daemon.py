@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-import zlib
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
@@ -27,9 +26,10 @@ from candles.model import parse_intervals
 from cli.errors import UsageError
 from cli.settings import feed_context
 from cli.signals import DaemonSignals, StopRequested
+from cli.watchlist import listed_symbols, parse_shard, resolve, shard_of, watchlist
 from config.market_calendar import Overrides, build_calendar, library_holidays, read_overrides, staleness, today_line
 from config.settings import Settings
-from config.symbols import SymbolError, load_symbols_file, parse_symbol, parse_symbols
+from config.symbols import SymbolError
 from core.ist import IST
 from core.market_calendar import MarketCalendar
 from core.ticks import Instrument
@@ -39,7 +39,7 @@ from ops.malloc_tuning import release_free_memory, tune_allocator
 from pipeline.journal import TickJournal
 from pipeline.service import Publisher, Service
 from storage import open_store
-from storage.base import CandleStore, StoreError, WatchlistEntry
+from storage.base import CandleStore, StoreError
 from storage.spool import Spool
 
 log = logging.getLogger("marketfeed")
@@ -80,9 +80,9 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
     intervals = parse_intervals(settings.candles.intervals if args.intervals is None else args.intervals)
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be a positive number of seconds")
-    shard = _parse_shard(args.shard)
+    shard = parse_shard(args.shard)
     port = args.metrics_port if args.metrics_port is not None else settings.metrics.port
-    listed = _listed(args)  # a bad symbols file stops the start before any login
+    listed = listed_symbols(args)  # a bad symbols file stops the start before any login
     overrides = read_overrides(settings.calendar.file)  # so does a bad market calendar file
     signals.enter(f"opening the {args.broker} feed (logging in, loading its instrument list)")
     broker, clock = open_feed(settings, args)
@@ -94,10 +94,10 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         version = store.migrate()
         log.info("store %s ready (schema version %d)", store.description, version)
         signals.enter("reading and resolving the watchlist")
-        pairs = _watchlist(args, store, listed)
+        pairs = watchlist(args, store, listed)
         if shard is not None:
-            pairs = _shard_of(pairs, *shard)
-        instruments = _resolve(broker, pairs)
+            pairs = shard_of(pairs, *shard)
+        instruments = resolve(broker, pairs)
         broker.check_capacity(len(instruments))
 
         signals.enter("opening the spool and the tick journal")
@@ -241,10 +241,10 @@ def _reload_watchlist(
     read anew), resolve it, and change the live subscriptions to it. Any problem keeps the current
     watchlist and is logged as an error."""
     try:
-        pairs = _watchlist(args, store)
+        pairs = watchlist(args, store)
         if shard is not None:
-            pairs = _shard_of(pairs, *shard)
-        instruments = _resolve(broker, pairs)
+            pairs = shard_of(pairs, *shard)
+        instruments = resolve(broker, pairs)
         broker.check_capacity(len(instruments))
         added, removed = service.change_instruments(instruments)
     except (UsageError, SymbolError, StoreError, BrokerError, OSError) as exc:
@@ -266,81 +266,3 @@ def _keys(instruments: list[Instrument], shown: int = 10) -> str:
         return ""
     keys = ", ".join(i.key for i in instruments[:shown])
     return f" ({keys}{', …' if len(instruments) > shown else ''})"
-
-
-def _listed(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """The symbols of ``--symbols`` and ``--symbols-file``: read before anything else starts."""
-    pairs: list[tuple[str, str]] = parse_symbols(args.symbols)
-    if args.symbols_file:
-        pairs += load_symbols_file(args.symbols_file)
-    if not pairs and not args.symbols_from_db:
-        raise UsageError("no symbols to stream: pass --symbols NSE:INFY ..., --symbols-file or --symbols-from-db")
-    return pairs
-
-
-def _watchlist(
-    args: argparse.Namespace, store: CandleStore, listed: list[tuple[str, str]] | None = None
-) -> list[tuple[str, str]]:
-    """The whole watchlist: ``listed`` (read anew when None: a reload) and the database table's rows."""
-    pairs = _listed(args) if listed is None else list(listed)
-    if args.symbols_from_db:
-        rows = store.watchlist()
-        if not rows:
-            raise UsageError(
-                f"the watchlist table in {store.description} has no enabled rows: insert some "
-                "(exchange, symbol) rows or pass --symbols"
-            )
-        pairs += _table_pairs(rows, store.description)
-    pairs = list(dict.fromkeys(pairs))
-    if not pairs:
-        raise UsageError("no symbols to stream: pass --symbols NSE:INFY ..., --symbols-file or --symbols-from-db")
-    return pairs
-
-
-def _table_pairs(rows: list[WatchlistEntry], where: str) -> list[tuple[str, str]]:
-    """The watchlist table's rows checked like --symbols (case, exchange, characters); a bad row is
-    skipped with a warning naming it."""
-    pairs = []
-    for row in rows:
-        try:
-            pairs.append(parse_symbol(f"{row.exchange}:{row.symbol}"))
-        except SymbolError as exc:
-            log.warning("watchlist table in %s: row (%r, %r) skipped: %s", where, row.exchange, row.symbol, exc)
-    if not pairs:
-        raise UsageError(f"no row of the watchlist table in {where} is a valid symbol: fix the rows (see the warnings)")
-    return pairs
-
-
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {text!r} must look like 1/3 (this daemon's part / number of parts)") from None
-    if n < 1:
-        raise UsageError(f"--shard {text!r}: the number of parts must be at least 1 (e.g. 1/3)")
-    if not 1 <= i <= n:
-        raise UsageError(f"--shard {text!r}: the part must be between 1 and {n}")
-    return i, n
-
-
-def _shard_of(pairs: list[tuple[str, str]], i: int, n: int) -> list[tuple[str, str]]:
-    """This daemon's part of the watchlist: a symbol's part depends on its name only, so adding a
-    symbol never moves the others to another daemon."""
-    mine = [p for p in pairs if zlib.crc32(f"{p[0]}:{p[1]}".encode()) % n == i - 1]
-    log.info("--shard %d/%d: %d of the %d symbols are this daemon's", i, n, len(mine), len(pairs))
-    if not mine:
-        raise UsageError(f"--shard {i}/{n} leaves no symbol of the {len(pairs)} for this daemon: use fewer parts")
-    return mine
-
-
-def _resolve(broker: BaseBroker, pairs: list[tuple[str, str]]) -> list[Instrument]:
-    known, unknown = broker.resolve(pairs)
-    for key in unknown:
-        log.warning("unknown symbol %s: skipped (check the exchange and the trading symbol)", key)
-    if not known:
-        raise UsageError(f"none of the {len(pairs)} symbols is known to {broker.name}")
-    return known
-
-

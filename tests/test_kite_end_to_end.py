@@ -233,13 +233,13 @@ def test_more_than_9000_instruments_are_refused_with_the_numbers(tmp_path):
 
 
 def test_shard_splits_a_watchlist_between_daemons_without_overlap_and_keeps_parts_stable():
-    from cli.daemon import _shard_of
+    from cli.watchlist import shard_of
 
     pairs = [("NSE", f"SYN{k}") for k in range(300)]
-    parts = [_shard_of(pairs, i, 3) for i in (1, 2, 3)]
+    parts = [shard_of(pairs, i, 3) for i in (1, 2, 3)]
     assert sorted(p for part in parts for p in part) == sorted(pairs)
     assert all(60 < len(part) < 140 for part in parts)
-    grown = [_shard_of(pairs + [("NSE", "NEW")], i, 3) for i in (1, 2, 3)]
+    grown = [shard_of(pairs + [("NSE", "NEW")], i, 3) for i in (1, 2, 3)]
     assert sum(len(g) for g in grown) == 301
     assert all(set(part) <= set(g) for part, g in zip(parts, grown))  # adding a symbol moves no other
 

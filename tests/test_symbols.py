@@ -90,19 +90,19 @@ def test_an_empty_intervals_option_is_an_error_not_the_default(tmp_path, monkeyp
 
 
 def test_shard_with_zero_parts_says_the_number_of_parts_must_be_at_least_one():
-    from cli.daemon import _parse_shard
     from cli.errors import UsageError
+    from cli.watchlist import parse_shard
 
     with pytest.raises(UsageError, match="the number of parts must be at least 1"):
-        _parse_shard("1/0")
+        parse_shard("1/0")
     with pytest.raises(UsageError, match="the part must be between 1 and 3"):
-        _parse_shard("4/3")
+        parse_shard("4/3")
 
 
 def test_watchlist_table_rows_are_checked_like_symbols_and_bad_rows_skipped_with_a_warning(tmp_path, caplog):
     import argparse
 
-    from cli.daemon import _watchlist
+    from cli.watchlist import watchlist
     from storage.base import WatchlistEntry
     from storage.sqlite import SQLiteStore
 
@@ -112,7 +112,7 @@ def test_watchlist_table_rows_are_checked_like_symbols_and_bad_rows_skipped_with
                          WatchlistEntry("NSE", "BAD;SYM", True, 7), WatchlistEntry(" bse ", "Infy ", True, 6)])  # fmt: skip
     args = argparse.Namespace(symbols=[], symbols_file=None, symbols_from_db=True)
     try:
-        assert _watchlist(args, store) == [("NSE", "TCS"), ("BSE", "INFY")]
+        assert watchlist(args, store) == [("NSE", "TCS"), ("BSE", "INFY")]
     finally:
         store.close()
     assert "('XYZ', 'FOO') skipped" in caplog.text and "unknown exchange" in caplog.text
