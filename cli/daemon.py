@@ -88,6 +88,8 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
     broker, clock = open_feed(settings, args)
     drained = [True]
     with _Parts(signals) as parts:
+        # restored last: a thread that dies while the parts stop is still reported as the daemon's
+        parts.callback(setattr, threading, "excepthook", threading.excepthook)
         signals.enter("opening and migrating the store")
         store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
         parts.callback(store.close)
@@ -128,9 +130,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         exchanges = sorted({exchange for exchange, _ in pairs})
         _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))
         # No thread dies unnoticed: an exception that ends any thread fails the daemon (exit 1).
-        previous_hook = threading.excepthook
         threading.excepthook = service.thread_died
-        parts.callback(setattr, threading, "excepthook", previous_hook)
         if port:
             parts.callback(_serve_metrics(service, settings.metrics.host, port).stop)
         tune_for_streaming()

@@ -309,10 +309,12 @@ class SQLiteStore(CandleStore):
                     elif r.kind == "extend":
                         conn.execute("UPDATE watched SET ended = ? WHERE run = ? AND open = 1 AND ended < ?", (at, run, at))
                     else:
+                        # "+run": look each row up by its key (exchange, symbol, began), not through the
+                        # index of the run's open spans, which would scan them all for every key
                         conn.executemany(
                             "UPDATE watched SET ended = MAX(ended, ?), open = 0 "
-                            "WHERE run = ? AND open = 1 AND exchange = ? AND symbol = ?",
-                            [(at, run, e, s) for e, s in r.keys],
+                            "WHERE exchange = ? AND symbol = ? AND +run = ? AND open = 1",
+                            [(at, e, s, run) for e, s in r.keys],
                         )
             except sqlite3.Error as exc:
                 raise self._error("record the watched spans", exc) from exc
