@@ -5,11 +5,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from candles.model import Candle
+from candles.reconcile import Reconciliation
 
 
 class StoreError(Exception):
@@ -121,6 +122,14 @@ class CandleStore(abc.ABC):
         every symbol, each symbol's spans in order of their beginning."""
 
     @abc.abstractmethod
+    def record_reconciliations(self, results: Sequence[Reconciliation]) -> None:
+        """Store ``results`` in one transaction; one of the same (day, exchange, symbol) is replaced."""
+
+    @abc.abstractmethod
+    def reconciliations(self, day: date) -> list[Reconciliation]:
+        """The stored results of ``day``, by exchange and symbol."""
+
+    @abc.abstractmethod
     def schema_version(self) -> int: ...
 
     @abc.abstractmethod
@@ -149,3 +158,10 @@ def candle_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> C
         final=bool(final),
         source=source,
     )
+
+
+#: the reconciliation table's columns after (day, exchange, symbol), in ``Reconciliation``'s order
+RECONCILIATION_COUNTS = (
+    "compared", "mismatched", "missing_here", "missing_at_kite", "open_diff", "high_diff", "low_diff", "close_diff",
+    "volume_diff", "volume_preopen", "partial_skipped", "backfill_skipped",
+)  # fmt: skip

@@ -170,6 +170,56 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX watched_open_idx ON watched (run) WHERE open",
         ),
     ),
+    Migration(
+        version=4,
+        description="reconciliation: each symbol's day of live minutes compared with the broker's",
+        sqlite=(
+            """
+            CREATE TABLE reconciliation (
+                day              TEXT    NOT NULL,
+                exchange         TEXT    NOT NULL,
+                symbol           TEXT    NOT NULL,
+                compared         INTEGER NOT NULL,
+                mismatched       INTEGER NOT NULL,
+                missing_here     INTEGER NOT NULL,
+                missing_at_kite  INTEGER NOT NULL,
+                open_diff        INTEGER NOT NULL,
+                high_diff        INTEGER NOT NULL,
+                low_diff         INTEGER NOT NULL,
+                close_diff       INTEGER NOT NULL,
+                volume_diff      INTEGER NOT NULL,
+                volume_preopen   INTEGER NOT NULL,
+                partial_skipped  INTEGER NOT NULL,
+                backfill_skipped INTEGER NOT NULL,
+                checked_at       INTEGER NOT NULL,
+                PRIMARY KEY (day, exchange, symbol)
+            )
+            """,
+        ),
+        postgres=(
+            """
+            CREATE TABLE reconciliation (
+                day              date    NOT NULL,
+                exchange         text    NOT NULL,
+                symbol           text    NOT NULL,
+                compared         integer NOT NULL,
+                mismatched       integer NOT NULL,
+                missing_here     integer NOT NULL,
+                missing_at_kite  integer NOT NULL,
+                open_diff        integer NOT NULL,
+                high_diff        integer NOT NULL,
+                low_diff         integer NOT NULL,
+                close_diff       integer NOT NULL,
+                volume_diff      integer NOT NULL,
+                volume_preopen   integer NOT NULL,
+                partial_skipped  integer NOT NULL,
+                backfill_skipped integer NOT NULL,
+                checked_at       timestamptz NOT NULL,
+                PRIMARY KEY (day, exchange, symbol)
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,9 +23,11 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from candles.model import Candle
+from candles.reconcile import Reconciliation
 from core.ist import IST
 from storage import migrations
 from storage.base import (
+    RECONCILIATION_COUNTS,
     CandleStore,
     StoreError,
     StoreUnavailable,
@@ -504,6 +506,42 @@ class PostgresStore(CandleStore):
             return spans
 
         return self._run("read the watched spans", work)
+
+    # -- reconciliation -------------------------------------------------------------------------
+
+    def record_reconciliations(self, results: Sequence[Reconciliation]) -> None:
+        columns = ("day", "exchange", "symbol", *RECONCILIATION_COUNTS, "checked_at")
+        rows = list({
+            (r.day, r.exchange, r.symbol): (r.day, r.exchange, r.symbol, *(getattr(r, c) for c in RECONCILIATION_COUNTS),
+                                            _aware(r.checked_at or datetime.now(IST)))
+            for r in results
+        }.values())  # fmt: skip
+        if not rows:
+            return
+
+        def work(cur: Any) -> None:
+            psycopg2.extras.execute_values(
+                cur,
+                f"INSERT INTO reconciliation ({', '.join(columns)}) VALUES %s ON CONFLICT (day, exchange, symbol) "
+                f"DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in columns[3:])}",
+                rows,
+            )
+
+        self._run("record the reconciliation", work)
+
+    def reconciliations(self, day: date) -> list[Reconciliation]:
+        def work(cur: Any) -> list[Reconciliation]:
+            cur.execute(
+                f"SELECT exchange, symbol, {', '.join(RECONCILIATION_COUNTS)}, checked_at FROM reconciliation "
+                "WHERE day = %s ORDER BY exchange, symbol",
+                (day,),
+            )
+            return [
+                Reconciliation(day, e, s, *(int(n) for n in counts), checked_at=_ist(at))
+                for e, s, *counts, at in cur.fetchall()
+            ]
+
+        return self._run("read the reconciliation", work)
 
     def close(self) -> None:
         with self._lock:

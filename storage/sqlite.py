@@ -12,14 +12,24 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 from candles.model import Candle
+from candles.reconcile import Reconciliation
 from core.ist import IST
 from storage import migrations
-from storage.base import CandleStore, StorageFault, StoreError, WatchedSpans, WatchlistEntry, WatchRecord, candle_from_row
+from storage.base import (
+    RECONCILIATION_COUNTS,
+    CandleStore,
+    StorageFault,
+    StoreError,
+    WatchedSpans,
+    WatchlistEntry,
+    WatchRecord,
+    candle_from_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +341,35 @@ class SQLiteStore(CandleStore):
             if wanted is None or (e, s) in wanted:
                 spans.setdefault((e, s), []).append((began / 1_000_000, ended / 1_000_000))
         return spans
+
+    # -- reconciliation -------------------------------------------------------------------------
+
+    def record_reconciliations(self, results: Sequence[Reconciliation]) -> None:
+        columns = ("day", "exchange", "symbol", *RECONCILIATION_COUNTS, "checked_at")
+        rows = [
+            (r.day.isoformat(), r.exchange, r.symbol, *(getattr(r, c) for c in RECONCILIATION_COUNTS),
+             to_micros(r.checked_at or datetime.now(IST)))
+            for r in results
+        ]  # fmt: skip
+        with self._transaction() as conn:
+            try:
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO reconciliation ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    rows,
+                )
+            except sqlite3.Error as exc:
+                raise self._error("record the reconciliation", exc) from exc
+
+    def reconciliations(self, day: date) -> list[Reconciliation]:
+        rows = self._query(
+            f"SELECT exchange, symbol, {', '.join(RECONCILIATION_COUNTS)}, checked_at FROM reconciliation "
+            "WHERE day = ? ORDER BY exchange, symbol",
+            (day.isoformat(),),
+        )
+        return [
+            Reconciliation(day, e, s, *(int(n) for n in counts), checked_at=from_micros(at))
+            for e, s, *counts, at in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from psycopg2 import sql
 
 from candles.model import BACKFILL, LIVE, PARTIAL, SOURCES, Candle
+from candles.reconcile import Reconciliation
 from core.ist import IST
 from storage import open_store
 from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry
@@ -466,6 +467,31 @@ def test_watchlist_lists_enabled_rows_highest_priority_first(store: CandleStore)
     store.set_watchlist([WatchlistEntry("NSE", "INFY", enabled=False), WatchlistEntry("NSE", "SBIN", priority=1)])
     assert [e.symbol for e in store.watchlist()] == ["INFY", "TCS", "SBIN", "ACC"]
     assert all(e.enabled for e in store.watchlist())
+
+
+# -- reconciliation -----------------------------------------------------------------------------
+
+
+def _result(symbol: str, day: date = date(2024, 5, 6), **counts: int) -> Reconciliation:
+    return Reconciliation(day, "NSE", symbol, **counts, checked_at=T0 + timedelta(hours=7, microseconds=123))
+
+
+def test_reconciliation_results_round_trip_by_day_in_symbol_order(store: CandleStore) -> None:
+    tcs = _result("TCS", compared=375, mismatched=2, close_diff=1, volume_diff=1, volume_preopen=1, missing_here=3)
+    infy = _result("INFY", compared=370, missing_at_kite=1, open_diff=4, high_diff=5, low_diff=6,
+                   partial_skipped=2, backfill_skipped=3)  # fmt: skip
+    other_day = _result("INFY", day=date(2024, 5, 7), compared=1)
+    store.record_reconciliations([tcs, infy, other_day])
+    assert store.reconciliations(date(2024, 5, 6)) == [infy, tcs]
+    assert store.reconciliations(date(2024, 5, 7)) == [other_day]
+    assert store.reconciliations(date(2024, 5, 8)) == []
+
+
+def test_reconciling_a_day_again_replaces_its_result(store: CandleStore) -> None:
+    store.record_reconciliations([_result("INFY", compared=10, mismatched=1, close_diff=1)])
+    again = _result("INFY", compared=12)
+    store.record_reconciliations([again])
+    assert store.reconciliations(date(2024, 5, 6)) == [again]
 
 
 # -- SQLite specifics ---------------------------------------------------------------------------
