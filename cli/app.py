@@ -14,6 +14,7 @@ from cli.checks import test_broker, test_database, test_mqtt
 from cli.daemon import run_daemon
 from cli.errors import UsageError
 from cli.kite_login import login
+from cli.reconcile import run_reconcile
 from cli.settings import broker_name, load_settings, venue_settings
 from cli.views import show_candles, show_gaps
 from config.env import ConfigError
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
             return test_database(settings)
         if args.test_mqtt:
             return test_mqtt(settings)
+        if args.reconcile is not None:
+            return run_reconcile(settings, args)
         if args.backfill:
             return run_backfill(settings, args)
         venue = venue_settings(settings, args.broker)

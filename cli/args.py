@@ -10,7 +10,7 @@ from config.numbers import PORT, Range
 
 
 def parse_day(text: str) -> date:
-    """``YYYY-MM-DD`` for --from and --to."""
+    """``YYYY-MM-DD`` for --from, --to and --reconcile."""
     try:
         return date.fromisoformat(text)
     except ValueError:
@@ -49,11 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     rows = Range(1, 100_000, whole=True)
     checks.add_argument("--limit", type=rows.option, default=20, help="rows for --show-candles (default 20)")
 
-    back = p.add_argument_group("backfill from Kite's historical API (needs the Kite settings, whatever --broker is)")
+    back = p.add_argument_group("backfill and reconciliation from Kite's historical API "
+                                "(needs the Kite settings, whatever --broker is)")  # fmt: skip
     back.add_argument("--backfill", action="store_true", help="fetch past candles of the watchlist's symbols, then exit "
                       "(the same command again resumes a stopped run)")  # fmt: skip
     back.add_argument("--from", dest="backfill_from", type=parse_day, metavar="YYYY-MM-DD", help="first day (default: today, IST)")
     back.add_argument("--to", dest="backfill_to", type=parse_day, metavar="YYYY-MM-DD", help="last day (default: today, IST)")
+    back.add_argument("--reconcile", type=parse_day, metavar="YYYY-MM-DD", help="compare the day's stored live 1m "
+                      "candles of the watchlist's symbols with Kite's, store and print the differences, then exit "
+                      "(1: some differ)")  # fmt: skip
 
     kite = p.add_argument_group("Zerodha Kite (--broker kite)")
     kite.add_argument("--login", action="store_true", help="daily login: print the login URL, store the access token")

@@ -38,8 +38,8 @@ from brokers.kite.historical import HistoricalUnavailable, KiteHistorical, minut
 from candles.model import BACKFILL, LIVE, Candle, Interval, parse_intervals
 from candles.rollup import roll_up
 from cli.errors import UsageError
+from cli.kite_history import kite_history, require_kite
 from cli.watchlist import listed_symbols, watchlist
-from config.env import ConfigError
 from config.market_calendar import load_calendar
 from config.settings import Settings
 from core.ist import IST
@@ -130,12 +130,7 @@ def run_backfill(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError(f"--to {last} is in the future (today is {today} IST): history ends today")
     intervals = parse_intervals(settings.candles.intervals if args.intervals is None else args.intervals)
     listed = listed_symbols(args)
-    kite = settings.venues["kite"]
-    if kite.missing():
-        raise ConfigError(
-            "backfill fetches candles from Kite's historical API, whatever --broker is: set KITE_API_KEY "
-            "and log in with `python main.py --broker kite --login` (or set KITE_ACCESS_TOKEN)"
-        )
+    require_kite(settings, "backfill")
     calendar, _ = load_calendar(settings.calendar.file, Path(settings.storage.data_dir))
     store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
     try:
@@ -155,26 +150,15 @@ def _backfill(
     first: date,
     last: date,
 ) -> int:
-    from brokers.kite.factory import access_token, rest_client
-    from brokers.kite.instruments import KiteInstruments
-
-    kite_settings = settings.venues["kite"]
     data_dir = Path(settings.storage.data_dir)
     try:
-        token = access_token(kite_settings)[0]
-        rest = rest_client(kite_settings, token)
-        instruments, unknown = KiteInstruments(rest, data_dir).resolve(pairs)
+        history, instruments = kite_history(settings, pairs)
     except CredentialsRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    for key in unknown:
-        log.warning("unknown symbol %s: skipped (check the exchange and the trading symbol)", key)
-    if not instruments:
-        raise UsageError(f"none of the {len(pairs)} symbols is in Kite's instruments dump")
     request = {"from": first.isoformat(), "to": last.isoformat(), "intervals": [i.name for i in intervals],
                "symbols": sorted(i.key for i in instruments)}  # fmt: skip
     done = DoneFile(data_dir, request)
-    history = KiteHistorical(rest)
     tally = Tally()
     stop = _StopFlag()
     started = time.monotonic()

@@ -1,0 +1,149 @@
+"""``--reconcile DATE``: the day's stored minute candles checked against Kite's historical ones.
+
+For each symbol, Kite's minutes of the day's sessions and the stored 1m candles of the same minutes
+are compared bucket by bucket (``candles.reconcile``: only ``live`` candles; the known first-minute
+volume difference counted apart), the results stored in the ``reconciliation`` table (a second run
+of the same day replaces them), one summary line printed, then the symbols that differ most.
+
+Exit 0 when every compared bucket matches and Kite has every live candle; 1 when a bucket
+mismatched, Kite lacks a live candle, or a symbol could not be fetched (so a timer or cron job can
+alert); 3 when Kite refuses the historical API. Minutes Kite has and the store does not (holes:
+the daemon was not watching) are counted and shown, not an error: ``--backfill`` fills them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from brokers.base import BrokerError, CredentialsRefused
+from brokers.kite.historical import HistoricalUnavailable, KiteHistorical
+from candles.reconcile import COUNTS, PRICE_FIELDS, Reconciliation, reconcile
+from cli.errors import UsageError
+from cli.kite_history import kite_history, require_kite
+from cli.watchlist import listed_symbols, watchlist
+from config.market_calendar import load_calendar
+from config.settings import Settings
+from core.ist import IST
+from core.market_calendar import MarketCalendar
+from core.progress import progress
+from core.ticks import Instrument
+from storage import open_store
+from storage.base import CandleStore
+
+log = logging.getLogger("marketfeed")
+
+#: exit status when Kite refuses the historical API (as --backfill)
+EXIT_REFUSED = 3
+#: symbols listed under the summary, those that differ most first
+WORST_SHOWN = 10
+_MINUTE = timedelta(minutes=1)
+
+
+def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    day: date = args.reconcile
+    today = datetime.now(IST).date()
+    if day > today:
+        raise UsageError(f"--reconcile {day} is in the future (today is {today} IST): give a past trading day")
+    listed = listed_symbols(args)
+    require_kite(settings, "reconcile")
+    calendar, _ = load_calendar(settings.calendar.file, Path(settings.storage.data_dir))
+    store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
+    try:
+        store.migrate()
+        pairs = watchlist(args, store, listed)
+        return _reconcile(settings, store, calendar, pairs, day)
+    finally:
+        store.close()
+
+
+def _reconcile(settings: Settings, store: CandleStore, calendar: MarketCalendar, pairs: list[tuple[str, str]], day: date) -> int:
+    trading: list[tuple[str, str]] = []
+    closed: set[str] = set()
+    for exchange, symbol in pairs:
+        try:
+            open_today = bool(calendar.sessions(exchange, day))
+        except ValueError:
+            log.warning("reconcile: %s:%s: the market calendar has no sessions for %s: skipped", exchange, symbol, exchange)
+            continue
+        if open_today:
+            trading.append((exchange, symbol))
+        else:
+            closed.add(exchange)
+    if closed and trading:
+        log.info("reconcile %s: %s had no session that day: their symbols are not compared", day, ", ".join(sorted(closed)))
+    if not trading:
+        where = ", ".join(sorted(closed)) or "any exchange of the watchlist"
+        print(f"reconcile {day}: not a trading day on {where} (weekend or holiday): nothing to compare")
+        return 0
+    try:
+        history, instruments = kite_history(settings, trading)
+    except CredentialsRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    results: list[Reconciliation] = []
+    failed = 0
+    with progress("reconcile", total=len(instruments), unit="symbols") as bar:
+        for inst in instruments:
+            try:
+                results.append(_one(inst, calendar, history, store, day))
+            except HistoricalUnavailable as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
+            except BrokerError as exc:
+                failed += 1
+                log.error("reconcile of %s failed: %s", inst.key, exc)
+            bar.update(1)
+    store.record_reconciliations(results)
+    print(summary(day, results))
+    for line in worst(results):
+        print(line)
+    if failed:
+        print(f"error: {failed} symbols could not be fetched from Kite (see the log): run the same command again",
+              file=sys.stderr)  # fmt: skip
+    return 1 if failed or any(r.differs for r in results) else 0
+
+
+def _one(inst: Instrument, calendar: MarketCalendar, history: KiteHistorical, store: CandleStore, day: date) -> Reconciliation:
+    """Compare one symbol's minutes of ``day`` that had ended when Kite was asked."""
+    sessions = calendar.sessions(inst.exchange, day)
+    start, end = sessions[0][0], sessions[-1][1]
+    asked_at = datetime.now(IST)
+    minutes = {m for m in calendar.session_minutes(inst.exchange, day) if m + _MINUTE <= asked_at}
+    theirs = [c for c in history.minute_candles(inst, start, end) if c.bucket in minutes]
+    ours = [c for c in store.between(inst.exchange, inst.symbol, "1m", start, end) if c.bucket in minutes]
+    return reconcile(day, inst.exchange, inst.symbol, theirs, ours, asked_at)
+
+
+def _fields(r: Reconciliation) -> str:
+    counts = [(f, getattr(r, f"{f}_diff")) for f in (*PRICE_FIELDS, "volume")]
+    return ", ".join(f"{f} {n}" for f, n in counts if n)
+
+
+def summary(day: date, results: list[Reconciliation]) -> str:
+    """``reconcile 2026-12-04: 120 symbols, 45,000 buckets compared, 3 mismatched (close 2, volume 1), ...``"""
+    total = Reconciliation(day, "", "", **{f: sum(getattr(r, f) for r in results) for f in COUNTS})
+    fields = _fields(total)
+    return (
+        f"reconcile {day}: {len(results)} symbols, {total.compared:,} buckets compared, {total.mismatched:,} mismatched"
+        f"{f' ({fields})' if fields else ''}, {total.missing_here:,} missing here, {total.missing_at_kite:,} at Kite; "
+        f"not compared: {total.partial_skipped:,} partial, {total.backfill_skipped:,} backfill; "
+        f"{total.volume_preopen:,} first minutes with Kite's pre-open volume (expected)"
+    )
+
+
+def worst(results: list[Reconciliation]) -> list[str]:
+    """The symbols that differ, most first, one line each (at most ``WORST_SHOWN``)."""
+    bad = sorted((r for r in results if r.differs), key=lambda r: (-(r.mismatched + r.missing_at_kite), r.exchange, r.symbol))
+    lines = [
+        f"  {r.exchange}:{r.symbol}: {r.mismatched} mismatched{f' ({_fields(r)})' if _fields(r) else ''}, "
+        f"{r.missing_at_kite} missing at Kite, {r.missing_here} missing here, of {r.compared} compared"
+        for r in bad[:WORST_SHOWN]
+    ]
+    if len(bad) > WORST_SHOWN:
+        lines.append(f"  ... and {len(bad) - WORST_SHOWN} more (table reconciliation)")
+    return lines
+
