@@ -20,6 +20,11 @@ from datetime import date, datetime
 from candles.model import BACKFILL, LIVE, Candle
 
 PRICE_FIELDS = ("open", "high", "low", "close")
+#: the counts of a ``Reconciliation``, in the order of its fields (and of the table's columns)
+COUNTS = (
+    "compared", "mismatched", "missing_here", "missing_at_kite", "open_diff", "high_diff", "low_diff", "close_diff",
+    "volume_diff", "volume_preopen", "partial_skipped", "backfill_skipped",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

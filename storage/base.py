@@ -159,9 +159,3 @@ def candle_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> C
         source=source,
     )
 
-
-#: the reconciliation table's columns after (day, exchange, symbol), in ``Reconciliation``'s order
-RECONCILIATION_COUNTS = (
-    "compared", "mismatched", "missing_here", "missing_at_kite", "open_diff", "high_diff", "low_diff", "close_diff",
-    "volume_diff", "volume_preopen", "partial_skipped", "backfill_skipped",
-)  # fmt: skip

@@ -23,11 +23,11 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from candles.model import Candle
+from candles.reconcile import COUNTS as RECONCILIATION_COUNTS
 from candles.reconcile import Reconciliation
 from core.ist import IST
 from storage import migrations
 from storage.base import (
-    RECONCILIATION_COUNTS,
     CandleStore,
     StoreError,
     StoreUnavailable,

@@ -17,11 +17,11 @@ from decimal import Decimal
 from pathlib import Path
 
 from candles.model import Candle
+from candles.reconcile import COUNTS as RECONCILIATION_COUNTS
 from candles.reconcile import Reconciliation
 from core.ist import IST
 from storage import migrations
 from storage.base import (
-    RECONCILIATION_COUNTS,
     CandleStore,
     StorageFault,
     StoreError,
