@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import threading
@@ -82,13 +81,16 @@ def test_sigterm_during_a_slow_reload_asked_for_during_start_up_stops_the_daemon
     monkeypatch.setattr(SQLiteStore, "migrate", slow_migrate)
     asked: list[float] = []
 
-    def operator() -> None:  # signals from outside: this thread never takes them itself
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    # Sent to the main thread itself: in the daemon every other thread blocks these signals (the next
+    # test), but a test process has threads of its own (pytest-xdist's) that the kernel may pick.
+    main_thread = threading.main_thread().ident
+
+    def operator() -> None:
         time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGHUP)
+        signal.pthread_kill(main_thread, signal.SIGHUP)
         if reloading.wait(20):
             asked.append(time.monotonic())
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_kill(main_thread, signal.SIGTERM)
 
     threading.Thread(target=operator, daemon=True).start()
     code = main(["--broker", "sim", "--symbols-file", "symbols.txt", "--duration", "90"])
