@@ -300,9 +300,9 @@ class _Conn(FeedConnection):
         if not ticks:
             return
         dedupe = self.dedupe
-        if dedupe.armed:
+        if dedupe.armed:  # still armed by an earlier move: the closing socket's ticks are filtered too
             ticks = dedupe.filter(ticks)
-        elif record is not None:
+        if record is not None:  # and recorded either way, or the next window would let their copies in
             record.update(map(_identity, ticks))
         self.latest.update(zip(map(_token_of, ticks), ticks))
         if ticks and broker._on_ticks is not None:
