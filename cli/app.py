@@ -12,7 +12,7 @@ from cli.args import build_parser
 from cli.backfill import run_backfill
 from cli.checks import test_broker, test_database, test_mqtt
 from cli.daemon import run_daemon
-from cli.errors import UsageError
+from cli.errors import EXIT_CREDENTIALS_REFUSED, UsageError
 from cli.kite_login import login
 from cli.reconcile import run_reconcile
 from cli.settings import broker_name, load_settings, venue_settings
@@ -24,11 +24,6 @@ from storage.base import StoreError
 from storage.spool import SpoolError
 
 log = logging.getLogger("marketfeed")
-
-#: the exit status of refused credentials: the unit file's RestartPreventExitStatus lists it, since a
-#: restart with the same settings logs in again with them (2: a bad option or setting; 1: the rest)
-EXIT_CREDENTIALS_REFUSED = 3
-
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch; every expected failure becomes one line on stderr and a non-zero exit."""

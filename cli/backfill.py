@@ -37,24 +37,19 @@ from brokers.base import BrokerError, CredentialsRefused
 from brokers.kite.historical import HistoricalUnavailable, KiteHistorical, minute_chunks
 from candles.model import BACKFILL, LIVE, Candle, Interval, parse_intervals
 from candles.rollup import roll_up
-from cli.errors import UsageError
-from cli.kite_history import kite_history, require_kite
-from cli.watchlist import listed_symbols, watchlist
-from config.market_calendar import load_calendar
+from cli.errors import EXIT_CREDENTIALS_REFUSED, UsageError
+from cli.kite_history import kite_history, kite_watchlist
 from config.settings import Settings
 from core.ist import IST
 from core.market_calendar import MarketCalendar
 from core.progress import progress
 from core.ticks import Instrument
-from storage import open_store
 from storage.base import CandleStore
 
 log = logging.getLogger("marketfeed")
 
 #: consecutive symbols that fail (network, 5xx after every retry) before the run gives up
 MAX_FAILURES_IN_A_ROW = 5
-#: exit status when Kite refuses the historical API (cli/app.py: a refusal a rerun cannot fix)
-EXIT_REFUSED = 3
 
 
 @dataclass
@@ -129,16 +124,8 @@ def run_backfill(settings: Settings, args: argparse.Namespace) -> int:
     if last > today:
         raise UsageError(f"--to {last} is in the future (today is {today} IST): history ends today")
     intervals = parse_intervals(settings.candles.intervals if args.intervals is None else args.intervals)
-    listed = listed_symbols(args)
-    require_kite(settings, "backfill")
-    calendar, _ = load_calendar(settings.calendar.file, Path(settings.storage.data_dir))
-    store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
-    try:
-        store.migrate()
-        pairs = watchlist(args, store, listed)
+    with kite_watchlist(settings, args, "backfill") as (store, calendar, pairs):
         return _backfill(settings, store, calendar, pairs, intervals, first, last)
-    finally:
-        store.close()
 
 
 def _backfill(
@@ -155,7 +142,7 @@ def _backfill(
         history, instruments = kite_history(settings, pairs)
     except CredentialsRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_CREDENTIALS_REFUSED
     request = {"from": first.isoformat(), "to": last.isoformat(), "intervals": [i.name for i in intervals],
                "symbols": sorted(i.key for i in instruments)}  # fmt: skip
     done = DoneFile(data_dir, request)
@@ -178,7 +165,7 @@ def _backfill(
                     failures_in_a_row = 0
                 except HistoricalUnavailable as exc:
                     print(f"error: {exc}", file=sys.stderr)
-                    return EXIT_REFUSED
+                    return EXIT_CREDENTIALS_REFUSED
                 except BrokerError as exc:
                     tally.failed += 1
                     failures_in_a_row += 1

@@ -3,14 +3,22 @@ whatever ``--broker`` is."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from brokers.kite.historical import KiteHistorical
 from cli.errors import UsageError
+from cli.watchlist import listed_symbols, watchlist
 from config.env import ConfigError
+from config.market_calendar import load_calendar
 from config.settings import Settings
+from core.market_calendar import MarketCalendar
 from core.ticks import Instrument
+from storage import open_store
+from storage.base import CandleStore
 
 log = logging.getLogger("marketfeed")
 
@@ -22,6 +30,24 @@ def require_kite(settings: Settings, what: str) -> None:
             f"{what} fetches candles from Kite's historical API, whatever --broker is: set KITE_API_KEY "
             "and log in with `python main.py --broker kite --login` (or set KITE_ACCESS_TOKEN)"
         )
+
+
+@contextmanager
+def kite_watchlist(
+    settings: Settings, args: argparse.Namespace, what: str
+) -> Iterator[tuple[CandleStore, MarketCalendar, list[tuple[str, str]]]]:
+    """The store (migrated, closed on the way out), the market calendar and the watchlist of a
+    command that reads Kite's history (``what`` names it). The symbols given, the Kite settings and
+    the calendar file are checked before the store opens."""
+    listed = listed_symbols(args)
+    require_kite(settings, what)
+    calendar, _ = load_calendar(settings.calendar.file, Path(settings.storage.data_dir))
+    store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
+    try:
+        store.migrate()
+        yield store, calendar, watchlist(args, store, listed)
+    finally:
+        store.close()
 
 
 def kite_history(settings: Settings, pairs: list[tuple[str, str]]) -> tuple[KiteHistorical, list[Instrument]]:

@@ -17,27 +17,21 @@ import argparse
 import logging
 import sys
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 from brokers.base import BrokerError, CredentialsRefused
 from brokers.kite.historical import HistoricalUnavailable, KiteHistorical
 from candles.reconcile import COUNTS, PRICE_FIELDS, Reconciliation, reconcile
-from cli.errors import UsageError
-from cli.kite_history import kite_history, require_kite
-from cli.watchlist import listed_symbols, watchlist
-from config.market_calendar import load_calendar
+from cli.errors import EXIT_CREDENTIALS_REFUSED, UsageError
+from cli.kite_history import kite_history, kite_watchlist
 from config.settings import Settings
 from core.ist import IST
 from core.market_calendar import MarketCalendar
 from core.progress import progress
 from core.ticks import Instrument
-from storage import open_store
 from storage.base import CandleStore
 
 log = logging.getLogger("marketfeed")
 
-#: exit status when Kite refuses the historical API (as --backfill)
-EXIT_REFUSED = 3
 #: symbols listed under the summary, those that differ most first
 WORST_SHOWN = 10
 _MINUTE = timedelta(minutes=1)
@@ -48,16 +42,8 @@ def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     today = datetime.now(IST).date()
     if day > today:
         raise UsageError(f"--reconcile {day} is in the future (today is {today} IST): give a past trading day")
-    listed = listed_symbols(args)
-    require_kite(settings, "reconcile")
-    calendar, _ = load_calendar(settings.calendar.file, Path(settings.storage.data_dir))
-    store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
-    try:
-        store.migrate()
-        pairs = watchlist(args, store, listed)
+    with kite_watchlist(settings, args, "reconcile") as (store, calendar, pairs):
         return _reconcile(settings, store, calendar, pairs, day)
-    finally:
-        store.close()
 
 
 def _reconcile(settings: Settings, store: CandleStore, calendar: MarketCalendar, pairs: list[tuple[str, str]], day: date) -> int:
@@ -83,7 +69,7 @@ def _reconcile(settings: Settings, store: CandleStore, calendar: MarketCalendar,
         history, instruments = kite_history(settings, trading)
     except CredentialsRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_CREDENTIALS_REFUSED
     results: list[Reconciliation] = []
     failed = 0
     with progress("reconcile", total=len(instruments), unit="symbols") as bar:
@@ -92,7 +78,7 @@ def _reconcile(settings: Settings, store: CandleStore, calendar: MarketCalendar,
                 results.append(_one(inst, calendar, history, store, day))
             except HistoricalUnavailable as exc:
                 print(f"error: {exc}", file=sys.stderr)
-                return EXIT_REFUSED
+                return EXIT_CREDENTIALS_REFUSED
             except BrokerError as exc:
                 failed += 1
                 log.error("reconcile of %s failed: %s", inst.key, exc)
