@@ -30,11 +30,16 @@ def _start_without_signals(thread: threading.Thread) -> None:
     """``Thread.start`` with the daemon's signals blocked while the thread is made: it inherits
     the mask, so it never takes them. A signal that arrives meanwhile stays pending and reaches
     the main thread as the mask is put back."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+    # A handler that raises (StopRequested) runs between bytecodes, so it may fire right after the
+    # blocking call returns, before its result is stored: the mask to put back is worked out first,
+    # by a query that changes nothing, and unblocking is in the ``finally``, so no raise can leave
+    # the main thread deaf to the signals.
+    unblock = set(_HANDLED) - signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         _thread_start(thread)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
 
 
 class StopRequested(BaseException):  # noqa: N818 - a request, not an error

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 
+import pytest
 from brokers.base import BrokerError
 from brokers.sim.client import SimBroker
 from cli.app import main
@@ -89,6 +90,10 @@ def test_sigterm_during_a_slow_reload_asked_for_during_start_up_stops_the_daemon
         time.sleep(1.0)
         signal.pthread_kill(main_thread, signal.SIGHUP)
         if reloading.wait(20):
+            # while the download runs: sent the instant the main thread lets go of the GIL to start
+            # its sleep, the signal would land before the sleep's system call began, and no blocking
+            # call is interrupted by a signal that came before it
+            time.sleep(0.5)
             asked.append(time.monotonic())
             signal.pthread_kill(main_thread, signal.SIGTERM)
 
@@ -135,3 +140,29 @@ def test_threads_started_while_the_daemon_runs_leave_its_signals_to_the_main_thr
     after.join()
     assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= masks[0]
     assert signal.SIGTERM not in masks[1]  # restore() puts Thread.start back
+
+
+def test_a_stop_raised_as_a_thread_starts_leaves_the_main_thread_taking_signals(in_process, monkeypatch):
+    """The handler raises ``StopRequested`` between bytecodes: it may fire the moment the call that
+    blocks the signals returns. The main thread must not stay blocked (a later stop would wait)."""
+    import cli.signals as daemon_signals
+
+    real = signal.pthread_sigmask
+
+    def block_then_handler_raises(how: int, mask):  # noqa: ANN001, ANN202
+        result = real(how, mask)
+        if how == signal.SIG_BLOCK and signal.SIGTERM in set(mask):
+            raise daemon_signals.StopRequested("SIGTERM")  # what the handler does, at that moment
+        return result
+
+    signals = daemon_signals.DaemonSignals()
+    assert signals.install()
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(daemon_signals.signal, "pthread_sigmask", block_then_handler_raises)
+            with pytest.raises(daemon_signals.StopRequested):
+                threading.Thread(target=lambda: None).start()
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+        signals.restore()
