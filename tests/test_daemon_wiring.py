@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+
 from brokers.base import BrokerError
 from brokers.sim.client import SimBroker
 from cli.app import main
