@@ -67,10 +67,12 @@ ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
     cum_volume = EXCLUDED.cum_volume, final = EXCLUDED.final, source = EXCLUDED.source,
     updated_at = now()
 """
-# candle rule 8: a backfill candle never replaces a final live one (unless forced); decided in
-# the statement itself, so no read-then-write race with another writer
-_UPSERT_STAGED_KEEPING_LIVE = (
-    _UPSERT_STAGED + "WHERE EXCLUDED.source <> 'backfill' OR candles.source <> 'live' OR NOT candles.final\n"
+# candle rule 8: a backfill candle never replaces a final live one (unless forced), and a partial
+# one never replaces a backfill one (a late revision or a replay of a cut-short bucket after the
+# bucket was mended); decided in the statement itself, so no read-then-write race with another writer
+_UPSERT_STAGED_KEEPING_LIVE = _UPSERT_STAGED + (
+    "WHERE (EXCLUDED.source <> 'backfill' OR candles.source <> 'live' OR NOT candles.final)\n"
+    "  AND (EXCLUDED.source <> 'partial' OR candles.source <> 'backfill')\n"
 )
 # COPY text format: backslash, tab, newline and carriage return are escaped; \N is NULL
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

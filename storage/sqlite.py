@@ -53,9 +53,13 @@ ON CONFLICT (exchange, symbol, "interval", bucket) DO UPDATE SET
     cum_volume = excluded.cum_volume, final = excluded.final, source = excluded.source,
     updated_at = excluded.updated_at
 """
-# candle rule 8: a backfill candle never replaces a final live one (unless forced); decided in
-# the statement itself, so no read-then-write race with another writer
-_UPSERT_KEEPING_LIVE = _UPSERT + "WHERE excluded.source <> 'backfill' OR candles.source <> 'live' OR candles.final = 0\n"
+# candle rule 8: a backfill candle never replaces a final live one (unless forced), and a partial
+# one never replaces a backfill one (a late revision or a replay of a cut-short bucket after the
+# bucket was mended); decided in the statement itself, so no read-then-write race with another writer
+_UPSERT_KEEPING_LIVE = _UPSERT + (
+    "WHERE (excluded.source <> 'backfill' OR candles.source <> 'live' OR candles.final = 0)\n"
+    "  AND (excluded.source <> 'partial' OR candles.source <> 'backfill')\n"
+)
 
 
 def to_micros(value: datetime) -> int:

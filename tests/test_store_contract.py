@@ -422,13 +422,29 @@ def test_a_forced_backfill_overwrites_a_final_live_candle(store: CandleStore) ->
     assert store.latest("NSE", "INFY", "1m") == [reconciled]
 
 
-@pytest.mark.parametrize("source", [LIVE, PARTIAL])
 @pytest.mark.parametrize("stored", SOURCES)
-def test_live_and_partial_candles_replace_whatever_is_stored(store: CandleStore, source: str, stored: str) -> None:
+def test_a_live_candle_replaces_whatever_is_stored(store: CandleStore, stored: str) -> None:
     store.upsert([make_candle(source=stored, final=True)])
-    revised = make_candle(source=source, volume=99, final=True)
+    revised = make_candle(source=LIVE, volume=99, final=True)
     store.upsert([revised])
     assert store.latest("NSE", "INFY", "1m") == [revised]
+
+
+@pytest.mark.parametrize("stored", [LIVE, PARTIAL])
+def test_a_partial_candle_replaces_a_live_or_partial_one(store: CandleStore, stored: str) -> None:
+    store.upsert([make_candle(source=stored, final=True)])
+    revised = make_candle(source=PARTIAL, volume=99, final=True)
+    store.upsert([revised])
+    assert store.latest("NSE", "INFY", "1m") == [revised]
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_a_partial_candle_never_replaces_a_backfill_one(store: CandleStore, final: bool) -> None:
+    """A late tick revising a cut-short bucket, or a restart replaying it, after the bucket was mended."""
+    mended = make_candle(source=BACKFILL, volume=19_669)
+    store.upsert([mended])
+    store.upsert([make_candle(source=PARTIAL, volume=11_317, final=final)])
+    assert store.latest("NSE", "INFY", "1m") == [mended]
 
 
 def test_a_backfill_batch_skips_only_the_final_live_buckets(store: CandleStore) -> None:
