@@ -5,7 +5,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
+from candles.model import Candle
 from core.ticks import FrameSource, Instrument, TickBatchCallback
 
 
@@ -68,6 +71,31 @@ class CredentialsRefused(BrokerError):
     """The broker refused the account's credentials (a wrong MPIN, TOTP secret, consumer key or API
     key; an access token that needs a new login): starting again with the same settings cannot help,
     and each attempt may count against the account. The message names what to fix."""
+
+
+class HistoryUnavailable(BrokerError):
+    """The broker refuses its history to this app or token (Kite: HTTP 403). ``lasting`` when no
+    new login can help (the app lacks the historical data add-on); otherwise a new access token may."""
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+
+class History(Protocol):
+    """A broker's candle history: what the daemon's backfill asks (brokers/kite/historical.py)."""
+
+    name: str  # for log lines: "Kite's historical API"
+
+    def prepare(self, keys: list[tuple[str, str]]) -> None:
+        """Look up ``keys`` in one go before their candles are asked for (may download a list)."""
+        ...
+
+    def minute_candles(self, exchange: str, symbol: str, start: datetime, end: datetime) -> list[Candle] | None:
+        """Final 1m candles whose minute starts in ``[start, end)`` (aware datetimes), oldest first;
+        a minute without a trade has none. None when the broker does not know the symbol. Raises
+        ``HistoryUnavailable`` when refused, ``BrokerError`` when it failed (retry later)."""
+        ...
 
 
 class BaseBroker(abc.ABC):

@@ -24,6 +24,7 @@ from brokers import registry
 from brokers.base import BaseBroker, BrokerError
 from candles.model import parse_intervals
 from cli.errors import UsageError
+from cli.kite_history import daemon_history
 from cli.settings import feed_context
 from cli.signals import DaemonSignals, StopRequested
 from cli.watchlist import listed_symbols, parse_shard, resolve, shard_of, watchlist
@@ -126,6 +127,8 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             spool=spool,
             journal=journal,
             after_checkpoint=release_free_memory,
+            history=daemon_history(settings, broker),
+            backfill_delay=settings.backfill.delay_seconds,
         )
         exchanges = sorted({exchange for exchange, _ in pairs})
         _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))

@@ -1,5 +1,5 @@
-"""What ``--backfill`` and ``--reconcile`` share: Kite's historical API for the watchlist's symbols,
-whatever ``--broker`` is."""
+"""Kite's historical API for the watchlist's symbols, whatever ``--broker`` is: what ``--backfill``
+and ``--reconcile`` share, and the daemon's own backfill (``daemon_history``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from brokers.kite.historical import KiteHistorical
+from brokers.base import BaseBroker, CredentialsRefused, History
+from brokers.kite.historical import KiteHistorical, KiteHistory
 from cli.errors import UsageError
 from cli.watchlist import listed_symbols, watchlist
 from config.env import ConfigError
@@ -65,3 +66,47 @@ def kite_history(settings: Settings, pairs: list[tuple[str, str]]) -> tuple[Kite
     if not instruments:
         raise UsageError(f"none of the {len(pairs)} symbols is in Kite's instruments dump")
     return KiteHistorical(rest), instruments
+
+
+#: the feeds whose symbols are the exchange's own (the simulator's prices are made up: Kite's
+#: history would not mend them)
+REAL_FEEDS = ("kite", "kotak_neo")
+
+
+def daemon_history(settings: Settings, broker: BaseBroker) -> History | None:
+    """Where the daemon mends its gaps: Kite's historical API when ``BACKFILL`` is on and Kite's
+    settings are there (the Kite feed's own, or beside another real feed); None otherwise, said in
+    the log once."""
+    if broker.name not in REAL_FEEDS:
+        return None
+    if not settings.backfill.enabled:
+        log.info("backfill: off (BACKFILL=off): gaps are recorded (--show-gaps), `--backfill` mends them")
+        return None
+    kite_settings = settings.venues.get("kite")
+    if kite_settings is None or kite_settings.missing():
+        log.info(
+            "backfill: off: %s has no candle history and Kite's settings are not there; gaps are recorded "
+            "(--show-gaps); set KITE_API_KEY and log in to Kite (`python main.py --broker kite --login`) to have "
+            "them filled from Kite's historical API", broker.name,
+        )  # fmt: skip
+        return None
+    from brokers.kite.factory import access_token, rest_client
+    from brokers.kite.instruments import KiteInstruments
+
+    try:
+        token, _, provider = access_token(kite_settings)
+    except CredentialsRefused as exc:
+        log.warning("backfill: off for this run: %s", exc)
+        return None
+    rest = rest_client(kite_settings, token)
+    if broker.name == "kite":
+        resolve = broker.resolve  # the feed's own instrument list, already in memory
+    else:
+        data_dir = Path(settings.storage.data_dir)
+
+        def resolve(pairs: list[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
+            return KiteInstruments(rest, data_dir).resolve(pairs)
+
+    log.info("backfill: unwatched buckets are mended from Kite's historical API, %.0f s after they end",
+             settings.backfill.delay_seconds)  # fmt: skip
+    return KiteHistory(KiteHistorical(rest), resolve, provider)

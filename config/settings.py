@@ -51,6 +51,17 @@ class CandleSettings:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class BackfillSettings:
+    #: mend unwatched buckets from Kite's historical API while the daemon runs (whatever the feed
+    #: is, when Kite's settings are there); off: gaps are only recorded (``--backfill`` mends them)
+    enabled: bool = var("BACKFILL", True)
+    #: seconds after a bucket ends before its history is asked (the broker finalises it meanwhile)
+    delay_seconds: float = var("BACKFILL_DELAY_SECONDS", 60.0, minimum=0, maximum=3600)
+
+    __repr__ = redacted
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class FeedSettings:
     broker: str | None = var("MARKETFEED_BROKER")  # None: sim; --broker wins
     stall_seconds: float | None = var("FEED_STALL_SECONDS", minimum=0.5, maximum=3600)  # None: the venue's own default
@@ -126,6 +137,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
+    backfill: BackfillSettings = field(default_factory=BackfillSettings)
     #: each venue's own settings, by the venue's name (see brokers/registry.py)
     venues: Mapping[str, Any] = field(default_factory=dict)
 
@@ -184,6 +196,7 @@ def load_settings(
         metrics=read(MetricsSettings, source),
         mqtt=MqttSettings.from_env(source),
         calendar=_calendar_settings(source, env_file),
+        backfill=read(BackfillSettings, source),
         venues={name: read(cls, source) for name, cls in (venues or {}).items()},
     )
     source.raise_problems()

@@ -135,12 +135,29 @@ class HealthCollector(Collector):
         )
         gap_minutes = GaugeMetricFamily(
             f"{PREFIX}_gap_minutes",
-            "Today's session minutes so far that the daemon did not watch, summed over the symbols (absent until the "
-            "market calendar is loaded).",
+            "Today's session minutes so far that the daemon did not watch and the broker's history has not filled, "
+            "summed over the symbols (absent until the market calendar is loaded).",
         )
         if h.gaps_open is not None:
             gap_minutes.add_metric([], h.gaps_open)
         yield gap_minutes
+        if h.backfill_pending is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_backfill_pending", "Bucket ranges the backfill waits to mend from the broker's history.",
+                value=h.backfill_pending,
+            )
+            yield CounterMetricFamily(
+                f"{PREFIX}_backfill_candles", "Candles mended from the broker's history since the start.",
+                value=h.backfill_candles,
+            )
+            yield CounterMetricFamily(
+                f"{PREFIX}_backfill_requests", "Requests to the broker's history since the start.",
+                value=h.backfill_requests,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_backfill_refused", "1 while the broker refuses its history (gaps stay open; see the notes).",
+                value=1.0 if h.backfill_refused else 0.0,
+            )
         yield CounterMetricFamily(
             f"{PREFIX}_candles_dropped", "Closed candles dropped beyond the memory limit while the spool's disk refused them.",
             value=h.candles_dropped,

@@ -51,6 +51,11 @@ class Health:
     #: today's gap minutes so far, summed over the watchlist's symbols (a minute two symbols miss
     #: counts twice); None until the market calendar is loaded
     gaps_open: int | None = None
+    #: bucket ranges the backfill waits to mend (None: no history configured, nothing mends gaps)
+    backfill_pending: int | None = None
+    backfill_candles: int = 0  # backfill candles handed to the writer since the start
+    backfill_requests: int = 0  # history requests since the start
+    backfill_refused: bool = False  # the broker refuses its history (the reason is in ``notes``)
 
     @property
     def connections_up(self) -> int:
@@ -116,6 +121,8 @@ class Health:
             "version": self.version,
             "notes": list(self.notes),
             "gaps_open": self.gaps_open,
+            "backfill_pending": self.backfill_pending,
+            "backfill_candles": self.backfill_candles,
         }
 
     def feed_line(self) -> str:

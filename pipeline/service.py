@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from brokers.base import BaseBroker, WatchChange
+from brokers.base import BaseBroker, History, WatchChange
 from candles import snapshot
 from candles.aggregator import CandleAggregator
 from candles.model import Candle, Interval
@@ -28,11 +28,12 @@ from core.ist import IST
 from core.market_calendar import MarketCalendar
 from core.progress import progress
 from core.ticks import Instrument, TickData
+from pipeline.backfill import MAX_SPAN_DAYS, Backfiller, Filled
 from pipeline.coverage import Coverage, day_bounds
 from pipeline.health import Health
 from pipeline.journal import TickJournal
 from pipeline.writer import Checkpoint, Watched, Writer
-from storage.base import CandleStore, StoreError
+from storage.base import CandleStore, StoreError, WatchRecord
 from storage.spool import Spool
 from version import __version__
 
@@ -85,6 +86,8 @@ class Service:
         after_checkpoint: Callable[[], object] | None = None,
         pipeline_max_age: float = 10.0,
         calendar: MarketCalendar | None = None,
+        history: History | None = None,
+        backfill_delay: float = 60.0,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -104,8 +107,8 @@ class Service:
         self.pipeline_max_age = pipeline_max_age
         self._processed = 0  # number of the last journalled batch the aggregator has taken
         self.started_at = time.time()
-        # (journal number, batch), or what the feed began or stopped watching
-        self._ticks: queue.Queue[tuple[int, Sequence[TickData]] | WatchChange | None] = queue.Queue()
+        # (journal number, batch), what the feed began or stopped watching, or what a backfill filled
+        self._ticks: queue.Queue[tuple[int, Sequence[TickData]] | WatchChange | Filled | None] = queue.Queue()
         self._candles: queue.Queue[list[Candle] | Checkpoint | None] = queue.Queue()
         self.writer = Writer(
             store,
@@ -130,6 +133,15 @@ class Service:
         self.coverage = Coverage()  # the watched spans (pipeline thread)
         self.run_id = uuid.uuid4().hex  # this run's spans in the store
         self.gaps_open: int | None = None  # today's gap minutes so far (Coverage.gap_minutes)
+        #: mends the unwatched buckets from the broker's history (None: no history configured)
+        self.backfill = (
+            None
+            if history is None
+            else Backfiller(
+                history, intervals, self._candles.put, self._ticks.put, lambda: self.calendar,
+                delay=backfill_delay, clock=clock,
+            )  # fmt: skip
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +157,9 @@ class Service:
         self.writer.start()  # before the pipeline: a stop between the two finds no pipeline without its writer
         self._pipeline.start()
         self._load_coverage()
+        if self.backfill is not None:
+            self._want_missed_since_last_run()
+            self.backfill.start()
         self.broker.watch(self._ticks.put)  # WatchChange items, in order with the batches
         self.broker.subscribe(self.instruments)
         self.broker.connect(self._on_ticks)
@@ -333,6 +348,8 @@ class Service:
         candles reached the store."""
         self._stop.set()
         self.broker.disconnect()
+        if self.backfill is not None:
+            self.backfill.stop()  # before the writer drains: nothing is handed over after it
         if self._pipeline.ident is None:  # stopped during start(), before the pipeline ran
             self._candles.put(None)
             if self.writer.is_alive():
@@ -380,12 +397,45 @@ class Service:
         except StoreError as exc:
             log.warning("could not read today's watched spans (today's gaps count from this start): %s", exc)
 
+    def _want_missed_since_last_run(self) -> None:
+        """At a start: each symbol's buckets from its last watched (or known) moment in the store,
+        within the backfill's reach, to now; a symbol never watched, its current buckets."""
+        assert self.backfill is not None
+        now = self.clock()
+        keys = [(i.exchange, i.symbol) for i in self.instruments]
+        try:
+            spans = self.store.watched(now - MAX_SPAN_DAYS * 86_400.0, now, keys)
+        except StoreError as exc:
+            log.warning("could not read the watched spans (backfill mends only the current buckets): %s", exc)
+            spans = {}
+        fresh = min(iv.bucket_start(now) for iv in self.aggregator.intervals)
+        since: dict[float, list[tuple[str, str]]] = {}
+        for key in keys:
+            last = max((ended for _, ended in spans.get(key, ())), default=None)
+            since.setdefault(fresh if last is None else min(last, now), []).append(key)
+        for began, grouped in since.items():
+            self.backfill.want(grouped, began, now)
+
     def _watch_changed(self, change: WatchChange) -> None:
         """Pipeline thread: candle rule 8 for symbols whose connection came back, and the record."""
         unwatched, record = self.coverage.change(change)
         for since, keys in unwatched:
             self.aggregator.unwatched(since, change.at, keys)
+            if self.backfill is not None:
+                self.backfill.want(keys, since, change.at)
         self._candles.put(Watched(self.run_id, (record,)))
+
+    def _filled(self, filled: Filled) -> None:
+        """Pipeline thread: the history answered for a span: gaps leave it out, today and in the store."""
+        for key in filled.keys:
+            self.coverage.closed[key].append((filled.since, filled.until))
+        self._candles.put(Watched("backfill", (WatchRecord("known", filled.since, filled.keys, filled.until),)))
+
+    def _side_item(self, item: WatchChange | Filled) -> None:
+        if type(item) is WatchChange:
+            self._watch_changed(item)
+        else:
+            self._filled(item)
 
     def _count_gaps(self, now: float) -> None:
         """Pipeline thread: extend the open spans in the store and count today's gaps, once a minute."""
@@ -423,10 +473,10 @@ class Service:
                     item = get(timeout=0.1)
                 except queue.Empty:
                     item = (self._processed, ())
-                if item is None:
-                    break
-                if type(item) is WatchChange:
-                    self._watch_changed(item)
+                if type(item) is not tuple:
+                    if item is None:
+                        break
+                    self._side_item(item)
                     continue
                 self._processed, batch = item
                 if batch:
@@ -458,10 +508,9 @@ class Service:
                     item = self._ticks.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
-                    continue
-                if type(item) is WatchChange:
-                    self._watch_changed(item)
+                if type(item) is not tuple:
+                    if item is not None:
+                        self._side_item(item)
                     continue
                 self._processed, batch = item
                 if batch:
@@ -517,14 +566,30 @@ class Service:
             malformed=dict(broker.feed_stats().malformed),
             journal_fault=self.journal_fault,
             failure=self.failure,
-            notes=tuple(p.problem for p in self.publishers if p.problem),
+            notes=tuple(p.problem for p in self.publishers if p.problem) + self._backfill_notes(),
             spool_fault=written.spool_fault,
             store_fault=written.store_fault,
             candles_in_memory=written.in_memory,
             memory_limit=self.writer.memory_limit,
             candles_dropped=written.dropped,
             gaps_open=self.gaps_open,
+            **self._backfill_health(),
         )
+
+    def _backfill_notes(self) -> tuple[str, ...]:
+        problem = None if self.backfill is None else self.backfill.problem
+        return () if problem is None else (problem,)
+
+    def _backfill_health(self) -> dict[str, object]:
+        if self.backfill is None:
+            return {}
+        stats = self.backfill.stats
+        return {
+            "backfill_pending": stats.pending,
+            "backfill_candles": stats.candles,
+            "backfill_requests": stats.requests,
+            "backfill_refused": self.backfill.problem is not None,
+        }
 
     def pipeline_alive(self, max_age: float) -> bool:
         """The pipeline thread runs and looped within ``max_age`` seconds (it loops at least every

@@ -56,11 +56,13 @@ class WatchRecord:
     """A change to the watched spans of one daemon run (``CandleStore.record_watched``), at ``at``
     (epoch seconds): ``open`` begins a span for ``keys``; ``extend`` moves the end of every open
     span of the run to ``at`` (what a killed daemon leaves behind: watched until then); ``close``
-    ends the open spans of ``keys``."""
+    ends the open spans of ``keys``; ``known`` records a whole span, ``at`` to ``until``, that the
+    broker's history answered for (a backfill): gaps leave it out as they leave out watched ones."""
 
-    kind: str  # "open", "extend" or "close"
+    kind: str  # "open", "extend", "close" or "known"
     at: float
     keys: tuple[tuple[str, str], ...] = ()
+    until: float = 0.0  # the end of a "known" span
 
 
 #: (exchange, symbol) -> its watched spans (began, ended), epoch seconds, in order

@@ -482,6 +482,14 @@ class PostgresStore(CandleStore):
                     )
                 elif r.kind == "extend":
                     cur.execute("UPDATE watched SET ended = %s WHERE run = %s AND open AND ended < %s", (at, run, at))
+                elif r.kind == "known":
+                    until = datetime.fromtimestamp(r.until, timezone.utc)
+                    psycopg2.extras.execute_values(
+                        cur,
+                        "INSERT INTO watched (exchange, symbol, began, ended, run, open) VALUES %s "
+                        "ON CONFLICT (exchange, symbol, began) DO UPDATE SET ended = GREATEST(watched.ended, EXCLUDED.ended)",
+                        [(e, s, at, until, run, False) for e, s in r.keys],
+                    )
                 elif r.keys:
                     psycopg2.extras.execute_values(
                         cur,

@@ -322,6 +322,12 @@ class SQLiteStore(CandleStore):
                         )
                     elif r.kind == "extend":
                         conn.execute("UPDATE watched SET ended = ? WHERE run = ? AND open = 1 AND ended < ?", (at, run, at))
+                    elif r.kind == "known":
+                        conn.executemany(
+                            "INSERT INTO watched (exchange, symbol, began, ended, run, open) VALUES (?, ?, ?, ?, ?, 0) "
+                            "ON CONFLICT (exchange, symbol, began) DO UPDATE SET ended = MAX(ended, excluded.ended)",
+                            [(e, s, at, round(r.until * 1_000_000), run) for e, s in r.keys],
+                        )
                     else:
                         # "+run": look each row up by its key (exchange, symbol, began), not through the
                         # index of the run's open spans, which would scan them all for every key

@@ -108,6 +108,17 @@ def test_watched_spans_are_stored_per_run_and_a_killed_run_ends_at_its_last_exte
     assert store.watched(T10, T10 + 3600, [("NSE", "TCS")]).keys() == {("NSE", "TCS")}
 
 
+def test_a_span_the_history_answered_for_is_stored_whole_and_counts_as_covered(store):
+    keys = (("NSE", "INFY"), ("NSE", "TCS"))
+    store.record_watched("backfill", [WatchRecord("known", T10 + 60, keys, until=T10 + 180)])
+    store.record_watched("backfill", [WatchRecord("known", T10 + 60, keys[:1], until=T10 + 240)])  # a later, longer answer
+    store.record_watched("backfill", [WatchRecord("known", T10 + 60, keys[:1], until=T10 + 120)])  # never shortens
+    spans = store.watched(T10, T10 + 3600)
+    assert spans == {("NSE", "INFY"): [(T10 + 60, T10 + 240)], ("NSE", "TCS"): [(T10 + 60, T10 + 180)]}
+    sessions = [(datetime.fromtimestamp(T10, IST), datetime.fromtimestamp(T10 + 300, IST))]
+    assert gaps(sessions, spans[("NSE", "INFY")]) == [(T10, T10 + 60), (T10 + 240, T10 + 300)]
+
+
 MONDAY = date(2026, 12, 7)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from kiteconnect import exceptions as kite_errors
 
-from brokers.base import BrokerError
+from brokers.base import BrokerError, HistoryUnavailable
 from candles.model import Candle
 from core.ist import IST
 from core.ticks import Instrument
@@ -45,8 +45,9 @@ INTERVAL = "1m"
 _FORMAT = "%Y-%m-%d %H:%M:%S"  # Kite reads it as IST wall time
 
 
-class HistoricalUnavailable(BrokerError):
-    """Kite refuses the historical API to this app or access token (HTTP 403): retrying cannot help."""
+class HistoricalUnavailable(HistoryUnavailable):
+    """Kite refuses the historical API to this app or access token (HTTP 403): retrying with the
+    same token cannot help (``lasting``: nor can a new one)."""
 
 
 class RateLimiter:
@@ -185,6 +186,14 @@ class KiteHistorical:
                 )
         return [found[b] for b in sorted(found)]
 
+    def take_new_token(self, provider: Callable[[], str | None] | None) -> bool:
+        """Use the provider's access token if it differs from the one in use; whether it did."""
+        token = provider() if provider is not None else None
+        if not token or token == getattr(self._kite, "access_token", None):
+            return False
+        self._kite.set_access_token(token)
+        return True
+
     def _fetch(self, instrument: Instrument, frm: datetime, to: datetime) -> list[dict[str, Any]]:
         if self._refused is not None:
             raise self._refused
@@ -203,7 +212,8 @@ class KiteHistorical:
             except kite_errors.PermissionException:
                 self._refused = HistoricalUnavailable(
                     "Kite refuses historical data to this app (403 permission denied): subscribe the app to the "
-                    "historical data add-on at developers.kite.trade, then start again"
+                    "historical data add-on at developers.kite.trade, then start again",
+                    lasting=True,
                 )
                 raise self._refused from None
             except kite_errors.TokenException:
@@ -232,3 +242,47 @@ class KiteHistorical:
         text = str(exc)[:300]
         token = getattr(self._kite, "access_token", None)
         return text.replace(token, "***") if token else text
+
+
+class KiteHistory:
+    """``brokers.base.History`` over Kite's historical API, for symbols by (exchange, symbol)
+    whatever broker streams them: ``resolve`` finds their Kite instruments (the dump), a batch at a
+    time (``prepare``). A refused access token is replaced by the provider's (the token file a new
+    ``--login`` writes) once per call before giving up."""
+
+    name = "Kite's historical API"
+
+    def __init__(
+        self,
+        historical: KiteHistorical,
+        resolve: Callable[[list[tuple[str, str]]], tuple[list[Instrument], list[str]]],
+        token_provider: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.historical = historical
+        self._resolve = resolve
+        self._provider = token_provider
+        self._instruments: dict[tuple[str, str], Instrument | None] = {}
+
+    def prepare(self, keys: list[tuple[str, str]]) -> None:
+        """Find the Kite instruments of ``keys`` not looked up yet, in one go."""
+        todo = [k for k in keys if k not in self._instruments]
+        if not todo:
+            return
+        found, _ = self._resolve(todo)
+        for key in todo:
+            self._instruments[key] = None
+        for instrument in found:
+            self._instruments[(instrument.exchange, instrument.symbol)] = instrument
+
+    def minute_candles(self, exchange: str, symbol: str, start: datetime, end: datetime) -> list[Candle] | None:
+        key = (exchange, symbol)
+        self.prepare([key])
+        instrument = self._instruments[key]
+        if instrument is None:
+            return None
+        try:
+            return self.historical.minute_candles(instrument, start, end)
+        except HistoricalUnavailable as exc:
+            if exc.lasting or not self.historical.take_new_token(self._provider):
+                raise
+        return self.historical.minute_candles(instrument, start, end)
