@@ -1,13 +1,15 @@
 """``main.py --backfill`` against the fake Kite server and its 3 requests/s limit.
 
-    .venv/bin/python -m bench.backfill [--instruments 60] [--intervals 1m,5m,15m]
+    .venv/bin/python -m bench.backfill [--instruments 60] [--intervals 1m,5m,15m] [--latency 0.3]
 
 Puts one trading day (09:15-15:30 IST, two trades a minute) of N instruments on the fake's tape,
 runs ``main.py --backfill`` for that day as a process (SQLite in a temporary directory), and prints
 the requests per second achieved against the limit (first request to last, as the fake saw them),
 the busiest one-second window, the 429s (0 expected), the candles written, the wall time, the
 process's peak RSS (and its RSS over the second half: flat means no growth per symbol), and the
-wall time extrapolated to 9,000 instruments at the rate achieved.
+wall time extrapolated to 9,000 instruments at the rate achieved. ``--latency`` makes the fake hold
+each historical reply that many seconds after counting the request against the limit (a slow API or
+a long network path: what caps a client that waits for each reply before the next request).
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--instruments", type=int, default=60)
     parser.add_argument("--intervals", default="1m,5m,15m")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each historical reply")
     args = parser.parse_args(argv)
     instruments = [FakeInstrument(((1000 + i) << 8) | 1, "NSE", f"SYM{i}") for i in range(args.instruments)]
     with KiteFakeServer(instruments=instruments) as server, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server.send_ticks(day_tape(instruments))
+        server.historical_delay = args.latency
         (root / "symbols.txt").write_text("".join(f"NSE:{i.tradingsymbol}\n" for i in instruments))
         env = main_env(KITE_API_KEY=server.api_key, KITE_ACCESS_TOKEN=server.access_token, KITE_API_URL=server.api_url,
                        SQLITE_PATH=str(root / "candles.db"), DATA_DIR=str(root / "data"))  # fmt: skip
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     span = times[-1] - times[0]
     rate = (len(times) - 1) / span if span > 0 else float("nan")
     print(done.stdout.strip())
-    print(f"instruments            {args.instruments} × 1 day, intervals {args.intervals}")
+    print(f"instruments            {args.instruments} × 1 day, intervals {args.intervals}, "
+          f"reply latency {args.latency:g} s")  # fmt: skip
     print(f"requests               {len(times)} ({statuses.count(429)} answered 429)")
     print(f"requests/s             {rate:.2f} first to last ({rate / RATE:.0%} of the {RATE}/s limit); "
           f"busiest second {busiest_second(times)}")  # fmt: skip

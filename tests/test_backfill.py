@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -62,8 +63,8 @@ def day_tape(instruments=EQUITIES, seconds: int = 1800, start: int = DEFAULT_STA
     return pre + tape
 
 
-def reference(tape: list[TapeTick], intervals: str) -> dict:
-    names = {i.token: i for i in EQUITIES}
+def reference(tape: list[TapeTick], intervals: str, instruments=EQUITIES) -> dict:
+    names = {i.token: i for i in instruments}
     arrivals = [
         SimpleNamespace(
             exchange="NSE",
@@ -226,6 +227,45 @@ def test_a_killed_or_stopped_backfill_resumes_where_it_stopped(tmp_path: Path, s
         got = stored(tmp_path)
     assert {(k[1], k[2]) for k in got} == {(i.tradingsymbol, iv) for i in MANY for iv in ("1m", "5m")}
     assert not list((tmp_path / "data").glob("backfill-*.done"))
+
+
+def test_symbols_are_fetched_concurrently_within_the_limit_and_equal_the_reference(
+    in_process: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with KiteFakeServer(instruments=MANY) as server:
+        tape = day_tape(MANY, seconds=300)
+        server.send_ticks(tape)
+        server.historical_delay = 0.5  # each reply: longer than a third of the limit's second
+        code = run(server, in_process, monkeypatch, "--symbols", *[f"NSE:{i.tradingsymbol}" for i in MANY],
+                   "--from", "2024-01-15", "--to", "2024-01-15", "--intervals", "1m,5m")  # fmt: skip
+        asked = sorted(server.historical_requests, key=lambda r: r.at)
+    assert code == 0
+    assert [r.status for r in asked] == [200] * len(MANY)  # no 429
+    assert max(sum(1 for u in asked if r.at <= u.at < r.at + 1.0) for r in asked) <= 3
+    # requests overlap: one was sent while an earlier one's reply was still being held
+    assert any(b.at - a.at < server.historical_delay for a, b in zip(asked, asked[1:]))
+    got = stored(in_process)
+    assert {k: {f: getattr(c, f) for f in FIELDS} for k, c in got.items()} == reference(tape, "1m,5m", MANY)
+    assert f"{len(MANY)} of {len(MANY)} symbols, {len(MANY)} symbol-days, {len(MANY)} requests (0 retried)" in (
+        capsys.readouterr().out
+    )
+    assert not list((in_process / "data").glob("backfill-*.done"))
+
+
+def test_the_done_file_keeps_whole_lines_when_written_from_several_threads(tmp_path: Path) -> None:
+    from cli.backfill import DoneFile
+
+    days = [DAY.date() + timedelta(days=n) for n in range(50)]
+    done = DoneFile(tmp_path, {"request": 1})
+    threads = [threading.Thread(target=lambda k=k: [done.add(f"NSE:S{k}", [d]) for d in days]) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    done.close(finished=False)
+    again = DoneFile(tmp_path, {"request": 1})
+    assert again.done == {(f"NSE:S{k}", d) for k in range(8) for d in days}
+    assert len(again.path.read_text().splitlines()) == 8 * 50
 
 
 def test_the_interval_roll_up_sums_minute_volumes() -> None:

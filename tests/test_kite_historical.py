@@ -121,6 +121,76 @@ def test_clients_in_several_threads_never_draw_a_429(server: KiteFakeServer) -> 
     assert busiest_second([r.at for r in server.historical_requests]) <= 3
 
 
+class FakeTime:
+    """A clock that only ``sleep`` moves: a sleep of ``d`` begun at ``t`` wakes at ``t + d`` (sleeps
+    overlap, as real ones do). Thread-safe."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, delay: float, begun: float | None = None) -> None:
+        with self._lock:
+            self.now = max(self.now, (self.now if begun is None else begun) + delay)
+
+
+def test_the_limiter_starts_three_then_waits_out_the_window_plus_the_margin() -> None:
+    t = FakeTime()
+    slept: list[float] = []
+
+    def sleep(d: float) -> None:
+        slept.append(d)
+        t.sleep(d)
+
+    limiter = RateLimiter(3, 1.0, margin=0.075, clock=t.clock, sleep=sleep)
+    starts = [limiter.acquire() for _ in range(7)]
+    assert starts == pytest.approx([0, 0, 0, 1.075, 1.075, 1.075, 2.15])
+    assert slept == pytest.approx([1.075, 1.075])
+    t.sleep(0.5)  # a request started later than the window needs no wait
+    assert limiter.acquire() == pytest.approx(2.65) and len(slept) == 2
+
+
+def test_the_limiter_never_starts_more_than_its_calls_in_a_window_under_many_threads() -> None:
+    t = FakeTime()
+    local = threading.local()
+
+    def clock() -> float:
+        local.seen = t.clock()
+        return local.seen
+
+    limiter = RateLimiter(3, 1.0, margin=0.075, clock=clock, sleep=lambda d: t.sleep(d, local.seen))
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(10):
+            at = limiter.acquire()
+            with lock:
+                starts.append(at)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    starts.sort()
+    assert len(starts) == 160
+    # any ``calls + 1`` consecutive starts span at least the window: no window holds more than 3
+    assert min(b - a for a, b in zip(starts, starts[3:])) >= 1.075 - 1e-9
+    # and it is not slower than the rule: three starts at each multiple of the window
+    assert starts == pytest.approx([(i // 3) * 1.075 for i in range(160)])
+
+
+def test_a_limit_without_a_margin_or_with_a_negative_one_is_told() -> None:
+    assert RateLimiter(margin=0).window == 1.0
+    with pytest.raises(ValueError, match="margin >= 0"):
+        RateLimiter(margin=-0.1)
+
+
 def test_429_and_5xx_are_retried_after_a_backoff(server: KiteFakeServer) -> None:
     put_day(server, INFY, DAYS[0], ["1573.15", "1573.20", "1573.10"])
     server.fail_historical(429, 503)
@@ -128,7 +198,7 @@ def test_429_and_5xx_are_retried_after_a_backoff(server: KiteFakeServer) -> None
     got = client(server, sleep=slept.append, rng=lambda: 0.0).minute_candles(INFY, DAYS[0], DAYS[0] + timedelta(minutes=5))
     assert len(got) == 2
     assert [r.status for r in server.historical_requests] == [429, 503, 200]
-    assert slept == [1.0, 0.0]  # after a 429, one window of the limit at least
+    assert slept == [pytest.approx(1.075), 0.0]  # after a 429, one window of the limit at least (1 s + margin)
 
 
 def test_an_unreachable_api_fails_after_a_bounded_number_of_tries() -> None:

@@ -5,8 +5,10 @@
 ``Candle`` values:
 
 - a long range is split into requests of at most 60 calendar dates (Kite's limit for minutes);
-- every client of one API key in the process shares a ``RateLimiter`` of 3 requests a second
-  (Kite's limit for this API);
+- every client of one API key in the process shares a ``RateLimiter``: at most 3 requests started
+  in any 1.075 s (Kite's limit for this API is 3 a second,
+  https://kite.trade/docs/connect/v3/exceptions/#api-rate-limit; the 75 ms absorb network jitter);
+  requests from several threads overlap, so the rate does not depend on how long a reply takes;
 - 429, 5xx and network errors are retried with capped exponential backoff and full jitter, a
   bounded number of times;
 - 403 becomes ``HistoricalUnavailable``, which says what to do: enable the historical data add-on
@@ -25,8 +27,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from datetime import time as dt_time
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -40,6 +41,7 @@ from core.ist import IST
 from core.ticks import Instrument
 
 RATE = 3  # requests per second, per API key (Kite's limit for the historical API)
+MARGIN = 0.075  # seconds added to the limit's window: see RateLimiter
 MAX_MINUTE_DAYS = 60  # calendar dates one minute request may span
 INTERVAL = "1m"
 _FORMAT = "%Y-%m-%d %H:%M:%S"  # Kite reads it as IST wall time
@@ -51,43 +53,51 @@ class HistoricalUnavailable(HistoryUnavailable):
 
 
 class RateLimiter:
-    """At most ``calls`` requests in any ``per`` seconds, across threads.
+    """At most ``calls`` requests started in any window of ``per + margin`` seconds, across threads.
 
-    A request holds its slot from when it is sent until ``per`` seconds after its reply came back.
-    A request reaches the server between those two moments, so however the network delays one, the
-    server never sees more than ``calls`` of them in a window of ``per`` seconds (a token bucket
-    timed at the sender can: a late request and a prompt one arrive together).
+    The rule is on when requests start, not on when their replies come back, so requests overlap
+    and a slow reply never lowers the rate. The server counts requests when they arrive; a request
+    arrives one network trip after we start it, and two trips differ by the network's jitter (and by
+    how long a thread waits for the GIL between ``acquire`` and its send). Starts spaced one full
+    window apart could then arrive less than ``per`` apart and draw a 429. ``margin`` (default
+    ``MARGIN``, 75 ms) widens the window to absorb that difference: several times the usual
+    variation of one path's delay from one second to the next (milliseconds to tens of
+    milliseconds), at a cost of 7% of the limit at 3 a second (2.79 requests/s). A 429 that still
+    comes is retried after a window (see ``KiteHistorical``). ``clock`` and ``sleep`` are
+    injectable so tests move time without waiting.
     """
 
-    def __init__(self, calls: int = RATE, per: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        if calls < 1 or per <= 0:
-            raise ValueError(f"a rate limit needs calls >= 1 and per > 0, not {calls} per {per} s")
+    def __init__(
+        self,
+        calls: int = RATE,
+        per: float = 1.0,
+        margin: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        margin = MARGIN if margin is None else margin
+        if calls < 1 or per <= 0 or margin < 0:
+            raise ValueError(f"a rate limit needs calls >= 1, per > 0 and margin >= 0, not {calls} per {per} s + {margin} s")
         self.calls = calls
         self.per = per
+        self.margin = margin
+        self.window = per + margin
         self._clock = clock
-        self._cond = threading.Condition()
-        self._in_flight = 0
-        self._cooling: deque[float] = deque()  # when each finished request's slot comes back
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._starts: deque[float] = deque(maxlen=calls)  # the last ``calls`` start times
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Wait for a free slot, hold it for the request inside the ``with``."""
-        with self._cond:
-            while True:
+    def acquire(self) -> float:
+        """Wait until a request may start, count it as started and return its start time."""
+        while True:
+            with self._lock:
                 now = self._clock()
-                while self._cooling and self._cooling[0] <= now:
-                    self._cooling.popleft()
-                if self._in_flight + len(self._cooling) < self.calls:
-                    break
-                self._cond.wait(self._cooling[0] - now if self._cooling else None)
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._in_flight -= 1
-                self._cooling.append(self._clock() + self.per)
-                self._cond.notify_all()
+                if len(self._starts) < self.calls or now >= self._starts[0] + self.window:
+                    self._starts.append(now)
+                    return now
+                delay = self._starts[0] + self.window - now
+            # nothing frees a start earlier than this (starts are never given back): a plain sleep
+            self._sleep(delay)
 
 
 _limiters: dict[str, RateLimiter] = {}
@@ -129,7 +139,10 @@ def _price(value: float | int, places: Decimal | None) -> Decimal:
 
 
 class KiteHistorical:
-    """Minute candles from Kite's historical API through a ``KiteConnect`` (see the module's doc)."""
+    """Minute candles from Kite's historical API through a ``KiteConnect`` (see the module's doc).
+
+    One client may be used from several threads at once (pykiteconnect's one ``requests`` session
+    pools its connections; the counters are locked); the limiter paces them all."""
 
     def __init__(
         self,
@@ -150,7 +163,9 @@ class KiteHistorical:
         self._sleep = sleep
         self._rng = rng
         self._refused: HistoricalUnavailable | None = None
+        self._count_lock = threading.Lock()
         self.requests = 0  # requests sent, retries included
+        self.retries = 0  # of which retries
 
     def minute_candles(self, instrument: Instrument, start: datetime, end: datetime) -> list[Candle]:
         """Final 1m candles whose minute starts in ``[start, end)`` (aware datetimes), oldest first.
@@ -204,11 +219,11 @@ class KiteHistorical:
                 cap = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
                 self._sleep(max(floor, cap * self._rng()))
             try:
-                with self._limiter.slot():
+                self._limiter.acquire()
+                with self._count_lock:
                     self.requests += 1
-                    return self._kite.historical_data(
-                        instrument.token, frm.strftime(_FORMAT), to.strftime(_FORMAT), "minute", oi=True
-                    )
+                    self.retries += attempt > 0
+                return self._kite.historical_data(instrument.token, frm.strftime(_FORMAT), to.strftime(_FORMAT), "minute", oi=True)
             except kite_errors.PermissionException:
                 self._refused = HistoricalUnavailable(
                     "Kite refuses historical data to this app (403 permission denied): subscribe the app to the "
@@ -230,7 +245,7 @@ class KiteHistorical:
                 code = getattr(exc, "code", 0) or 0
                 if code != 429 and code < 500:
                     raise BrokerError(f"Kite's historical API answered {code} for {what}: {self._scrub(exc)}") from None
-                problem, floor = f"HTTP {code}: {self._scrub(exc)}", self._limiter.per if code == 429 else 0.0
+                problem, floor = f"HTTP {code}: {self._scrub(exc)}", self._limiter.window if code == 429 else 0.0
             except OSError as exc:  # requests' connection errors and timeouts
                 problem, floor = f"{type(exc).__name__}: {self._scrub(exc)}", 0.0
         raise BrokerError(
