@@ -146,24 +146,27 @@ class Backfiller:
                     self._cond.wait(wait)
                 if self._stopping:
                     return
-                spans, self._spans = self._spans, []
-            calendar = self._calendar()
-            if spans:
-                if calendar is None:  # the calendar loads in a second or two: wait for it
-                    with self._cond:
-                        self._spans[:0] = spans
-                        self._cond.wait(1.0)
-                    continue
-                self._plan(calendar, spans)
-            self._mend_due(calendar)
+            self.step()
+
+    def step(self) -> None:
+        """Plan the spans handed over and mend the buckets that are due: one turn of the thread's
+        loop (tests call it with their own clock)."""
+        calendar = self._calendar()
+        if calendar is None:  # the calendar loads in a second or two: the spans wait for it
+            return
+        with self._cond:
+            spans, self._spans = self._spans, []
+        if spans:
+            self._plan(calendar, spans)
+        self._mend_due(calendar)
 
     def _wait_s(self) -> float:
         """Seconds until there is something to do (0: now); called under the condition."""
         if self._spans:
-            return 0.0
+            return 0.0 if self._calendar() is not None else 1.0
         if not self._jobs:
             return 3600.0
-        return self._jobs[0].due - self._clock()
+        return min(3600.0, self._jobs[0].due - self._clock())
 
     def _plan(self, calendar: MarketCalendar, spans: list[tuple[tuple[Key, ...], float, float]]) -> None:
         """Turn spans into jobs: per symbol and interval, the buckets the span's session time overlaps."""
@@ -191,7 +194,7 @@ class Backfiller:
                 heapq.heappush(self._jobs, job)
             self.stats.pending = len(self._jobs)
 
-    def _mend_due(self, calendar: MarketCalendar | None) -> None:
+    def _mend_due(self, calendar: MarketCalendar) -> None:
         """Every job due now, one request per symbol."""
         now = self._clock()
         with self._cond:
@@ -200,11 +203,7 @@ class Backfiller:
                 job = heapq.heappop(self._jobs)
                 due.setdefault(job.key, []).append(job)
             self.stats.pending = len(self._jobs)
-        if not due or calendar is None:
-            with self._cond:
-                for jobs in due.values():
-                    for job in jobs:
-                        heapq.heappush(self._jobs, job)
+        if not due:
             return
         try:
             self.history.prepare(list(due))
