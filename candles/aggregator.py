@@ -316,6 +316,9 @@ class CandleAggregator:
         self._bucket_dt: dict[int, datetime] = {}
         self._dirty: list[_Symbol] = []  # symbols whose accumulator may hold ticks
         self._watch_from = -_INF  # what symbols seen for the first time are watched since (rule 8)
+        # rule 8: the latest unwatched span (since, until) declared for a key not seen yet, applied
+        # when its first tick comes (a symbol without a tick before an outage is judged by it too)
+        self._pending: dict[tuple[str, str], tuple[float, float]] = {}
         self.stats = AggregatorStats()
 
     # ---- public ------------------------------------------------------------------------------
@@ -617,14 +620,23 @@ class CandleAggregator:
         ``-inf``: nothing was watched before) for these (exchange, symbol) keys, for every symbol
         when None (a start: call it once the open buckets are resumed). Rule 8: open buckets
         overlapping that span become partial, and so does any bucket created later that starts
-        before ``until``; each series' first bucket entered after the span counts its volume
-        from its own first tick if it starts after ``since``."""
+        before ``until`` and ends after ``since``; each series' first bucket entered after the span
+        counts its volume from its own first tick if it starts after ``since``. A key with no
+        tick yet is judged by the span when its first tick comes. Spans are declared oldest first
+        (the caller leaves out the parts outside the exchange's sessions: nothing trades there)."""
+        syms: list[_Symbol] = []
         if keys is None:
             if until > self._watch_from:
                 self._watch_from = until
-            syms: Iterable[_Symbol] = list(self._symbols.values())
+            syms = list(self._symbols.values())
         else:
-            syms = [sym for sym in map(self._symbols.get, keys) if sym is not None]
+            for key in keys:
+                sym = self._symbols.get(key)
+                if sym is not None:
+                    syms.append(sym)
+                else:
+                    earlier = self._pending.get(key)
+                    self._pending[key] = (since, until if earlier is None else max(until, earlier[1]))
         for sym in syms:
             if until > sym.watch_from:
                 sym.watch_from = until
@@ -635,6 +647,10 @@ class CandleAggregator:
                 for b in ser.buckets.values():
                     if type(b) is not bytes and not b.closed and b.start < until and b.end > since:
                         b.partial = True
+
+    def keys(self) -> list[tuple[str, str]]:
+        """The (exchange, symbol) of every symbol with state here (ticks taken or seeded)."""
+        return list(self._symbols)
 
     def last_seen(self) -> float:
         """The newest exchange time of any tick taken (or seeded); ``-inf`` before the first."""
@@ -652,6 +668,14 @@ class CandleAggregator:
     def _new_symbol(self, exchange: str, symbol: str) -> _Symbol:
         sym = _Symbol(exchange, symbol, self._watch_from)
         sym.series = [_Series(sym, name, width, offset) for name, width, offset in self._specs]
+        pending = self._pending.pop((exchange, symbol), None) if self._pending else None
+        if pending is not None:  # an unwatched span declared before its first tick (rule 8)
+            since, until = pending
+            if until > sym.watch_from:
+                sym.watch_from = until
+            sym.gap_since = since
+            for ser in sym.series:
+                ser.gap = since
         self._symbols[(exchange, symbol)] = sym
         self._by_name.setdefault(symbol, sym)  # the first exchange's; others go by (exchange, symbol)
         return sym
@@ -1015,6 +1039,9 @@ class CandleAggregator:
                 for ser in sym.series:
                     for day in [d for d in ser.days if d <= cutoff]:
                         ser.days.pop(day).last_trade = None  # its bucket points back at it: no cycle left behind
+        if self._pending:  # spans of keys that never had a tick, ended before any bucket still placed
+            done = (cutoff + 1) * _DAY - _IST_OFFSET - _DAY
+            self._pending = {key: span for key, span in self._pending.items() if span[1] > done}
         self._prune_at = self._day_forgotten_at(cutoff + 1)
 
 

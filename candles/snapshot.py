@@ -16,7 +16,7 @@ from decimal import Decimal
 from candles.aggregator import _NO_DAY, AggregatorStats, CandleAggregator, _Bucket, _Series, _SeriesDay, _shared, _SymDay
 from candles.model import Interval
 
-VERSION = 5  # 5: candle provenance (partial buckets, unwatched spans)
+VERSION = 6  # 5: candle provenance (partial buckets, unwatched spans); 6: spans of keys not seen yet
 _CHUNK = struct.Struct("<I")  # length of each marshalled chunk of a snapshot
 
 
@@ -34,7 +34,7 @@ def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
     st = agg.stats
     head = (
         VERSION, [iv.name for iv in agg.intervals], agg._grace, agg._horizon, agg._emit_empty,
-        agg._memory, agg._prune_at, agg._watch_from,
+        agg._memory, agg._prune_at, agg._watch_from, agg._pending,
         (st.ticks, st.trades, st.quotes, st.late_ticks, st.dropped_ticks, st.volume_resets, st.open_buckets),
     )  # fmt: skip
     pack = _CHUNK.pack
@@ -123,13 +123,14 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
     if not isinstance(head, tuple) or not head or head[0] != VERSION:
         raise ValueError("the snapshot was written by another version of the aggregator")
     symbols = chunks[1:]
-    _, names, grace, horizon, emit_empty, memory, prune_at, watch_from, counters = head
+    _, names, grace, horizon, emit_empty, memory, prune_at, watch_from, pending, counters = head
     agg = CandleAggregator(
         [Interval.parse(n) for n in names], clock, grace=grace, emit_empty=emit_empty, revision_horizon=horizon,
         reorder_memory=memory,
     )  # fmt: skip
     agg._prune_at = prune_at
     agg._watch_from = watch_from
+    agg._pending = pending
     agg.stats = AggregatorStats(*counters)
     closing: dict[float, list[_Bucket]] = {}
     evicting: dict[float, list[_Series]] = {}

@@ -28,7 +28,16 @@ from cli.kite_history import daemon_history
 from cli.settings import feed_context
 from cli.signals import DaemonSignals, StopRequested
 from cli.watchlist import listed_symbols, parse_shard, resolve, shard_of, watchlist
-from config.market_calendar import Overrides, build_calendar, library_holidays, read_overrides, staleness, today_line
+from config.market_calendar import (
+    LibraryHolidays,
+    Overrides,
+    build_calendar,
+    cached_library_holidays,
+    library_holidays,
+    read_overrides,
+    staleness,
+    today_line,
+)
 from config.settings import Settings
 from config.symbols import SymbolError
 from core.ist import IST
@@ -175,12 +184,15 @@ def _market_calendar(
     overrides: Overrides, data_dir: Path, exchanges: list[str], loaded: Callable[[MarketCalendar], object]
 ) -> None:
     """Log today's sessions of ``exchanges``, and a warning when the calendar knows no holidays for
-    this year (or, in December, the next). The library's holidays may take a child process and a
-    second or two: a thread of its own, so the start does not wait for them."""
+    this year (or, in December, the next). From ``DATA_DIR``'s cache of the library's holidays (a
+    millisecond or two) ``loaded`` is called before this returns, so that the start's unwatched span
+    is judged by the sessions (candle rule 8); without it the library takes a child process and a
+    second or more: a thread of its own, so the start does not wait (the start's span then counts
+    whole, which may mark a candle partial that missed nothing)."""
 
-    def work() -> None:
+    def work(holidays: LibraryHolidays | None = None) -> None:
         try:
-            calendar = build_calendar(library_holidays(data_dir), overrides)
+            calendar = build_calendar(holidays or library_holidays(data_dir), overrides)
             now = datetime.now(IST)
             stale = staleness(calendar, overrides, now.date())
             if stale:
@@ -190,6 +202,14 @@ def _market_calendar(
         except Exception as exc:  # a calendar that cannot be read must not stop the feed
             log.warning("market calendar: not loaded: %s", exc)
 
+    try:
+        cached = cached_library_holidays(data_dir)
+    except Exception as exc:  # noqa: BLE001 - the thread reads the library the slow way and says why it fails
+        log.debug("market calendar: the cached holidays cannot be read: %s", exc)
+        cached = None
+    if cached is not None:
+        work(cached)
+        return
     threading.Thread(target=work, name="market-calendar", daemon=True).start()
 
 

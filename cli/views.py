@@ -11,7 +11,7 @@ from candles.model import Interval
 from cli.errors import UsageError
 from config.market_calendar import build_calendar, library_holidays, read_overrides
 from config.settings import Settings
-from config.symbols import parse_symbol
+from config.symbols import SymbolError, parse_symbol
 from core.gaps import gaps
 from core.ist import IST
 from storage import open_store
@@ -47,9 +47,11 @@ def show_candles(settings: Settings, symbol: str, interval: str, limit: int) -> 
 
 
 
-def show_gaps(settings: Settings, symbols: list[str], day_text: str | None) -> int:
-    """The session minutes of ``day`` that no watched span covers, merged per symbol; every symbol
-    the store has watched that day (or ever, if none) when none is named."""
+def show_gaps(settings: Settings, symbols: list[str], day_text: str | None, listed: list[tuple[str, str]] | None = None) -> int:
+    """The session minutes of ``day`` that no watched span covers, merged per symbol. When none is
+    named: every symbol the store has watched that day (or ever, if none), and every symbol of the
+    watchlist (``listed``: --symbols and --symbols-file; the watchlist table's enabled rows), watched
+    or not: one never watched has every session minute as a gap."""
     now = time.time()
     try:
         day = date.fromisoformat(day_text) if day_text else datetime.now(IST).date()
@@ -62,11 +64,18 @@ def show_gaps(settings: Settings, symbols: list[str], day_text: str | None) -> i
         keys = [parse_symbol(s) for s in symbols] if symbols else None
         spans = store.watched(start, start + 86_400, keys)
         if keys is None:
-            keys = sorted(spans) or sorted(store.watched(0.0, now))
+            watched = sorted(spans) or sorted(store.watched(0.0, now))
+            table = []
+            for row in store.watchlist():
+                try:
+                    table.append(parse_symbol(f"{row.exchange}:{row.symbol}"))
+                except SymbolError as exc:
+                    log.warning("watchlist table in %s: row (%r, %r) skipped: %s", store.description, row.exchange, row.symbol, exc)
+            keys = sorted({*watched, *(listed or ()), *table})
     finally:
         store.close()
     if not keys:
-        print(f"no symbol was ever watched according to {store.description}")
+        print(f"no symbol was ever watched according to {store.description}, and the watchlist is empty")
         return 0
     lines = []
     for exchange, symbol in keys:

@@ -17,12 +17,13 @@ from storage.base import CandleStore, WatchlistEntry
 log = logging.getLogger("marketfeed")
 
 
-def listed_symbols(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """The symbols of ``--symbols`` and ``--symbols-file``: read before anything else starts."""
+def listed_symbols(args: argparse.Namespace, *, required: bool = True) -> list[tuple[str, str]]:
+    """The symbols of ``--symbols`` and ``--symbols-file``: read before anything else starts.
+    ``required``: none at all (and no ``--symbols-from-db``) is a usage error."""
     pairs: list[tuple[str, str]] = parse_symbols(args.symbols)
     if args.symbols_file:
         pairs += load_symbols_file(args.symbols_file)
-    if not pairs and not args.symbols_from_db:
+    if required and not pairs and not args.symbols_from_db:
         raise UsageError("no symbols to stream: pass --symbols NSE:INFY ..., --symbols-file or --symbols-from-db")
     return pairs
 

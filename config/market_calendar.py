@@ -142,6 +142,24 @@ def library_version() -> str | None:
         return None
 
 
+def cached_library_holidays(cache_dir: Path) -> LibraryHolidays | None:
+    """The library's holidays from ``cache_dir``'s cache (a millisecond or two); None when the cache
+    is absent, unreadable or of another version of the library (``library_holidays`` then takes a
+    child process), or the library is not installed."""
+    version = library_version()
+    return None if version is None else _cached(cache_dir / CACHE_NAME, version)
+
+
+def _cached(cache: Path, version: str) -> LibraryHolidays | None:
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+        if data.get("version") == version and data.get("calendar") == LIBRARY_CALENDAR:
+            return _parse_library(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # absent or unreadable: read the library again
+    return None
+
+
 def library_holidays(cache_dir: Path | None = None, *, timeout: float = 60.0) -> LibraryHolidays | None:
     """The library's holidays, from ``cache_dir``'s cache while the library's version is unchanged,
     else from a child process (the cache is rewritten). None, with a warning, when the library is
@@ -153,12 +171,9 @@ def library_holidays(cache_dir: Path | None = None, *, timeout: float = 60.0) ->
         return None
     cache = cache_dir / CACHE_NAME if cache_dir is not None else None
     if cache is not None:
-        try:
-            data = json.loads(cache.read_text(encoding="utf-8"))
-            if data.get("version") == version and data.get("calendar") == LIBRARY_CALENDAR:
-                return _parse_library(data)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # absent or unreadable: read the library again
+        cached = _cached(cache, version)
+        if cached is not None:
+            return cached
     root = Path(__file__).resolve().parent.parent
     try:
         done = subprocess.run(

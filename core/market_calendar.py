@@ -203,6 +203,23 @@ class MarketCalendar:
         weekend or holiday."""
         return list(self.day(exchange, day).sessions)
 
+    def in_sessions(self, exchange: str, since: float, until: float) -> list[tuple[float, float]]:
+        """The parts of the span ``since``..``until`` (epoch seconds, both finite) that lie in
+        ``exchange``'s sessions, in order; empty when no session time falls in it."""
+        out: list[tuple[float, float]] = []
+        if until <= since:
+            return out
+        day = datetime.fromtimestamp(since, IST).date()
+        last = datetime.fromtimestamp(until, IST).date()
+        while day <= last:
+            for start, end in self.day(exchange, day).sessions:
+                a = max(since, start.timestamp())
+                b = min(until, end.timestamp())
+                if a < b:
+                    out.append((a, b))
+            day += timedelta(days=1)
+        return out
+
     def is_open(self, exchange: str, t: datetime) -> bool:
         """Whether ``exchange`` is in a session at ``t`` (aware; open ≤ t < close)."""
         local = t.astimezone(IST)

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from brokers.base import BrokerError, History, HistoryUnavailable
 from candles.model import BACKFILL, Candle, Interval
@@ -177,7 +177,7 @@ class Backfiller:
                 by_exchange.setdefault(key[0], []).append(key)
             for exchange, exchange_keys in by_exchange.items():
                 try:
-                    parts = session_parts(calendar, exchange, since, until)
+                    parts = calendar.in_sessions(exchange, since, until)
                 except ValueError:  # an exchange the calendar does not know: nothing to measure against
                     continue
                 if not parts:
@@ -292,20 +292,6 @@ class Backfiller:
                 for job in itertools.chain(jobs, *(js for _, js in rest)):
                     heapq.heappush(self._jobs, replace(job, due=due, seq=next(self._seq)))
             self.stats.pending = len(self._jobs)
-
-
-def session_parts(calendar: MarketCalendar, exchange: str, since: float, until: float) -> list[tuple[float, float]]:
-    """The parts of ``[since, until)`` inside ``exchange``'s sessions, in order (epoch seconds)."""
-    parts = []
-    day = datetime.fromtimestamp(since, IST).date()
-    last = datetime.fromtimestamp(until, IST).date()
-    while day <= last:
-        for open_, close in calendar.sessions(exchange, day):
-            a, b = max(since, open_.timestamp()), min(until, close.timestamp())
-            if a < b:
-                parts.append((a, b))
-        day += timedelta(days=1)
-    return parts
 
 
 def bucket_end(calendar: MarketCalendar, exchange: str, start: float, end: float) -> float:

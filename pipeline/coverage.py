@@ -29,11 +29,29 @@ EXTEND_S = 60.0
 
 Key = tuple[str, str]
 
+#: how far back an unwatched span can still matter to the aggregator: a bucket is at most a day wide
+#: (``1d``) and is revised for the revision horizon (15 minutes) after it closes
+LOOKBACK_S = 2 * 86_400.0
+
 
 def day_bounds(day: date) -> tuple[float, float]:
     """The IST day ``day`` as epoch seconds (start, end)."""
     start = datetime.combine(day, time(0), IST)
     return start.timestamp(), (start + timedelta(days=1)).timestamp()
+
+
+def in_sessions(calendar: MarketCalendar | None, exchange: str, since: float, until: float) -> list[Span] | None:
+    """The parts of the unwatched span ``since``..``until`` that lie in ``exchange``'s sessions (candle
+    rule 8: outside them nothing trades, so nothing is missed); None when that is not known (no
+    calendar yet, or an exchange it does not describe): the caller takes the whole span. ``since``
+    may be ``-inf``; parts older than ``LOOKBACK_S`` before ``until`` are left out (no bucket they
+    touch can be open or created any more)."""
+    if calendar is None:
+        return None
+    try:
+        return calendar.in_sessions(exchange, max(since, until - LOOKBACK_S), until)
+    except ValueError:  # an exchange without hours in the calendar
+        return None
 
 
 class Coverage:

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +30,7 @@ from core.market_calendar import MarketCalendar
 from core.progress import progress
 from core.ticks import Instrument, TickData
 from pipeline.backfill import MAX_SPAN_DAYS, Backfiller, Filled
-from pipeline.coverage import Coverage, day_bounds
+from pipeline.coverage import Coverage, Key, day_bounds, in_sessions
 from pipeline.health import Health
 from pipeline.journal import TickJournal
 from pipeline.writer import Checkpoint, Watched, Writer
@@ -151,7 +152,7 @@ class Service:
         if not self._recover_from_journal():
             self._resume_open_buckets()
             # candle rule 8: nothing was watched between the newest stored tick and now
-            self.aggregator.unwatched(self.aggregator.last_seen(), self.clock())
+            self._declare_unwatched(self.aggregator, self.aggregator.last_seen(), self.clock())
         if self.journal is not None:
             self._checkpoint()
         self.writer.start()  # before the pipeline: a stop between the two finds no pipeline without its writer
@@ -272,7 +273,7 @@ class Service:
                 bar.update()
         # candle rule 8: nothing was watched between the journal's newest tick and now (the
         # buckets open at the kill were cut short there), before they close below
-        restored.unwatched(restored.last_seen(), self.clock())
+        self._declare_unwatched(restored, restored.last_seen(), self.clock())
         closed = restored.advance()
         if closed:
             candles.append(closed)
@@ -420,7 +421,7 @@ class Service:
         """Pipeline thread: candle rule 8 for symbols whose connection came back, and the record."""
         unwatched, record = self.coverage.change(change)
         for since, keys in unwatched:
-            self.aggregator.unwatched(since, change.at, keys)
+            self._declare_unwatched(self.aggregator, since, change.at, keys)
             if self.backfill is not None:
                 self.backfill.want(keys, since, change.at)
         self._candles.put(Watched(self.run_id, (record,)))
@@ -436,6 +437,24 @@ class Service:
             self._watch_changed(item)
         else:
             self._filled(item)
+
+    def _declare_unwatched(self, agg: CandleAggregator, since: float, until: float, keys: list[Key] | None = None) -> None:
+        """Candle rule 8: ``keys`` (every symbol when None: a start) were not watched from ``since``
+        to ``until``. Only the parts in their exchange's sessions count (nothing trades outside
+        them); while the calendar is not known, the whole span does."""
+        calendar = self.calendar
+        if calendar is None:
+            agg.unwatched(since, until, keys)
+            return
+        if keys is None:
+            keys = list(dict.fromkeys([(i.exchange, i.symbol) for i in self.instruments] + agg.keys()))
+        by_exchange: dict[str, list[Key]] = defaultdict(list)
+        for key in keys:
+            by_exchange[key[0]].append(key)
+        for exchange, group in by_exchange.items():
+            parts = in_sessions(calendar, exchange, since, until)
+            for a, b in [(since, until)] if parts is None else parts:
+                agg.unwatched(a, b, group)
 
     def _count_gaps(self, now: float) -> None:
         """Pipeline thread: extend the open spans in the store and count today's gaps, once a minute."""

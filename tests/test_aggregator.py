@@ -459,6 +459,28 @@ def test_an_outage_of_one_symbol_leaves_the_others_live():
     assert feed.candle("1m", 0, symbol="TCS").source == "live"
 
 
+def test_a_symbol_without_a_tick_before_an_outage_has_its_first_bucket_after_it_partial():
+    feed = Feed("1m,5m")
+    feed.add(tick(5, 100, 1_000))  # INFY only: TCS has no series yet when the outage is declared
+    feed.clock.now = DAY0 + 20
+    feed.agg.unwatched(DAY0 + 7, DAY0 + 20, [("NSE", "INFY"), ("NSE", "TCS")])
+    feed.add(tick(30, 51, 600, symbol="TCS"), tick(40, 52, 700, symbol="TCS"), tick(70, 53, 800, symbol="TCS"))
+    feed.at(302)
+    assert feed.candle("1m", 0, symbol="TCS").source == "partial", "its 09:15 overlaps the outage"
+    assert feed.candle("5m", 0, symbol="TCS").source == "partial"
+    assert feed.candle("1m", 1, symbol="TCS").source == "live", "09:16 began after it: watched whole"
+
+
+def test_an_outage_declared_for_a_symbol_not_seen_yet_survives_a_snapshot():
+    feed = Feed("1m")
+    feed.clock.now = DAY0 + 20
+    feed.agg.unwatched(DAY0 + 7, DAY0 + 20, [("NSE", "TCS")])
+    feed.agg = snapshot.restore(snapshot.snapshot(feed.agg), feed.clock)
+    feed.add(tick(30, 51, 600, symbol="TCS"), tick(40, 52, 700, symbol="TCS"))
+    feed.at(62)
+    assert feed.candle("1m", 0, symbol="TCS").source == "partial"
+
+
 def test_a_late_tick_revising_a_partial_candle_keeps_it_partial():
     feed = Feed("1m")
     feed.agg.unwatched(float("-inf"), DAY0 + 20)

@@ -17,7 +17,7 @@ from core.ticks import Instrument
 from pipeline.coverage import Coverage
 from pipeline.service import Service
 from storage import open_store
-from storage.base import WatchRecord
+from storage.base import WatchlistEntry, WatchRecord
 from storage.spool import Spool
 from testkit.cli import run_main
 from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick
@@ -50,7 +50,10 @@ def test_a_feed_outage_makes_its_bucket_partial_and_the_next_bucket_counts_from_
             backoff_initial=0.05, backoff_max=0.2, clock=clock,
         )  # fmt: skip
         inst = INSTRUMENTS[INFY]
-        service = Service(broker, store, [inst], [Interval.parse("1m")], clock=clock, spool=Spool(tmp_path / "spool"))
+        service = Service(
+            broker, store, [inst], [Interval.parse("1m")], clock=clock, spool=Spool(tmp_path / "spool"),
+            calendar=MarketCalendar(),  # 10:00 on a Monday: the outage lies in the session
+        )  # fmt: skip
         service.start()
         try:
             server.wait_subscribed([INFY])
@@ -82,6 +85,57 @@ def test_a_feed_outage_makes_its_bucket_partial_and_the_next_bucket_counts_from_
     assert first.source == "partial", "the outage inside 10:00 must make it partial"
     assert (second.source, second.volume) == ("partial", 100), "10:01 counts from its own first tick, not the outage's"
     assert len(spans) == 2 and spans[0][1] <= T10 + 20 and spans[1][0] == T10 + 90, f"two watched spans: {spans}"
+
+
+def _outage(server: KiteFakeServer, broker: KiteBroker, service: Service, clock: Clock, back: float) -> None:
+    """The feed's connection goes down at the clock's time and is subscribed again at ``back``."""
+    ticks = service.stats.ticks
+    server.reject_tokens()
+    seen = server.last_connection_id
+    server.drop_all()
+    wait_until(lambda: broker.auth_failed is not None, 5, "the feed to stop at the refused token")
+    clock.now = back
+    server.reject_tokens(False)
+    broker.set_access_token(server.access_token)
+    server.wait_subscribed([INFY], after=seen, mode="full")
+    wait_until(lambda: service.stats.ticks > ticks, 5, "the snapshot of the new subscription")
+
+
+def test_a_start_before_the_open_and_an_outage_after_the_close_leave_the_day_live(tmp_path):
+    """Rule 8 counts only session minutes: started at 08:00 and down from 15:40 to 15:50, the daemon
+    missed nothing of NSE's 09:15-15:30 session, so the day and the 15:15 hour are live."""
+    clock = Clock(T10 - 2 * 3600)  # 08:00 IST on a Monday
+    store = open_store(None, str(tmp_path / "c.db"))
+    store.migrate()
+    intervals = [Interval.parse("1h"), Interval.parse("1d")]
+    with KiteFakeServer(heartbeat_interval=0.3) as server:
+        broker = KiteBroker(
+            server.api_key, server.access_token, ws_url=server.ws_url, instruments=INSTRUMENTS,
+            backoff_initial=0.05, backoff_max=0.2, clock=clock,
+        )  # fmt: skip
+        service = Service(
+            broker, store, [INSTRUMENTS[INFY]], intervals, clock=clock, spool=Spool(tmp_path / "spool"),
+            calendar=MarketCalendar(),
+        )  # fmt: skip
+        service.start()
+        try:
+            server.wait_subscribed([INFY])
+            for n, (price, volume, at) in enumerate([("100", 1000, T10 - 2400), ("101", 1500, T10 + 18000),
+                                                     ("102", 1600, T10 + 19740)]):  # fmt: skip
+                clock.now = at + 1
+                server.send_ticks([tick(price, volume, at)])
+                wait_until(lambda: service.stats.ticks > n, 5, f"tick {n + 1}")  # noqa: B023
+            clock.now = T10 + 20400  # 15:40
+            _outage(server, broker, service, clock, T10 + 21000)  # back at 15:50
+            clock.now = T10 + 21300
+        finally:
+            service.stop()  # flushes the open 15:15 hour and the day
+        hour = store.latest("NSE", "INFY", "1h", limit=1)[0]
+        (day,) = store.latest("NSE", "INFY", "1d")
+        store.close()
+    assert hour.bucket.timestamp() == T10 + 15 * 60 + 5 * 3600, f"the newest hour is 15:15: {hour}"
+    assert hour.source == "live", "an outage outside the session missed nothing of the 15:15 hour"
+    assert (day.source, day.volume) == ("live", 600), "watched all session from before the open: a live day"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -172,3 +226,23 @@ def test_show_gaps_prints_the_unwatched_session_minutes_merged_per_symbol(tmp_pa
     assert proc.stdout.strip() == "NSE:INFY 2024-01-15 10:01–10:04 IST (3 min)"
     weekend = run_main("--show-gaps", "NSE:INFY", "--date", "2024-01-14", cwd=tmp_path)
     assert weekend.stdout.strip().startswith("no gaps on 2024-01-14"), weekend.stdout + weekend.stderr
+
+
+@pytest.mark.slow
+def test_show_gaps_lists_watchlist_symbols_that_were_never_watched(tmp_path):
+    (tmp_path / "data").mkdir()
+    store = open_store(None, str(tmp_path / "data" / "marketfeed.db"))
+    store.migrate()
+    open_ = datetime(2024, 1, 15, 9, 15, tzinfo=IST).timestamp()  # a Monday
+    close = datetime(2024, 1, 15, 15, 30, tzinfo=IST).timestamp()
+    infy = (("NSE", "INFY"),)
+    store.record_watched("a", [WatchRecord("open", open_ - 60, infy), WatchRecord("close", close, infy)])
+    store.set_watchlist([WatchlistEntry("NSE", "TCS", True, 0)])
+    store.close()
+    (tmp_path / "symbols.txt").write_text("NSE:SBIN\n", encoding="utf-8")
+    args = ("--symbols", "NSE:RELIANCE", "--symbols-file", "symbols.txt", "--date", "2024-01-15")
+    proc = run_main("--show-gaps", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"NSE:{name} 2024-01-15 09:15–15:30 IST (375 min)" for name in ("RELIANCE", "SBIN", "TCS")
+    ], "every watchlist symbol never watched has the whole session as its gap; INFY, watched all day, has none"
