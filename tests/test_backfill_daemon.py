@@ -1,0 +1,224 @@
+"""The daemon's own backfill (pipeline/backfill.py): which buckets it asks for, when, and what it
+hands the writer; retries and refusals. A small in-memory history stands for the broker's (the
+Kite fake serves the real one in the process-level tests)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+
+from brokers.base import BrokerError, HistoryUnavailable
+from candles.model import BACKFILL, Candle, parse_intervals
+from core.ist import IST
+from core.market_calendar import MarketCalendar
+from pipeline import backfill
+from pipeline.backfill import Backfiller, Filled
+
+MONDAY_10 = datetime(2026, 12, 7, 10, 0, tzinfo=IST).timestamp()
+INFY = ("NSE", "INFY")
+TCS = ("NSE", "TCS")
+
+
+def minute(key: tuple[str, str], at: float, price: str, volume: int) -> Candle:
+    bucket = datetime.fromtimestamp(at, IST)
+    p = Decimal(price)
+    return Candle(key[0], key[1], "1m", bucket, p, p + 1, p - 1, p, volume, None, 0, bucket, bucket, None, True)
+
+
+class History:
+    """Every minute of the day has a candle; ``fail`` makes the next calls raise."""
+
+    name = "test history"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[tuple[str, str], float, float]] = []
+        self.fail: list[BaseException] = []  # raised by the next calls, whatever the symbol
+        self.fail_for: dict[tuple[str, str], list[BaseException]] = {}  # by the next calls for a symbol
+        self.unknown: set[tuple[str, str]] = set()
+
+    def prepare(self, keys: list[tuple[str, str]]) -> None:
+        pass
+
+    def minute_candles(self, exchange: str, symbol: str, start: datetime, end: datetime) -> list[Candle] | None:
+        key = (exchange, symbol)
+        self.asked.append((key, start.timestamp(), end.timestamp()))
+        if self.fail:
+            raise self.fail.pop(0)
+        if self.fail_for.get(key):
+            raise self.fail_for[key].pop(0)
+        if key in self.unknown:
+            return None
+        out = []
+        t = start.timestamp()
+        while t < end.timestamp():
+            out.append(minute(key, t, str(100 + int((t - MONDAY_10) // 60)), 10))
+            t += 60
+        return out
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(intervals: str = "1m", delay: float = 60.0, calendar: MarketCalendar | None = None):
+    history = History()
+    clock = Clock(MONDAY_10)
+    emitted: list[Candle] = []
+    filled: list[Filled] = []
+    cal = MarketCalendar() if calendar is None else calendar
+    b = Backfiller(history, parse_intervals(intervals), emitted.extend, filled.append, lambda: cal, delay=delay, clock=clock)
+    return b, history, clock, emitted, filled
+
+
+def test_an_outage_is_mended_once_its_minutes_have_ended_and_settled():
+    b, history, clock, emitted, filled = make("1m", delay=60)
+    clock.now = MONDAY_10 + 150  # the feed came back at 10:02:30 after going down at 10:00:30
+    b.want([INFY], MONDAY_10 + 30, MONDAY_10 + 150)
+    b.step()
+    assert history.asked == []  # 10:02 has not ended: nothing yet
+    clock.now = MONDAY_10 + 180 + 59
+    b.step()
+    assert history.asked == []  # ended, not settled
+    clock.now = MONDAY_10 + 240
+    b.step()
+    assert history.asked == [(INFY, MONDAY_10, MONDAY_10 + 180)]  # 10:00, 10:01, 10:02: both neighbours too
+    assert [(c.bucket.timestamp(), c.source, c.final) for c in emitted] == [(MONDAY_10 + i * 60, BACKFILL, True) for i in range(3)]
+    assert filled == [Filled((INFY,), MONDAY_10, MONDAY_10 + 180)]
+    assert b.stats.pending == 0
+
+
+def test_coarser_buckets_wait_for_their_own_end_and_are_rolled_up_from_the_whole_buckets_minutes():
+    b, history, clock, emitted, _ = make("1m,5m", delay=0)
+    clock.now = MONDAY_10 + 150
+    b.want([INFY], MONDAY_10 + 90, MONDAY_10 + 150)  # 10:01:30 to 10:02:30
+    clock.now = MONDAY_10 + 180
+    b.step()
+    assert history.asked == [(INFY, MONDAY_10 + 60, MONDAY_10 + 180)]
+    assert {c.interval for c in emitted} == {"1m"}
+    clock.now = MONDAY_10 + 300
+    b.step()
+    assert history.asked[-1] == (INFY, MONDAY_10, MONDAY_10 + 300)  # the whole 10:00 bucket
+    (five,) = [c for c in emitted if c.interval == "5m"]
+    assert (five.bucket.timestamp(), five.open, five.close, five.volume) == (MONDAY_10, Decimal(100), Decimal(104), 50)
+    assert five.high == Decimal(105) and five.low == Decimal(99)
+    assert five.source == BACKFILL and five.final
+
+
+def test_a_span_outside_the_sessions_asks_nothing_and_one_across_the_close_stops_at_it():
+    b, history, clock, emitted, _ = make("1m,1h", delay=0)
+    close = datetime(2026, 12, 7, 15, 30, tzinfo=IST).timestamp()
+    clock.now = close + 3600
+    b.want([INFY], close + 60, close + 1800)  # after the close
+    b.step()
+    assert history.asked == [] and b.stats.pending == 0
+    b.want([INFY], close - 90, close + 1800)  # 15:28:30 to 16:00
+    b.step()
+    # 1m: 15:28 and 15:29; 1h: the 15:15 bucket, which ends at the close
+    assert history.asked == [(INFY, close - 15 * 60, close + 45 * 60)]
+    assert sorted((c.interval, c.bucket.strftime("%H:%M")) for c in emitted) == [
+        ("1h", "15:15"), ("1m", "15:28"), ("1m", "15:29"),
+    ]  # fmt: skip
+
+
+def test_a_weekend_start_after_a_friday_kill_mends_fridays_rest():
+    b, history, clock, emitted, filled = make("1m,1d", delay=60)
+    friday_kill = datetime(2026, 12, 4, 15, 0, 30, tzinfo=IST).timestamp()
+    clock.now = datetime(2026, 12, 6, 12, 0, tzinfo=IST).timestamp()  # Sunday
+    b.want([INFY], friday_kill, clock.now)
+    b.step()
+    friday = datetime(2026, 12, 4, tzinfo=IST).timestamp()
+    assert history.asked == [(INFY, friday, friday + 86_400)]  # one request: the day holds every minute due
+    minutes = sorted(c.bucket.strftime("%H:%M") for c in emitted if c.interval == "1m")
+    assert minutes[0] == "15:00" and minutes[-1] == "15:29" and len(minutes) == 30
+    (day,) = [c for c in emitted if c.interval == "1d"]
+    assert day.volume == 375 * 10  # the whole session's minutes (09:15-15:30) from the history
+    assert filled[0].since == friday
+
+
+def test_the_spans_wait_for_the_calendar():
+    history = History()
+    clock = Clock(MONDAY_10 + 600)
+    calendar: list[MarketCalendar] = []
+    b = Backfiller(history, parse_intervals("1m"), lambda c: None, lambda f: None,
+                   lambda: calendar[0] if calendar else None, delay=0, clock=clock)  # fmt: skip
+    b.want([INFY], MONDAY_10, MONDAY_10 + 60)
+    b.step()
+    assert history.asked == []
+    calendar.append(MarketCalendar())
+    b.step()
+    assert history.asked == [(INFY, MONDAY_10, MONDAY_10 + 60)]
+
+
+def test_a_failing_request_is_tried_again_with_backoff_then_left_as_a_gap(caplog):
+    b, history, clock, emitted, filled = make("1m", delay=0)
+    clock.now = MONDAY_10 + 120
+    history.fail_for = {INFY: [BrokerError("HTTP 502")] * backfill.ATTEMPTS, TCS: [BrokerError("HTTP 502")]}
+    b.want([INFY, TCS], MONDAY_10, MONDAY_10 + 60)
+    b.step()
+    assert [k for k, _, _ in history.asked] == [INFY, TCS]  # one failing symbol does not hold up the others
+    assert b.stats.pending == 2 and b.stats.failures == 2
+    clock.now += backfill.RETRY_S - 1
+    b.step()
+    assert len(history.asked) == 2  # the backoff has not passed
+    for attempt in range(1, backfill.ATTEMPTS):
+        clock.now += backfill.RETRY_S * 2 ** (attempt - 1)
+        b.step()
+    assert b.stats.given_up == 1 and b.stats.pending == 0
+    assert "backfill of NSE:INFY given up after 4 tries (HTTP 502): its gaps stay recorded" in caplog.text
+    assert [c.symbol for c in emitted] == ["TCS"]  # mended at its second try
+    assert [f.keys for f in filled] == [(TCS,)]  # INFY's minute stays a gap
+
+
+def test_a_lasting_refusal_is_said_once_and_nothing_more_is_asked(caplog):
+    b, history, clock, emitted, _ = make("1m", delay=0)
+    clock.now = MONDAY_10 + 600
+    history.fail = [HistoryUnavailable("no historical add-on (403)", lasting=True)]
+    b.want([INFY, TCS], MONDAY_10, MONDAY_10 + 60)
+    b.step()
+    assert b.problem == "backfill: no historical add-on (403)"
+    b.want([INFY], MONDAY_10 + 60, MONDAY_10 + 120)
+    clock.now += 3600
+    b.step()
+    assert len(history.asked) == 1 and emitted == [] and b.stats.pending == 0
+    assert caplog.text.count("backfill off for this run") == 1
+
+
+def test_a_refused_token_pauses_the_backfill_until_a_new_one_is_taken():
+    b, history, clock, emitted, _ = make("1m", delay=0)
+    clock.now = MONDAY_10 + 600
+    history.fail = [HistoryUnavailable("token expired (403)")]
+    b.want([INFY], MONDAY_10, MONDAY_10 + 60)
+    b.step()
+    assert b.problem is not None and emitted == []
+    clock.now += backfill.TOKEN_RETRY_S
+    b.step()
+    assert b.problem is None and len(emitted) == 1
+
+
+def test_an_unknown_symbol_leaves_its_gap_and_the_others_are_mended(caplog):
+    b, history, clock, emitted, filled = make("1m", delay=0)
+    clock.now = MONDAY_10 + 600
+    history.unknown = {TCS}
+    b.want([INFY, TCS], MONDAY_10, MONDAY_10 + 60)
+    b.step()
+    assert [c.symbol for c in emitted] == ["INFY"]
+    assert [f.keys for f in filled] == [(INFY,)]
+    assert "test history does not know NSE:TCS: its gaps stay recorded" in caplog.text
+
+
+@pytest.mark.parametrize("days", [3, 90])
+def test_a_span_is_asked_for_at_most_sixty_days_back(days):
+    b, history, clock, _, _ = make("1m", delay=0)
+    clock.now = MONDAY_10
+    b.want([INFY], MONDAY_10 - days * 86_400, MONDAY_10 - 3600)  # the span ends before Monday's open
+    b.step()
+    ((_, lo, hi),) = history.asked
+    assert MONDAY_10 - days * 86_400 <= lo
+    assert MONDAY_10 - 3600 - lo <= backfill.MAX_SPAN_DAYS * 86_400
+    assert hi == datetime(2026, 12, 4, 15, 30, tzinfo=IST).timestamp()  # Friday's close
