@@ -4,17 +4,27 @@ Kite fake serves the real one in the process-level tests)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import signal
+import threading
+import time
+from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from brokers.base import BrokerError, HistoryUnavailable
-from candles.model import BACKFILL, Candle, parse_intervals
+from candles.model import BACKFILL, LIVE, Candle, Interval, parse_intervals
 from core.ist import IST
 from core.market_calendar import MarketCalendar
 from pipeline import backfill
 from pipeline.backfill import Backfiller, Filled
+from storage.sqlite import SQLiteStore
+from testkit.cli import main_env, start_main
+from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick, historical_candles, random_tape
+from testkit.reference import reference_candles
+from testkit.waiting import wait_until
+from tests.test_kite_end_to_end import as_arrivals
 
 MONDAY_10 = datetime(2026, 12, 7, 10, 0, tzinfo=IST).timestamp()
 INFY = ("NSE", "INFY")
@@ -222,3 +232,157 @@ def test_a_span_is_asked_for_at_most_sixty_days_back(days):
     assert MONDAY_10 - days * 86_400 <= lo
     assert MONDAY_10 - 3600 - lo <= backfill.MAX_SPAN_DAYS * 86_400
     assert hi == datetime(2026, 12, 4, 15, 30, tzinfo=IST).timestamp()  # Friday's close
+
+
+# ---- the daemon as a user runs it: the Kite fake, real processes, the wall clock -------------------
+
+STOCKS = [i for i in DEFAULT_INSTRUMENTS if f"{i.exchange}:{i.tradingsymbol}" in ("NSE:INFY", "NSE:RELIANCE")]
+
+
+def open_all_day(root: Path) -> Path:
+    """A calendar file with NSE in session all of today and tomorrow (IST): the test runs at any hour."""
+    today = datetime.now(IST).date()
+    path = root / "calendar.toml"
+    path.write_text(
+        "".join(
+            f'[[session]]\ndate = {day.isoformat()}\nexchanges = ["NSE"]\nopen = "00:00"\nclose = "23:59"\n\n'
+            for day in (today, today + timedelta(days=1))
+        )
+    )
+    return path
+
+
+class Tape:
+    """Sends each tape tick to the fake once the wall clock reaches its exchange second, whether or
+    not the daemon is connected (the fake's history keeps it either way)."""
+
+    def __init__(self, server: KiteFakeServer, ticks: list[TapeTick]) -> None:
+        self.server = server
+        self.ticks = ticks
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self.sent < len(self.ticks) and not self._stop.wait(0.1):
+            now = time.time()
+            due = self.sent
+            while due < len(self.ticks) and self.ticks[due].exchange_ts <= now:
+                due += 1
+            if due > self.sent:
+                self.server.send_ticks(self.ticks[self.sent : due])
+                self.sent = due
+
+    def wait(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert self.sent == len(self.ticks), "the tape did not finish"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def minute_rows(root: Path) -> dict[tuple[str, int], Candle]:
+    store = SQLiteStore(root / "data" / "marketfeed.db")
+    try:
+        return {
+            (c.symbol, int(c.bucket.timestamp())): c
+            for i in STOCKS
+            for c in store.latest("NSE", i.tradingsymbol, "1m", limit=10_000)
+        }
+    finally:
+        store.close()
+
+
+def ohlcv(values: dict | Candle) -> tuple:
+    if isinstance(values, Candle):
+        return (values.open, values.high, values.low, values.close, values.volume)
+    return tuple(values[f] for f in ("open", "high", "low", "close", "volume"))
+
+
+def kite_minutes(server: KiteFakeServer) -> dict[tuple[str, int], tuple]:
+    """The fake's historical minute candles (what Kite's history answers), as OHLCV."""
+    out = {}
+    for inst in STOCKS:
+        for row in historical_candles(server.history(inst.token), "minute", 0, 2**31):
+            bucket = int(datetime.strptime(row[0], "%Y-%m-%dT%H:%M:%S%z").timestamp())
+            out[(inst.tradingsymbol, bucket)] = tuple(Decimal(repr(p)).quantize(Decimal("0.01")) for p in row[1:5]) + (row[5],)
+    return out
+
+
+def check_minutes(root: Path, server: KiteFakeServer, tape: list[TapeTick], mended: set[int], first: int) -> None:
+    """Every minute of the tape is stored; ``mended`` (and the tape's first minute, watched from
+    part-way) are ``backfill`` and equal the fake's history; the rest are ``live``, final and equal
+    the reference of the whole tape (unchanged by the backfill)."""
+    rows = minute_rows(root)
+    history = kite_minutes(server)
+    reference = reference_candles(as_arrivals(tape), [Interval.parse("1m")])
+    assert set(rows) == set(history), "a minute of the tape is missing, or one was made up"
+    for (symbol, bucket), candle in sorted(rows.items()):
+        where = f"{symbol} {datetime.fromtimestamp(bucket, IST):%H:%M}"
+        if bucket in mended:
+            assert candle.source == BACKFILL, f"{where} is {candle.source}, not mended"
+        elif bucket != first:
+            assert candle.source == LIVE and candle.final, f"{where} is {candle.source}, should be live"
+        if candle.source == BACKFILL:
+            assert ohlcv(candle) == history[(symbol, bucket)], where
+        else:
+            assert ohlcv(candle) == ohlcv(reference[("NSE", symbol, "1m", bucket)]), where
+
+
+def backfill_env(server: KiteFakeServer, root: Path) -> dict[str, str]:
+    return main_env(
+        KITE_API_KEY=server.api_key, KITE_API_SECRET=server.api_secret, KITE_WS_URL=server.ws_url,
+        KITE_API_URL=server.api_url, KITE_ACCESS_TOKEN=server.access_token, FEED_STALL_SECONDS="2",
+        STATUS_INTERVAL_SECONDS="5", BACKFILL_DELAY_SECONDS="1", MARKET_CALENDAR_FILE=str(open_all_day(root)),
+    )  # fmt: skip
+
+
+def mended(root: Path, bucket: int) -> bool:
+    rows = minute_rows(root)
+    return all((i.tradingsymbol, bucket) in rows and rows[(i.tradingsymbol, bucket)].source == BACKFILL for i in STOCKS)
+
+
+def next_minute(t: float, at_least: float) -> int:
+    m = int(t // 60 * 60) + 60
+    return m if m - t >= at_least else m + 60
+
+
+def wait_for(what: str, timeout: float, check) -> None:  # noqa: ANN001
+    wait_until(check, timeout, what)
+
+
+ARGS = ("--broker", "kite", "--symbols", "NSE:INFY", "NSE:RELIANCE", "--intervals", "1m")
+
+
+@pytest.mark.slow
+def test_a_daemon_killed_for_a_minute_and_a_half_has_every_minute_after_its_restart(tmp_path):
+    """SIGKILL 35 s into minute M, back 2 s into M+2: M+1 was never watched, M and M+2 only in part.
+    All three are mended from the history; the minutes watched whole stay as they were."""
+    with KiteFakeServer(heartbeat_interval=0.5, instruments=DEFAULT_INSTRUMENTS) as server:
+        env = backfill_env(server, tmp_path)
+        proc = start_main(*ARGS, cwd=tmp_path, env=env)
+        tape = None
+        try:
+            server.wait_subscribed([i.token for i in STOCKS], timeout=30, mode="full")
+            start = int(time.time()) + 1
+            m = next_minute(start, 20)
+            tape = Tape(server, random_tape(STOCKS, seconds=m + 150 - start, seed=3, start_epoch=start))
+            time.sleep(max(0.0, m + 35 - time.time()))
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+            killed = server.last_connection_id
+            time.sleep(max(0.0, m + 122 - time.time()))
+            proc = start_main(*ARGS, cwd=tmp_path, env=env)
+            server.wait_subscribed([i.token for i in STOCKS], timeout=30, mode="full", after=killed)
+            tape.wait(60)
+            wait_for("M+2 mended", 60, lambda: mended(tmp_path, m + 120))
+        finally:
+            if tape is not None:
+                tape.stop()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "resumed the open buckets from the tick journal" in err
+        assert "Traceback" not in err
+        check_minutes(tmp_path, server, tape.ticks, {m, m + 60, m + 120}, start // 60 * 60)

@@ -644,12 +644,13 @@ class KiteFakeServer:
         self._token_serial = 0
         self._request_token = secrets.token_hex(16)
         self._reject = False
+        self._down = False
         self._muted = False
         self._conns: dict[int, _Conn] = {}
         self._next_id = 1
         self._last: dict[int, TapeTick] = {}  # resolved last snapshot per token
         self.handshakes = 0  # successful upgrades (101)
-        self.rejected_handshakes = 0  # upgrades refused with 403 or 429
+        self.rejected_handshakes = 0  # upgrades refused with 403, 429 or 503
         self.rest_requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         #: seconds the instruments dump waits before its reply (a slow download at start-up)
         self.instruments_delay = 0.0
@@ -820,6 +821,14 @@ class KiteFakeServer:
         with self._lock:
             self._valid_tokens.discard(self._access_token)
             self._reject = True
+
+    def go_down(self, on: bool = True) -> None:
+        """An outage at the broker's end: drop every connection and answer upgrades with 503 until
+        ``go_down(False)``; the tape goes on (the historical API serves what was sent meanwhile)."""
+        with self._changed:
+            self._down = on
+        if on:
+            self.drop_all()
 
     def go_mute(self, on: bool = True) -> None:
         """Keep sockets open but send nothing: no ticks, heartbeats, replies or pongs (``send_raw`` still sends)."""
@@ -1020,7 +1029,9 @@ class KiteFakeServer:
             await writer.drain()
             return None
         with self._changed:
-            if self._reject or not self._token_ok(query.get("api_key"), query.get("access_token")):
+            if self._down:
+                status = (503, "Service Unavailable", _json_error("Service unavailable.", "NetworkException"))
+            elif self._reject or not self._token_ok(query.get("api_key"), query.get("access_token")):
                 status = (403, "Forbidden", _json_error("Incorrect `api_key` or `access_token`."))
             elif len(self._conns) >= self.max_connections:
                 status = (429, "Too Many Requests", _json_error("Too many connections.", "NetworkException"))
