@@ -459,7 +459,7 @@ class CandleAggregator:
                         late = True
                         touched[b] = None
                 if ser.gap is not None and b.end > ser.gap and ts >= ser.gap:  # (an older tick is a repeat)
-                    self._end_gap(ser, b, v)
+                    self._end_gap(ser, b, v, sym.watch_from)
                 if trade:
                     n = b.count
                     if n:
@@ -652,6 +652,24 @@ class CandleAggregator:
         """The (exchange, symbol) of every symbol with state here (ticks taken or seeded)."""
         return list(self._symbols)
 
+    def went_down(
+        self, since: float, keys: Iterable[tuple[str, str]], trades: Callable[[str, float, float], bool] | None = None
+    ) -> None:
+        """Rule 8, the moment a feed connection goes down (its last frame at ``since``): the open
+        buckets of ``keys`` that reach past ``since`` become partial now, so that one closing before
+        the connection is back is not written ``live``; ``trades(exchange, a, b)`` False: nothing
+        can trade from ``a`` to ``b`` (outside the sessions), and that bucket stays as it is. The
+        span itself is declared when the connection is back (``unwatched``)."""
+        for sym in map(self._symbols.get, keys):
+            if sym is None:
+                continue
+            for ser in sym.series:
+                for b in ser.buckets.values():
+                    if type(b) is bytes or b.closed or b.end <= since:
+                        continue
+                    if trades is None or trades(sym.exchange, max(since, b.start), b.end):
+                        b.partial = True
+
     def last_seen(self) -> float:
         """The newest exchange time of any tick taken (or seeded); ``-inf`` before the first."""
         return max((sd.latest_ts for sym in self._symbols.values() for sd in sym.days.values()), default=-_INF)
@@ -700,11 +718,13 @@ class CandleAggregator:
         sym.hi = hi
 
     @staticmethod
-    def _end_gap(ser: _Series, b: _Bucket, v: int | None) -> None:
-        """The first tick after an unwatched span that lands in a bucket reaching past its start.
-        If the bucket starts after the span began, the cumulative volume before its first tick is
-        unknown (what traded while unwatched is in it): rule 8 counts its volume from that tick."""
-        if b.start > ser.gap and v is not None and b.maxcum < 0 and not b.carry:  # type: ignore[operator]
+    def _end_gap(ser: _Series, b: _Bucket, v: int | None, until: float) -> None:
+        """The first tick after an unwatched span (``ser.gap`` to ``until``) that lands in a bucket
+        reaching past its start. If the bucket began inside the span, the cumulative volume before
+        its first tick is unknown (what traded while unwatched is in it): rule 8 counts its volume
+        from that tick. A bucket that began after the span was watched whole: the resubscription's
+        snapshot, which carries the volume traded meanwhile, came before it."""
+        if ser.gap < b.start < until and v is not None and b.maxcum < 0 and not b.carry:  # type: ignore[operator]
             b.base = v
         ser.gap = None
 

@@ -420,6 +420,12 @@ class Service:
     def _watch_changed(self, change: WatchChange) -> None:
         """Pipeline thread: candle rule 8 for symbols whose connection came back, and the record."""
         unwatched, record = self.coverage.change(change)
+        if not change.up:  # rule 8 now: a bucket closing before the connection is back is not live
+            calendar = self.calendar
+            self.aggregator.went_down(
+                change.at, change.keys,
+                None if calendar is None else lambda exchange, a, b: in_sessions(calendar, exchange, a, b) != [],
+            )  # fmt: skip
         for since, keys in unwatched:
             self._declare_unwatched(self.aggregator, since, change.at, keys)
             if self.backfill is not None:

@@ -30,7 +30,7 @@ Definitions (per symbol; "day" is the IST day of a tick's exchange timestamp):
   nothing was watched (a restart, a feed outage). B is ``partial`` if [start, end) overlaps a
   span (start < until and end > since), else ``live``. Per series, the first arrival after a span
   with an exchange time at or after ``since`` (an older one repeats what was seen, as a feed's
-  snapshot on resubscribing does): if its bucket starts after ``since`` and holds no
+  snapshot on resubscribing does): if its bucket starts inside the span and holds no
   earlier arrival with a volume, its volume counts from that arrival's volume (the base is at
   least it).
 * ``horizon_ok=True`` (default): every tick is placed (the caller knows none arrived beyond the
@@ -122,7 +122,7 @@ def reference_candles(
 
         # rule 8: the bucket each series enters first after an unwatched span, and its base
         floors: dict[Key, int] = {}
-        for before, since, _ in spans:
+        for before, since, until in spans:
             entered: set[tuple[str, str, str]] = set()
             for index, tick, ts, _, _ in rows[before:]:
                 series = (tick.exchange, tick.symbol, interval.name)
@@ -132,7 +132,7 @@ def reference_candles(
                 entered.add(series)
                 key = (*series, start)
                 fresh = not any(r[0] < index and r[1].volume is not None for r in buckets.get(key, ()))
-                if start > since and tick.volume is not None and fresh:
+                if since < start < until and tick.volume is not None and fresh:
                     floors[key] = tick.volume
 
         # max volume per segment over each series' earlier buckets, walking buckets in time order
