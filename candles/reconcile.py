@@ -95,3 +95,38 @@ def reconcile(
     return Reconciliation(
         day, exchange, symbol, **counts, **{f"{f}_diff": n for f, n in diffs.items()}, checked_at=checked_at
     )
+
+
+#: symbols listed under the summary, those that differ most first
+WORST_SHOWN = 10
+
+
+def _fields(r: Reconciliation) -> str:
+    counts = [(f, getattr(r, f"{f}_diff")) for f in (*PRICE_FIELDS, "volume")]
+    return ", ".join(f"{f} {n}" for f, n in counts if n)
+
+
+def summary(day: date, results: list[Reconciliation]) -> str:
+    """``reconcile 2026-12-04: 120 symbols, 45,000 buckets compared, 3 mismatched (close 2, volume 1), ...``"""
+    total = Reconciliation(day, "", "", **{f: sum(getattr(r, f) for r in results) for f in COUNTS})
+    fields = _fields(total)
+    return (
+        f"reconcile {day}: {len(results)} symbols, {total.compared:,} buckets compared, {total.mismatched:,} mismatched"
+        f"{f' ({fields})' if fields else ''}, {total.missing_here:,} missing here, {total.missing_at_kite:,} at Kite; "
+        f"not compared: {total.partial_skipped:,} partial, {total.backfill_skipped:,} backfill; "
+        f"{total.volume_preopen:,} first minutes with Kite's pre-open volume (expected)"
+    )
+
+
+def worst(results: list[Reconciliation]) -> list[str]:
+    """The symbols that differ, most first, one line each (at most ``WORST_SHOWN``)."""
+    bad = sorted((r for r in results if r.differs), key=lambda r: (-(r.mismatched + r.missing_at_kite), r.exchange, r.symbol))
+    lines = [
+        f"  {r.exchange}:{r.symbol}: {r.mismatched} mismatched{f' ({_fields(r)})' if _fields(r) else ''}, "
+        f"{r.missing_at_kite} missing at Kite, {r.missing_here} missing here, of {r.compared} compared"
+        for r in bad[:WORST_SHOWN]
+    ]
+    if len(bad) > WORST_SHOWN:
+        lines.append(f"  ... and {len(bad) - WORST_SHOWN} more (table reconciliation)")
+    return lines
+

@@ -158,6 +158,13 @@ class HealthCollector(Collector):
                 f"{PREFIX}_backfill_refused", "1 while the broker refuses its history (gaps stay open; see the notes).",
                 value=1.0 if h.backfill_refused else 0.0,
             )
+        if h.reconcile_mismatches is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_reconcile_mismatches",
+                "The latest day checked against the broker's history: mismatched minutes plus live minutes the broker "
+                "does not have (0: every compared minute equal).",
+                value=h.reconcile_mismatches,
+            )
         yield CounterMetricFamily(
             f"{PREFIX}_candles_dropped", "Closed candles dropped beyond the memory limit while the spool's disk refused them.",
             value=h.candles_dropped,

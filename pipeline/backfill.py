@@ -37,6 +37,7 @@ from candles.model import BACKFILL, Candle, Interval
 from candles.rollup import roll_up
 from core.ist import IST
 from core.market_calendar import MarketCalendar
+from pipeline.reconcile import DailyReconciler
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Backfiller:
         *,
         delay: float = 60.0,
         clock: Callable[[], float] = time.time,
+        reconciler: DailyReconciler | None = None,
     ) -> None:
         self.history = history
         self.intervals = tuple(intervals)
@@ -102,6 +104,8 @@ class Backfiller:
         self.delay = delay
         self._clock = clock
         self.stats = BackfillStats()
+        #: the daily check against the broker, run on this thread after the close (None: off)
+        self.reconciler = reconciler
         #: why the history cannot be asked (a refusal), for health; None while it answers
         self.problem: str | None = None
         self._lasting_refusal = False
@@ -159,14 +163,23 @@ class Backfiller:
         if spans:
             self._plan(calendar, spans)
         self._mend_due(calendar)
+        if self.reconciler is not None and not self._lasting_refusal:
+            day = self.reconciler.due(calendar)
+            if day is not None:
+                self.reconciler.run(calendar, day, self._is_stopping)
+
+    def _is_stopping(self) -> bool:
+        with self._cond:
+            return self._stopping
 
     def _wait_s(self) -> float:
         """Seconds until there is something to do (0: now); called under the condition."""
         if self._spans:
             return 0.0 if self._calendar() is not None else 1.0
+        idle = 3600.0 if self.reconciler is None else 60.0  # the daily check looks once a minute
         if not self._jobs:
-            return 3600.0
-        return min(3600.0, self._jobs[0].due - self._clock())
+            return idle
+        return min(idle, self._jobs[0].due - self._clock())
 
     def _plan(self, calendar: MarketCalendar, spans: list[tuple[tuple[Key, ...], float, float]]) -> None:
         """Turn spans into jobs: per symbol and interval, the buckets the span's session time overlaps."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from brokers.base import ConnectionState
@@ -56,6 +56,10 @@ class Health:
     backfill_candles: int = 0  # backfill candles handed to the writer since the start
     backfill_requests: int = 0  # history requests since the start
     backfill_refused: bool = False  # the broker refuses its history (the reason is in ``notes``)
+    #: the latest day checked against the broker (daily reconciliation), and its mismatched buckets
+    #: plus live candles the broker lacks; None until a day is checked
+    reconcile_day: date | None = None
+    reconcile_mismatches: int | None = None
 
     @property
     def connections_up(self) -> int:
@@ -123,6 +127,8 @@ class Health:
             "gaps_open": self.gaps_open,
             "backfill_pending": self.backfill_pending,
             "backfill_candles": self.backfill_candles,
+            "reconcile_day": None if self.reconcile_day is None else self.reconcile_day.isoformat(),
+            "reconcile_mismatches": self.reconcile_mismatches,
         }
 
     def feed_line(self) -> str:

@@ -33,6 +33,7 @@ from pipeline.backfill import MAX_SPAN_DAYS, Backfiller, Filled
 from pipeline.coverage import Coverage, Key, day_bounds, in_sessions
 from pipeline.health import Health
 from pipeline.journal import TickJournal
+from pipeline.reconcile import DailyReconciler
 from pipeline.writer import Checkpoint, Watched, Writer
 from storage.base import CandleStore, StoreError, WatchRecord
 from storage.spool import Spool
@@ -140,9 +141,17 @@ class Service:
             if history is None
             else Backfiller(
                 history, intervals, self._candles.put, self._ticks.put, lambda: self.calendar,
-                delay=backfill_delay, clock=clock,
+                delay=backfill_delay, clock=clock, reconciler=self._reconciler(history, intervals, backfill_delay),
             )  # fmt: skip
         )
+
+    def _reconciler(self, history: History, intervals: Sequence[Interval], delay: float) -> DailyReconciler | None:
+        """The daily check against the broker's history: it compares 1m candles."""
+        if "1m" not in {iv.name for iv in intervals}:
+            log.info("daily reconciliation: off (it compares 1m candles, and CANDLE_INTERVALS has no 1m)")
+            return None
+        keys = lambda: [(i.exchange, i.symbol) for i in self.instruments]  # noqa: E731 - the watchlist now
+        return DailyReconciler(history, self.store, keys, delay=delay, clock=self.clock)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -609,7 +618,10 @@ class Service:
         if self.backfill is None:
             return {}
         stats = self.backfill.stats
+        reconciler = self.backfill.reconciler
         return {
+            "reconcile_mismatches": None if reconciler is None else reconciler.mismatches,
+            "reconcile_day": None if reconciler is None else reconciler.day,
             "backfill_pending": stats.pending,
             "backfill_candles": stats.candles,
             "backfill_requests": stats.requests,

@@ -4,9 +4,12 @@ Kite fake serves the real one in the process-level tests)."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
+import urllib.request
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +22,7 @@ from core.ist import IST
 from core.market_calendar import MarketCalendar
 from pipeline import backfill
 from pipeline.backfill import Backfiller, Filled
+from pipeline.reconcile import DailyReconciler
 from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, start_main
 from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick, historical_candles, random_tape
@@ -232,6 +236,94 @@ def test_a_span_is_asked_for_at_most_sixty_days_back(days):
     assert MONDAY_10 - days * 86_400 <= lo
     assert MONDAY_10 - 3600 - lo <= backfill.MAX_SPAN_DAYS * 86_400
     assert hi == datetime(2026, 12, 4, 15, 30, tzinfo=IST).timestamp()  # Friday's close
+
+
+# ---- the daily check against the broker (pipeline/reconcile.py) ------------------------------------
+
+MONDAY = datetime(2026, 12, 7, tzinfo=IST).date()
+CLOSE = datetime(2026, 12, 7, 15, 30, tzinfo=IST).timestamp()
+
+
+def stored_day(store, key: tuple[str, str], *, wrong_at: float | None = None) -> None:
+    """The day's minutes as the history has them (live, final); one of them wrong if asked."""
+    history = History()
+    day = [
+        replace(c, source=LIVE, close=c.close + (1 if c.bucket.timestamp() == wrong_at else 0))
+        for c in history.minute_candles(*key, datetime.fromtimestamp(CLOSE - 375 * 60, IST), datetime.fromtimestamp(CLOSE, IST))
+    ]
+    store.upsert(day)
+
+
+@pytest.fixture
+def day_store(tmp_path):
+    store = SQLiteStore(tmp_path / "candles.db")
+    store.migrate()
+    yield store
+    store.close()
+
+
+def test_after_the_close_each_symbols_day_is_compared_once_and_stored(day_store, caplog):
+    caplog.set_level(logging.INFO)
+    stored_day(day_store, INFY, wrong_at=CLOSE - 3600)
+    stored_day(day_store, TCS)
+    history, clock = History(), Clock(CLOSE + 30)
+    check = DailyReconciler(history, day_store, lambda: [INFY, TCS], delay=60, clock=clock)
+    calendar = MarketCalendar()
+    assert check.due(calendar) is None  # the history has not settled yet
+    clock.now = CLOSE + 61
+    assert check.due(calendar) == MONDAY
+    check.run(calendar, MONDAY, lambda: False)
+    assert [k for k, _, _ in history.asked] == [INFY, TCS]
+    results = {r.symbol: r for r in day_store.reconciliations(MONDAY)}
+    assert (results["INFY"].compared, results["INFY"].mismatched, results["INFY"].close_diff) == (375, 1, 1)
+    assert (results["TCS"].compared, results["TCS"].mismatched) == (375, 0)
+    assert (check.day, check.mismatches) == (MONDAY, 1)
+    assert "reconcile 2026-12-07: 2 symbols, 750 buckets compared, 1 mismatched (close 1)" in caplog.text
+    assert "NSE:INFY: 1 mismatched (close 1)" in caplog.text
+    assert check.due(calendar) is None  # done
+
+
+def test_a_day_an_earlier_run_compared_is_not_asked_again_and_gives_the_metric(day_store):
+    stored_day(day_store, INFY, wrong_at=CLOSE - 60)
+    first = DailyReconciler(History(), day_store, lambda: [INFY], delay=60, clock=Clock(CLOSE + 120))
+    first.run(MarketCalendar(), MONDAY, lambda: False)
+    history = History()
+    again = DailyReconciler(history, day_store, lambda: [INFY], delay=60, clock=Clock(CLOSE + 3600))
+    assert again.due(MarketCalendar()) is None
+    assert history.asked == [] and (again.day, again.mismatches) == (MONDAY, 1)
+
+
+def test_a_weekend_has_nothing_to_compare():
+    history = History()
+    sunday_night = datetime(2026, 12, 6, 23, 0, tzinfo=IST).timestamp()
+    check = DailyReconciler(history, None, lambda: [INFY], delay=60, clock=Clock(sunday_night))  # type: ignore[arg-type]
+    assert check.due(MarketCalendar()) is None and history.asked == []
+
+
+def test_the_backfill_thread_runs_the_days_check_and_the_metric_shows_it(day_store):
+    from ops.metrics import MetricsServer
+    from pipeline.health import Health
+
+    stored_day(day_store, INFY, wrong_at=CLOSE - 120)
+    history, clock = History(), Clock(CLOSE + 120)
+    check = DailyReconciler(history, day_store, lambda: [INFY], delay=60, clock=clock)
+    b = Backfiller(history, parse_intervals("1m"), lambda c: None, lambda f: None, lambda: MarketCalendar(),
+                   delay=60, clock=clock, reconciler=check)  # fmt: skip
+    b.step()
+    assert check.mismatches == 1
+    health = Health(stopping=False, time=datetime.now(IST), uptime_s=1, broker="kite", broker_problem=None,
+                    connections=(), symbols=1, ticks=0, last_tick_age_s=None, candles_written=0, rejected_candles=0,
+                    store_errors=0, spool_depth=0, store="sqlite", store_up=True, late_ticks=0, dropped_ticks=0,
+                    pipeline_alive=True, pipeline_max_age=10, reauths=0, version="test",
+                    reconcile_day=check.day, reconcile_mismatches=check.mismatches)  # fmt: skip
+    server = MetricsServer(lambda: health)
+    server.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    finally:
+        server.stop()
+    assert "marketfeed_reconcile_mismatches 1.0" in text
 
 
 # ---- the daemon as a user runs it: the Kite fake, real processes, the wall clock -------------------
