@@ -654,21 +654,31 @@ class CandleAggregator:
 
     def went_down(
         self, since: float, keys: Iterable[tuple[str, str]], trades: Callable[[str, float, float], bool] | None = None
-    ) -> None:
-        """Rule 8, the moment a feed connection goes down (its last frame at ``since``): the open
-        buckets of ``keys`` that reach past ``since`` become partial now, so that one closing before
-        the connection is back is not written ``live``; ``trades(exchange, a, b)`` False: nothing
-        can trade from ``a`` to ``b`` (outside the sessions), and that bucket stays as it is. The
-        span itself is declared when the connection is back (``unwatched``)."""
+    ) -> list[Candle]:
+        """Rule 8, the moment a feed connection's drop is noticed (its last frame at ``since``): the
+        buckets of ``keys`` that reach past ``since`` become partial now, so that an open one closing
+        before the connection is back is not written ``live``. One that already closed live (the drop
+        is noticed after a stall timeout) is returned, partial, to be written again. ``trades(exchange,
+        a, b)`` False: nothing can trade from ``a`` to ``b`` (outside the sessions), and that bucket
+        stays as it is. The span itself is declared when the connection is back (``unwatched``)."""
+        out: list[Candle] = []
         for sym in map(self._symbols.get, keys):
             if sym is None:
                 continue
             for ser in sym.series:
-                for b in ser.buckets.values():
-                    if type(b) is bytes or b.closed or b.end <= since:
+                for start, b in list(ser.buckets.items()):
+                    if start + ser.width <= since or (type(b) is not bytes and b.partial):
                         continue
-                    if trades is None or trades(sym.exchange, max(since, b.start), b.end):
-                        b.partial = True
+                    if trades is not None and not trades(sym.exchange, max(since, start), start + ser.width):
+                        continue
+                    if type(b) is bytes:
+                        b = self._inflate(ser, start, b)
+                        if b.partial:
+                            continue
+                    b.partial = True
+                    if b.closed and b.count:
+                        out.append(self._candle(b, True))
+        return out
 
     def last_seen(self) -> float:
         """The newest exchange time of any tick taken (or seeded); ``-inf`` before the first."""

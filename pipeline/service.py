@@ -431,10 +431,12 @@ class Service:
         unwatched, record = self.coverage.change(change)
         if not change.up:  # rule 8 now: a bucket closing before the connection is back is not live
             calendar = self.calendar
-            self.aggregator.went_down(
+            revised = self.aggregator.went_down(
                 change.at, change.keys,
                 None if calendar is None else lambda exchange, a, b: in_sessions(calendar, exchange, a, b) != [],
             )  # fmt: skip
+            if revised:  # closed live between the last frame and the drop being noticed: partial after all
+                self._candles.put(revised)
         for since, keys in unwatched:
             self._declare_unwatched(self.aggregator, since, change.at, keys)
             if self.backfill is not None:
