@@ -222,7 +222,7 @@ def _one(
     tally.resumed += len(days) - len(todo)
     if not todo:
         return
-    sessions = {d: calendar.sessions(inst.exchange, d) for d in todo}
+    sessions = {d: calendar.sessions(inst.exchange, d, inst.symbol) for d in todo}
     start, end = sessions[todo[0]][0][0], sessions[todo[-1]][-1][1]
     before = history.requests
     asked_at = datetime.now(IST)
