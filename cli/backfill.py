@@ -273,7 +273,7 @@ def _plan(inst: Instrument, calendar: MarketCalendar, done: DoneFile, first: dat
     tally.resumed += len(days) - len(todo)
     if not todo:
         return None
-    return _Job(inst, todo, {d: calendar.sessions(inst.exchange, d) for d in todo})
+    return _Job(inst, todo, {d: calendar.sessions(inst.exchange, d, inst.symbol) for d in todo})
 
 
 def _fetch(history: KiteHistorical, job: _Job) -> tuple[datetime, list[Candle]]:

@@ -93,10 +93,10 @@ def _reconcile(settings: Settings, store: CandleStore, calendar: MarketCalendar,
 
 def _one(inst: Instrument, calendar: MarketCalendar, history: KiteHistorical, store: CandleStore, day: date) -> Reconciliation:
     """Compare one symbol's minutes of ``day`` that had ended when Kite was asked."""
-    sessions = calendar.sessions(inst.exchange, day)
+    sessions = calendar.sessions(inst.exchange, day, inst.symbol)
     start, end = sessions[0][0], sessions[-1][1]
     asked_at = datetime.now(IST)
-    minutes = {m for m in calendar.session_minutes(inst.exchange, day) if m + _MINUTE <= asked_at}
+    minutes = {m for m in calendar.session_minutes(inst.exchange, day, inst.symbol) if m + _MINUTE <= asked_at}
     theirs = [c for c in history.minute_candles(inst, start, end) if c.bucket in minutes]
     ours = [c for c in store.between(inst.exchange, inst.symbol, "1m", start, end) if c.bucket in minutes]
     return reconcile(day, inst.exchange, inst.symbol, theirs, ours, asked_at)

@@ -79,7 +79,7 @@ def show_gaps(settings: Settings, symbols: list[str], day_text: str | None, list
         return 0
     lines = []
     for exchange, symbol in keys:
-        for a, b in gaps(calendar.sessions(exchange, day), spans.get((exchange, symbol), ()), now):
+        for a, b in gaps(calendar.sessions(exchange, day, symbol), spans.get((exchange, symbol), ()), now):
             first, last = datetime.fromtimestamp(a, IST), datetime.fromtimestamp(b, IST)
             lines.append(f"{exchange}:{symbol} {first:%Y-%m-%d %H:%M}–{last:%H:%M} IST ({round((b - a) / 60)} min)")
     print("\n".join(lines) if lines else f"no gaps on {day.isoformat()} in {store.description}")

@@ -39,10 +39,17 @@ The override file (``MARKET_CALENDAR_FILE``, TOML; ``deploy/calendar.toml.exampl
     note = "Republic Day"
 
     [[hours]]                             # regular hours changed from a day on
-    from = 2026-12-07
+    from = 2027-01-04
     exchanges = ["NFO", "BFO"]
     open = "09:15"
     close = "15:45"
+
+    [[hours]]                             # the hours of the symbols that start with these
+    from = 2025-01-01
+    exchanges = ["MCX"]
+    symbols = ["MENTHAOIL", "CARDAMOM"]
+    open = "09:00"
+    close = "17:00"
 """
 
 from __future__ import annotations
@@ -208,7 +215,7 @@ def library_holidays(cache_dir: Path | None = None, *, timeout: float = 60.0) ->
 _KEYS = {
     "session": ({"date", "exchanges", "open", "close"}, {"note"}),
     "closed": ({"date", "exchanges"}, {"note"}),
-    "hours": ({"from", "exchanges", "open", "close"}, {"note"}),
+    "hours": ({"from", "exchanges", "open", "close"}, {"note", "symbols"}),
 }
 _TOP = {"session", "closed", "hours", "holidays_listed_through"}
 
@@ -265,6 +272,12 @@ def _entry(kind: str, n: int, table: Any, required: set[str], optional: set[str]
     note = table.get("note", "")
     if not isinstance(note, str):
         problems.append(f'{where}: note must be text in quotes, e.g. note = "Muhurat trading"')
+    symbols = table.get("symbols", [])
+    prefixes = isinstance(symbols, list) and all(isinstance(x, str) and x.strip() for x in symbols)
+    if "symbols" in table and (not prefixes or not symbols):
+        problems.append(f"{where}: symbols = {symbols!r}: write a list of trading symbol prefixes, "
+                        'e.g. symbols = ["COTTON", "KAPAS"]')  # fmt: skip
+        symbols = []
     opens = closes = None
     if kind != "closed":
         opens = _time(table.get("open"), where, "open", problems) if "open" in table else None
@@ -279,7 +292,7 @@ def _entry(kind: str, n: int, table: Any, required: set[str], optional: set[str]
     assert opens is not None and closes is not None
     if kind == "session":
         return SpecialSession(day, exchanges, opens, closes, note)
-    return Hours(day, exchanges, opens, closes, note)
+    return Hours(day, exchanges, opens, closes, note, tuple(x.strip().upper() for x in symbols))
 
 
 _EXAMPLE = {

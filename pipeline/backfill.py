@@ -185,12 +185,10 @@ class Backfiller:
         """Turn spans into jobs: per symbol and interval, the buckets the span's session time overlaps."""
         jobs = []
         for keys, since, until in spans:
-            by_exchange: dict[str, list[Key]] = {}
             for key in keys:
-                by_exchange.setdefault(key[0], []).append(key)
-            for exchange, exchange_keys in by_exchange.items():
-                try:
-                    parts = calendar.in_sessions(exchange, since, until)
+                exchange, symbol = key
+                try:  # the symbol's own sessions (MCX's agricultural contracts close early)
+                    parts = calendar.in_sessions(exchange, since, until, symbol)
                 except ValueError:  # an exchange the calendar does not know: nothing to measure against
                     continue
                 if not parts:
@@ -199,9 +197,8 @@ class Backfiller:
                     lo = interval.bucket_start(parts[0][0])
                     last = interval.bucket_start(parts[-1][1] - 1e-6)
                     hi = last + interval.seconds
-                    due = bucket_end(calendar, exchange, last, hi) + self.delay
-                    for key in exchange_keys:
-                        jobs.append(_Job(due, next(self._seq), key, interval, float(lo), float(hi)))
+                    due = bucket_end(calendar, key, last, hi) + self.delay
+                    jobs.append(_Job(due, next(self._seq), key, interval, float(lo), float(hi)))
         with self._cond:
             for job in jobs:
                 heapq.heappush(self._jobs, job)
@@ -258,7 +255,7 @@ class Backfiller:
         kept = [
             replace(m, source=BACKFILL, final=True)
             for m in minutes
-            if m.bucket.timestamp() + 60 <= asked_at and calendar.is_open(exchange, m.bucket)
+            if m.bucket.timestamp() + 60 <= asked_at and calendar.is_open(exchange, m.bucket, key[1])
         ]
         out: list[Candle] = []
         for job in jobs:
@@ -307,12 +304,12 @@ class Backfiller:
             self.stats.pending = len(self._jobs)
 
 
-def bucket_end(calendar: MarketCalendar, exchange: str, start: float, end: float) -> float:
-    """When the bucket ``[start, end)`` stops changing: its end, or the last session close inside it."""
+def bucket_end(calendar: MarketCalendar, key: Key, start: float, end: float) -> float:
+    """When ``key``'s bucket ``[start, end)`` stops changing: its end, or the last session close inside it."""
     closes = [
         close.timestamp()
         for day in {datetime.fromtimestamp(start, IST).date(), datetime.fromtimestamp(end - 1, IST).date()}
-        for open_, close in calendar.sessions(exchange, day)
+        for open_, close in calendar.sessions(key[0], day, key[1])
         if open_.timestamp() < end and close.timestamp() > start
     ]
     return min(end, max(closes)) if closes else end

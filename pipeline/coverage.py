@@ -97,8 +97,8 @@ class Coverage:
 
     def gap_minutes(self, calendar: MarketCalendar, keys: list[Key], now: float) -> int:
         """Today's gap minutes so far, summed over ``keys``: session minutes already over that a
-        symbol's spans do not cover. Symbols with the same spans on the same exchange are worked
-        out once."""
+        symbol's spans do not cover (its own hours, e.g. an MCX agricultural commodity's). Symbols
+        with the same sessions and spans are worked out once."""
         today = datetime.fromtimestamp(now, IST).date()
         if self.day != today:  # a new day: yesterday's spans no longer matter
             self.day = today
@@ -109,21 +109,18 @@ class Coverage:
                     self.closed[key] = kept
                 else:
                     del self.closed[key]
-        sessions: dict[str, list[tuple[datetime, datetime]]] = {}
         done: dict[tuple, int] = {}
         total = 0
         for key in keys:
-            exchange = key[0]
-            if exchange not in sessions:
-                sessions[exchange] = calendar.sessions(exchange, today)
-            if not sessions[exchange]:
+            sessions = calendar.day(key[0], today, key[1]).sessions  # kept by the calendar
+            if not sessions:
                 continue
             began = self.open.get(key)
             spans = tuple(self.closed.get(key, ()))
-            shape = (exchange, began, spans)
+            shape = (sessions, began, spans)
             n = done.get(shape)
             if n is None:
                 all_spans = spans + ((began, now),) if began is not None else spans
-                n = done[shape] = gap_minutes(sessions[exchange], all_spans, now)
+                n = done[shape] = gap_minutes(sessions, all_spans, now)
             total += n
         return total

@@ -124,13 +124,13 @@ class DailyReconciler:
         self._took(day, results)
 
     def _one(self, calendar: MarketCalendar, key: Key, day: date) -> Reconciliation | None:
-        sessions = calendar.sessions(key[0], day)
+        sessions = calendar.sessions(key[0], day, key[1])
         start, end = sessions[0][0], sessions[-1][1]
         asked_at = datetime.fromtimestamp(self._clock(), IST)
         theirs = self.history.minute_candles(key[0], key[1], start, end)
         if theirs is None:  # the broker does not know the symbol: said by the backfill already
             return None
-        minutes = {m for m in calendar.session_minutes(key[0], day) if m + _MINUTE <= asked_at}
+        minutes = {m for m in calendar.session_minutes(key[0], day, key[1]) if m + _MINUTE <= asked_at}
         ours = [c for c in self.store.between(key[0], key[1], "1m", start, end) if c.bucket in minutes]
         return reconcile(day, key[0], key[1], [c for c in theirs if c.bucket in minutes], ours, asked_at)
 

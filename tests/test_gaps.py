@@ -12,7 +12,7 @@ from brokers.kite.client import KiteBroker
 from candles.model import Interval
 from core.gaps import gap_minutes, gaps
 from core.ist import IST
-from core.market_calendar import Closure, MarketCalendar, SpecialSession
+from core.market_calendar import Closure, Hours, MarketCalendar, SpecialSession
 from core.ticks import Instrument
 from pipeline.coverage import Coverage
 from pipeline.service import Service
@@ -208,6 +208,19 @@ def test_coverage_sums_todays_gap_minutes_over_the_symbols_it_watches():
     assert unwatched == [(open_ + 125, [keys[0]])] and record.kind == "open"
     # INFY missed 09:17 to 09:19 (3 minutes); TCS nothing; at 09:25 both are still watched
     assert cov.gap_minutes(cal, keys, open_ + 600) == 3
+
+
+def test_coverage_counts_an_mcx_agricultural_symbols_evening_as_no_gap():
+    agri = Hours(date(2025, 1, 1), frozenset({"MCX"}), time(9, 0), time(17, 0), symbols=("MENTHAOIL",))
+    cal = MarketCalendar(hours=[agri])
+    cov = Coverage()
+    open_ = cal.sessions("MCX", MONDAY)[0][0].timestamp()
+    keys = [("MCX", "MENTHAOIL26DECFUT"), ("MCX", "GOLD27FEBFUT")]
+    cov.change(WatchChange(True, open_, tuple(keys)))
+    cov.change(WatchChange(False, open_ + 8 * 3600, tuple(keys)))  # the feed stopped at 17:00
+    at_1800 = open_ + 9 * 3600
+    assert cov.gap_minutes(cal, keys[:1], at_1800) == 0, "mentha oil closed at 17:00"
+    assert cov.gap_minutes(cal, keys, at_1800) == 60, "gold trades on until 23:55"
 
 
 @pytest.mark.slow

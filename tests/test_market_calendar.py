@@ -115,9 +115,61 @@ note = "exchange outage"
 def test_override_hours_change_the_regular_session_from_their_day_on(library, tmp_path):
     path = _write(tmp_path, '[[hours]]\nfrom = 2026-12-07\nexchanges = ["NFO"]\nopen = "09:15"\nclose = "15:45"\n')
     calendar = build_calendar(library, read_overrides(path))
-    assert len(calendar.session_minutes("NFO", date(2026, 12, 4))) == 375
+    assert len(calendar.session_minutes("NFO", date(2026, 12, 4))) == 385, "the built-in 15:40 close until then"
     assert len(calendar.session_minutes("NFO", date(2026, 12, 7))) == 390
+    assert len(calendar.session_minutes("BFO", date(2026, 12, 7))) == 385, "only the exchanges it names"
     assert len(calendar.session_minutes("NSE", date(2026, 12, 7))) == 375
+
+
+def test_equity_derivatives_close_at_1540_from_3_august_2026_and_cash_still_at_1530(calendar):
+    for exchange in ("NFO", "BFO"):
+        assert calendar.sessions(exchange, date(2026, 7, 31)) == [(ist(2026, 7, 31, 9, 15), ist(2026, 7, 31, 15, 30))]
+        assert calendar.sessions(exchange, date(2026, 8, 3)) == [(ist(2026, 8, 3, 9, 15), ist(2026, 8, 3, 15, 40))]
+        assert calendar.is_open(exchange, ist(2026, 12, 7, 15, 35))
+    assert calendar.sessions("NSE", date(2026, 8, 3))[0][1] == ist(2026, 8, 3, 15, 30)
+    assert calendar.session_minutes("NFO", date(2026, 12, 7))[-1] == ist(2026, 12, 7, 15, 39)
+
+
+MCX_AGRI = """
+[[hours]]
+from = 2025-01-01
+exchanges = ["MCX"]
+symbols = ["cottoncndy", "KAPAS"]
+open = "09:00"
+close = "21:00"
+note = "internationally referenceable agri"
+
+[[hours]]
+from = 2025-01-01
+exchanges = ["MCX"]
+symbols = ["MENTHAOIL", "CARDAMOM"]
+open = "09:00"
+close = "17:00"
+
+[[hours]]
+from = 2027-01-04
+exchanges = ["MCX"]
+open = "09:00"
+close = "23:00"
+note = "a later change for the whole exchange"
+"""
+
+
+def test_mcx_agricultural_symbols_close_at_their_own_hours_from_the_override_file(library, tmp_path):
+    calendar = build_calendar(library, read_overrides(_write(tmp_path, MCX_AGRI)))
+    day = date(2026, 12, 7)
+    assert calendar.sessions("MCX", day, "MENTHAOIL26DECFUT") == [(ist(2026, 12, 7, 9, 0), ist(2026, 12, 7, 17, 0))]
+    assert calendar.sessions("MCX", day, "CottonCndy27JANFUT")[0][1] == ist(2026, 12, 7, 21, 0)
+    assert calendar.session_minutes("MCX", day, "KAPAS27APRFUT")[-1] == ist(2026, 12, 7, 20, 59)
+    assert calendar.sessions("MCX", day, "CRUDEOIL26DECFUT")[0][1] == ist(2026, 12, 7, 23, 55), "non-agri: the exchange's"
+    assert calendar.sessions("MCX", day)[0][1] == ist(2026, 12, 7, 23, 55)
+    assert not calendar.is_open("MCX", ist(2026, 12, 7, 18, 0), "CARDAMOM26DECFUT")
+    assert calendar.is_open("MCX", ist(2026, 12, 7, 18, 0), "GOLD27FEBFUT")
+    later = date(2027, 1, 4)
+    assert calendar.sessions("MCX", later, "GOLD27FEBFUT")[0][1] == ist(2027, 1, 4, 23, 0)
+    assert calendar.sessions("MCX", later, "MENTHAOIL27JANFUT")[0][1] == ist(2027, 1, 4, 17, 0), "a symbol's own entry wins"
+    assert calendar.sessions("NSE", day, "MENTHAOIL") == calendar.sessions("NSE", day), "only the exchanges it names"
+    assert calendar.sessions("MCX", date(2026, 12, 12), "MENTHAOIL26DECFUT") == [], "a Saturday: hours never add a day"
 
 
 def test_trading_days_and_next_open_cross_the_year_boundary(calendar):
@@ -140,6 +192,13 @@ close = "18:00"
 [[closed]]
 exchanges = ["MCX"]
 when = 1
+
+[[hours]]
+from = 2026-12-07
+exchanges = ["MCX"]
+symbols = "COTTON"
+open = "09:00"
+close = "21:00"
 """)
     with pytest.raises(ConfigError) as raised:
         read_overrides(path)
@@ -152,6 +211,7 @@ when = 1
         "[[session]] #1: open 19:00 is not before close 18:00",
         "[[closed]] #1 lacks date",
         "[[closed]] #1 has unknown key 'when'",
+        """[[hours]] #1 (from 2026-12-07): symbols = 'COTTON': write a list of trading symbol prefixes""",
     ):
         assert expected in text
 
