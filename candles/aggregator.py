@@ -653,13 +653,16 @@ class CandleAggregator:
         return list(self._symbols)
 
     def went_down(
-        self, since: float, keys: Iterable[tuple[str, str]], trades: Callable[[str, float, float], bool] | None = None
+        self,
+        since: float,
+        keys: Iterable[tuple[str, str]],
+        trades: Callable[[tuple[str, str], float, float], bool] | None = None,
     ) -> list[Candle]:
         """Rule 8, the moment a feed connection's drop is noticed (its last frame at ``since``): the
         buckets of ``keys`` that reach past ``since`` become partial now, so that an open one closing
         before the connection is back is not written ``live``. One that already closed live (the drop
-        is noticed after a stall timeout) is returned, partial, to be written again. ``trades(exchange,
-        a, b)`` False: nothing can trade from ``a`` to ``b`` (outside the sessions), and that bucket
+        is noticed after a stall timeout) is returned, partial, to be written again. ``trades((exchange,
+        symbol), a, b)`` False: nothing can trade from ``a`` to ``b`` (outside the sessions), and that bucket
         stays as it is. The span itself is declared when the connection is back (``unwatched``)."""
         out: list[Candle] = []
         for sym in map(self._symbols.get, keys):
@@ -669,7 +672,7 @@ class CandleAggregator:
                 for start, b in list(ser.buckets.items()):
                     if start + ser.width <= since or (type(b) is not bytes and b.partial):
                         continue
-                    if trades is not None and not trades(sym.exchange, max(since, start), start + ser.width):
+                    if trades is not None and not trades((sym.exchange, sym.symbol), max(since, start), start + ser.width):
                         continue
                     if type(b) is bytes:
                         b = self._inflate(ser, start, b)

@@ -40,8 +40,10 @@ def day_bounds(day: date) -> tuple[float, float]:
     return start.timestamp(), (start + timedelta(days=1)).timestamp()
 
 
-def in_sessions(calendar: MarketCalendar | None, exchange: str, since: float, until: float) -> list[Span] | None:
-    """The parts of the unwatched span ``since``..``until`` that lie in ``exchange``'s sessions (candle
+def in_sessions(
+    calendar: MarketCalendar | None, exchange: str, since: float, until: float, symbol: str = ""
+) -> list[Span] | None:
+    """The parts of the unwatched span ``since``..``until`` that lie in ``exchange``'s (``symbol``'s) sessions (candle
     rule 8: outside them nothing trades, so nothing is missed); None when that is not known (no
     calendar yet, or an exchange it does not describe): the caller takes the whole span. ``since``
     may be ``-inf``; parts older than ``LOOKBACK_S`` before ``until`` are left out (no bucket they
@@ -49,7 +51,7 @@ def in_sessions(calendar: MarketCalendar | None, exchange: str, since: float, un
     if calendar is None:
         return None
     try:
-        return calendar.in_sessions(exchange, max(since, until - LOOKBACK_S), until)
+        return calendar.in_sessions(exchange, max(since, until - LOOKBACK_S), until, symbol)
     except ValueError:  # an exchange without hours in the calendar
         return None
 

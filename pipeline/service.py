@@ -30,7 +30,7 @@ from core.market_calendar import MarketCalendar
 from core.progress import progress
 from core.ticks import Instrument, TickData
 from pipeline.backfill import MAX_SPAN_DAYS, Backfiller, Filled
-from pipeline.coverage import Coverage, Key, day_bounds, in_sessions
+from pipeline.coverage import Coverage, Key, Span, day_bounds, in_sessions
 from pipeline.health import Health
 from pipeline.journal import TickJournal
 from pipeline.reconcile import DailyReconciler
@@ -433,7 +433,7 @@ class Service:
             calendar = self.calendar
             revised = self.aggregator.went_down(
                 change.at, change.keys,
-                None if calendar is None else lambda exchange, a, b: in_sessions(calendar, exchange, a, b) != [],
+                None if calendar is None else lambda key, a, b: in_sessions(calendar, key[0], a, b, key[1]) != [],
             )  # fmt: skip
             if revised:  # closed live between the last frame and the drop being noticed: partial after all
                 self._candles.put(revised)
@@ -465,11 +465,11 @@ class Service:
             return
         if keys is None:
             keys = list(dict.fromkeys([(i.exchange, i.symbol) for i in self.instruments] + agg.keys()))
-        by_exchange: dict[str, list[Key]] = defaultdict(list)
-        for key in keys:
-            by_exchange[key[0]].append(key)
-        for exchange, group in by_exchange.items():
-            parts = in_sessions(calendar, exchange, since, until)
+        by_parts: dict[tuple[Span, ...] | None, list[Key]] = defaultdict(list)
+        for key in keys:  # each symbol's own sessions (MCX's agricultural contracts close early)
+            parts = in_sessions(calendar, key[0], since, until, key[1])
+            by_parts[None if parts is None else tuple(parts)].append(key)
+        for parts, group in by_parts.items():
             for a, b in [(since, until)] if parts is None else parts:
                 agg.unwatched(a, b, group)
 
