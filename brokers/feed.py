@@ -121,12 +121,19 @@ class ResubscribeDedupe:
         self._seen = set(map(self.identity, last.values()))
         self._seen.update(seen)
         self._before = dict(last) if drop_older else {}
-        self._until = time.monotonic() + self.window
+        self._until = 0.0  # the window opens with the first ticks filtered (see ``filter``)
         self.armed = True
 
     def filter(self, ticks: list[TickData]) -> list[TickData]:
-        """``ticks`` without the repeats; once the window has passed, all of them (and it closes)."""
-        if time.monotonic() > self._until:
+        """``ticks`` without the repeats; once the window has passed, all of them (and it closes).
+
+        The window is timed from the first ticks filtered after ``arm``, not from ``arm`` itself:
+        the copies are already on their way then, and a thread that does not get to read them for
+        a while (a loaded machine) must not find the window closed when it does."""
+        now = time.monotonic()
+        if not self._until:
+            self._until = now + self.window
+        elif now > self._until:
             self.armed = False
             self._seen = set()
             self._before = {}

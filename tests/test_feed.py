@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -60,11 +61,21 @@ def test_without_drop_older_an_older_tick_that_is_no_copy_is_kept():
 
 
 def test_once_the_window_has_passed_the_dedupe_hands_back_the_same_list_and_disarms():
-    dedupe = ResubscribeDedupe(full_identity, window=-1.0)
+    dedupe = ResubscribeDedupe(full_identity, window=0.05)
     dedupe.arm({1: tick(1, "100.00")})
+    assert dedupe.filter([tick(1, "100.00")]) == []  # the window opens with the first ticks
+    time.sleep(0.1)
     ticks = [tick(1, "100.00")]
     assert dedupe.filter(ticks) is ticks
     assert not dedupe.armed
+
+
+def test_a_thread_that_reads_nothing_for_longer_than_the_window_after_arming_still_drops_the_copies():
+    """A loaded machine: the connection's thread gets to the new socket's first frame late."""
+    dedupe = ResubscribeDedupe(full_identity, window=0.05)
+    dedupe.arm({1: tick(1, "100.00")})
+    time.sleep(0.1)
+    assert dedupe.filter([tick(1, "100.00"), tick(1, "100.05")]) == [tick(1, "100.05")]
 
 
 # ---------------------------------------------------------------------------------------------- the loop
