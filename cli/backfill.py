@@ -52,7 +52,7 @@ from core.ist import IST
 from core.market_calendar import MarketCalendar
 from core.progress import progress
 from core.ticks import Instrument
-from storage.base import CandleStore
+from storage.base import CandleStore, WatchRecord
 
 log = logging.getLogger("marketfeed")
 
@@ -312,9 +312,22 @@ def _write(
     tally.kept_live += _final_live(store, inst, intervals, start, end, out)
     if out:
         store.upsert(out)
+    # what Kite answered for is known from now on: gaps (--show-gaps, the daemon's count) leave it out
+    answered = [
+        WatchRecord("known", a.timestamp(), ((inst.exchange, inst.symbol),), min(b, _minute_floor(asked_at)).timestamp())
+        for day in todo
+        for a, b in sessions[day]
+        if a < _minute_floor(asked_at)
+    ]
+    if answered:
+        store.record_watched("backfill", answered)
     tally.written += len(out)
     tally.days += len(todo)
     done.add(inst.key, complete)
+
+
+def _minute_floor(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
 
 
 def _in(sessions: list[tuple[datetime, datetime]], t: datetime) -> bool:

@@ -116,6 +116,14 @@ def test_a_day_backfilled_into_an_empty_store_equals_the_reference_of_the_tape(
     assert "2 of 2 symbols, 2 symbol-days, 2 requests (0 retried)" in out
     assert f"{len(want)} candles written" in out
     assert not list((in_process / "data").glob("backfill-*.done"))  # a finished request leaves no state
+    # the day's session is known now: no gap left (--show-gaps, the daemon's count)
+    store = SQLiteStore(in_process / "candles.db", read_only=True)
+    try:
+        spans = store.watched(DAY.timestamp(), DAY.timestamp() + 86_400)
+    finally:
+        store.close()
+    session = (DAY.replace(hour=9, minute=15).timestamp(), DAY.replace(hour=15, minute=30).timestamp())
+    assert spans == {("NSE", "INFY"): [session], ("NSE", "RELIANCE"): [session]}
 
 
 def live(bucket: datetime, source: str, final: bool, price: str = "1.00") -> Candle:
