@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,11 +25,14 @@ from pipeline import backfill
 from pipeline.backfill import Backfiller, Filled
 from pipeline.reconcile import DailyReconciler
 from storage.sqlite import SQLiteStore
-from testkit.cli import main_env, start_main
+from testkit.cli import main_env, run_main, start_main
+from testkit.fakes import kotak_server as kotak
 from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, TapeTick, historical_candles, random_tape
 from testkit.reference import reference_candles
-from testkit.waiting import wait_until
+from testkit.waiting import free_port, wait_until
 from tests.test_kite_end_to_end import as_arrivals
+from tests.test_kotak_end_to_end import as_arrivals as kotak_arrivals
+from tests.test_kotak_end_to_end import kotak_env
 
 MONDAY_10 = datetime(2026, 12, 7, 10, 0, tzinfo=IST).timestamp()
 INFY = ("NSE", "INFY")
@@ -331,25 +335,28 @@ def test_the_backfill_thread_runs_the_days_check_and_the_metric_shows_it(day_sto
 STOCKS = [i for i in DEFAULT_INSTRUMENTS if f"{i.exchange}:{i.tradingsymbol}" in ("NSE:INFY", "NSE:RELIANCE")]
 
 
-def open_all_day(root: Path) -> Path:
-    """A calendar file with NSE in session all of today and tomorrow (IST): the test runs at any hour."""
-    today = datetime.now(IST).date()
+def open_all_day(root: Path, opens: float | None = None) -> Path:
+    """A calendar file with NSE in session all of today and tomorrow (IST): the test runs at any hour.
+    ``opens`` (epoch seconds, on a minute): the first day is that one's and its session opens then
+    (a daemon started before it has no gap before it)."""
+    first = datetime.now(IST) if opens is None else datetime.fromtimestamp(opens, IST)
+    days = ((first.date(), "00:00" if opens is None else f"{first:%H:%M}"), (first.date() + timedelta(days=1), "00:00"))
     path = root / "calendar.toml"
     path.write_text(
         "".join(
-            f'[[session]]\ndate = {day.isoformat()}\nexchanges = ["NSE"]\nopen = "00:00"\nclose = "23:59"\n\n'
-            for day in (today, today + timedelta(days=1))
+            f'[[session]]\ndate = {day.isoformat()}\nexchanges = ["NSE"]\nopen = "{start}"\nclose = "23:59"\n\n'
+            for day, start in days
         )
     )
     return path
 
 
 class Tape:
-    """Sends each tape tick to the fake once the wall clock reaches its exchange second, whether or
-    not the daemon is connected (the fake's history keeps it either way)."""
+    """Hands each tape tick to ``send`` (a fake's ``send_ticks``) once the wall clock reaches its
+    exchange second, whether or not the daemon is connected (the fake's history keeps it either way)."""
 
-    def __init__(self, server: KiteFakeServer, ticks: list[TapeTick]) -> None:
-        self.server = server
+    def __init__(self, send: Callable[[list[TapeTick]], object], ticks: list[TapeTick]) -> None:
+        self.send = send
         self.ticks = ticks
         self.sent = 0
         self._stop = threading.Event()
@@ -363,7 +370,7 @@ class Tape:
             while due < len(self.ticks) and self.ticks[due].exchange_ts <= now:
                 due += 1
             if due > self.sent:
-                self.server.send_ticks(self.ticks[self.sent : due])
+                self.send(self.ticks[self.sent : due])
                 self.sent = due
 
     def wait(self, timeout: float) -> None:
@@ -402,13 +409,17 @@ def kite_minutes(server: KiteFakeServer) -> dict[tuple[str, int], tuple]:
     return out
 
 
-def check_minutes(root: Path, server: KiteFakeServer, tape: list[TapeTick], mended: set[int], first: int) -> None:
+def kite_reference(tape: list[TapeTick]) -> dict:
+    """The minute candles the live rules make of the whole tape, as the Kite feed sends it."""
+    return reference_candles(as_arrivals(tape), [Interval.parse("1m")])
+
+
+def check_minutes(root: Path, server: KiteFakeServer, reference: dict, mended: set[int], first: int | None = None) -> None:
     """Every minute of the tape is stored; ``mended`` (and the tape's first minute, watched from
     part-way) are ``backfill`` and equal the fake's history; the rest are ``live``, final and equal
-    the reference of the whole tape (unchanged by the backfill)."""
+    the ``reference`` of the whole tape (unchanged by the backfill)."""
     rows = minute_rows(root)
     history = kite_minutes(server)
-    reference = reference_candles(as_arrivals(tape), [Interval.parse("1m")])
     assert set(rows) == set(history), "a minute of the tape is missing, or one was made up"
     for (symbol, bucket), candle in sorted(rows.items()):
         where = f"{symbol} {datetime.fromtimestamp(bucket, IST):%H:%M}"
@@ -422,11 +433,17 @@ def check_minutes(root: Path, server: KiteFakeServer, tape: list[TapeTick], mend
             assert ohlcv(candle) == ohlcv(reference[("NSE", symbol, "1m", bucket)]), where
 
 
-def backfill_env(server: KiteFakeServer, root: Path) -> dict[str, str]:
+def kite_settings(server: KiteFakeServer) -> dict[str, str]:
+    return {
+        "KITE_API_KEY": server.api_key, "KITE_API_SECRET": server.api_secret, "KITE_WS_URL": server.ws_url,
+        "KITE_API_URL": server.api_url, "KITE_ACCESS_TOKEN": server.access_token,
+    }  # fmt: skip
+
+
+def backfill_env(server: KiteFakeServer, root: Path, opens: float | None = None) -> dict[str, str]:
     return main_env(
-        KITE_API_KEY=server.api_key, KITE_API_SECRET=server.api_secret, KITE_WS_URL=server.ws_url,
-        KITE_API_URL=server.api_url, KITE_ACCESS_TOKEN=server.access_token, FEED_STALL_SECONDS="2",
-        STATUS_INTERVAL_SECONDS="5", BACKFILL_DELAY_SECONDS="1", MARKET_CALENDAR_FILE=str(open_all_day(root)),
+        **kite_settings(server), FEED_STALL_SECONDS="2", STATUS_INTERVAL_SECONDS="5", BACKFILL_DELAY_SECONDS="1",
+        MARKET_CALENDAR_FILE=str(open_all_day(root, opens)),
     )  # fmt: skip
 
 
@@ -459,7 +476,7 @@ def test_a_daemon_killed_for_a_minute_and_a_half_has_every_minute_after_its_rest
             server.wait_subscribed([i.token for i in STOCKS], timeout=30, mode="full")
             start = int(time.time()) + 1
             m = next_minute(start, 20)
-            tape = Tape(server, random_tape(STOCKS, seconds=m + 150 - start, seed=3, start_epoch=start))
+            tape = Tape(server.send_ticks, random_tape(STOCKS, seconds=m + 150 - start, seed=3, start_epoch=start))
             time.sleep(max(0.0, m + 35 - time.time()))
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
@@ -477,4 +494,189 @@ def test_a_daemon_killed_for_a_minute_and_a_half_has_every_minute_after_its_rest
         assert proc.returncode == 0, err
         assert "resumed the open buckets from the tick journal" in err
         assert "Traceback" not in err
-        check_minutes(tmp_path, server, tape.ticks, {m, m + 60, m + 120}, start // 60 * 60)
+        check_minutes(tmp_path, server, kite_reference(tape.ticks), {m, m + 60, m + 120}, start // 60 * 60)
+
+
+# ---- feed outages: the daemon stays up, the broker's feed goes away and comes back -----------------
+
+
+class Daemon:
+    """main.py in the background, its stderr read as it comes (a run of minutes would fill the pipe)."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str]) -> None:
+        cwd.mkdir(exist_ok=True)
+        self.proc = start_main(*args, cwd=cwd, env=env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)  # type: ignore[arg-type]
+        self._reader.start()
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM; the exit status and everything it logged."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self._reader.join(10)
+        return self.proc.returncode, "".join(self.lines)
+
+
+def sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.time()))
+
+
+def gap_metric(port: int) -> float | None:
+    """``marketfeed_gap_minutes`` from the daemon's /metrics; None while it is absent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("marketfeed_gap_minutes "):
+                return float(line.split()[1])
+    return None
+
+
+def show_gaps(root: Path, env: dict[str, str], day: float) -> list[str]:
+    """``--show-gaps`` of the watched symbols, run beside the daemon (SQLite in WAL mode lets it read)."""
+    symbols = [f"NSE:{i.tradingsymbol}" for i in STOCKS]
+    date = f"{datetime.fromtimestamp(day, IST):%Y-%m-%d}"
+    proc = run_main("--show-gaps", *symbols, "--date", date, cwd=root, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def gap_lines(since: int, until: int) -> list[str]:
+    """What ``--show-gaps`` prints for the minutes ``[since, until)`` of every watched symbol."""
+    a, b = datetime.fromtimestamp(since, IST), datetime.fromtimestamp(until, IST)
+    return [f"NSE:{i.tradingsymbol} {a:%Y-%m-%d %H:%M}–{b:%H:%M} IST ({(until - since) // 60} min)" for i in STOCKS]
+
+
+def no_gaps(day: float) -> str:
+    """What ``--show-gaps`` prints when every session minute of ``day`` so far was watched or mended."""
+    return f"no gaps on {datetime.fromtimestamp(day, IST):%Y-%m-%d} in sqlite:data/marketfeed.db (read-only)"
+
+
+def closed_live(root: Path, bucket: int) -> bool:
+    rows = minute_rows(root)
+    return all((i.tradingsymbol, bucket) in rows and rows[(i.tradingsymbol, bucket)].final for i in STOCKS)
+
+
+@pytest.mark.slow
+def test_a_kite_feed_down_for_ninety_seconds_is_a_gap_until_its_minutes_are_mended(tmp_path):
+    """The feed goes down 30 s into minute M (the session's first) and comes back 90 s later; the
+    daemon reconnects within its backoff (at most 30 s), inside M+2. While it is down, --show-gaps
+    and the gap metric show M; then M, M+1 and M+2 are mended from the history, the gap is gone,
+    and M+3, watched whole, is live."""
+    tokens = [i.token for i in STOCKS]
+    port = free_port()
+    with KiteFakeServer(heartbeat_interval=0.5, instruments=DEFAULT_INSTRUMENTS) as server:
+        m = next_minute(time.time(), 15)  # the session opens at M: the daemon is up before it
+        env = backfill_env(server, tmp_path, opens=m)
+        daemon = Daemon(*ARGS, "--metrics-port", str(port), cwd=tmp_path, env=env)
+        tape = None
+        try:
+            server.wait_subscribed(tokens, timeout=30, mode="full")
+            assert time.time() < m, "the daemon took more than 15 s to subscribe"
+            tape = Tape(server.send_ticks, random_tape(STOCKS, seconds=240, seed=4, start_epoch=m))
+            sleep_until(m + 30)
+            dropped = server.last_connection_id
+            server.go_down(True)
+            sleep_until(m + 61)
+            during = show_gaps(tmp_path, env, m)
+            wait_for("the gap metric counts M", m + 119 - time.time(), lambda: (gap_metric(port) or 0) >= len(STOCKS))
+            sleep_until(m + 120)
+            server.go_down(False)
+            server.wait_subscribed(tokens, timeout=40, mode="full", after=dropped)
+            back = time.time()
+            wait_for("M+2 mended", m + 200 - time.time(), lambda: mended(tmp_path, m + 120))
+            wait_for("the gap metric back to 0", 75, lambda: gap_metric(port) == 0)
+            tape.wait(60)
+            wait_for("M+3 closed", 30, lambda: closed_live(tmp_path, m + 180))
+        finally:
+            if tape is not None:
+                tape.stop()
+            code, err = daemon.stop()
+        assert code == 0, err
+        assert "Traceback" not in err
+        assert "handshake refused: HTTP 503" in err
+        assert m + 120 <= back < m + 180, f"resubscribed {back - m:.1f} s after M"
+        assert during == gap_lines(m, m + 60), during
+        assert show_gaps(tmp_path, env, m) == [no_gaps(m)]
+        check_minutes(tmp_path, server, kite_reference(tape.ticks), {m, m + 60, m + 120})
+
+
+#: the Kotak scrip master's token of each Kite instrument in STOCKS
+KOTAK_TOKENS = {408065: 1594, 738561: 2885}
+KOTAK_KEYS = {f"nse_cm|{token}" for token in KOTAK_TOKENS.values()}
+KOTAK_ARGS = ("--broker", "kotak", "--symbols", "NSE:INFY", "NSE:RELIANCE", "--intervals", "1m")
+
+
+def as_kotak(t: TapeTick) -> kotak.TapeTick:
+    """The same trade as Kotak's feed sends it (same price, quantities, cumulative volume and times):
+    the two fakes' tapes make the same minute candles."""
+    return kotak.TapeTick(
+        "nse_cm", KOTAK_TOKENS[t.token], t.last_price, t.last_quantity, t.volume, t.exchange_ts,
+        last_trade_ts=t.last_trade_ts, average_price=t.average_price, total_buy_quantity=t.total_buy_quantity,
+        total_sell_quantity=t.total_sell_quantity, open=t.open, high=t.high, low=t.low, close=t.close,
+    )  # fmt: skip
+
+
+def kotak_connections(server: kotak.KotakFakeServer) -> int:
+    """Live Kotak connections that carry both symbols (one per daemon)."""
+    return sum(1 for c in server.connections if c.authenticated and KOTAK_KEYS <= set(c.subscriptions))
+
+
+@pytest.mark.slow
+def test_a_kotak_feed_outage_is_mended_from_kite_with_its_settings_and_stays_a_gap_without(tmp_path):
+    """Two Kotak daemons watch the same symbols through the same 70 s outage of Kotak's feed (down
+    15 s into minute M, the session's first; back inside M+1); a Kite fake gets the same trades. The
+    one without Kite's settings says backfill is off and why, keeps M and M+1 as a gap and mends
+    nothing; the one with them mends M and M+1 from Kite's history and has no gap left. M+2 is live
+    in both."""
+    with kotak.KotakFakeServer() as feed, KiteFakeServer(instruments=DEFAULT_INSTRUMENTS) as kite:
+        m = next_minute(time.time(), 15)  # the session opens at M: the daemons are up before it
+        settings = {"BACKFILL_DELAY_SECONDS": "1", "STATUS_INTERVAL_SECONDS": "5",
+                    "MARKET_CALENDAR_FILE": str(open_all_day(tmp_path, opens=m))}  # fmt: skip
+        plain_dir, mending_dir = tmp_path / "plain", tmp_path / "mending"
+        plain_env = kotak_env(feed, **settings)
+        mending_env = kotak_env(feed, **settings, **kite_settings(kite))
+        daemons = [Daemon(*KOTAK_ARGS, cwd=plain_dir, env=plain_env), Daemon(*KOTAK_ARGS, cwd=mending_dir, env=mending_env)]
+        tape = None
+        try:
+            wait_for("both daemons subscribed", 30, lambda: kotak_connections(feed) == 2)
+            assert time.time() < m, "the daemons took more than 15 s to subscribe"
+            trades = random_tape(STOCKS, seconds=180, seed=6, start_epoch=m)
+            tape = Tape(lambda batch: (kite.send_ticks(batch), feed.send_ticks([as_kotak(t) for t in batch])), trades)
+            sleep_until(m + 15)
+            feed.go_down(True)
+            sleep_until(m + 61)
+            during = [show_gaps(plain_dir, plain_env, m), show_gaps(mending_dir, mending_env, m)]
+            sleep_until(m + 85)
+            feed.go_down(False)
+            wait_for("both daemons resubscribed", 40, lambda: kotak_connections(feed) == 2)
+            back = time.time()
+            wait_for("M+1 mended", m + 140 - time.time(), lambda: mended(mending_dir, m + 60))
+            tape.wait(60)
+            wait_for("M+2 closed", 30, lambda: closed_live(plain_dir, m + 120) and closed_live(mending_dir, m + 120))
+        finally:
+            if tape is not None:
+                tape.stop()
+            (plain_code, plain_err), (mending_code, mending_err) = [d.stop() for d in daemons]
+        assert plain_code == 0 and mending_code == 0, plain_err + mending_err
+        assert "Traceback" not in plain_err + mending_err
+        assert m + 85 <= back < m + 120, f"resubscribed {back - m:.1f} s after M"
+        assert during == [gap_lines(m, m + 60)] * 2, during
+        reference = reference_candles(kotak_arrivals([as_kotak(t) for t in tape.ticks]), [Interval.parse("1m")])
+        assert reference == kite_reference(tape.ticks)  # one list of trades: both feeds make the same minutes
+
+        # without Kite's settings: the gap stays, said why, and nothing is made up
+        assert "backfill: off: kotak_neo has no candle history and Kite's settings are not there" in plain_err
+        assert show_gaps(plain_dir, plain_env, m) == gap_lines(m, m + 120)
+        rows = minute_rows(plain_dir)
+        assert not [c for c in rows.values() if c.source == BACKFILL]
+        for (symbol, bucket), candle in rows.items():
+            if bucket < m + 120:
+                assert candle.source != LIVE, f"{symbol} {datetime.fromtimestamp(bucket, IST):%H:%M} was not watched whole"
+            else:
+                assert candle.source == LIVE and ohlcv(candle) == ohlcv(reference[("NSE", symbol, "1m", bucket)])
+
+        # with them: M and M+1 from Kite's history, no gap left
+        assert "backfill: unwatched buckets are mended from Kite's historical API" in mending_err
+        assert show_gaps(mending_dir, mending_env, m) == [no_gaps(m)]
+        check_minutes(mending_dir, kite, reference, {m, m + 60})

@@ -821,6 +821,25 @@ def test_drop_all_cuts_sockets_without_a_close_frame(server: KotakFakeServer) ->
     ws_open(server).close()  # the server itself is still up
 
 
+def test_go_down_cuts_sockets_and_answers_upgrades_with_503_until_it_is_back(server: KotakFakeServer) -> None:
+    sid = server.grant_session()[1]
+    ws = ws_open(server, sid)
+    server.wait_connections(1, authenticated=True)
+    server.go_down()
+    with pytest.raises(websocket.WebSocketConnectionClosedException):
+        ws.recv_data(control_frame=True)  # no close frame: the socket is cut
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(server.ws_url, timeout=2)
+    assert refused.value.status_code == 503 and server.connections == []
+    tick = TapeTick("nse_cm", 1594, Decimal("1500"), 1, 1, 1768448700)
+    assert server.send_ticks([tick]) == 0  # nobody gets it, but it is the instrument's last tick
+    server.go_down(False)
+    ws = ws_open(server, sid)  # the session minted before the outage still authenticates
+    subscribe(ws, "subscribeScrips", ["nse_cm|1594"], ack=False)
+    assert decode_packet(recv_packets(ws, 1)[0], SDK_DIVIDERS).last_traded_price == 1500.0  # the snapshot
+    ws.close()
+
+
 def test_close_all_sends_a_close_frame_with_the_code(server: KotakFakeServer) -> None:
     ws = ws_open(server)
     server.wait_connections(1)

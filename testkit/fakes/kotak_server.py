@@ -51,6 +51,8 @@ Things the spec leaves open, and what the fake does (each can be switched where 
   as ``pTrdSymbol``; production lists are not known to contain them: ``index_rows=False`` leaves them
   out of the files (the feed still knows the indices by name, as the SDK subscribes them).
 - No application heartbeat and no server pings; pings are answered with pongs.
+- A feed outage (``go_down``): connections are cut without a close frame and upgrades get HTTP 503
+  until it ends; the login and REST hosts stay up and sessions stay valid.
 
 Usage::
 
@@ -927,6 +929,7 @@ class KotakFakeServer:
         self._faults: dict[str, list[tuple[int, Any]]] = {k: [] for k in FAULT_ENDPOINTS}
         self._reject = False
         self._muted = False
+        self._down = False
         self._conns: dict[int, _Conn] = {}
         self._next_id = 1
         self._last: dict[tuple[str, int], TapeTick] = {}
@@ -1155,6 +1158,16 @@ class KotakFakeServer:
             self._muted = on
         if self._loop is not None and self._audible is not None:
             self._loop.call_soon_threadsafe(self._audible.clear if on else self._audible.set)
+
+    def go_down(self, on: bool = True) -> None:
+        """An outage of the feed: cut every connection (TCP close, no close frame) and answer WebSocket
+        upgrades with HTTP 503 until ``go_down(False)``, as the load balancer in front of a feed that is
+        down would (Kotak publishes no outage behaviour). Login and REST stay up; sessions stay valid;
+        ``send_ticks`` goes on recording the last tick of each instrument (a resubscription's snapshot)."""
+        with self._changed:
+            self._down = on
+        if on:
+            self.drop_all()
 
     def drop_all(self) -> None:
         """Cut every WebSocket connection: TCP close with no close frame."""
@@ -1457,6 +1470,10 @@ class KotakFakeServer:
         key = headers.get("sec-websocket-key")
         if method != "GET" or "websocket" not in headers.get("upgrade", "").lower() or not key:
             writer.write(_http_response(400, "Bad Request", b"expected a WebSocket upgrade"))
+            await writer.drain()
+            return None
+        if self._down:
+            writer.write(_http_response(503, "Service Unavailable", b"Service Unavailable"))
             await writer.drain()
             return None
         with self._changed:
