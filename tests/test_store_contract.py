@@ -2,8 +2,9 @@
 
 Decimal policy: a price comes back equal to what went in and with the same scale
 (Decimal('1234.50') stays '1234.50'); exponent forms are stored as fixed point
-(Decimal('1E+2') comes back as Decimal('100')). PostgreSQL ``numeric`` does this natively; SQLite
-stores ``format(d, "f")`` text.
+(Decimal('1E+2') comes back as Decimal('100')); an instrument's strike and tick size alike
+(Decimal('24050.00') and Decimal('24050') are equal and each comes back printed as it went in).
+PostgreSQL ``numeric`` does this natively; SQLite stores ``format(d, "f")`` text.
 """
 
 from __future__ import annotations
@@ -553,6 +554,12 @@ def test_instruments_round_trip_exactly_in_exchange_underlying_expiry_order(stor
         assert store.instrument_seen(c.exchange, c.symbol) == (SEEN, SEEN)
     assert store.instrument("NFO", "NIFTY24MAY24000CE") is None
     assert store.instrument_seen("NFO", "NIFTY24MAY24000CE") is None
+
+
+def test_a_row_without_expiry_comes_before_the_dated_ones_of_its_exchange_and_underlying(store: CandleStore) -> None:
+    crude_spot = Contract("MCX", "CRUDEOIL", "CRUDEOIL", "IDX", None, None, 0, Decimal("1"), 1)  # made up: NULL order
+    store.record_instruments([CRUDE_FUT, crude_spot], SEEN)
+    assert store.instruments(exchange="MCX") == [crude_spot, CRUDE_FUT]
 
 
 def test_strikes_and_tick_sizes_come_back_as_the_master_printed_them(store: CandleStore) -> None:
