@@ -11,6 +11,7 @@ from typing import Any
 
 from candles.model import Candle
 from candles.reconcile import Reconciliation
+from core.contracts import KINDS, Contract
 
 
 class StoreError(Exception):
@@ -132,6 +133,27 @@ class CandleStore(abc.ABC):
         """The stored results of ``day``, by exchange and symbol."""
 
     @abc.abstractmethod
+    def record_instruments(self, contracts: Sequence[Contract], seen: date) -> None:
+        """Store ``contracts`` as resolved into a universe on ``seen``, in one transaction. A
+        contract already stored keeps its first day seen and its last moves to ``seen`` if later;
+        its metadata is replaced when ``seen`` is not older than the last day stored (the newest
+        resolution wins; a late older one only moves the first day back). Strikes and tick sizes
+        come back with the scale given (Decimal('24050.00') stays '24050.00')."""
+
+    @abc.abstractmethod
+    def instruments(self, exchange: str | None = None, underlying: str | None = None) -> list[Contract]:
+        """The stored contracts, expired ones included, of ``exchange`` and/or ``underlying`` or
+        all, by exchange, underlying, expiry (an underlying's own row first) and symbol."""
+
+    @abc.abstractmethod
+    def instrument(self, exchange: str, symbol: str) -> Contract | None:
+        """The stored contract whose candles are stored under (``exchange``, ``symbol``), if any."""
+
+    @abc.abstractmethod
+    def instrument_seen(self, exchange: str, symbol: str) -> tuple[date, date] | None:
+        """The first and last day the contract was resolved into a universe, if it is stored."""
+
+    @abc.abstractmethod
     def schema_version(self) -> int: ...
 
     @abc.abstractmethod
@@ -161,3 +183,58 @@ def candle_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> C
         source=source,
     )
 
+
+
+#: the instruments table's columns in the order ``contract_from_row`` reads them
+INSTRUMENT_COLUMNS = "exchange, symbol, underlying, kind, expiry, strike, lot_size, tick_size, token"
+
+
+def checked_contracts(contracts: Sequence[Contract], seen: date) -> list[Contract]:
+    """``contracts`` ready for the instruments table, the last of a repeated (exchange, symbol)
+    winning; a StoreError names the first one that cannot be stored and why (nothing is written)."""
+    if type(seen) is not date:
+        raise StoreError(f"refusing seen={seen!r}: the day instruments were seen must be a date (not a datetime)")
+    unique: dict[tuple[str, str], Contract] = {}
+    for c in contracts:
+        problem = _contract_problem(c)
+        if problem:
+            raise StoreError(f"refusing instrument {c!r}: {problem}; fix the instrument master's parser")
+        unique[(c.exchange, c.symbol)] = c
+    return list(unique.values())
+
+
+def _contract_problem(c: Contract) -> str:
+    if not isinstance(c, Contract):
+        return "not a core.contracts.Contract"
+    if not (isinstance(c.exchange, str) and c.exchange and isinstance(c.symbol, str) and c.symbol):
+        return "exchange and symbol must be non-empty text"
+    if not isinstance(c.underlying, str):
+        return "underlying must be text"
+    if c.kind not in KINDS:
+        return f"kind must be one of {', '.join(KINDS)}"
+    if c.expiry is not None and type(c.expiry) is not date:
+        return "expiry must be a date (not a datetime) or None"
+    if c.strike is not None and not (isinstance(c.strike, Decimal) and c.strike.is_finite()):
+        return "strike must be a finite Decimal or None"
+    if not (isinstance(c.tick_size, Decimal) and c.tick_size.is_finite()):
+        return "tick_size must be a finite Decimal"
+    if not (type(c.lot_size) is int and type(c.token) is int):
+        return "lot_size and token must be whole numbers (int)"
+    return ""
+
+
+def contract_from_row(row: Sequence[Any], to_date: Callable[[Any], date]) -> Contract:
+    """A Contract from a row of ``INSTRUMENT_COLUMNS``; ``to_date`` turns the store's day
+    representation into a date."""
+    exchange, symbol, underlying, kind, expiry, strike, lot_size, tick_size, token = row
+    return Contract(
+        exchange=exchange,
+        symbol=symbol,
+        underlying=underlying,
+        kind=kind,
+        expiry=None if expiry is None else to_date(expiry),
+        strike=None if strike is None else Decimal(strike),
+        lot_size=int(lot_size),
+        tick_size=Decimal(tick_size),
+        token=int(token),
+    )

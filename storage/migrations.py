@@ -8,10 +8,11 @@ carries a version newer than ``LATEST_VERSION`` is refused rather than written t
 Storage conventions the statements encode:
 
 - PostgreSQL: prices ``numeric`` without a fixed scale (the scale given is the scale kept),
-  times ``timestamptz``.
-- SQLite: prices ``TEXT`` fixed-point decimal strings (``format(d, "f")``), so the scale given is
-  kept there too; times ``INTEGER`` microseconds since the Unix epoch (UTC), so order and
-  microseconds survive and comparisons are numeric.
+  times ``timestamptz``, days ``date``.
+- SQLite: prices (strikes and tick sizes too) ``TEXT`` fixed-point decimal strings
+  (``format(d, "f")``), so the scale given is kept there too; times ``INTEGER`` microseconds
+  since the Unix epoch (UTC), so order and microseconds survive and comparisons are numeric; days
+  ``TEXT`` ISO dates (``2024-05-06``), which sort and compare as dates.
 """
 
 from __future__ import annotations
@@ -218,6 +219,50 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (day, exchange, symbol)
             )
             """,
+        ),
+    ),
+    Migration(
+        version=5,
+        description="instruments: each contract's metadata from the instrument master, kept after it expires",
+        sqlite=(
+            """
+            CREATE TABLE instruments (
+                exchange   TEXT    NOT NULL,
+                symbol     TEXT    NOT NULL,
+                underlying TEXT    NOT NULL,
+                kind       TEXT    NOT NULL CHECK (kind IN ('FUT', 'CE', 'PE', 'IDX', 'EQ')),
+                expiry     TEXT,
+                strike     TEXT,
+                lot_size   INTEGER NOT NULL,
+                tick_size  TEXT    NOT NULL,
+                token      INTEGER NOT NULL,
+                first_seen TEXT    NOT NULL,
+                last_seen  TEXT    NOT NULL,
+                PRIMARY KEY (exchange, symbol)
+            )
+            """,
+            # an underlying's contracts by expiry (a universe, an expired series' candles)
+            "CREATE INDEX instruments_underlying_expiry_idx ON instruments (underlying, expiry)",
+        ),
+        postgres=(
+            """
+            CREATE TABLE instruments (
+                exchange   text    NOT NULL,
+                symbol     text    NOT NULL,
+                underlying text    NOT NULL,
+                kind       text    NOT NULL
+                    CONSTRAINT instruments_kind_check CHECK (kind IN ('FUT', 'CE', 'PE', 'IDX', 'EQ')),
+                expiry     date,
+                strike     numeric,
+                lot_size   integer NOT NULL,
+                tick_size  numeric NOT NULL,
+                token      bigint  NOT NULL,
+                first_seen date    NOT NULL,
+                last_seen  date    NOT NULL,
+                PRIMARY KEY (exchange, symbol)
+            )
+            """,
+            "CREATE INDEX instruments_underlying_expiry_idx ON instruments (underlying, expiry)",
         ),
     ),
 )

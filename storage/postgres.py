@@ -25,9 +25,11 @@ import psycopg2.extras
 from candles.model import Candle
 from candles.reconcile import COUNTS as RECONCILIATION_COUNTS
 from candles.reconcile import Reconciliation
+from core.contracts import Contract
 from core.ist import IST
 from storage import migrations
 from storage.base import (
+    INSTRUMENT_COLUMNS,
     CandleStore,
     StoreError,
     StoreUnavailable,
@@ -36,6 +38,8 @@ from storage.base import (
     WatchlistEntry,
     WatchRecord,
     candle_from_row,
+    checked_contracts,
+    contract_from_row,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,19 @@ _UPSERT_STAGED_KEEPING_LIVE = _UPSERT_STAGED + (
     "WHERE (EXCLUDED.source <> 'backfill' OR candles.source <> 'live' OR NOT candles.final)\n"
     "  AND (EXCLUDED.source <> 'partial' OR candles.source <> 'backfill')\n"
 )
+# The instruments' metadata comes from the newest resolution (a later or the same day); an older
+# one only moves first_seen back.
+_INSTRUMENT_META = ("underlying", "kind", "expiry", "strike", "lot_size", "tick_size", "token")
+_KEEP_NEWEST = ", ".join(
+    f"{c} = CASE WHEN EXCLUDED.last_seen >= instruments.last_seen THEN EXCLUDED.{c} ELSE instruments.{c} END"
+    for c in _INSTRUMENT_META
+)
+_UPSERT_INSTRUMENTS = f"""
+INSERT INTO instruments ({INSTRUMENT_COLUMNS}, first_seen, last_seen) VALUES %s
+ON CONFLICT (exchange, symbol) DO UPDATE SET {_KEEP_NEWEST},
+    first_seen = LEAST(instruments.first_seen, EXCLUDED.first_seen),
+    last_seen = GREATEST(instruments.last_seen, EXCLUDED.last_seen)
+"""
 # COPY text format: backslash, tab, newline and carriage return are escaped; \N is NULL
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _COPY_READ = 1 << 16  # characters psycopg2 asks the COPY source for at a time
@@ -553,6 +570,54 @@ class PostgresStore(CandleStore):
 
         return self._run("read the reconciliation", work)
 
+    # -- instruments ----------------------------------------------------------------------------
+
+    def record_instruments(self, contracts: Sequence[Contract], seen: date) -> None:
+        rows = [
+            (c.exchange, c.symbol, c.underlying, c.kind, c.expiry, c.strike, c.lot_size, c.tick_size, c.token,
+             seen, seen)
+            for c in checked_contracts(contracts, seen)
+        ]  # fmt: skip
+        if not rows:
+            return
+
+        def work(cur: Any) -> None:
+            psycopg2.extras.execute_values(cur, _UPSERT_INSTRUMENTS, rows, page_size=1000)
+
+        self._run(f"record {len(rows)} instruments", work)
+
+    def instruments(self, exchange: str | None = None, underlying: str | None = None) -> list[Contract]:
+        def work(cur: Any) -> list[Contract]:
+            cur.execute(
+                f"SELECT {INSTRUMENT_COLUMNS} FROM instruments "
+                "WHERE (%(e)s::text IS NULL OR exchange = %(e)s) AND (%(u)s::text IS NULL OR underlying = %(u)s) "
+                "ORDER BY exchange, underlying, expiry NULLS FIRST, symbol",
+                {"e": exchange, "u": underlying},
+            )
+            return [contract_from_row(r, _day) for r in cur.fetchall()]
+
+        return self._run("read the instruments", work)
+
+    def instrument(self, exchange: str, symbol: str) -> Contract | None:
+        def work(cur: Any) -> Contract | None:
+            cur.execute(
+                f"SELECT {INSTRUMENT_COLUMNS} FROM instruments WHERE exchange = %s AND symbol = %s", (exchange, symbol)
+            )
+            row = cur.fetchone()
+            return None if row is None else contract_from_row(row, _day)
+
+        return self._run("read the instruments", work)
+
+    def instrument_seen(self, exchange: str, symbol: str) -> tuple[date, date] | None:
+        def work(cur: Any) -> tuple[date, date] | None:
+            cur.execute(
+                "SELECT first_seen, last_seen FROM instruments WHERE exchange = %s AND symbol = %s", (exchange, symbol)
+            )
+            row = cur.fetchone()
+            return None if row is None else (row[0], row[1])
+
+        return self._run("read the instruments", work)
+
     def close(self) -> None:
         with self._lock:
             self._drop_connection()
@@ -596,6 +661,10 @@ def _price(value: Decimal) -> str:
 
 def _copy_text(value: str) -> str:
     return value.translate(_COPY_ESCAPES)
+
+
+def _day(value: date) -> date:
+    return value
 
 
 def _ist(value: datetime) -> datetime:

@@ -19,9 +19,11 @@ from pathlib import Path
 from candles.model import Candle
 from candles.reconcile import COUNTS as RECONCILIATION_COUNTS
 from candles.reconcile import Reconciliation
+from core.contracts import Contract
 from core.ist import IST
 from storage import migrations
 from storage.base import (
+    INSTRUMENT_COLUMNS,
     CandleStore,
     StorageFault,
     StoreError,
@@ -29,6 +31,8 @@ from storage.base import (
     WatchlistEntry,
     WatchRecord,
     candle_from_row,
+    checked_contracts,
+    contract_from_row,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,20 @@ _UPSERT_KEEPING_LIVE = _UPSERT + (
     "WHERE (excluded.source <> 'backfill' OR candles.source <> 'live' OR candles.final = 0)\n"
     "  AND (excluded.source <> 'partial' OR candles.source <> 'backfill')\n"
 )
+# The instruments' metadata comes from the newest resolution (a later or the same day); an older
+# one only moves first_seen back. Days are ISO text, so MIN/MAX compare them as dates.
+_INSTRUMENT_META = ("underlying", "kind", "expiry", "strike", "lot_size", "tick_size", "token")
+_KEEP_NEWEST = ", ".join(
+    f"{c} = CASE WHEN excluded.last_seen >= instruments.last_seen THEN excluded.{c} ELSE instruments.{c} END"
+    for c in _INSTRUMENT_META
+)
+_UPSERT_INSTRUMENTS = f"""
+INSERT INTO instruments ({INSTRUMENT_COLUMNS}, first_seen, last_seen)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (exchange, symbol) DO UPDATE SET {_KEEP_NEWEST},
+    first_seen = MIN(instruments.first_seen, excluded.first_seen),
+    last_seen = MAX(instruments.last_seen, excluded.last_seen)
+"""
 
 
 def to_micros(value: datetime) -> int:
@@ -380,6 +398,46 @@ class SQLiteStore(CandleStore):
             Reconciliation(day, e, s, *(int(n) for n in counts), checked_at=from_micros(at))
             for e, s, *counts, at in rows
         ]
+
+    # -- instruments ----------------------------------------------------------------------------
+
+    def record_instruments(self, contracts: Sequence[Contract], seen: date) -> None:
+        checked = checked_contracts(contracts, seen)
+        day = seen.isoformat()
+        rows = [
+            (c.exchange, c.symbol, c.underlying, c.kind, None if c.expiry is None else c.expiry.isoformat(),
+             None if c.strike is None else price_text(c.strike), c.lot_size, price_text(c.tick_size), c.token,
+             day, day)
+            for c in checked
+        ]  # fmt: skip
+        if not rows:
+            return
+        with self._transaction() as conn:
+            try:
+                conn.executemany(_UPSERT_INSTRUMENTS, rows)
+            except (sqlite3.Error, OverflowError) as exc:  # OverflowError: int beyond 64 bits
+                raise self._error(f"record {len(rows)} instruments", exc) from exc
+
+    def instruments(self, exchange: str | None = None, underlying: str | None = None) -> list[Contract]:
+        rows = self._query(
+            f"SELECT {INSTRUMENT_COLUMNS} FROM instruments "
+            "WHERE (? IS NULL OR exchange = ?) AND (? IS NULL OR underlying = ?) "
+            "ORDER BY exchange, underlying, expiry NULLS FIRST, symbol",
+            (exchange, exchange, underlying, underlying),
+        )
+        return [contract_from_row(r, date.fromisoformat) for r in rows]
+
+    def instrument(self, exchange: str, symbol: str) -> Contract | None:
+        rows = self._query(
+            f"SELECT {INSTRUMENT_COLUMNS} FROM instruments WHERE exchange = ? AND symbol = ?", (exchange, symbol)
+        )
+        return contract_from_row(rows[0], date.fromisoformat) if rows else None
+
+    def instrument_seen(self, exchange: str, symbol: str) -> tuple[date, date] | None:
+        rows = self._query(
+            "SELECT first_seen, last_seen FROM instruments WHERE exchange = ? AND symbol = ?", (exchange, symbol)
+        )
+        return (date.fromisoformat(rows[0][0]), date.fromisoformat(rows[0][1])) if rows else None
 
     def close(self) -> None:
         with self._lock:

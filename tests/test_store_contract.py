@@ -2,8 +2,9 @@
 
 Decimal policy: a price comes back equal to what went in and with the same scale
 (Decimal('1234.50') stays '1234.50'); exponent forms are stored as fixed point
-(Decimal('1E+2') comes back as Decimal('100')). PostgreSQL ``numeric`` does this natively; SQLite
-stores ``format(d, "f")`` text.
+(Decimal('1E+2') comes back as Decimal('100')); an instrument's strike and tick size alike
+(Decimal('24050.00') and Decimal('24050') are equal and each comes back printed as it went in).
+PostgreSQL ``numeric`` does this natively; SQLite stores ``format(d, "f")`` text.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from psycopg2 import sql
 
 from candles.model import BACKFILL, LIVE, PARTIAL, SOURCES, Candle
 from candles.reconcile import Reconciliation
+from core.contracts import Contract
 from core.ist import IST
 from storage import open_store
 from storage.base import CandleStore, StoreError, StoreUnavailable, WatchlistEntry
@@ -508,6 +510,183 @@ def test_reconciling_a_day_again_replaces_its_result(store: CandleStore) -> None
     again = _result("INFY", compared=12)
     store.record_reconciliations([again])
     assert store.reconciliations(date(2024, 5, 6)) == [again]
+
+
+# -- instruments --------------------------------------------------------------------------------
+
+EXPIRY = date(2024, 5, 30)
+SEEN = date(2024, 5, 6)
+
+
+def _contract(symbol: str, kind: str = "CE", strike: str | None = "24050.00", **changes: object) -> Contract:
+    contract = Contract(
+        exchange="NFO",
+        symbol=symbol,
+        underlying="NIFTY",
+        kind=kind,
+        expiry=EXPIRY,
+        strike=None if strike is None else Decimal(strike),
+        lot_size=25,
+        tick_size=Decimal("0.05"),
+        token=12_345_678,
+    )
+    return replace(contract, **changes)
+
+
+NIFTY_INDEX = Contract("NSE", "NIFTY 50", "NIFTY", "IDX", None, None, 0, Decimal("0.05"), 256_265)
+NIFTY_FUT = _contract("NIFTY24MAYFUT", "FUT", None, token=13_238_786)
+NIFTY_CE = _contract("NIFTY2453024050CE", "CE", "24050.00", token=9_990_001)
+NIFTY_PE = _contract("NIFTY2453024050PE", "PE", "24050", token=9_990_002)  # as a master printing no decimals
+NIFTY_JUN_CE = _contract("NIFTY24JUN24100CE", "CE", "24100.5", expiry=date(2024, 6, 27), token=9_990_003)
+CRUDE_FUT = Contract("MCX", "CRUDEOIL24MAYFUT", "CRUDEOIL", "FUT", date(2024, 5, 17), None, 100, Decimal("1"), 4_294_967_296)
+
+
+def test_instruments_round_trip_exactly_in_exchange_underlying_expiry_order(store: CandleStore) -> None:
+    everything = [NIFTY_JUN_CE, CRUDE_FUT, NIFTY_PE, NIFTY_INDEX, NIFTY_CE, NIFTY_FUT]
+    store.record_instruments(everything, SEEN)
+    assert store.instruments() == [CRUDE_FUT, NIFTY_CE, NIFTY_PE, NIFTY_FUT, NIFTY_JUN_CE, NIFTY_INDEX]
+    assert store.instruments(underlying="NIFTY") == [NIFTY_CE, NIFTY_PE, NIFTY_FUT, NIFTY_JUN_CE, NIFTY_INDEX]
+    assert store.instruments(exchange="NFO", underlying="NIFTY") == [NIFTY_CE, NIFTY_PE, NIFTY_FUT, NIFTY_JUN_CE]
+    assert store.instruments(exchange="MCX") == [CRUDE_FUT]
+    assert store.instruments(exchange="BFO") == []
+    for c in everything:
+        assert store.instrument(c.exchange, c.symbol) == c
+        assert store.instrument_seen(c.exchange, c.symbol) == (SEEN, SEEN)
+    assert store.instrument("NFO", "NIFTY24MAY24000CE") is None
+    assert store.instrument_seen("NFO", "NIFTY24MAY24000CE") is None
+
+
+def test_a_row_without_expiry_comes_before_the_dated_ones_of_its_exchange_and_underlying(store: CandleStore) -> None:
+    crude_spot = Contract("MCX", "CRUDEOIL", "CRUDEOIL", "IDX", None, None, 0, Decimal("1"), 1)  # made up: NULL order
+    store.record_instruments([CRUDE_FUT, crude_spot], SEEN)
+    assert store.instruments(exchange="MCX") == [crude_spot, CRUDE_FUT]
+
+
+def test_strikes_and_tick_sizes_come_back_as_the_master_printed_them(store: CandleStore) -> None:
+    store.record_instruments([NIFTY_CE, NIFTY_PE, NIFTY_JUN_CE, CRUDE_FUT], SEEN)
+    ce, pe, jun = (store.instrument("NFO", c.symbol) for c in (NIFTY_CE, NIFTY_PE, NIFTY_JUN_CE))
+    assert ce is not None and pe is not None and jun is not None
+    assert ce.strike == pe.strike == Decimal(24050)  # equal as numbers ...
+    assert (str(ce.strike), str(pe.strike), str(jun.strike)) == ("24050.00", "24050", "24100.5")  # ... printed as given
+    assert (str(ce.tick_size), str(store.instrument("MCX", CRUDE_FUT.symbol).tick_size)) == ("0.05", "1")
+    assert all(isinstance(c.strike, Decimal) and isinstance(c.tick_size, Decimal) for c in (ce, pe, jun))
+
+
+def test_exponent_form_strikes_come_back_in_fixed_point(store: CandleStore) -> None:
+    store.record_instruments([replace(NIFTY_CE, strike=Decimal("2.405E+4"), tick_size=Decimal("5E-2"))], SEEN)
+    got = store.instrument("NFO", NIFTY_CE.symbol)
+    assert got is not None
+    assert (str(got.strike), str(got.tick_size)) == ("24050", "0.05")
+
+
+def test_recording_a_contract_again_keeps_first_seen_moves_last_seen_and_takes_the_new_metadata(
+    store: CandleStore,
+) -> None:
+    store.record_instruments([NIFTY_CE, NIFTY_FUT], SEEN)
+    revised = replace(NIFTY_CE, lot_size=75, tick_size=Decimal("0.10"), token=9_990_111)
+    store.record_instruments([revised], SEEN + timedelta(days=3))
+    assert store.instrument("NFO", NIFTY_CE.symbol) == revised
+    assert store.instrument_seen("NFO", NIFTY_CE.symbol) == (SEEN, SEEN + timedelta(days=3))
+    assert store.instrument_seen("NFO", NIFTY_FUT.symbol) == (SEEN, SEEN)  # not in the second call: untouched
+    store.record_instruments([NIFTY_CE], SEEN + timedelta(days=3))  # the same day again: the newest call wins
+    assert store.instrument("NFO", NIFTY_CE.symbol) == NIFTY_CE
+
+
+def test_an_older_resolution_moves_first_seen_back_and_leaves_the_newer_metadata(store: CandleStore) -> None:
+    newer = replace(NIFTY_CE, lot_size=75)
+    store.record_instruments([newer], SEEN)
+    store.record_instruments([NIFTY_CE], SEEN - timedelta(days=10))
+    assert store.instrument("NFO", NIFTY_CE.symbol) == newer
+    assert store.instrument_seen("NFO", NIFTY_CE.symbol) == (SEEN - timedelta(days=10), SEEN)
+
+
+def test_a_batch_naming_a_contract_twice_keeps_the_last(store: CandleStore) -> None:
+    store.record_instruments([NIFTY_CE, replace(NIFTY_CE, lot_size=50)], SEEN)
+    assert store.instruments() == [replace(NIFTY_CE, lot_size=50)]
+
+
+def test_a_whole_option_chain_is_recorded_by_one_call(store: CandleStore) -> None:
+    chain = [
+        _contract(f"NIFTY24MAY{strike}{kind}", kind, str(strike), token=strike * 10 + (kind == "PE"))
+        for strike in range(18_000, 30_000, 5)
+        for kind in ("CE", "PE")
+    ]
+    store.record_instruments(chain, SEEN)
+    assert sorted(store.instruments(), key=lambda c: c.symbol) == sorted(chain, key=lambda c: c.symbol)
+
+
+def test_an_expired_contracts_row_stays_and_its_candles_join_to_it(store: CandleStore) -> None:
+    store.record_instruments([NIFTY_CE, NIFTY_JUN_CE], SEEN)
+    store.record_instruments([NIFTY_CE, NIFTY_JUN_CE], EXPIRY)  # its last day in a universe
+    after = EXPIRY + timedelta(days=1)
+    store.record_instruments([NIFTY_JUN_CE], after)  # the next day's universe no longer has it
+    candles = [make_candle(NIFTY_CE.symbol, T0 + i * MINUTE, exchange="NFO", price="112.35") for i in range(3)]
+    store.upsert(candles)
+
+    assert NIFTY_CE in store.instruments(exchange="NFO", underlying="NIFTY")
+    assert store.instrument_seen("NFO", NIFTY_CE.symbol) == (SEEN, EXPIRY)
+    assert store.instrument_seen("NFO", NIFTY_JUN_CE.symbol) == (SEEN, after)
+    joined = [
+        (c, store.instrument(c.exchange, c.symbol))
+        for c in store.between("NFO", NIFTY_CE.symbol, "1m", T0, T0 + 3 * MINUTE)
+    ]
+    assert [c for c, _ in joined] == candles
+    for candle, contract in joined:
+        assert contract == NIFTY_CE
+        assert (contract.underlying, contract.kind, contract.expiry) == ("NIFTY", "CE", EXPIRY)
+        assert candle.close * contract.lot_size == Decimal("2820.00")  # premium per lot: 112.80 x 25
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        (replace(NIFTY_CE, kind="CALL"), "kind must be one of FUT, CE, PE, IDX, EQ"),
+        (replace(NIFTY_CE, strike=24050.0), "strike must be a finite Decimal"),  # type: ignore[arg-type]
+        (replace(NIFTY_CE, strike=Decimal("NaN")), "strike must be a finite Decimal"),
+        (replace(NIFTY_CE, tick_size="0.05"), "tick_size must be a finite Decimal"),  # type: ignore[arg-type]
+        (replace(NIFTY_CE, expiry=datetime(2024, 5, 30, 15, 30, tzinfo=IST)), "expiry must be a date"),
+        (replace(NIFTY_CE, lot_size=25.0), "lot_size and token must be whole numbers"),  # type: ignore[arg-type]
+        (replace(NIFTY_CE, symbol=""), "exchange and symbol must be non-empty"),
+    ],
+)
+def test_a_contract_that_cannot_be_stored_is_refused_by_name_and_nothing_is_written(
+    store: CandleStore, bad: Contract, problem: str
+) -> None:
+    with pytest.raises(StoreError, match=rf"refusing instrument .*{problem}.*fix the instrument master's parser"):
+        store.record_instruments([NIFTY_FUT, bad], SEEN)
+    assert store.instruments() == []
+
+
+def test_the_day_seen_must_be_a_date(store: CandleStore) -> None:
+    with pytest.raises(StoreError, match="must be a date"):
+        store.record_instruments([NIFTY_CE], datetime(2024, 5, 6, 9, 15, tzinfo=IST))  # type: ignore[arg-type]
+    assert store.instruments() == []
+
+
+def test_migration_5_adds_instruments_to_a_store_at_version_4_keeping_its_candles(backend: Backend) -> None:
+    s = backend.open()  # creates the SQLite file; brought to version 4 below
+    backend.query(SCHEMA_MIGRATIONS_SQLITE if backend.name == "sqlite" else SCHEMA_MIGRATIONS_POSTGRES)
+    for m in MIGRATIONS[:4]:
+        for statement in m.sqlite if backend.name == "sqlite" else m.postgres:
+            backend.query(statement)
+        description = m.description.replace("'", "''")
+        backend.query(f"INSERT INTO schema_migrations (version, description) VALUES ({m.version}, '{description}')")
+    try:
+        assert s.schema_version() == 4
+        s.upsert([make_candle(NIFTY_CE.symbol, exchange="NFO")])
+        with pytest.raises(StoreError, match="no candle tables yet"):  # the table is missing: said so
+            s.instruments()
+        assert s.migrate() == 5 == LATEST_VERSION
+        assert s.latest("NFO", NIFTY_CE.symbol, "1m") == [make_candle(NIFTY_CE.symbol, exchange="NFO")]
+        s.record_instruments([NIFTY_CE], SEEN)
+        assert s.instrument("NFO", NIFTY_CE.symbol) == NIFTY_CE
+        if backend.name == "sqlite":
+            indexes = backend.query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'instruments'")
+        else:
+            indexes = backend.query("SELECT indexname FROM pg_indexes WHERE tablename = 'instruments'")
+        assert ("instruments_underlying_expiry_idx",) in indexes
+    finally:
+        s.close()
 
 
 # -- SQLite specifics ---------------------------------------------------------------------------
