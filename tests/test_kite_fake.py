@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from testkit.fakes.kite_server import (
     FakeInstrument,
     KiteFakeServer,
     TapeTick,
+    derivative_instruments,
+    derivatives_dump,
     encode_frame,
     encode_packet,
     random_tape,
@@ -299,6 +301,48 @@ def test_instruments_dump_parses_into_the_right_rows(server: KiteFakeServer) -> 
     nse = kite.instruments("NSE")
     assert {r["tradingsymbol"] for r in nse} == {"INFY", "RELIANCE", "TCS", "NIFTY 50"}
     assert kite.instruments("MCX")[0]["lot_size"] == 100
+
+
+def test_derivatives_dump_parses_with_expiry_dates_float_strikes_and_no_expired_contract() -> None:
+    today = date(2026, 1, 20)  # a Tuesday: NIFTY's weekly expiry day, and the week of its monthly one
+    with KiteFakeServer(instruments=derivatives_dump(today)) as srv:
+        rows = KiteConnect(srv.api_key, root=srv.api_url).instruments()
+    by_symbol = {r["tradingsymbol"]: r for r in rows}
+    monthly = by_symbol["NIFTY26JAN25000CE"]  # the last Tuesday of January 2026: monthly symbol
+    assert (monthly["expiry"], monthly["strike"], monthly["lot_size"], monthly["name"], monthly["segment"]) == (
+        date(2026, 1, 27), 25000.0, 65, "NIFTY", "NFO-OPT")  # fmt: skip
+    weekly = by_symbol["NIFTY2612024950PE"]  # today's weekly (year, month 1-9/O/N/D, day)
+    assert (weekly["expiry"], weekly["strike"], weekly["instrument_type"]) == (date(2026, 1, 20), 24950.0, "PE")
+    sensex = by_symbol["SENSEX26JAN82000CE"]
+    assert (sensex["exchange"], sensex["segment"], sensex["expiry"], sensex["lot_size"]) == (
+        "BFO",
+        "BFO-OPT",
+        date(2026, 1, 29),
+        20,
+    )
+    assert by_symbol["SENSEX2612282100CE"]["expiry"] == date(2026, 1, 22)  # BSE's weeklies are Thursdays
+    futures = sorted((r["expiry"], r["tradingsymbol"]) for r in rows if r["instrument_type"] == "FUT" and r["name"] == "NIFTY")
+    assert futures == [
+        (date(2026, 1, 27), "NIFTY26JANFUT"),
+        (date(2026, 2, 24), "NIFTY26FEBFUT"),
+        (date(2026, 3, 31), "NIFTY26MARFUT"),
+    ]
+    crude = [r for r in rows if r["name"] == "CRUDEOIL" and r["exchange"] == "MCX" and r["expiry"] >= today]
+    assert {r["segment"] for r in crude} == {"MCX-FUT", "MCX-OPT"} and by_symbol["CRUDEOIL26FEBFUT"]["expiry"] == date(2026, 2, 19)
+    assert by_symbol["CRUDEOIL26FEB5500CE"]["expiry"] == date(2026, 2, 17)  # two business days before its future
+    assert not [r for r in rows if r["name"] == "BANKNIFTY" and r["expiry"].weekday() != 1]  # monthly only, Tuesdays
+    assert {by_symbol[s]["segment"] for s in ("NIFTY 50", "NIFTY BANK", "SENSEX")} == {"INDICES"}
+    strikes = sorted({r["strike"] for r in rows if r["name"] == "NIFTY" and r["instrument_type"] == "CE" and r["expiry"] == today})
+    assert strikes == [24500.0 + 50 * k for k in range(21)]
+    assert len(rows) == len({r["instrument_token"] for r in rows})
+
+
+@pytest.mark.parametrize("offset", range(0, 400, 37))
+def test_derivatives_dump_never_lists_an_expired_contract(offset: int) -> None:
+    today = date(2025, 12, 1) + timedelta(days=offset)
+    rows = derivative_instruments(today)
+    assert min(date.fromisoformat(i.expiry) for i in rows) >= today
+    assert sum(i.instrument_type == "FUT" for i in rows) == 5 * 3  # near, next, far of each underlying
 
 
 def test_login_page_redirects_with_a_request_token(server: KiteFakeServer) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import calendar
 import contextlib
 import csv
 import gzip
@@ -48,7 +49,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -88,6 +89,7 @@ class FakeInstrument:
     instrument_type: str = "EQ"
     name: str = ""
     expiry: str = ""  # YYYY-MM-DD or empty
+    strike: str = "0"  # options only; "0" on every other row, as in Kite's dump
 
     @property
     def exchange_token(self) -> int:
@@ -101,7 +103,7 @@ class FakeInstrument:
             self.name,
             "0",
             self.expiry,
-            "0",
+            self.strike,
             self.tick_size,
             str(self.lot_size),
             self.instrument_type,
@@ -140,6 +142,167 @@ DEFAULT_INSTRUMENTS: tuple[FakeInstrument, ...] = (
         expiry="2024-01-19",
     ),
 )
+
+
+# --------------------------------------------------------------------------------------------------
+# A derivatives dump (futures and options), its dates relative to the fake's "today"
+# --------------------------------------------------------------------------------------------------
+#
+# Expiry days (holidays ignored): NSE's index and stock derivatives expire on Tuesdays and BSE's on
+# Thursdays since September 2025 (NSE circular of 23 June 2025, BSE's of 17 June 2025); only NIFTY
+# (NSE) and SENSEX (BSE) keep weekly options, every other underlying has monthly contracts only
+# (SEBI's framework of 1 October 2024). A monthly contract expires on the last such weekday of the
+# month. MCX CRUDEOIL futures expire around the 19th (here: the 19th, or the weekday before when it
+# falls on a weekend) and its options two business days before their future (MCX's contract
+# specification). Lot sizes: NIFTY 65 and BANKNIFTY 30 from the January 2026 series (NSE circular of
+# October 2025), SENSEX 20, RELIANCE 500, CRUDEOIL 100 barrels.
+#
+# Trading symbols follow Kite's dump (https://kite.trade/forum/discussion/8981): a future
+# ``NIFTY26JANFUT``; a monthly option ``NIFTY26JAN25000CE``; a weekly option ``NIFTY2610625000CE``
+# (year, month as 1-9/O/N/D, day).
+
+MON, TUE, WED, THU, FRI = range(5)
+_WEEKLY_MONTH = "123456789OND"
+
+
+@dataclass(frozen=True)
+class DerivativeSpec:
+    """One underlying's contracts in the fake dump."""
+
+    name: str  # the dump's ``name`` of every contract: NIFTY, BANKNIFTY, SENSEX, RELIANCE, CRUDEOIL
+    exchange: str  # NFO, BFO, MCX
+    segment: int  # token & 0xff: 2 NFO, 5 BFO, 7 MCX
+    base_price: int  # the ATM strike the fake builds around
+    strike_step: int
+    lot_size: int
+    expiry_weekday: int | None  # None: MCX's calendar
+    weekly: bool  # weekly options besides the monthly ones
+    option_tick: str = "0.05"
+    future_tick: str = "0.05"  # NSE's and BSE's derivatives move by 0.05 (MCX CRUDEOIL by 1)
+
+
+DERIVATIVE_SPECS: tuple[DerivativeSpec, ...] = (
+    DerivativeSpec("NIFTY", "NFO", 2, 25_000, 50, 65, TUE, weekly=True),
+    DerivativeSpec("BANKNIFTY", "NFO", 2, 56_000, 100, 30, TUE, weekly=False),
+    DerivativeSpec("SENSEX", "BFO", 5, 82_000, 100, 20, THU, weekly=True),
+    DerivativeSpec("RELIANCE", "NFO", 2, 1_400, 10, 500, TUE, weekly=False),
+    DerivativeSpec("CRUDEOIL", "MCX", 7, 5_500, 50, 100, None, weekly=False, future_tick="1"),
+)
+
+#: The underlyings' own rows (index and stock) that a derivatives universe takes its ATM from.
+#: Kite's tokens for NIFTY 50, NIFTY BANK and SENSEX; RELIANCE is in ``DEFAULT_INSTRUMENTS`` too.
+UNDERLYING_INSTRUMENTS: tuple[FakeInstrument, ...] = (
+    FakeInstrument(256265, "NSE", "NIFTY 50", segment="INDICES", tick_size="0", lot_size=0, name="NIFTY 50"),
+    FakeInstrument(260105, "NSE", "NIFTY BANK", segment="INDICES", tick_size="0", lot_size=0, name="NIFTY BANK"),
+    FakeInstrument(265, "BSE", "SENSEX", segment="INDICES", tick_size="0", lot_size=0, name="SENSEX"),
+    FakeInstrument(738561, "NSE", "RELIANCE", name="RELIANCE INDUSTRIES"),
+)
+
+
+def last_weekday(year: int, month: int, weekday: int) -> date:
+    day = date(year, month, calendar.monthrange(year, month)[1])
+    return day - timedelta(days=(day.weekday() - weekday) % 7)
+
+
+def _add_months(day: date, months: int) -> tuple[int, int]:
+    n = day.year * 12 + day.month - 1 + months
+    return n // 12, n % 12 + 1
+
+
+def _prev_weekdays(day: date, n: int) -> date:
+    """``n`` weekdays before ``day`` (0: ``day`` itself, or the weekday before a weekend)."""
+    while day.weekday() >= 5:
+        day -= timedelta(days=1)
+    for _ in range(n):
+        day -= timedelta(days=1)
+        while day.weekday() >= 5:
+            day -= timedelta(days=1)
+    return day
+
+
+def monthly_expiries(spec: DerivativeSpec, today: date, count: int = 3) -> list[date]:
+    """The next ``count`` monthly expiries of ``spec``'s futures on or after ``today``."""
+    out: list[date] = []
+    months = 0
+    while len(out) < count:
+        year, month = _add_months(today, months)
+        if spec.expiry_weekday is None:
+            day = _prev_weekdays(date(year, month, 19), 0)
+        else:
+            day = last_weekday(year, month, spec.expiry_weekday)
+        if day >= today:
+            out.append(day)
+        months += 1
+    return out
+
+
+def option_expiries(spec: DerivativeSpec, today: date, weeks: int = 4, months: int = 3) -> list[tuple[date, bool]]:
+    """``(expiry, is_monthly)`` of ``spec``'s options on or after ``today``: the monthly ones, and
+    for a weekly underlying the next ``weeks`` expiry weekdays too."""
+    if spec.expiry_weekday is None:  # MCX: two business days before the future
+        days = [_prev_weekdays(d, 2) for d in monthly_expiries(spec, today, months + 1)]
+        return [(d, True) for d in days if d >= today][:months]
+    monthly = set(monthly_expiries(spec, today, months))
+    days = set(monthly)
+    if spec.weekly:
+        first = today + timedelta(days=(spec.expiry_weekday - today.weekday()) % 7)
+        days.update(first + timedelta(weeks=w) for w in range(weeks))
+    return [(d, d in monthly) for d in sorted(days)]
+
+
+def _month_code(day: date) -> str:
+    return f"{day:%y}{calendar.month_abbr[day.month].upper()}"
+
+
+def derivative_instruments(
+    today: date | None = None, strikes_each_side: int = 10, specs: Sequence[DerivativeSpec] = DERIVATIVE_SPECS
+) -> tuple[FakeInstrument, ...]:
+    """Kite-dump rows of futures (near, next, far month) and options (``strikes_each_side`` strikes
+    either side of each underlying's base price, CE and PE, weekly and monthly expiries) for
+    ``specs``, with expiries computed from ``today`` (the IST date now when ``None``), so that a test
+    never finds its contracts expired. Tokens are unique and carry their segment in the low byte."""
+    if today is None:
+        today = datetime.now(IST).date()
+    rows: list[FakeInstrument] = []
+    serial = {2: 35_000, 5: 80_000, 7: 420_000}
+    for spec in specs:
+        seg_fut = f"{spec.exchange}-FUT"
+        seg_opt = f"{spec.exchange}-OPT"
+
+        def token(spec: DerivativeSpec = spec) -> int:
+            serial[spec.segment] += 1
+            return (serial[spec.segment] << 8) | spec.segment
+
+        for expiry in monthly_expiries(spec, today):
+            rows.append(
+                FakeInstrument(
+                    token(), spec.exchange, f"{spec.name}{_month_code(expiry)}FUT", segment=seg_fut,
+                    tick_size=spec.future_tick, lot_size=spec.lot_size, instrument_type="FUT", name=spec.name,
+                    expiry=expiry.isoformat(),
+                )
+            )  # fmt: skip
+        for expiry, is_monthly in option_expiries(spec, today):
+            weekly_code = f"{expiry:%y}{_WEEKLY_MONTH[expiry.month - 1]}{expiry:%d}"
+            code = _month_code(expiry) if is_monthly else weekly_code
+            for k in range(-strikes_each_side, strikes_each_side + 1):
+                strike = spec.base_price + k * spec.strike_step
+                for kind in ("CE", "PE"):
+                    rows.append(
+                        FakeInstrument(
+                            token(), spec.exchange, f"{spec.name}{code}{strike}{kind}", segment=seg_opt,
+                            tick_size=spec.option_tick, lot_size=spec.lot_size, instrument_type=kind,
+                            name=spec.name, expiry=expiry.isoformat(), strike=str(strike),
+                        )
+                    )  # fmt: skip
+    return tuple(rows)
+
+
+def derivatives_dump(today: date | None = None, strikes_each_side: int = 10) -> tuple[FakeInstrument, ...]:
+    """``DEFAULT_INSTRUMENTS`` plus the indices' rows and ``derivative_instruments``: a dump a
+    derivatives universe can be resolved from (RELIANCE and NIFTY 50 are not repeated)."""
+    have = {(i.exchange, i.tradingsymbol) for i in DEFAULT_INSTRUMENTS}
+    extra = tuple(i for i in UNDERLYING_INSTRUMENTS if (i.exchange, i.tradingsymbol) not in have)
+    return (*DEFAULT_INSTRUMENTS, *extra, *derivative_instruments(today, strikes_each_side))
 
 
 @dataclass(frozen=True)
@@ -654,6 +817,9 @@ class KiteFakeServer:
         self.rest_requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         #: seconds the instruments dump waits before its reply (a slow download at start-up)
         self.instruments_delay = 0.0
+        #: a canned ``(status, body)`` the instruments dump answers with instead (a garbled or
+        #: truncated download, an error page); ``None``: the dump of ``instruments``
+        self.instruments_reply: tuple[int, bytes] | None = None
         # The historical API. ``_history`` is every tick put on the tape, per token, in the order
         # sent, whether or not a client was connected (or the server muted) at the time.
         self._history: dict[int, list[TapeTick]] = {}
@@ -1356,7 +1522,8 @@ def _make_rest_handler(server: KiteFakeServer) -> type[BaseHTTPRequestHandler]:
                 exchange = path.removeprefix("/instruments").strip("/") or None
                 if server.instruments_delay:
                     server._stopping.wait(server.instruments_delay)
-                self._send(200, server.instruments_csv(exchange).encode(), "text/csv; charset=utf-8")
+                status, body = server.instruments_reply or (200, server.instruments_csv(exchange).encode())
+                self._send(status, body, "text/csv; charset=utf-8")
             else:
                 self._error(404, f"Route not found: GET {path}", "GeneralException")
 

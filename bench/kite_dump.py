@@ -1,0 +1,135 @@
+"""Kite's instruments dump at full size: seconds and memory of parsing it into symbols and contracts.
+
+    .venv/bin/python -m bench.kite_dump [--stocks 200] [--strikes 40]
+
+Builds a synthetic dump of about 100k rows with the fake server's generator (the five real
+underlyings and ``--stocks`` made-up stocks, futures and options ``--strikes`` either side, plus the
+stocks' own rows), then times each step of ``KiteInstruments`` on it: pykiteconnect's CSV parsing
+(``KiteConnect._parse_instruments``, what ``instruments()`` does with the body), our typing of the
+rows into symbols and contracts, writing the day's cache, and reading it back on the next start.
+Seconds are the best of ``--repeat`` runs without tracing; memory is a second, traced run
+(tracemalloc's peak for the step, and what stays allocated after it), plus the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from kiteconnect import KiteConnect
+
+from brokers.kite.instruments import KiteInstruments
+from testkit.fakes.kite_server import (
+    TUE,
+    DerivativeSpec,
+    FakeInstrument,
+    KiteFakeServer,
+    derivative_instruments,
+    derivatives_dump,
+)
+
+TODAY = date(2026, 11, 24)
+CLOCK = 1_795_491_900.0  # 2026-11-24 09:15 IST
+
+
+def synthetic_dump(stocks: int, strikes: int) -> bytes:
+    specs = [
+        DerivativeSpec(f"STOCK{n:03d}", "NFO", 2, 1_000 + 20 * n, 10, 250 + 25 * (n % 20), TUE, weekly=False) for n in range(stocks)
+    ]
+    rows = [
+        *derivatives_dump(TODAY, strikes_each_side=strikes),
+        *(FakeInstrument(((9_000 + n) << 8) | 1, "NSE", s.name, name=s.name) for n, s in enumerate(specs)),
+        *derivative_instruments(TODAY, strikes, specs),
+    ]
+    server = KiteFakeServer(instruments=rows)  # not started: only its CSV writer is used
+    return server.instruments_csv().encode()
+
+
+class _Stub:
+    """``KiteConnect.instruments()`` without the network: the same parsing of the same bytes."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._kc = KiteConnect("bench")
+
+    def instruments(self, exchange: str | None = None) -> list[dict[str, Any]]:
+        return self._kc._parse_instruments(self._body)
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def traced(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, peak MB during fn, MB still allocated after fn with its result alive)."""
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    result = fn()
+    gc.collect()
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return result, (peak - base) / 1e6, (current - base) / 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stocks", type=int, default=200)
+    parser.add_argument("--strikes", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    body = synthetic_dump(args.stocks, args.strikes)
+    stub = _Stub(body)
+    raw = stub.instruments()
+    print(f"dump: {len(raw):,} rows, {len(body) / 1e6:.1f} MB of CSV")
+    del raw
+
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def download_and_parse() -> KiteInstruments:
+            for old in Path(tmp).glob("*"):
+                old.unlink()
+            table = KiteInstruments(stub, tmp, clock=lambda: CLOCK)
+            table.load()
+            return table
+
+        def from_cache() -> KiteInstruments:
+            table = KiteInstruments(None, tmp, clock=lambda: CLOCK)
+            table.load()
+            return table
+
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("pykiteconnect _parse_instruments", stub.instruments),
+            ("download path: parse + type + validate + write cache", download_and_parse),
+            ("next start: read the cache", from_cache),
+        ]
+        for label, fn in steps:
+            seconds = timed(fn, args.repeat)
+            result, peak, kept = traced(fn)
+            extra = ""
+            if isinstance(result, KiteInstruments):
+                extra = f"  ({len(result.load()):,} symbols, {len(result.contracts()):,} contracts)"
+            print(f"{label:<55} {seconds:6.2f} s  peak {peak:6.1f} MB  kept {kept:6.1f} MB{extra}")
+            del result
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"process peak RSS {rss:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
