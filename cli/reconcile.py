@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 from brokers.base import BrokerError, CredentialsRefused
 from brokers.kite.historical import HistoricalUnavailable, KiteHistorical
-from candles.reconcile import Reconciliation, reconcile, summary, worst
+from candles.reconcile import Reconciliation, summary, worst
 from cli.errors import EXIT_CREDENTIALS_REFUSED, UsageError
 from cli.kite_history import kite_history, kite_watchlist
 from config.settings import Settings
@@ -28,11 +28,11 @@ from core.ist import IST
 from core.market_calendar import MarketCalendar
 from core.progress import progress
 from core.ticks import Instrument
+from pipeline.reconcile import compare_day
 from storage.base import CandleStore
 
 log = logging.getLogger("marketfeed")
 
-_MINUTE = timedelta(minutes=1)
 
 
 def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
@@ -93,10 +93,8 @@ def _reconcile(settings: Settings, store: CandleStore, calendar: MarketCalendar,
 
 def _one(inst: Instrument, calendar: MarketCalendar, history: KiteHistorical, store: CandleStore, day: date) -> Reconciliation:
     """Compare one symbol's minutes of ``day`` that had ended when Kite was asked."""
-    sessions = calendar.sessions(inst.exchange, day, inst.symbol)
-    start, end = sessions[0][0], sessions[-1][1]
     asked_at = datetime.now(IST)
-    minutes = {m for m in calendar.session_minutes(inst.exchange, day, inst.symbol) if m + _MINUTE <= asked_at}
-    theirs = [c for c in history.minute_candles(inst, start, end) if c.bucket in minutes]
-    ours = [c for c in store.between(inst.exchange, inst.symbol, "1m", start, end) if c.bucket in minutes]
-    return reconcile(day, inst.exchange, inst.symbol, theirs, ours, asked_at)
+    result = compare_day(calendar, store, (inst.exchange, inst.symbol), day,
+                         lambda start, end: history.minute_candles(inst, start, end), asked_at)  # fmt: skip
+    assert result is not None  # KiteHistorical always answers with a list
+    return result

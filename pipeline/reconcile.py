@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
 from brokers.base import BrokerError, History, HistoryUnavailable
+from candles.model import Candle
 from candles.reconcile import Reconciliation, reconcile, summary, worst
 from core.ist import IST
 from core.market_calendar import MarketCalendar
@@ -124,20 +125,37 @@ class DailyReconciler:
         self._took(day, results)
 
     def _one(self, calendar: MarketCalendar, key: Key, day: date) -> Reconciliation | None:
-        sessions = calendar.sessions(key[0], day, key[1])
-        start, end = sessions[0][0], sessions[-1][1]
-        asked_at = datetime.fromtimestamp(self._clock(), IST)
-        theirs = self.history.minute_candles(key[0], key[1], start, end)
-        if theirs is None:  # the broker does not know the symbol: said by the backfill already
-            return None
-        minutes = {m for m in calendar.session_minutes(key[0], day, key[1]) if m + _MINUTE <= asked_at}
-        ours = [c for c in self.store.between(key[0], key[1], "1m", start, end) if c.bucket in minutes]
-        return reconcile(day, key[0], key[1], [c for c in theirs if c.bucket in minutes], ours, asked_at)
+        # None: the broker does not know the symbol (the backfill said so already)
+        return compare_day(
+            calendar, self.store, key, day, lambda start, end: self.history.minute_candles(*key, start, end),
+            datetime.fromtimestamp(self._clock(), IST),
+        )  # fmt: skip
 
     def _took(self, day: date, results: list[Reconciliation]) -> None:
         if self.day is None or day >= self.day:
             self.day = day
             self.mismatches = sum(r.mismatched + r.missing_at_kite for r in results)
+
+
+def compare_day(
+    calendar: MarketCalendar,
+    store: CandleStore,
+    key: Key,
+    day: date,
+    fetch: Callable[[datetime, datetime], list[Candle] | None],
+    asked_at: datetime,
+) -> Reconciliation | None:
+    """One symbol's day: the broker's minutes (``fetch(start, end)``, None when it does not know
+    the symbol) against the stored 1m candles, both kept to the day's session minutes that had
+    ended at ``asked_at``. What ``--reconcile`` and the daily check share."""
+    sessions = calendar.sessions(key[0], day, key[1])
+    start, end = sessions[0][0], sessions[-1][1]
+    theirs = fetch(start, end)
+    if theirs is None:
+        return None
+    minutes = {m for m in calendar.session_minutes(key[0], day, key[1]) if m + _MINUTE <= asked_at}
+    ours = [c for c in store.between(key[0], key[1], "1m", start, end) if c.bucket in minutes]
+    return reconcile(day, key[0], key[1], [c for c in theirs if c.bucket in minutes], ours, asked_at)
 
 
 def _traded(calendar: MarketCalendar, exchange: str, day: date) -> bool:
