@@ -219,15 +219,14 @@ class Backfiller:
             self.history.prepare(list(due))
         except BrokerError as exc:  # the instrument list could not be had: everything waits a while
             log.warning("backfill: could not look the symbols up (%s): trying again in %.0f s", exc, RETRY_S)
-            self._later(list(itertools.chain(*due.values())), [], RETRY_S)
+            self._later([job for jobs in due.values() for job in jobs], RETRY_S)
             return
-        for n, (key, jobs) in enumerate(due.items()):
-            with self._cond:
-                stopping = self._stopping
-            if stopping:  # keep the rest for nobody: the next start asks for its own spans again
+        symbols = list(due.items())
+        for n, (key, jobs) in enumerate(symbols):
+            if self._is_stopping():  # keep the rest for nobody: the next start asks for its own spans again
                 return
             if not self._mend(calendar, key, jobs):
-                self._later(jobs, list(due.items())[n + 1 :])
+                self._later([job for _, rest in symbols[n:] for job in rest])
                 return
 
     def _mend(self, calendar: MarketCalendar, key: Key, jobs: list[_Job]) -> bool:
@@ -291,15 +290,15 @@ class Backfiller:
         elif first:
             log.error("backfill paused: %s; trying again every %.0f s", exc, TOKEN_RETRY_S)
 
-    def _later(self, jobs: list[_Job], rest: list[tuple[Key, list[_Job]]], wait: float = TOKEN_RETRY_S) -> None:
-        """After a refusal: drop everything if it lasts, else try again in ``wait`` seconds."""
+    def _later(self, jobs: list[_Job], wait: float = TOKEN_RETRY_S) -> None:
+        """After a refusal: drop everything if it lasts, else try ``jobs`` again in ``wait`` seconds."""
         with self._cond:
             if self._lasting_refusal:
                 self._jobs.clear()
                 self._spans.clear()
             else:
                 due = self._clock() + wait
-                for job in itertools.chain(jobs, *(js for _, js in rest)):
+                for job in jobs:
                     heapq.heappush(self._jobs, replace(job, due=due, seq=next(self._seq)))
             self.stats.pending = len(self._jobs)
 

@@ -150,8 +150,11 @@ class Service:
         if "1m" not in {iv.name for iv in intervals}:
             log.info("daily reconciliation: off (it compares 1m candles, and CANDLE_INTERVALS has no 1m)")
             return None
-        keys = lambda: [(i.exchange, i.symbol) for i in self.instruments]  # noqa: E731 - the watchlist now
-        return DailyReconciler(history, self.store, keys, delay=delay, clock=self.clock)
+        return DailyReconciler(history, self.store, self.keys, delay=delay, clock=self.clock)
+
+    def keys(self) -> list[Key]:
+        """The watchlist now, as (exchange, symbol) pairs."""
+        return [(i.exchange, i.symbol) for i in self.instruments]
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -412,7 +415,7 @@ class Service:
         within the backfill's reach, to now; a symbol never watched, its current buckets."""
         assert self.backfill is not None
         now = self.clock()
-        keys = [(i.exchange, i.symbol) for i in self.instruments]
+        keys = self.keys()
         try:
             spans = self.store.watched(now - MAX_SPAN_DAYS * 86_400.0, now, keys)
         except StoreError as exc:
@@ -464,7 +467,7 @@ class Service:
             agg.unwatched(since, until, keys)
             return
         if keys is None:
-            keys = list(dict.fromkeys([(i.exchange, i.symbol) for i in self.instruments] + agg.keys()))
+            keys = list(dict.fromkeys(self.keys() + agg.keys()))
         by_parts: dict[tuple[Span, ...] | None, list[Key]] = defaultdict(list)
         for key in keys:  # each symbol's own sessions (MCX's agricultural contracts close early)
             parts = in_sessions(calendar, key[0], since, until, key[1])
@@ -481,7 +484,7 @@ class Service:
         self._candles.put(Watched(self.run_id, (record,)))
         calendar = self.calendar
         if calendar is not None:
-            self.gaps_open = self.coverage.gap_minutes(calendar, [(i.exchange, i.symbol) for i in self.instruments], now)
+            self.gaps_open = self.coverage.gap_minutes(calendar, self.keys(), now)
 
     def _resume_open_buckets(self) -> None:
         since = self.clock() - 86_400
