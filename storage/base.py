@@ -187,6 +187,12 @@ def candle_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> C
 
 #: the instruments table's columns in the order ``contract_from_row`` reads them
 INSTRUMENT_COLUMNS = "exchange, symbol, underlying, kind, expiry, strike, lot_size, tick_size, token"
+#: the upsert's SET of the metadata columns, the same SQL in both stores: the metadata comes from
+#: the newest resolution (a later or the same day); an older one only moves first_seen back
+KEEP_NEWEST_METADATA = ", ".join(
+    f"{c} = CASE WHEN excluded.last_seen >= instruments.last_seen THEN excluded.{c} ELSE instruments.{c} END"
+    for c in ("underlying", "kind", "expiry", "strike", "lot_size", "tick_size", "token")
+)
 
 
 def checked_contracts(contracts: Sequence[Contract], seen: date) -> list[Contract]:

@@ -30,6 +30,7 @@ from core.ist import IST
 from storage import migrations
 from storage.base import (
     INSTRUMENT_COLUMNS,
+    KEEP_NEWEST_METADATA,
     CandleStore,
     StoreError,
     StoreUnavailable,
@@ -78,16 +79,10 @@ _UPSERT_STAGED_KEEPING_LIVE = _UPSERT_STAGED + (
     "WHERE (EXCLUDED.source <> 'backfill' OR candles.source <> 'live' OR NOT candles.final)\n"
     "  AND (EXCLUDED.source <> 'partial' OR candles.source <> 'backfill')\n"
 )
-# The instruments' metadata comes from the newest resolution (a later or the same day); an older
-# one only moves first_seen back.
-_INSTRUMENT_META = ("underlying", "kind", "expiry", "strike", "lot_size", "tick_size", "token")
-_KEEP_NEWEST = ", ".join(
-    f"{c} = CASE WHEN EXCLUDED.last_seen >= instruments.last_seen THEN EXCLUDED.{c} ELSE instruments.{c} END"
-    for c in _INSTRUMENT_META
-)
+# first_seen and last_seen only widen
 _UPSERT_INSTRUMENTS = f"""
 INSERT INTO instruments ({INSTRUMENT_COLUMNS}, first_seen, last_seen) VALUES %s
-ON CONFLICT (exchange, symbol) DO UPDATE SET {_KEEP_NEWEST},
+ON CONFLICT (exchange, symbol) DO UPDATE SET {KEEP_NEWEST_METADATA},
     first_seen = LEAST(instruments.first_seen, EXCLUDED.first_seen),
     last_seen = GREATEST(instruments.last_seen, EXCLUDED.last_seen)
 """

@@ -24,6 +24,7 @@ from core.ist import IST
 from storage import migrations
 from storage.base import (
     INSTRUMENT_COLUMNS,
+    KEEP_NEWEST_METADATA,
     CandleStore,
     StorageFault,
     StoreError,
@@ -64,17 +65,11 @@ _UPSERT_KEEPING_LIVE = _UPSERT + (
     "WHERE (excluded.source <> 'backfill' OR candles.source <> 'live' OR candles.final = 0)\n"
     "  AND (excluded.source <> 'partial' OR candles.source <> 'backfill')\n"
 )
-# The instruments' metadata comes from the newest resolution (a later or the same day); an older
-# one only moves first_seen back. Days are ISO text, so MIN/MAX compare them as dates.
-_INSTRUMENT_META = ("underlying", "kind", "expiry", "strike", "lot_size", "tick_size", "token")
-_KEEP_NEWEST = ", ".join(
-    f"{c} = CASE WHEN excluded.last_seen >= instruments.last_seen THEN excluded.{c} ELSE instruments.{c} END"
-    for c in _INSTRUMENT_META
-)
+# first_seen and last_seen only widen (days are ISO text, so MIN/MAX compare them as dates)
 _UPSERT_INSTRUMENTS = f"""
 INSERT INTO instruments ({INSTRUMENT_COLUMNS}, first_seen, last_seen)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (exchange, symbol) DO UPDATE SET {_KEEP_NEWEST},
+ON CONFLICT (exchange, symbol) DO UPDATE SET {KEEP_NEWEST_METADATA},
     first_seen = MIN(instruments.first_seen, excluded.first_seen),
     last_seen = MAX(instruments.last_seen, excluded.last_seen)
 """
