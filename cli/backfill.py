@@ -49,7 +49,7 @@ from cli.errors import EXIT_CREDENTIALS_REFUSED, UsageError
 from cli.kite_history import kite_history, kite_watchlist
 from config.settings import Settings
 from core.ist import IST
-from core.market_calendar import MarketCalendar
+from core.market_calendar import MarketCalendar, bucket_close
 from core.progress import progress
 from core.ticks import Instrument
 from storage.base import CandleStore, WatchRecord
@@ -305,7 +305,7 @@ def _write(
         closed = sessions[day][-1][1] <= asked_at
         for iv in intervals:
             for c in roll_up(mins, iv):
-                if closed or _bucket_end(c, iv, sessions[day]) <= asked_at:
+                if closed or bucket_close(sessions[day], c.bucket, c.bucket + timedelta(seconds=iv.seconds)) <= asked_at:
                     out.append(c)
         if closed:
             complete.append(day)
@@ -332,13 +332,6 @@ def _minute_floor(t: datetime) -> datetime:
 
 def _in(sessions: list[tuple[datetime, datetime]], t: datetime) -> bool:
     return any(a <= t < b for a, b in sessions)
-
-
-def _bucket_end(c: Candle, iv: Interval, sessions: list[tuple[datetime, datetime]]) -> datetime:
-    """When ``c``'s bucket ends: the interval's end, or the last close of the sessions it overlaps if sooner."""
-    end = c.bucket + timedelta(seconds=iv.seconds)
-    closes = [b for a, b in sessions if a < end and c.bucket < b]
-    return min(end, max(closes)) if closes else end
 
 
 def _final_live(

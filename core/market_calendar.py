@@ -27,7 +27,7 @@ What the holidays cover (see config/market_calendar.py for why this library):
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
@@ -297,6 +297,13 @@ class MarketCalendar:
                 if local < end:
                     return max(start, local)
         return None
+
+
+def bucket_close(sessions: Sequence[tuple[datetime, datetime]], start: datetime, end: datetime) -> datetime:
+    """When the bucket ``[start, end)`` stops changing: its end, or the last close of the
+    ``sessions`` it overlaps if sooner (an hour bucket 15:15-16:15 settles at 15:30)."""
+    closes = [close for open_, close in sessions if open_ < end and start < close]
+    return min(end, max(closes)) if closes else end
 
 
 def _merged(windows: list[tuple[time, time]]) -> list[tuple[time, time]]:

@@ -36,7 +36,7 @@ from brokers.base import BrokerError, History, HistoryUnavailable
 from candles.model import BACKFILL, Candle, Interval
 from candles.rollup import roll_up
 from core.ist import IST
-from core.market_calendar import MarketCalendar
+from core.market_calendar import MarketCalendar, bucket_close
 from pipeline.reconcile import DailyReconciler
 
 log = logging.getLogger(__name__)
@@ -304,11 +304,8 @@ class Backfiller:
 
 
 def bucket_end(calendar: MarketCalendar, key: Key, start: float, end: float) -> float:
-    """When ``key``'s bucket ``[start, end)`` stops changing: its end, or the last session close inside it."""
-    closes = [
-        close.timestamp()
-        for day in {datetime.fromtimestamp(start, IST).date(), datetime.fromtimestamp(end - 1, IST).date()}
-        for open_, close in calendar.sessions(key[0], day, key[1])
-        if open_.timestamp() < end and close.timestamp() > start
-    ]
-    return min(end, max(closes)) if closes else end
+    """When ``key``'s bucket ``[start, end)`` stops changing, by the sessions of the days it touches."""
+    first, last = datetime.fromtimestamp(start, IST), datetime.fromtimestamp(end, IST)
+    days = sorted({first.date(), datetime.fromtimestamp(end - 1, IST).date()})
+    sessions = [s for day in days for s in calendar.sessions(key[0], day, key[1])]
+    return bucket_close(sessions, first, last).timestamp()
