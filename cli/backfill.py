@@ -313,21 +313,18 @@ def _write(
     if out:
         store.upsert(out)
     # what Kite answered for is known from now on: gaps (--show-gaps, the daemon's count) leave it out
+    ended = asked_at.replace(second=0, microsecond=0)  # the minutes that had ended when Kite was asked
     answered = [
-        WatchRecord("known", a.timestamp(), ((inst.exchange, inst.symbol),), min(b, _minute_floor(asked_at)).timestamp())
+        WatchRecord("known", a.timestamp(), ((inst.exchange, inst.symbol),), min(b, ended).timestamp())
         for day in todo
         for a, b in sessions[day]
-        if a < _minute_floor(asked_at)
+        if a < ended
     ]
     if answered:
         store.record_watched("backfill", answered)
     tally.written += len(out)
     tally.days += len(todo)
     done.add(inst.key, complete)
-
-
-def _minute_floor(t: datetime) -> datetime:
-    return t.replace(second=0, microsecond=0)
 
 
 def _in(sessions: list[tuple[datetime, datetime]], t: datetime) -> bool:
