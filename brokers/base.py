@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from candles.model import Candle
+from core.contracts import Contract
 from core.ticks import FrameSource, Instrument, TickBatchCallback
 
 
@@ -170,6 +171,21 @@ class BaseBroker(abc.ABC):
     def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
         """Map (exchange, symbol) pairs to instruments; returns (known, unknown keys)."""
         return [Instrument(exchange, symbol) for exchange, symbol in symbols], []
+
+    def contracts(self) -> list[Contract]:
+        """The futures and options of the broker's instrument master, and the index and stock rows
+        they are written on: what derivatives universes are resolved from (``core.universe``)."""
+        raise BrokerError(
+            f"{self.name} has no instrument master of futures and options: universe entries (FUT, OPT) "
+            "need --broker kite or kotak_neo"
+        )
+
+    def refresh_instruments(self, required: Collection[str] = ()) -> None:
+        """Fetch today's instrument master again (a new day's contracts). Atomic: a download that
+        fails or does not validate (``required``: underlyings it must have contracts of) keeps the
+        current master, with a warning. Afterwards ``resolve`` and ``contracts`` answer from it.
+        A broker without a master (the default) has nothing to refresh."""
+        return None
 
     def check_capacity(self, count: int) -> None:
         """Refuse a watchlist larger than the broker can carry, with the numbers."""
