@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import websocket
@@ -36,8 +37,12 @@ from brokers.base import BrokerError, FeedStats, lookup_symbols
 from brokers.feed import OP_BINARY, OP_CLOSE, OP_TEXT, POLL_S, STOP, FeedBroker, FeedConnection, Outcome, ResubscribeDedupe, Stop
 from brokers.kite import protocol
 from brokers.kite.protocol import DecodeStats, KiteDecoder, KiteFrameSource
+from core.contracts import Contract
 from core.ist import IST
 from core.ticks import FrameBatch, FrameSource, Instrument, TickData
+
+if TYPE_CHECKING:
+    from brokers.kite.instruments import KiteInstruments
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +206,7 @@ class KiteBroker(FeedBroker):
         token_provider: Callable[[], str | None] | None = None,
         token_poll_seconds: float = 5.0,
         depth: bool = True,
+        master: KiteInstruments | None = None,
     ) -> None:
         if mode not in protocol.MODES:
             raise BrokerError(f"unknown Kite mode {mode!r}: use one of {', '.join(protocol.MODES)}")
@@ -223,6 +229,9 @@ class KiteBroker(FeedBroker):
         self.token_provider = token_provider
         self.token_poll_seconds = token_poll_seconds
         self._by_symbol: dict[tuple[str, str], Instrument] | None = None
+        #: the instruments dump the mapping came from: contracts for universes, and a day's refresh
+        #: (None: the mapping given is all there is)
+        self.master: KiteInstruments | None = master
 
     def __repr__(self) -> str:
         return (
@@ -272,6 +281,19 @@ class KiteBroker(FeedBroker):
             log.error("kite connection %d: %s", shard_id, AUTH_FAILED_MESSAGE)
         else:
             log.debug("kite connection %d: access token rejected too; not retrying", shard_id)
+
+    def contracts(self) -> list[Contract]:
+        if self.master is None:
+            return super().contracts()
+        return self.master.contracts()
+
+    def refresh_instruments(self, required: Collection[str] = ()) -> None:
+        """Today's dump again (``master.refresh``); the symbols it lists from then on resolve."""
+        if self.master is None:
+            return
+        self.master.refresh(required)
+        self.instruments = {i.token: i for i in self.master.load().values()}
+        self._by_symbol = None
 
     def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
         """Look (exchange, symbol) pairs up in the instruments mapping given to the constructor."""

@@ -24,7 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Kite's --login is the command line's own (cli/kite_login.py)."""
 
 
-
 def access_token(settings: Settings) -> tuple[str, str, Callable[[], str | None] | None]:
     """(access token, where it came from, provider of a replacement after a rejection)."""
     if settings.access_token:
@@ -64,7 +63,8 @@ def open_broker(
 
     token_value, _, provider = token or access_token(settings)
     assert settings.api_key is not None  # missing() checked it
-    dump = KiteInstruments(rest_client(settings, token_value), ctx.data_dir).load()
+    master = KiteInstruments(rest_client(settings, token_value), ctx.data_dir)
+    dump = master.load()
     broker = KiteBroker(
         settings.api_key,
         token_value,
@@ -74,6 +74,7 @@ def open_broker(
         stall_timeout=ctx.stall_seconds or STALL_SECONDS,
         token_provider=provider,
         depth=False,  # full mode for exchange times and OI; candles never read the depth
+        master=master,
     )
     return broker, time.time
 

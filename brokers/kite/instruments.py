@@ -160,8 +160,10 @@ class KiteInstruments:
         self.load()
         return self._contracts
 
-    def refresh(self) -> None:
-        """Download the dump again even if today's is cached (kept if the download fails)."""
+    def refresh(self, required: Iterable[str] = ()) -> None:
+        """Download the dump again even if today's is cached (kept if the download fails or does
+        not validate). ``required``: underlyings it must have contracts of, besides the constructor's."""
+        self._required = tuple(sorted(set(self._required) | {r.upper() for r in required}))
         self._install(self._refresh(self.cache_path()))
 
     def resolve(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:

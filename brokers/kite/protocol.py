@@ -287,8 +287,17 @@ class KiteDecoder:
                     depth = _deferred_depth(book, levels)
                 append(
                     new_tick(
-                        BROKER, exchange, symbol, token, prices[price], quantity, volume, oi,
-                        times[ts] if ts else receive_ts, receive_ts, depth,
+                        BROKER,
+                        exchange,
+                        symbol,
+                        token,
+                        prices[price],
+                        quantity,
+                        volume,
+                        oi,
+                        times[ts] if ts else receive_ts,
+                        receive_ts,
+                        depth,
                     )
                 )
             elif length == QUOTE_LEN:
@@ -358,7 +367,16 @@ class KiteDecoder:
                 last_dt = times[ts] if ts else receive_ts
             append(
                 new_tick(
-                    BROKER, exchange, symbol, token, prices[price], quantity, volume, oi, last_dt, receive_ts,
+                    BROKER,
+                    exchange,
+                    symbol,
+                    token,
+                    prices[price],
+                    quantity,
+                    volume,
+                    oi,
+                    last_dt,
+                    receive_ts,
                     new_depth(book, levels),
                 )
             )
