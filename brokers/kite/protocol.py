@@ -287,17 +287,8 @@ class KiteDecoder:
                     depth = _deferred_depth(book, levels)
                 append(
                     new_tick(
-                        BROKER,
-                        exchange,
-                        symbol,
-                        token,
-                        prices[price],
-                        quantity,
-                        volume,
-                        oi,
-                        times[ts] if ts else receive_ts,
-                        receive_ts,
-                        depth,
+                        BROKER, exchange, symbol, token, prices[price], quantity, volume, oi,
+                        times[ts] if ts else receive_ts, receive_ts, depth,
                     )
                 )
             elif length == QUOTE_LEN:
@@ -367,16 +358,7 @@ class KiteDecoder:
                 last_dt = times[ts] if ts else receive_ts
             append(
                 new_tick(
-                    BROKER,
-                    exchange,
-                    symbol,
-                    token,
-                    prices[price],
-                    quantity,
-                    volume,
-                    oi,
-                    last_dt,
-                    receive_ts,
+                    BROKER, exchange, symbol, token, prices[price], quantity, volume, oi, last_dt, receive_ts,
                     new_depth(book, levels),
                 )
             )
