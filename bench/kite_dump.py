@@ -21,12 +21,16 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from kiteconnect import KiteConnect
 
 from brokers.kite.instruments import KiteInstruments
+from config.universe import parse_entry
+from core.contracts import Contract
+from core.universe import UniverseSpec, resolve_universe
 from testkit.fakes.kite_server import (
     TUE,
     DerivativeSpec,
@@ -51,6 +55,31 @@ def synthetic_dump(stocks: int, strikes: int) -> bytes:
     ]
     server = KiteFakeServer(instruments=rows)  # not started: only its CSV writer is used
     return server.instruments_csv().encode()
+
+
+#: the underlyings' prices the universes are resolved at (the fake's base prices, off a strike)
+PRICES = {"NIFTY": Decimal("25012.4"), "BANKNIFTY": Decimal("56030"), "SENSEX": Decimal("82040"), "RELIANCE": Decimal("1403"),
+          "CRUDEOIL": Decimal("5512")}  # fmt: skip
+
+
+def universe_specs(stocks: int) -> list[UniverseSpec]:
+    """About 2,000 contracts: index weeklies and monthlies ATM±40, futures, and 40 stocks' monthlies ATM±10."""
+    entries = [
+        "NFO:NIFTY OPT weekly ATM±40", "NFO:NIFTY OPT next-weekly ATM±40", "NFO:NIFTY OPT monthly ATM±40",
+        "NFO:BANKNIFTY OPT monthly ATM±40", "BFO:SENSEX OPT weekly ATM±40", "BFO:SENSEX OPT next-weekly ATM±40",
+        "MCX:CRUDEOIL OPT monthly ATM±20", "NFO:NIFTY FUT near,next,far", "NFO:BANKNIFTY FUT near,next",
+        "BFO:SENSEX FUT near", "MCX:CRUDEOIL FUT near,next", "NFO:RELIANCE OPT monthly ATM±10",
+        *(f"NFO:STOCK{n:03d} OPT monthly ATM±10" for n in range(min(stocks, 40))),
+        *(f"NFO:STOCK{n:03d} FUT near" for n in range(min(stocks, 40))),
+    ]  # fmt: skip
+    out = [parse_entry(e) for e in entries]
+    assert all(isinstance(e, UniverseSpec) for e in out)
+    return out  # type: ignore[return-value]
+
+
+def _stock_price(spec: UniverseSpec) -> Decimal:
+    n = int(spec.underlying[5:])
+    return Decimal(1_000 + 20 * n + 3)
 
 
 class _Stub:
@@ -126,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
                 extra = f"  ({len(result.load()):,} symbols, {len(result.contracts()):,} contracts)"
             print(f"{label:<55} {seconds:6.2f} s  peak {peak:6.1f} MB  kept {kept:6.1f} MB{extra}")
             del result
+        contracts = from_cache().contracts()
+        specs = universe_specs(args.stocks)
+
+        def resolve_all() -> list[Contract]:
+            out: list[Contract] = []
+            for spec in specs:
+                out += resolve_universe(spec, contracts, PRICES.get(spec.underlying, Decimal(0)) or _stock_price(spec), TODAY)
+            return out
+
+        seconds = timed(resolve_all, args.repeat)
+        resolved, peak, kept = traced(resolve_all)
+        label = f"resolve {len(specs)} universe entries"
+        print(f"{label:<55} {seconds:6.2f} s  peak {peak:6.1f} MB  kept {kept:6.1f} MB  ({len(resolved):,} contracts)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak RSS {rss:.0f} MB")
     return 0

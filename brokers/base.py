@@ -74,6 +74,10 @@ class CredentialsRefused(BrokerError):
     and each attempt may count against the account. The message names what to fix."""
 
 
+class NoInstrumentMaster(BrokerError):
+    """The broker has no instrument master of futures and options (the simulator): a configuration error."""
+
+
 class HistoryUnavailable(BrokerError):
     """The broker refuses its history to this app or token (Kite: HTTP 403). ``lasting`` when no
     new login can help (the app lacks the historical data add-on); otherwise a new access token may."""
@@ -175,7 +179,7 @@ class BaseBroker(abc.ABC):
     def contracts(self) -> list[Contract]:
         """The futures and options of the broker's instrument master, and the index and stock rows
         they are written on: what derivatives universes are resolved from (``core.universe``)."""
-        raise BrokerError(
+        raise NoInstrumentMaster(
             f"{self.name} has no instrument master of futures and options: universe entries (FUT, OPT) "
             "need --broker kite or kotak_neo"
         )

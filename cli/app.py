@@ -17,7 +17,7 @@ from cli.kite_login import login
 from cli.reconcile import run_reconcile
 from cli.settings import broker_name, load_settings, venue_settings
 from cli.views import show_candles, show_gaps
-from cli.watchlist import listed_symbols
+from cli.watchlist import listed_symbols, split
 from config.env import ConfigError
 from config.logs import setup_logging
 from config.symbols import SymbolError
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         args.broker = broker_name(settings, args)
         setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
         if args.show_gaps is not None:
-            listed = [] if args.show_gaps else listed_symbols(args, required=False)
+            listed = [] if args.show_gaps else split(listed_symbols(args, required=False))[0]
             return show_gaps(settings, args.show_gaps, args.date, listed)
         if args.show_candles:
             return show_candles(settings, args.show_candles, args.interval, args.limit)

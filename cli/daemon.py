@@ -27,7 +27,8 @@ from cli.errors import UsageError
 from cli.kite_history import daemon_history
 from cli.settings import feed_context
 from cli.signals import DaemonSignals, StopRequested
-from cli.watchlist import listed_symbols, parse_shard, resolve, shard_of, watchlist
+from cli.universes import DaemonUniverses
+from cli.watchlist import listed_symbols, parse_shard, resolve, shard_of, split, watchlist
 from config.market_calendar import (
     LibraryHolidays,
     Overrides,
@@ -106,11 +107,17 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         version = store.migrate()
         log.info("store %s ready (schema version %d)", store.description, version)
         signals.enter("reading and resolving the watchlist")
-        pairs = watchlist(args, store, listed)
+        entries = watchlist(args, store, listed)
         if shard is not None:
-            pairs = shard_of(pairs, *shard)
-        instruments = resolve(broker, pairs)
-        broker.check_capacity(len(instruments))
+            entries = shard_of(entries, *shard)
+        pairs, specs = split(entries)
+        wiring = DaemonUniverses(settings.universe, broker, store, clock)
+        universes = wiring.build(specs)
+        static = resolve(broker, pairs) if pairs else []
+        wiring.check_capacity(static, universes)
+        instruments = list({i.key: i for i in [*static, *wiring.instruments(universes)]}.values())
+        if not instruments:
+            raise UsageError(f"none of the watchlist's entries names an instrument {broker.name} knows")
 
         signals.enter("opening the spool and the tick journal")
         data_dir = Path(settings.storage.data_dir)
@@ -139,7 +146,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             history=daemon_history(settings, broker),
             backfill_delay=settings.backfill.delay_seconds,
         )
-        exchanges = sorted({exchange for exchange, _ in pairs})
+        exchanges = sorted({i.exchange for i in instruments} | {s.exchange for s in specs})
         _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))
         # No thread dies unnoticed: an exception that ends any thread fails the daemon (exit 1).
         threading.excepthook = service.thread_died
@@ -155,6 +162,8 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         parts.callback(stop_service)
         signals.enter(f"starting the service (spool replay, journal recovery, subscribing {len(instruments)} instruments)")
         service.start()
+        wiring.start(service, static, universes)
+        parts.callback(wiring.stop)
         watchdog = _systemd_ready(service)
         if watchdog is not None:
             parts.callback(watchdog.stop)  # first at the end: before the pipeline ends on purpose
@@ -167,7 +176,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             elif signals.take_reload():
                 try:
                     with signals.interruptible("reloading the watchlist"):
-                        _reload_watchlist(args, store, broker, shard, service)
+                        _reload_watchlist(args, store, broker, shard, service, wiring)
                 except StopRequested as stop:
                     log.info("received %s while reloading the watchlist: reload abandoned, shutting down", stop.signame)
                     service.request_stop()
@@ -258,18 +267,23 @@ def _systemd_ready(service: Service) -> systemd.Watchdog | None:
 
 
 def _reload_watchlist(
-    args: argparse.Namespace, store: CandleStore, broker: BaseBroker, shard: tuple[int, int] | None, service: Service
+    args: argparse.Namespace,
+    store: CandleStore,
+    broker: BaseBroker,
+    shard: tuple[int, int] | None,
+    service: Service,
+    wiring: DaemonUniverses,
 ) -> None:
     """SIGHUP: read the watchlist again (``--symbols`` stay; the file and the database table are
     read anew), resolve it, and change the live subscriptions to it. Any problem keeps the current
     watchlist and is logged as an error."""
     try:
-        pairs = watchlist(args, store)
+        entries = watchlist(args, store)
         if shard is not None:
-            pairs = shard_of(pairs, *shard)
-        instruments = resolve(broker, pairs)
-        broker.check_capacity(len(instruments))
-        added, removed = service.change_instruments(instruments)
+            entries = shard_of(entries, *shard)
+        pairs, specs = split(entries)
+        static = resolve(broker, pairs) if pairs else []
+        added, removed = wiring.replace(static, specs)
     except (UsageError, SymbolError, StoreError, BrokerError, OSError) as exc:
         log.error("watchlist not reloaded: %s; still streaming the %d symbols it had", exc, len(service.instruments))
         return

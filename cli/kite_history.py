@@ -12,7 +12,7 @@ from pathlib import Path
 from brokers.base import BaseBroker, CredentialsRefused, History
 from brokers.kite.historical import KiteHistorical, KiteHistory
 from cli.errors import UsageError
-from cli.watchlist import listed_symbols, watchlist
+from cli.watchlist import listed_symbols, plain_symbols, watchlist
 from config.env import ConfigError
 from config.market_calendar import load_calendar
 from config.settings import Settings
@@ -46,7 +46,7 @@ def kite_watchlist(
     store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
     try:
         store.migrate()
-        yield store, calendar, watchlist(args, store, listed)
+        yield store, calendar, plain_symbols(watchlist(args, store, listed), f"--{what}")
     finally:
         store.close()
 

@@ -62,6 +62,20 @@ class BackfillSettings:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class UniverseSettings:
+    #: an option universe re-centres once the strike nearest the underlying is this many strikes
+    #: from its ATM
+    recentre_steps: int = var("UNIVERSE_RECENTRE_STEPS", 1, minimum=1, maximum=50)
+    #: ... and the price is past the half-way point to that strike by this share of a strike step
+    #: (0: no hysteresis); moving back takes as much again the other way
+    hysteresis: float = var("UNIVERSE_HYSTERESIS", 0.25, minimum=0, maximum=0.49)
+    #: minutes before the first session of the day that the universes are resolved again
+    rebuild_minutes: float = var("UNIVERSE_REBUILD_MINUTES", 30.0, minimum=0, maximum=600)
+
+    __repr__ = redacted
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class FeedSettings:
     broker: str | None = var("MARKETFEED_BROKER")  # None: sim; --broker wins
     stall_seconds: float | None = var("FEED_STALL_SECONDS", minimum=0.5, maximum=3600)  # None: the venue's own default
@@ -138,6 +152,7 @@ class Settings:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
     backfill: BackfillSettings = field(default_factory=BackfillSettings)
+    universe: UniverseSettings = field(default_factory=UniverseSettings)
     #: each venue's own settings, by the venue's name (see brokers/registry.py)
     venues: Mapping[str, Any] = field(default_factory=dict)
 
@@ -197,6 +212,7 @@ def load_settings(
         mqtt=MqttSettings.from_env(source),
         calendar=_calendar_settings(source, env_file),
         backfill=read(BackfillSettings, source),
+        universe=read(UniverseSettings, source),
         venues={name: read(cls, source) for name, cls in (venues or {}).items()},
     )
     source.raise_problems()

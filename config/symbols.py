@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from config.env import read_text_file
 
+T = TypeVar("T")
 EXCHANGES = ("NSE", "BSE", "NFO", "BFO", "CDS", "BCD", "MCX")
 # Trading symbols use letters, digits and a few marks (M&M, BAJAJ-AUTO, NIFTY 50, 3MINDIA).
 _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9&_.\- ]*\Z")
@@ -36,7 +38,7 @@ def parse_symbol(text: str) -> tuple[str, str]:
     return exchange, symbol
 
 
-def dedupe(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def dedupe(pairs: Iterable[T]) -> list[T]:
     """Keep the first occurrence of each pair, in order."""
     return list(dict.fromkeys(pairs))
 
@@ -45,8 +47,9 @@ def parse_symbols(texts: Iterable[str]) -> list[tuple[str, str]]:
     return dedupe(parse_symbol(t) for t in texts)
 
 
-def load_symbols_file(path: str | Path) -> list[tuple[str, str]]:
-    """One symbol per line; ``#`` starts a comment; blank lines and duplicates are ignored.
+def load_symbols_file(path: str | Path, parse: Callable[[str], T] = parse_symbol) -> list[T]:  # type: ignore[assignment]
+    """One symbol per line (each read by ``parse``); ``#`` starts a comment; blank lines and
+    duplicates are ignored.
 
     A malformed line raises SymbolError naming the file and the line number.
     """
@@ -59,7 +62,7 @@ def load_symbols_file(path: str | Path) -> list[tuple[str, str]]:
         if not text:
             continue
         try:
-            pairs.append(parse_symbol(text))
+            pairs.append(parse(text))
         except SymbolError as exc:
             raise SymbolError(f"{file}:{number}: {exc}") from None
     return dedupe(pairs)

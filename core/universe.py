@@ -115,7 +115,18 @@ def resolve_universe(
     if not price > 0:
         raise UniverseError(f"{spec}: the underlying's price {price} is not a positive number: pass its last traded price")
     strikes = sorted({c.strike for c in chain if c.strike is not None})
-    atm = min(strikes, key=lambda s: (abs(s - price), s))  # ties: the lower strike
+    return strikes_around(spec, chain, nearest_strike(strikes, price))
+
+
+def nearest_strike(strikes: Sequence[Decimal], price: Decimal) -> Decimal:
+    """The strike nearest ``price`` (the ATM); exactly between two, the lower."""
+    return min(strikes, key=lambda s: (abs(s - price), s))
+
+
+def strikes_around(spec: UniverseSpec, chain: Sequence[Contract], atm: Decimal) -> list[Contract]:
+    """The contracts of one expiry's ``chain`` an option universe names around the strike ``atm``
+    (one of the chain's strikes): by strike, CE before PE."""
+    strikes = sorted({c.strike for c in chain if c.strike is not None})
     at = strikes.index(atm)
     gaps = [strikes[at] - strikes[at - 1]] if at > 0 else []
     gaps += [strikes[at + 1] - strikes[at]] if at + 1 < len(strikes) else []
@@ -124,6 +135,11 @@ def resolve_universe(
     order = {CALL: 0, PUT: 1}
     picked = [c for c in chain if c.strike in wanted and c.kind in spec.sides]
     return sorted(picked, key=lambda c: (c.strike, order[c.kind], c.symbol))
+
+
+def option_chain(spec: UniverseSpec, contracts: Sequence[Contract], today: date) -> list[Contract]:
+    """The options of the expiry an option universe names on ``today`` (``option_expiry``), all strikes."""
+    return _option_chain(spec, contracts, today)
 
 
 def option_expiry(spec: UniverseSpec, contracts: Sequence[Contract], today: date) -> date:

@@ -25,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from pipeline.health import Health
+from pipeline.universe import UniverseReport
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,30 @@ class HealthCollector(Collector):
             f"{PREFIX}_candles_dropped", "Closed candles dropped beyond the memory limit while the spool's disk refused them.",
             value=h.candles_dropped,
         )
+        if h.universe is not None:
+            yield from _universe_metrics(h.universe)
+
+
+def _universe_metrics(u: UniverseReport) -> Iterator[Metric]:
+    contracts = GaugeMetricFamily(
+        f"{PREFIX}_universe_contracts", "Contracts a universe entry names now (its reference not counted).", labels=["universe"]
+    )
+    recentres = CounterMetricFamily(
+        f"{PREFIX}_universe_recentres", "Times a universe entry's ATM strike moved since the start.", labels=["universe"]
+    )
+    for name, count, moves in u.per_entry:
+        contracts.add_metric([name], count)
+        recentres.add_metric([name], moves)
+    atm = GaugeMetricFamily(
+        f"{PREFIX}_universe_atm", "The strike an option universe entry is centred on (absent until its reference has a price).",
+        labels=["universe"],
+    )
+    for name, strike in u.atm:
+        atm.add_metric([name], float(strike))
+    yield contracts
+    yield recentres
+    yield atm
+    yield CounterMetricFamily(f"{PREFIX}_universe_rebuilds", "Daily rebuilds of the universes since the start.", value=u.rebuilds)
 
 
 class _Server(ThreadingHTTPServer):
@@ -265,7 +290,7 @@ class MetricsServer:
             health = self.health()
             problems = health.problems
             body: dict[str, Any] = {"status": "unhealthy" if problems else "ok", "state": health.state, "problems": problems}
-            if health.notes:  # what to know that does not make the daemon unhealthy (MQTT unreachable)
-                body["notes"] = list(health.notes)
+            if health.all_notes:  # what to know that does not make the daemon unhealthy (MQTT unreachable)
+                body["notes"] = list(health.all_notes)
             return (503 if problems else 200), _JSON, json.dumps(body).encode() + b"\n"
         return 404, _TEXT, b"not found: try /metrics or /healthz\n"

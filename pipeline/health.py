@@ -12,6 +12,7 @@ from datetime import date, datetime
 from typing import Any
 
 from brokers.base import ConnectionState
+from pipeline.universe import UniverseReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +61,17 @@ class Health:
     #: plus live candles the broker lacks; None until a day is checked
     reconcile_day: date | None = None
     reconcile_mismatches: int | None = None
+    #: the derivatives universes (None: the watchlist has none)
+    universe: UniverseReport | None = None
 
     @property
     def connections_up(self) -> int:
         return sum(1 for c in self.connections if c.connected)
+
+    @property
+    def all_notes(self) -> tuple[str, ...]:
+        """``notes`` and what the universes wait for."""
+        return self.notes + (self.universe.notes if self.universe is not None else ())
 
     @property
     def problems(self) -> list[str]:
@@ -88,6 +96,8 @@ class Health:
             problems.append(f"store {self.store} unreachable")
         if self.journal_fault:
             problems.append(f"{self.journal_fault}: a kill now would lose open buckets' ticks (checkpoint retried)")
+        if self.universe is not None:
+            problems += self.universe.problems
         if not self.pipeline_alive:
             problems.append(f"pipeline thread stopped or stuck for more than {self.pipeline_max_age:g} s")
         return problems
@@ -123,12 +133,14 @@ class Health:
             "candles_in_memory": self.candles_in_memory,
             "candles_dropped": self.candles_dropped,
             "version": self.version,
-            "notes": list(self.notes),
+            "notes": list(self.all_notes),
             "gaps_open": self.gaps_open,
             "backfill_pending": self.backfill_pending,
             "backfill_candles": self.backfill_candles,
             "reconcile_day": None if self.reconcile_day is None else self.reconcile_day.isoformat(),
             "reconcile_mismatches": self.reconcile_mismatches,
+            "universe_contracts": None if self.universe is None else self.universe.contracts,
+            "universe_recentres": None if self.universe is None else self.universe.recentres,
         }
 
     def feed_line(self) -> str:

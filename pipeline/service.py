@@ -34,6 +34,7 @@ from pipeline.coverage import Coverage, Key, Span, day_bounds, in_sessions
 from pipeline.health import Health
 from pipeline.journal import TickJournal
 from pipeline.reconcile import DailyReconciler
+from pipeline.universe import Universes
 from pipeline.writer import Checkpoint, Watched, Writer
 from storage.base import CandleStore, StoreError, WatchRecord
 from storage.spool import Spool
@@ -120,6 +121,10 @@ class Service:
             on_spooled=None if journal is None else journal.release,
         )
         self._stop = threading.Event()
+        self._change_lock = threading.Lock()
+        #: the watchlist's derivatives universes (the wiring sets them before ``start``): the
+        #: pipeline thread hands them each batch for their references' prices
+        self.universes: Universes | None = None
         #: why the daemon is stopping on its own: a thread died (``fail``); None while all is well
         self.failure: str | None = None
         #: what the tick journal's disk said while the journal misses a batch (a kill would lose
@@ -315,21 +320,22 @@ class Service:
     def change_instruments(self, instruments: Sequence[Instrument]) -> tuple[list[Instrument], list[Instrument]]:
         """Stream ``instruments`` from now on, on the live feed: the new ones subscribed, the others
         unsubscribed (their open buckets close on the clock as usual). Returns (added, removed)."""
-        current = {i.key: i for i in self.instruments}
-        wanted = {i.key: i for i in instruments}
-        removed = [i for k, i in current.items() if k not in wanted]
-        added = [i for k, i in wanted.items() if k not in current]
-        if removed:
-            self.broker.unsubscribe(removed)
-        try:
-            if added:
-                self.broker.subscribe(added)
-        except BaseException:
+        with self._change_lock:  # the SIGHUP reload and the universes' re-centring
+            current = {i.key: i for i in self.instruments}
+            wanted = {i.key: i for i in instruments}
+            removed = [i for k, i in current.items() if k not in wanted]
+            added = [i for k, i in wanted.items() if k not in current]
             if removed:
-                self.broker.subscribe(removed)  # back to the watchlist it had
-            raise
-        self.instruments = list(wanted.values())
-        return added, removed
+                self.broker.unsubscribe(removed)
+            try:
+                if added:
+                    self.broker.subscribe(added)
+            except BaseException:
+                if removed:
+                    self.broker.subscribe(removed)  # back to the watchlist it had
+                raise
+            self.instruments = list(wanted.values())
+            return added, removed
 
     def wait(self, duration: float | None = None, poll: Callable[[], object] | None = None, poll_every: float = 0.2) -> None:
         """Block until stop is requested (or ``duration`` wall seconds), printing status; ``poll`` is
@@ -524,6 +530,9 @@ class Service:
                     revised = agg.add(batch)
                     if revised:
                         out.put(revised)
+                    universes = self.universes
+                    if universes is not None:
+                        universes.observe(batch)
                     if batch is self._journal_hole:
                         self._hole_added = batch
                 closed = agg.advance()
@@ -606,6 +615,7 @@ class Service:
             journal_fault=self.journal_fault,
             failure=self.failure,
             notes=tuple(p.problem for p in self.publishers if p.problem) + self._backfill_notes(),
+            universe=None if self.universes is None else self.universes.report(),
             spool_fault=written.spool_fault,
             store_fault=written.store_fault,
             candles_in_memory=written.in_memory,
@@ -655,5 +665,5 @@ class Service:
             health.feed_line(),
             "unknown" if health.gaps_open is None else health.gaps_open,
             f"; {health.state.upper()}: {'; '.join(health.problems)}" if health.problems else "",
-            "".join(f"; {note}" for note in health.notes),
+            "".join(f"; {note}" for note in health.all_notes),
         )

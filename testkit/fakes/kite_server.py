@@ -812,6 +812,8 @@ class KiteFakeServer:
         self._conns: dict[int, _Conn] = {}
         self._next_id = 1
         self._last: dict[int, TapeTick] = {}  # resolved last snapshot per token
+        #: time.monotonic() when a packet of each token was first sent to any connection
+        self.first_sent: dict[int, float] = {}
         self.handshakes = 0  # successful upgrades (101)
         self.rejected_handshakes = 0  # upgrades refused with 403, 429 or 503
         self.rest_requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
@@ -1121,6 +1123,8 @@ class KiteFakeServer:
                 frame.append(encode_packet(t, mode or m))
                 in_frame.add(t.token)
                 sent += 1
+                if t.token not in self.first_sent:
+                    self.first_sent[t.token] = time.monotonic()
             if frame:
                 conn.send(OP_BINARY, encode_frame(frame))
         return sent

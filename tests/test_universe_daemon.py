@@ -1,0 +1,148 @@
+"""Derivatives universes in the daemon as a process, against the Kite fake with a realistic dump and
+a moving underlying: the strikes subscribed at the server follow the index (no reconnect), the
+limits refuse an oversized universe before anything is subscribed, and the contracts land in the
+instruments table."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+
+from core.ist import IST
+from storage.sqlite import SQLiteStore
+from testkit.cli import main_env, run_main, start_main
+from testkit.fakes.kite_server import KiteFakeServer, derivatives_dump
+from testkit.fakes.market import MovingUnderlying
+from testkit.waiting import wait_until
+
+TODAY = datetime.now(IST).date()
+DUMP = derivatives_dump(TODAY, strikes_each_side=15)
+BY_SYMBOL = {(i.exchange, i.tradingsymbol): i for i in DUMP}
+NIFTY_50 = BY_SYMBOL[("NSE", "NIFTY 50")]
+
+
+@pytest.fixture
+def server() -> Iterator[KiteFakeServer]:
+    with KiteFakeServer(instruments=DUMP, heartbeat_interval=0.5) as srv:
+        yield srv
+
+
+def kite_env(server: KiteFakeServer, **extra: str) -> dict[str, str]:
+    return main_env(
+        KITE_API_KEY=server.api_key,
+        KITE_API_SECRET=server.api_secret,
+        KITE_ACCESS_TOKEN=server.access_token,
+        KITE_WS_URL=server.ws_url,
+        KITE_API_URL=server.api_url,
+        BACKFILL="false",
+        STATUS_INTERVAL_SECONDS="1",
+        **extra,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subscribed_symbols(server: KiteFakeServer) -> set[str]:
+    by_token = {i.token: i.tradingsymbol for i in DUMP}
+    return {by_token[t] for c in server.connections for t in c.subscribed}
+
+
+def weekly_strikes(symbols: set[str], side: str) -> list[int]:
+    """The strikes of the NIFTY options subscribed (one expiry: the weekly)."""
+    return sorted({int(s[-7:-2]) for s in symbols if s.startswith("NIFTY") and s.endswith(side)})
+
+
+def test_option_strikes_follow_the_moving_underlying_on_the_live_connection(tmp_path, server):
+    market = MovingUnderlying(server, NIFTY_50, "NIFTY", DUMP, Decimal("25010"))
+    market.move("25010")  # the index's last snapshot: sent on subscription
+    port = free_port()
+    proc = start_main(
+        "--broker", "kite", "--symbols", "NSE:INFY", "NFO:NIFTY OPT weekly ATM±3", "NFO:NIFTY FUT near",
+        "--metrics-port", str(port), cwd=tmp_path, env=kite_env(server),
+    )  # fmt: skip
+    try:
+        server.wait_subscribed([NIFTY_50.token], timeout=30)
+        wait_until(lambda: len(weekly_strikes(subscribed_symbols(server), "CE")) == 7, 15, "the first strikes")
+        symbols = subscribed_symbols(server)
+        assert weekly_strikes(symbols, "CE") == weekly_strikes(symbols, "PE") == list(range(24850, 25151, 50))
+        assert "INFY" in symbols and sum(s.endswith("FUT") for s in symbols) == 1
+        handshakes = server.handshakes
+
+        market.move("25030")  # past half-way to 25050, not by the hysteresis margin: no change
+        time.sleep(1.5)
+        assert weekly_strikes(subscribed_symbols(server), "CE") == list(range(24850, 25151, 50))
+
+        market.move("25120")
+        wait_until(
+            lambda: weekly_strikes(subscribed_symbols(server), "CE") == list(range(24950, 25251, 50)), 10, "re-centring"
+        )
+        symbols = subscribed_symbols(server)
+        assert weekly_strikes(symbols, "PE") == list(range(24950, 25251, 50))
+        assert server.handshakes == handshakes  # changed on the live connection, no reconnect
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'marketfeed_universe_recentres_total{universe="NFO:NIFTY OPT weekly ATM±3"} 1.0' in metrics
+        assert 'marketfeed_universe_atm{universe="NFO:NIFTY OPT weekly ATM±3"} 25100.0' in metrics
+        assert 'marketfeed_universe_contracts{universe="NFO:NIFTY OPT weekly ATM±3"} 14.0' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert "re-centred, ATM 25000 -> 25100 (NSE:NIFTY 50 at 25120): +4" in err
+    store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
+    stored = {c.symbol for c in store.instruments("NFO", "NIFTY")}
+    assert len([s for s in stored if s.endswith("CE")]) == 9  # 24850 … 25250: every strike ever subscribed
+    store.close()
+
+
+def test_a_universe_over_the_broker_limit_is_refused_before_anything_is_subscribed(tmp_path):
+    # a dump the size of Kite's (about 100k rows): NIFTY's and SENSEX's weekly chains list 2401 strikes each
+    dump = derivatives_dump(TODAY, strikes_each_side=1200)
+    with KiteFakeServer(instruments=dump) as server:
+        result = run_main(
+            "--broker", "kite", "--symbols", "NSE:INFY", "NFO:NIFTY OPT weekly ATM±2000", "BFO:SENSEX OPT weekly ATM±2000",
+            cwd=tmp_path, env=kite_env(server), timeout=120,
+        )  # fmt: skip
+        assert server.handshakes == 0  # nothing was subscribed
+    assert result.returncode == 1, result.stderr
+    assert "9607 instruments exceed what kite allows: 3000 per connection x 3 connections = 9000" in result.stderr
+    assert "1 symbols and universes of up to 9606 instruments" in result.stderr
+    assert "NFO:NIFTY OPT weekly ATM±2000: 4802, BFO:SENSEX OPT weekly ATM±2000: 4802" in result.stderr
+
+
+def test_the_simulator_refuses_universes_with_the_brokers_that_have_them(tmp_path):
+    result = run_main("--broker", "sim", "--symbols", "NFO:NIFTY FUT near", "--duration", "2", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "universe entries (FUT, OPT) need --broker kite or kotak_neo" in result.stderr
+
+
+def test_sighup_replaces_a_universe_with_the_symbols_files_new_entry(tmp_path, server):
+    market = MovingUnderlying(server, NIFTY_50, "NIFTY", DUMP, Decimal("25010"))
+    market.move("25010")
+    symbols = tmp_path / "symbols.txt"
+    symbols.write_text("NSE:INFY\nNFO:NIFTY OPT weekly ATM±3  # calls and puts\n")
+    proc = start_main("--broker", "kite", "--symbols-file", str(symbols), cwd=tmp_path, env=kite_env(server))
+    try:
+        wait_until(lambda: len(weekly_strikes(subscribed_symbols(server), "CE")) == 7, 30, "the first strikes")
+        symbols.write_text("NSE:INFY\nNFO:NIFTY OPT weekly ATM±1 CE\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: weekly_strikes(subscribed_symbols(server), "PE") == [], 10, "the puts unsubscribed")
+        wait_until(lambda: weekly_strikes(subscribed_symbols(server), "CE") == [24950, 25000, 25050], 10, "ATM±1 calls")
+        market.move("25120")  # the new universe follows the index too
+        wait_until(lambda: weekly_strikes(subscribed_symbols(server), "CE") == [25050, 25100, 25150], 10, "re-centring")
+        assert "NIFTY 50" in subscribed_symbols(server) and "INFY" in subscribed_symbols(server)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert "watchlist reloaded" in err
