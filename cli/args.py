@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--test-database", action="store_true", help="connect, migrate, write and read back a candle")
     checks.add_argument("--test-broker", action="store_true", help="connect to the broker and wait for a first tick")
     checks.add_argument("--test-mqtt", action="store_true", help="publish a message to MQTT and read it back")
-    checks.add_argument("--show-candles", metavar="SYM", help="print the latest candles of a symbol (read-only)")
+    checks.add_argument(
+        "--show-candles", metavar="SYM",
+        help="print the latest candles of a symbol, or of a continuous futures series such as NFO:NIFTY-I (read-only)",
+    )  # fmt: skip
     checks.add_argument("--show-gaps", nargs="*", metavar="SYM", help="print the session minutes the daemon did not "
                         "watch, per symbol (all symbols when none is named; read-only)")  # fmt: skip
     checks.add_argument("--date", metavar="YYYY-MM-DD", help="day for --show-gaps (default: today, IST)")

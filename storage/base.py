@@ -154,6 +154,16 @@ class CandleStore(abc.ABC):
         """The first and last day the contract was resolved into a universe, if it is stored."""
 
     @abc.abstractmethod
+    def record_roll(self, exchange: str, series: str, day: date, symbol: str) -> None:
+        """Record that continuous series ``series`` (``NIFTY-I``: ``storage.continuous``) of
+        ``exchange`` takes its candles of ``day`` from contract ``symbol``; a later call for the
+        same day replaces the symbol."""
+
+    @abc.abstractmethod
+    def rolls(self, exchange: str, series: str) -> list[tuple[date, str]]:
+        """Every recorded (day, contract symbol) of one continuous series, by day."""
+
+    @abc.abstractmethod
     def schema_version(self) -> int: ...
 
     @abc.abstractmethod

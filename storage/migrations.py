@@ -265,6 +265,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX instruments_underlying_expiry_idx ON instruments (underlying, expiry)",
         ),
     ),
+    Migration(
+        version=6,
+        description="rolls: the contract each continuous futures series (NIFTY-I, NIFTY-II ...) took each day",
+        sqlite=(
+            """
+            CREATE TABLE rolls (
+                exchange TEXT NOT NULL,
+                series   TEXT NOT NULL,
+                day      TEXT NOT NULL,
+                symbol   TEXT NOT NULL,
+                PRIMARY KEY (exchange, series, day)
+            )
+            """,
+        ),
+        postgres=(
+            """
+            CREATE TABLE rolls (
+                exchange text NOT NULL,
+                series   text NOT NULL,
+                day      date NOT NULL,
+                symbol   text NOT NULL,
+                PRIMARY KEY (exchange, series, day)
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

@@ -42,6 +42,7 @@ from storage.base import (
     checked_contracts,
     contract_from_row,
 )
+from storage.continuous import checked_roll
 
 log = logging.getLogger(__name__)
 
@@ -612,6 +613,27 @@ class PostgresStore(CandleStore):
             return None if row is None else (row[0], row[1])
 
         return self._run("read the instruments", work)
+
+    # -- continuous futures series -------------------------------------------------------------
+
+    def record_roll(self, exchange: str, series: str, day: date, symbol: str) -> None:
+        checked_roll(exchange, series, day, symbol)
+
+        def work(cur: Any) -> None:
+            cur.execute(
+                "INSERT INTO rolls (exchange, series, day, symbol) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (exchange, series, day) DO UPDATE SET symbol = EXCLUDED.symbol",
+                (exchange, series, day, symbol),
+            )
+
+        self._run(f"record the roll of {exchange}:{series} on {day.isoformat()}", work)
+
+    def rolls(self, exchange: str, series: str) -> list[tuple[date, str]]:
+        def work(cur: Any) -> list[tuple[date, str]]:
+            cur.execute("SELECT day, symbol FROM rolls WHERE exchange = %s AND series = %s ORDER BY day", (exchange, series))
+            return [(day, symbol) for day, symbol in cur.fetchall()]
+
+        return self._run("read the rolls", work)
 
     def close(self) -> None:
         with self._lock:

@@ -35,6 +35,7 @@ from storage.base import (
     checked_contracts,
     contract_from_row,
 )
+from storage.continuous import checked_roll
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +434,24 @@ class SQLiteStore(CandleStore):
             "SELECT first_seen, last_seen FROM instruments WHERE exchange = ? AND symbol = ?", (exchange, symbol)
         )
         return (date.fromisoformat(rows[0][0]), date.fromisoformat(rows[0][1])) if rows else None
+
+    # -- continuous futures series -------------------------------------------------------------
+
+    def record_roll(self, exchange: str, series: str, day: date, symbol: str) -> None:
+        checked_roll(exchange, series, day, symbol)
+        with self._transaction() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO rolls (exchange, series, day, symbol) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (exchange, series, day) DO UPDATE SET symbol = excluded.symbol",
+                    (exchange, series, day.isoformat(), symbol),
+                )
+            except sqlite3.Error as exc:
+                raise self._error(f"record the roll of {exchange}:{series} on {day.isoformat()}", exc) from exc
+
+    def rolls(self, exchange: str, series: str) -> list[tuple[date, str]]:
+        rows = self._query("SELECT day, symbol FROM rolls WHERE exchange = ? AND series = ? ORDER BY day", (exchange, series))
+        return [(date.fromisoformat(day), symbol) for day, symbol in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -676,7 +676,7 @@ def test_migration_5_adds_instruments_to_a_store_at_version_4_keeping_its_candle
         s.upsert([make_candle(NIFTY_CE.symbol, exchange="NFO")])
         with pytest.raises(StoreError, match="no candle tables yet"):  # the table is missing: said so
             s.instruments()
-        assert s.migrate() == 5 == LATEST_VERSION
+        assert s.migrate() == LATEST_VERSION
         assert s.latest("NFO", NIFTY_CE.symbol, "1m") == [make_candle(NIFTY_CE.symbol, exchange="NFO")]
         s.record_instruments([NIFTY_CE], SEEN)
         assert s.instrument("NFO", NIFTY_CE.symbol) == NIFTY_CE
@@ -685,6 +685,72 @@ def test_migration_5_adds_instruments_to_a_store_at_version_4_keeping_its_candle
         else:
             indexes = backend.query("SELECT indexname FROM pg_indexes WHERE tablename = 'instruments'")
         assert ("instruments_underlying_expiry_idx",) in indexes
+    finally:
+        s.close()
+
+
+# -- rolls of continuous futures series ---------------------------------------------------------
+
+DEC, JAN, FEB = "NIFTY26DECFUT", "NIFTY27JANFUT", "NIFTY27FEBFUT"
+MON = date(2026, 12, 28)
+
+
+def test_rolls_are_listed_by_day_per_exchange_and_series(store: CandleStore) -> None:
+    store.record_roll("NFO", "NIFTY-I", MON + timedelta(days=2), JAN)
+    store.record_roll("NFO", "NIFTY-I", MON, DEC)
+    store.record_roll("NFO", "NIFTY-I", MON + timedelta(days=1), JAN)
+    store.record_roll("NFO", "NIFTY-II", MON, JAN)  # another series of the same underlying
+    store.record_roll("BFO", "NIFTY-I", MON, "NIFTY-ON-BFO")  # the same name on another exchange
+    assert store.rolls("NFO", "NIFTY-I") == [(MON, DEC), (MON + timedelta(days=1), JAN), (MON + timedelta(days=2), JAN)]
+    assert store.rolls("NFO", "NIFTY-II") == [(MON, JAN)]
+    assert store.rolls("BFO", "NIFTY-I") == [(MON, "NIFTY-ON-BFO")]
+    assert store.rolls("NFO", "NIFTY-III") == []
+    assert all(type(day) is date for day, _ in store.rolls("NFO", "NIFTY-I"))
+
+
+def test_recording_a_day_again_replaces_its_contract(store: CandleStore) -> None:
+    store.record_roll("NFO", "NIFTY-I", MON, DEC)
+    store.record_roll("NFO", "NIFTY-I", MON + timedelta(days=1), DEC)
+    store.record_roll("NFO", "NIFTY-I", MON + timedelta(days=1), JAN)  # resolved again with roll=1
+    store.record_roll("NFO", "NIFTY-I", MON + timedelta(days=1), JAN)  # and again: nothing changes
+    assert store.rolls("NFO", "NIFTY-I") == [(MON, DEC), (MON + timedelta(days=1), JAN)]
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (("NFO", "NIFTY-I", datetime(2026, 12, 28, 9, 15, tzinfo=IST), DEC), "the day must be a date"),
+        (("NFO", "NIFTY", MON, DEC), "the series must be an underlying and -I, -II or -III"),
+        (("NFO", "NIFTY-IV", MON, DEC), "the series must be an underlying and -I, -II or -III"),
+        (("NFO", "NFO:NIFTY-I", MON, DEC), "without the exchange"),
+        (("NFO", "NIFTY-I", MON, ""), "exchange and symbol must be non-empty"),
+    ],
+)
+def test_a_roll_that_cannot_be_stored_is_refused_by_name(store: CandleStore, args: tuple, problem: str) -> None:
+    with pytest.raises(StoreError, match=rf"refusing roll .*{problem}"):
+        store.record_roll(*args)
+    assert store.rolls("NFO", "NIFTY-I") == []
+
+
+def test_migration_6_adds_rolls_to_a_store_at_version_5_keeping_its_data(backend: Backend) -> None:
+    s = backend.open()
+    backend.query(SCHEMA_MIGRATIONS_SQLITE if backend.name == "sqlite" else SCHEMA_MIGRATIONS_POSTGRES)
+    for m in MIGRATIONS[:5]:
+        for statement in m.sqlite if backend.name == "sqlite" else m.postgres:
+            backend.query(statement)
+        description = m.description.replace("'", "''")
+        backend.query(f"INSERT INTO schema_migrations (version, description) VALUES ({m.version}, '{description}')")
+    try:
+        assert s.schema_version() == 5
+        s.upsert([make_candle(NIFTY_FUT.symbol, exchange="NFO")])
+        s.record_instruments([NIFTY_FUT], SEEN)
+        with pytest.raises(StoreError, match="no candle tables yet"):
+            s.rolls("NFO", "NIFTY-I")
+        assert s.migrate() == 6 == LATEST_VERSION
+        assert s.latest("NFO", NIFTY_FUT.symbol, "1m") == [make_candle(NIFTY_FUT.symbol, exchange="NFO")]
+        assert s.instrument("NFO", NIFTY_FUT.symbol) == NIFTY_FUT
+        s.record_roll("NFO", "NIFTY-I", SEEN, NIFTY_FUT.symbol)
+        assert s.rolls("NFO", "NIFTY-I") == [(SEEN, NIFTY_FUT.symbol)]
     finally:
         s.close()
 
