@@ -54,6 +54,7 @@ from core.universe import (
     strikes_around,
 )
 from storage.base import CandleStore, StoreError
+from storage.continuous import series_name
 
 log = logging.getLogger("marketfeed")
 
@@ -62,14 +63,8 @@ log = logging.getLogger("marketfeed")
 FALLBACK_REBUILD_AT = dtime(8, 30)
 #: a failed rebuild or store write is tried again after this many seconds
 RETRY_SECONDS = 60.0
-SERIES_SUFFIXES = ("I", "II", "III")  # near, next, far: NFO:NIFTY-I, NFO:NIFTY-II, NFO:NIFTY-III
 
 Key = tuple[str, str]
-
-
-def series_name(underlying: str, index: int) -> str:
-    """The continuous series of a futures entry's ``index``-th contract (0: near): ``NIFTY-I``."""
-    return f"{underlying}-{SERIES_SUFFIXES[index]}"
 
 
 def recentre(strikes: Sequence[Decimal], centre: Decimal | None, price: Decimal, steps: int, hysteresis: float) -> Decimal:
@@ -324,8 +319,8 @@ class Universes:
             entry.contracts = resolve_universe(spec, contracts, None, day)
             entry.problem = None
             return
-        reference = atm_reference(spec, contracts, day)
         chain = option_chain(spec, contracts, day)
+        reference = atm_reference(spec, contracts, day)
         entry.reference, entry.chain = reference, chain
         entry.expiry = chain[0].expiry
         entry.strikes = sorted({c.strike for c in chain if c.strike is not None})

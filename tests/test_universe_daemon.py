@@ -98,7 +98,7 @@ def test_option_strikes_follow_the_moving_underlying_on_the_live_connection(tmp_
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-3000:]
-    assert "re-centred, ATM 25000 -> 25100 (NSE:NIFTY 50 at 25120): +4" in err
+    assert "re-centred, ATM 25000 -> 25100 (NSE:NIFTY 50 at 25120.00): +4" in err
     store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
     stored = {c.symbol for c in store.instruments("NFO", "NIFTY")}
     assert len([s for s in stored if s.endswith("CE")]) == 9  # 24850 … 25250: every strike ever subscribed
