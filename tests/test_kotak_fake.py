@@ -481,8 +481,8 @@ def test_scrip_csv_keeps_the_header_quirks_and_lists_hundreds_of_synthetic_instr
         fo = requests.get(server.scrip_csv_url("nse_fo"), timeout=5).text.splitlines()
         fo_rows = [dict(zip(fo[0].split(","), line.split(","))) for line in fo[1:]]
         ce = next(r for r in fo_rows if r["pOptionType"] == "CE")
-        assert ce["dStrikePrice;"] == "2600000.000000"  # strikes in paise
-        assert int(ce["pExpiryDate"]) + 315511200 == NIFTY_CE.expiry  # nse_fo expiry quirk
+        assert (ce["dStrikePrice;"], ce["dTickSize "]) == ("2.6e+06", "5")  # strikes in paise, written as %g
+        assert int(ce["pExpiryDate"]) + 315513000 == NIFTY_CE.expiry  # nse_fo: seconds from 1980-01-01 00:00 IST
         assert fo[0].split(",")[-1] == "CASEligible"
         assert requests.get(server.file_paths_url, timeout=5).status_code == 401  # the list needs the consumer key
         stale = server.scrip_csv_url("nse_cm").replace(server.scrip_master_date, "2020-01-01")

@@ -29,9 +29,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 import websocket
 
@@ -51,8 +52,12 @@ from brokers.feed import (
 from brokers.kotak_neo import protocol
 from brokers.kotak_neo.auth import RETRY_REFUSED_S, KotakAuth, KotakAuthError, KotakRefused, KotakSession
 from brokers.kotak_neo.protocol import DecodeStats, KotakDecoder
+from core.contracts import Contract
 from core.ist import IST
 from core.ticks import Instrument, TickData
+
+if TYPE_CHECKING:
+    from brokers.kotak_neo.instruments import KotakScripMaster
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +368,7 @@ class KotakNeoBroker(FeedBroker):
         ping_interval: float = protocol.PING_INTERVAL,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        resolver: Callable[[Sequence[tuple[str, str]]], tuple[list[Instrument], list[str]]] | None = None,
+        scrips: KotakScripMaster | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_symbols_per_connection < 1 or max_connections < 1:
@@ -382,7 +387,7 @@ class KotakNeoBroker(FeedBroker):
         self.max_connections = max_connections
         self.intent = intent
         self.ping_interval = min(ping_interval, stall_timeout / 2)
-        self._resolver = resolver
+        self.scrips = scrips  # the scrip master symbols and contracts are looked up in (None: symbols as given)
         self._scheduler: threading.Thread | None = None
         self.reauth_failures = 0
         self._sessions_lock = threading.Lock()
@@ -420,9 +425,18 @@ class KotakNeoBroker(FeedBroker):
     # ---------------------------------------------------------------- BaseBroker
 
     def resolve(self, symbols: Sequence[tuple[str, str]]) -> tuple[list[Instrument], list[str]]:
-        if self._resolver is None:
+        if self.scrips is None:
             return super().resolve(symbols)
-        return self._resolver(symbols)
+        return self.scrips.resolve(symbols)
+
+    def contracts(self) -> list[Contract]:
+        if self.scrips is None:
+            return super().contracts()
+        return self.scrips.contracts()
+
+    def refresh_instruments(self, required: Collection[str] = ()) -> None:
+        if self.scrips is not None:
+            self.scrips.refresh(required)
 
     # ---------------------------------------------------------------- FeedBroker
 

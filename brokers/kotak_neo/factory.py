@@ -50,7 +50,7 @@ def open_broker(settings: Settings, ctx: FeedContext, auth: KotakAuth | None = N
         max_symbols_per_connection=settings.max_symbols_per_connection,
         max_connections=settings.max_connections,
         stall_timeout=ctx.stall_seconds or STALL_SECONDS,
-        resolver=master.resolve,
+        scrips=master,
     )
     return broker, time.time
 

@@ -83,7 +83,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -170,8 +170,9 @@ _I64 = (-(2**63), 2**63 - 1)
 # Instruments and the scrip master
 # --------------------------------------------------------------------------------------------------
 
-# Expiry quirk: nse_fo and cde_fo files hold (unix - 315511200); mcx_fo and bse_fo hold unix time.
-EXPIRY_OFFSET = 315511200
+# Expiry quirk: nse_fo and cde_fo files count seconds from 1980-01-01 00:00 IST (unix - 315513000: a
+# NIFTY2381017850CE row holds 1376145000, 2023-08-10 14:30 IST); mcx_fo and bse_fo hold Unix time.
+EXPIRY_OFFSET = 315513000
 _OFFSET_SEGMENTS = ("nse_fo", "cde_fo")
 _EXCHANGE_NAMES = {"nse_cm": "NSE", "nse_fo": "NSE", "bse_cm": "BSE", "bse_fo": "BSE", "cde_fo": "CDS", "mcx_fo": "MCX"}
 
@@ -233,7 +234,7 @@ class FakeInstrument:
         if self.expiry is not None:
             raw_expiry = str(self.expiry - EXPIRY_OFFSET if self.segment in _OFFSET_SEGMENTS else self.expiry)
         tick = self.tick_size * 10**self.precision
-        strike = -1 if self.strike is None else self.strike * 100
+        strike = Decimal(-1) if self.strike is None else self.strike * 100
         return {
             "pSymbol": str(self.token),
             "pGroup": self.group,
@@ -245,19 +246,28 @@ class FakeInstrument:
             "pScripRefKey": self.symbol_name if cash else self.trading_symbol,
             "pISIN": self.isin,
             "pDesc": self.description,
-            "dTickSize ": str(int(tick)) if cash else f"{tick:.6f}",
+            "dTickSize ": str(int(tick)) if cash else _file_number(tick),
             "lLotSize": str(self.lot_size),
             "lExpiryDate ": raw_expiry or "-1",
             "lMultiplier ": "-1" if cash else str(self.multiplier),
             "lPrecision": str(self.precision),
-            "dStrikePrice;": str(int(strike)) if cash else f"{Decimal(strike):.6f}",
+            "dStrikePrice;": str(int(strike)) if cash else _file_number(strike),
             "pExchange": _EXCHANGE_NAMES.get(self.segment, self.segment.split("_")[0].upper()),
+            "pInstName": "" if cash else self.inst_type,
             "pExpiryDate": raw_expiry,
+            "pMaturityDate": raw_expiry,
             "pSegment": "CASH" if cash else "FO",
             "iLotSize": str(self.lot_size),
             "iBoardLotQty ": str(self.lot_size),
             "iPermittedToTrade": "1",
         }
+
+
+def _file_number(value: Decimal) -> str:
+    """A number as the F&O files write it: C's ``%g`` (``2.6e+06`` for a 26000.00 strike in paise,
+    ``5`` for a 0.05 tick), or in full where six significant digits would not hold it exactly."""
+    text = f"{float(value):g}"
+    return text if Decimal(text) == value else format(value.normalize(), "f")
 
 
 def _ist_epoch(y: int, mo: int, d: int, h: int, mi: int) -> int:
@@ -290,6 +300,68 @@ def synthetic_instruments(count: int, segment: str = "nse_cm", first_token: int 
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# The derivatives of the Kite fake's ``derivatives_dump``, as Kotak's scrip master lists them
+# --------------------------------------------------------------------------------------------------
+
+_KITE_SEGMENTS = {"NFO": "nse_fo", "BFO": "bse_fo", "MCX": "mcx_fo", "CDS": "cde_fo"}
+_INDEX_NAMES = ("NIFTY", "BANKNIFTY", "FINNIFTY", "MIDCPNIFTY", "NIFTYNXT50", "SENSEX", "BANKEX")
+#: The underlyings' rows ``derivatives_scrip_master`` adds to ``DEFAULT_INSTRUMENTS``' cash rows.
+UNDERLYING_INSTRUMENTS: tuple[FakeInstrument, ...] = (
+    FakeInstrument("nse_cm", 26009, "Nifty Bank", "BANKNIFTY", "Nifty Bank", inst_type="INDEX", lot_size=0, is_index=True),
+)
+
+
+def _expiry_instant(segment: str, day: date) -> int:
+    """When a contract of ``day`` expires as the segment's files write it: NSE's and BSE's at 14:30
+    IST; MCX's files give the expiry day's 23:59:59 as Unix time read in UTC (a CRUDEOIL option of
+    14 May 2026 holds 1778803199), which in IST is already the next day."""
+    if segment == "mcx_fo":
+        return int(datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=timezone.utc).timestamp())
+    return int(datetime(day.year, day.month, day.day, 14, 30, tzinfo=IST).timestamp())
+
+
+def derivative_instruments(today: date | None = None, strikes_each_side: int = 10) -> tuple[FakeInstrument, ...]:
+    """The futures and options of the Kite fake's ``derivatives_dump(today, strikes_each_side)``
+    (NIFTY, BANKNIFTY, RELIANCE on nse_fo, SENSEX on bse_fo, CRUDEOIL on mcx_fo, weekly and monthly
+    expiries, and the dump's older futures) as scrip-master rows: the same underlyings, trading
+    symbols, expiries, strikes, lot and tick sizes; ``pSymbol`` is Kite's exchange token."""
+    from testkit.fakes.kite_server import derivatives_dump
+
+    rows: list[FakeInstrument] = []
+    for k in derivatives_dump(today, strikes_each_side):
+        segment = _KITE_SEGMENTS.get(k.exchange)
+        if segment is None or k.instrument_type not in ("FUT", "CE", "PE") or not k.expiry:
+            continue
+        future = k.instrument_type == "FUT"
+        day = date.fromisoformat(k.expiry)
+        if segment == "mcx_fo":
+            inst_type = "FUTCOM" if future else "OPTFUT"
+        elif segment == "cde_fo":
+            inst_type = "FUTCUR" if future else "OPTCUR"
+        else:
+            inst_type = ("FUT" if future else "OPT") + ("IDX" if k.name in _INDEX_NAMES else "STK")
+        strike = None if future else Decimal(k.strike)
+        rows.append(
+            FakeInstrument(
+                segment, k.exchange_token, k.tradingsymbol, k.name,
+                f"{k.name} {day:%d%b%Y}".upper() + ("" if future else f" {k.instrument_type} {strike:.2f}"),
+                "XX", inst_type, "XX" if future else k.instrument_type, expiry=_expiry_instant(segment, day),
+                strike=strike, lot_size=k.lot_size, tick_size=Decimal(k.tick_size),
+                precision=4 if segment == "cde_fo" else 2,
+            )
+        )  # fmt: skip
+    return tuple(rows)
+
+
+def derivatives_scrip_master(today: date | None = None, strikes_each_side: int = 10) -> tuple[FakeInstrument, ...]:
+    """A scrip master a derivatives universe resolves from the same way as from the Kite fake's
+    ``derivatives_dump(today)``: ``DEFAULT_INSTRUMENTS``' cash rows (their own F&O rows left out),
+    the indices' rows and ``derivative_instruments``. Serve it with ``KotakFakeServer(instruments=...)``."""
+    cash = tuple(i for i in DEFAULT_INSTRUMENTS if i.segment.endswith("_cm"))
+    return (*cash, *UNDERLYING_INSTRUMENTS, *derivative_instruments(today, strikes_each_side))
+
+
 def scrip_csv(instruments: Iterable[FakeInstrument], segment: str) -> str:
     """The scrip-master CSV of one segment, header quirks included."""
     header = (CM_HEADER if segment.endswith("_cm") else FO_HEADER).split(",")
@@ -306,6 +378,11 @@ def scrip_csv(instruments: Iterable[FakeInstrument], segment: str) -> str:
 def scrip_file_name(segment: str) -> str:
     """Cash segments live under ``transformed-v1/<seg>-v1.csv``, the rest under ``transformed/<seg>.csv``."""
     return f"transformed-v1/{segment}-v1.csv" if segment.endswith("_cm") else f"transformed/{segment}.csv"
+
+
+def truncated_scrip_csv(text: str, share: float) -> str:
+    """The first ``share`` of a scrip master file's characters: a download cut short mid-row."""
+    return text[: int(len(text) * share)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -896,6 +973,9 @@ class KotakFakeServer:
         self.totp_secret = totp_secret
         self.instruments = tuple(instruments)
         self.index_rows = index_rows  # False: the scrip master files list no INDEX rows
+        #: segment -> a canned ``(status, body)`` its scrip master file answers with instead (a garbled
+        #: or truncated download, an error page); see ``truncated_scrip_csv``
+        self.scrip_replies: dict[str, tuple[int, str]] = {}
         self.token_lifetime = token_lifetime  # seconds; None: until the next midnight IST
         self.clock = clock
         self.dividers = dict(DEFAULT_DIVIDERS if dividers is None else dividers)
@@ -915,14 +995,10 @@ class KotakFakeServer:
         self._ws_port = 0
         self._ports = {"ws": ws_port, "login": login_port, "api": api_port, "lapi": lapi_port}
 
+        self._lock = threading.RLock()
         self._by_key: dict[str, FakeInstrument] = {}
         self._by_id: dict[tuple[str, int], FakeInstrument] = {}
-        for inst in self.instruments:
-            self._by_id[(inst.segment, inst.token)] = inst
-            self._by_key[inst.key] = inst
-            self._by_key[inst.feed_key] = inst
-
-        self._lock = threading.RLock()
+        self.list_instruments(self.instruments)
         self._changed = threading.Condition(self._lock)
         self._grants: dict[str, _Grant] = {}  # sid -> grant (view and trade)
         self._used_totps: set[str] = set()
@@ -1074,6 +1150,23 @@ class KotakFakeServer:
 
     def scrip_csv_url(self, segment: str) -> str:
         return f"{self.lapi_url}{SCRIP_FOLDER}/{self.scrip_master_date}/{scrip_file_name(segment)}"
+
+    def list_instruments(self, instruments: Sequence[FakeInstrument]) -> None:
+        """Serve ``instruments`` from now on (a new day's scrip master: contracts listed and expired)."""
+        by_key: dict[str, FakeInstrument] = {}
+        by_id: dict[tuple[str, int], FakeInstrument] = {}
+        for inst in instruments:
+            by_id[(inst.segment, inst.token)] = inst
+            by_key[inst.key] = inst
+            by_key[inst.feed_key] = inst
+        with self._lock:
+            self.instruments = tuple(instruments)
+            self._by_key, self._by_id = by_key, by_id
+
+    def scrip_master_csv(self, segment: str) -> str:
+        """The scrip master file of ``segment`` as served (without ``scrip_replies``)."""
+        listed = self.instruments if self.index_rows else [i for i in self.instruments if not i.is_index]
+        return scrip_csv(listed, segment)
 
     def instrument(self, key: str) -> FakeInstrument | None:
         """Look up ``segment|token`` or, for an index, ``segment|name``."""
@@ -1754,8 +1847,10 @@ class KotakFakeServer:
             return fault
         for seg in SCRIP_SEGMENTS:
             if path == f"{SCRIP_FOLDER}/{self.scrip_master_date}/{scrip_file_name(seg)}":
-                listed = self.instruments if self.index_rows else [i for i in self.instruments if not i.is_index]
-                return 200, scrip_csv(listed, seg), "text/csv"
+                canned = self.scrip_replies.get(seg)
+                if canned is not None:
+                    return canned[0], canned[1], "text/csv"
+                return 200, self.scrip_master_csv(seg), "text/csv"
         return error_reply(404)
 
     def _rest(
