@@ -161,8 +161,9 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
 
         parts.callback(stop_service)
         signals.enter(f"starting the service (spool replay, journal recovery, subscribing {len(instruments)} instruments)")
+        wiring.attach(service, static, universes)
         service.start()
-        wiring.start(service, static, universes)
+        wiring.start()
         parts.callback(wiring.stop)
         watchdog = _systemd_ready(service)
         if watchdog is not None:

@@ -91,12 +91,17 @@ class DaemonUniverses:
                 "narrow the strikes, e.g. ATM±5, or split the universes across daemons with --shard)"
             ) from None
 
-    def start(self, service: Service, static: list[Instrument], universes: Universes | None) -> None:
+    def attach(self, service: Service, static: list[Instrument], universes: Universes | None) -> None:
+        """Before ``service.start``: the pipeline hands the universes every batch from the first
+        (the feed's snapshot on subscription may be the only price of a reference for a while)."""
         self.service, self.static = service, static
         self.universes = universes
         service.universes = universes
-        if universes is not None:
-            universes.start(self.apply)
+
+    def start(self) -> None:
+        """After ``service.start``: the universe thread, subscribing what the prices call for."""
+        if self.universes is not None:
+            self.universes.start(self.apply)
 
     def apply(self, keys: list[tuple[str, str]]) -> None:
         """Subscribe the plain symbols and ``keys`` (the universes' pairs now), nothing else."""

@@ -158,7 +158,7 @@ class Universes:
         #: the references' last prices, written by the pipeline thread (observe); ``prices``: those
         #: already known (a reload keeps the old universes' prices)
         self._prices: dict[Key, Decimal] = dict(prices or {})
-        self._tokens: dict[int, list[Key]] = {}  # reference instrument token -> its keys
+        self._symbols: dict[str, frozenset[str]] = {}  # a reference's symbol -> its exchanges
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -235,15 +235,15 @@ class Universes:
 
     def observe(self, batch: Sequence[TickData]) -> None:
         """The pipeline thread's part: keep the references' last prices (cheap: a dict lookup a tick)."""
-        tokens = self._tokens
+        symbols = self._symbols
         changed = False
         for tick in batch:
-            keys = tokens.get(tick.token)
-            if keys is not None:
-                for key in keys:
-                    if key[0] == tick.exchange and self._prices.get(key) != tick.last_price:
-                        self._prices[key] = tick.last_price
-                        changed = True
+            exchanges = symbols.get(tick.symbol)
+            if exchanges is not None and tick.exchange in exchanges:
+                key = (tick.exchange, tick.symbol)
+                if self._prices.get(key) != tick.last_price:
+                    self._prices[key] = tick.last_price
+                    changed = True
         if changed:
             self._wake.set()
 
@@ -255,6 +255,7 @@ class Universes:
         self._applied = self.pairs()
         self._note_subscribed()
         self._thread = threading.Thread(target=self._run, name="universe", daemon=True)
+        self._wake.set()  # a first pass at once: prices may have come in before the thread
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -369,12 +370,14 @@ class Universes:
         )
 
     def _index_references(self) -> None:
-        refs = [e.reference for e in self._entries if e.reference is not None]
-        known, _ = self.broker.resolve(list(dict.fromkeys(refs))) if refs else ([], [])
-        tokens: dict[int, list[Key]] = {}
-        for inst in known:
-            tokens.setdefault(inst.token, []).append((inst.exchange, inst.symbol))
-        self._tokens = tokens  # one assignment: observe reads either the old mapping or this
+        """The references by symbol, for ``observe`` (a tick names its instrument as the watchlist
+        does; Kotak's index ticks carry a numeric token its subscription by name does not have)."""
+        symbols: dict[str, frozenset[str]] = {}
+        for entry in self._entries:
+            if entry.reference is not None:
+                exchange, symbol = entry.reference
+                symbols[symbol] = symbols.get(symbol, frozenset()) | {exchange}
+        self._symbols = symbols  # one assignment: observe reads either the old mapping or this
 
     # ---------------------------------------------------------------- the daily rebuild
 

@@ -146,3 +146,48 @@ def test_sighup_replaces_a_universe_with_the_symbols_files_new_entry(tmp_path, s
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-3000:]
     assert "watchlist reloaded" in err
+
+
+def test_the_same_universe_streams_the_same_contracts_on_kotak(tmp_path):
+    from testkit.fakes.kotak_server import KotakFakeServer, derivatives_scrip_master
+    from testkit.fakes.kotak_server import TapeTick as KotakTick
+
+    rows = derivatives_scrip_master(TODAY, strikes_each_side=15)
+    symbol_of = {f"{r.segment}|{r.token}": r.trading_symbol for r in rows if r.segment == "nse_fo"}
+
+    def fo_symbols(server: KotakFakeServer) -> set[str]:
+        return {symbol_of[k] for c in server.connections for k in c.subscriptions if k in symbol_of}
+
+    def index_tick(price: str) -> KotakTick:
+        return KotakTick("nse_cm", 26000, Decimal(price), 0, 0, int(time.time()))
+
+    with KotakFakeServer(instruments=rows) as server:
+        server.send_ticks([index_tick("25010")])  # the index's last snapshot, sent on subscription
+        env = main_env(
+            KOTAK_CONSUMER_KEY=server.consumer_key, KOTAK_MOBILE_NUMBER=server.mobile_number, KOTAK_UCC=server.ucc,
+            KOTAK_MPIN=server.mpin, KOTAK_TOTP_SECRET=server.totp_secret, KOTAK_LOGIN_URL=server.login_url,
+            BACKFILL="false", STATUS_INTERVAL_SECONDS="1",
+        )  # fmt: skip
+        proc = start_main(
+            "--broker", "kotak_neo", "--symbols", "NFO:NIFTY OPT weekly ATM±3", "NFO:NIFTY FUT near", cwd=tmp_path, env=env
+        )  # fmt: skip
+        try:
+            wait_until(lambda: len(weekly_strikes(fo_symbols(server), "CE")) == 7, 30, "the first strikes on Kotak")
+            kotak_start = fo_symbols(server)
+            server.send_ticks([index_tick("25120")])
+            wait_until(lambda: weekly_strikes(fo_symbols(server), "PE") == list(range(24950, 25251, 50)), 10, "re-centring")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    # the contracts Kite's dump names for the same entries at the same price: the same strikes, sides and expiry
+    nifty = [i for i in DUMP if i.exchange == "NFO" and i.name == "NIFTY"]
+    near = min(i.expiry for i in nifty if i.instrument_type == "FUT")
+    weekly = min(i.expiry for i in nifty if i.instrument_type == "CE")
+    kite_start = {i.tradingsymbol for i in nifty if i.instrument_type == "FUT" and i.expiry == near} | {
+        i.tradingsymbol
+        for i in nifty
+        if i.instrument_type in ("CE", "PE") and i.expiry == weekly and 24850 <= int(i.strike) <= 25150
+    }
+    assert len(kotak_start) == len(kite_start) == 15
+    assert kotak_start == kite_start  # Kotak's trading symbols of NFO contracts are spelled as Kite's
