@@ -16,10 +16,11 @@ from brokers.kite.client import KiteBroker
 from brokers.kite.instruments import KiteInstruments
 from config.universe import parse_entry
 from core.ist import IST
+from core.market_calendar import MarketCalendar
 from core.ticks import TickData
 from pipeline.universe import Universes, recentre
 from storage.sqlite import SQLiteStore
-from testkit.fakes.kite_server import DERIVATIVE_SPECS, KiteFakeServer, derivatives_dump, monthly_expiries
+from testkit.fakes.kite_server import DERIVATIVE_SPECS, KiteFakeServer, derivatives_dump, monthly_expiries, option_expiries
 
 TODAY = date(2026, 11, 24)  # a Tuesday
 STRIKES = [Decimal(s) for s in range(24_500, 25_501, 50)]
@@ -202,3 +203,51 @@ def test_futures_roll_and_options_move_to_the_next_expiry_at_the_daily_rebuild(s
         (day + timedelta(days=1), near[0]),
         (day + timedelta(days=2), f"NIFTY{following:%y}{following:%b}FUT".upper()),
     ]
+
+
+def test_a_weekly_option_universe_moves_to_the_next_expiry_after_its_expiry_day(server, tmp_path):
+    nifty = next(s for s in DERIVATIVE_SPECS if s.name == "NIFTY")
+    weekly = [d for d, _ in option_expiries(nifty, TODAY)]
+    clock = Clock(ist(weekly[0], 10, 0))  # the expiry day itself: still that expiry
+    broker = kite_broker(server, tmp_path, clock)
+    uni = Universes([parse_entry("NFO:NIFTY OPT weekly ATM±1 CE")], broker, None, clock=clock)
+    uni.build()
+    applied = Applied()
+    uni.start(applied)
+    uni.stop()
+    uni.observe([index_tick(broker, "25010")])
+    assert uni.step() is True
+    code = {s for _, s in applied.calls[-1] if s.endswith("CE")}
+    assert len(code) == 3 and all(s.startswith(f"NIFTY{weekly[0]:%y}") for s in code)
+    clock.t = ist(weekly[0] + timedelta(days=1), 8, 31)
+    assert uni.step() is True  # rebuilt: the next weekly, centred at once on the last price
+    after = [s for _, s in applied.calls[-1] if s.endswith("CE")]
+    assert len(after) == 3 and not set(after) & code
+    assert uni.report().atm == (("NFO:NIFTY OPT weekly ATM±1 CE", D(25000)),)
+    strikes = {c.expiry for c in broker.contracts() if c.symbol in after}
+    assert strikes == {weekly[1]}
+
+
+def test_the_rebuild_waits_for_the_calendar_a_lead_before_the_first_session_and_skips_closed_days(server, tmp_path):
+    saturday = TODAY + timedelta(days=4)  # 2026-11-28
+    clock = Clock(ist(saturday - timedelta(days=1), 15, 0))
+    broker = kite_broker(server, tmp_path, clock)
+    calendar = MarketCalendar()  # weekends closed, no holidays
+    uni = Universes(
+        [parse_entry("NFO:NIFTY FUT near")], broker, None, clock=clock, calendar=lambda: calendar,
+        rebuild_lead=timedelta(minutes=30),
+    )  # fmt: skip
+    uni.build()
+    uni.start(Applied())
+    uni.stop()
+    for day in (saturday, saturday + timedelta(days=1)):
+        clock.t = ist(day, 10, 0)
+        uni.step()
+        assert uni.rebuilds == 0  # NFO is closed on the weekend: nothing to rebuild for
+    monday = saturday + timedelta(days=2)
+    clock.t = ist(monday, 8, 44)  # NFO opens 09:15: the rebuild is due at 08:45
+    uni.step()
+    assert uni.rebuilds == 0
+    clock.t = ist(monday, 8, 45)
+    uni.step()
+    assert uni.rebuilds == 1 and uni.day == monday
