@@ -13,9 +13,11 @@ from brokers.base import BaseBroker, BrokerError
 from candles.model import Candle, Interval
 from cli.settings import feed_context
 from config.settings import Settings
-from config.symbols import parse_symbols
+from config.universe import parse_entries
+from core.contracts import FUT
 from core.ist import IST
 from core.ticks import Instrument
+from core.universe import UniverseError, UniverseSpec, atm_reference, option_chain, resolve_universe
 from storage import open_store
 from storage.base import StoreError
 
@@ -93,9 +95,12 @@ def test_broker(settings: Settings, args: argparse.Namespace) -> int:
     broker = registry.factory(name).check_login(settings.venues[name], feed_context(settings, args), _report_line)
     if broker is None:
         return 1
-    pairs = parse_symbols(args.symbols) or [("NSE", "INFY")]
+    first = (parse_entries(args.symbols) or [("NSE", "INFY")])[0]
+    pair = _universe(broker, first) if isinstance(first, UniverseSpec) else first
+    if pair is None:
+        return 1
     try:
-        known, unknown = broker.resolve(pairs[:1])
+        known, unknown = broker.resolve([pair])
     except BrokerError as exc:
         _report_line("symbol", "FAILED", str(exc))
         return 1
@@ -104,6 +109,30 @@ def test_broker(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     _report_line("symbol", f"ok: {known[0].key} = instrument {known[0].token}")
     return _first_data(broker, known[0])
+
+
+def _universe(broker: BaseBroker, spec: UniverseSpec) -> tuple[str, str] | None:
+    """Resolve a universe entry from the broker's master for today and report it; the symbol to
+    check the feed with (the first future, or the options' reference), None when it fails."""
+    today = datetime.now(IST).date()
+    try:
+        contracts = broker.contracts()
+        if spec.kind == FUT:
+            named = resolve_universe(spec, contracts, None, today)
+            _report_line("universe", f"ok: {spec}: {', '.join(c.symbol for c in named)}")
+            return (named[0].exchange, named[0].symbol)
+        chain = option_chain(spec, contracts, today)
+        reference = atm_reference(spec, contracts, today)
+        assert reference is not None
+        strikes = len({c.strike for c in chain})
+        _report_line(
+            "universe",
+            f"ok: {spec}: expiry {chain[0].expiry}, {strikes} strikes listed, ATM measured against {':'.join(reference)}",
+        )
+        return reference
+    except (UniverseError, BrokerError) as exc:
+        _report_line("universe", "FAILED", str(exc))
+        return None
 
 
 def _first_data(broker: BaseBroker, instrument: Instrument, timeout: float = 10.0) -> int:

@@ -191,3 +191,16 @@ def test_the_same_universe_streams_the_same_contracts_on_kotak(tmp_path):
     }
     assert len(kotak_start) == len(kite_start) == 15
     assert kotak_start == kite_start  # Kotak's trading symbols of NFO contracts are spelled as Kite's
+
+
+def test_test_broker_resolves_a_universe_and_checks_the_feed_with_its_reference(tmp_path, server):
+    MovingUnderlying(server, NIFTY_50, "NIFTY", DUMP, Decimal("25010")).move("25010")
+    entry = "NFO:NIFTY OPT weekly ATM±10"
+    check = run_main("--broker", "kite", "--test-broker", "--symbols", entry, cwd=tmp_path, env=kite_env(server))
+    assert check.returncode == 0, check.stdout + check.stderr
+    weekly = min(i.expiry for i in DUMP if i.name == "NIFTY" and i.instrument_type == "CE")
+    assert f"ok: NFO:NIFTY OPT weekly ATM±10: expiry {weekly}, 31 strikes listed, ATM measured against NSE:NIFTY 50" in check.stdout
+    assert "first tick       ok: NSE:NIFTY 50 25010" in check.stdout
+    bad = run_main("--broker", "kite", "--test-broker", "--symbols", "NFO:NIFTI FUT near", cwd=tmp_path, env=kite_env(server))
+    assert bad.returncode == 1
+    assert "universe         FAILED" in bad.stdout and "did you mean NIFTY?" in bad.stdout
