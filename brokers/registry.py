@@ -43,6 +43,9 @@ class FeedContext:
     data_dir: str  # where instrument masters and tokens are kept
     stall_seconds: float | None  # FEED_STALL_SECONDS; None: the venue's own default
     options: argparse.Namespace  # the command line, for the venue's own options (add_arguments)
+    #: underlyings the watchlist's universes name (NIFTY, ...): a fresh instrument master without
+    #: their contracts is taken for a bad download and the cached one is used instead
+    required: tuple[str, ...] = ()
 
 
 class VenueFactory(Protocol):

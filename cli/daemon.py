@@ -56,10 +56,13 @@ from storage.spool import Spool
 log = logging.getLogger("marketfeed")
 
 
-def open_feed(settings: Settings, args: argparse.Namespace) -> tuple[BaseBroker, registry.Clock]:
-    """The broker of ``--broker`` and the clock its candles run on."""
+def open_feed(
+    settings: Settings, args: argparse.Namespace, required: tuple[str, ...] = ()
+) -> tuple[BaseBroker, registry.Clock]:
+    """The broker of ``--broker`` and the clock its candles run on; ``required``: the underlyings
+    the listed universes name (a fresh master must have their contracts)."""
     name = registry.venue(args.broker).name
-    return registry.factory(name).open_broker(settings.venues[name], feed_context(settings, args))
+    return registry.factory(name).open_broker(settings.venues[name], feed_context(settings, args, required))
 
 
 def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
@@ -96,7 +99,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
     listed = listed_symbols(args)  # a bad symbols file stops the start before any login
     overrides = read_overrides(settings.calendar.file)  # so does a bad market calendar file
     signals.enter(f"opening the {args.broker} feed (logging in, loading its instrument list)")
-    broker, clock = open_feed(settings, args)
+    broker, clock = open_feed(settings, args, tuple(sorted({s.underlying for s in split(listed)[1]})))
     drained = [True]
     with _Parts(signals) as parts:
         # restored last: a thread that dies while the parts stop is still reported as the daemon's

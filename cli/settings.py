@@ -51,6 +51,7 @@ def venue_settings(settings: Settings, broker: str) -> Any:
     return venue
 
 
-def feed_context(settings: Settings, args: argparse.Namespace) -> registry.FeedContext:
-    """What every venue's factory is given besides its own settings."""
-    return registry.FeedContext(settings.storage.data_dir, settings.feed.stall_seconds, args)
+def feed_context(settings: Settings, args: argparse.Namespace, required: tuple[str, ...] = ()) -> registry.FeedContext:
+    """What every venue's factory is given besides its own settings; ``required``: the underlyings
+    the watchlist's universes name."""
+    return registry.FeedContext(settings.storage.data_dir, settings.feed.stall_seconds, args, required)

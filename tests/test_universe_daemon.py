@@ -204,3 +204,23 @@ def test_test_broker_resolves_a_universe_and_checks_the_feed_with_its_reference(
     bad = run_main("--broker", "kite", "--test-broker", "--symbols", "NFO:NIFTI FUT near", cwd=tmp_path, env=kite_env(server))
     assert bad.returncode == 1
     assert "universe         FAILED" in bad.stdout and "did you mean NIFTY?" in bad.stdout
+
+
+def test_a_fresh_dump_without_the_universes_underlying_is_refused_for_the_cached_one(tmp_path, server):
+    from kiteconnect import KiteConnect
+
+    from brokers.kite.instruments import KiteInstruments
+
+    yesterday = time.time() - 86_400
+    kite = KiteConnect(server.api_key, access_token=server.access_token, root=server.api_url)
+    KiteInstruments(kite, tmp_path / "data", clock=lambda: yesterday).load()  # yesterday's dump, cached
+    server.instruments = tuple(i for i in DUMP if i.name != "NIFTY")  # today's lacks NIFTY's contracts
+    MovingUnderlying(server, NIFTY_50, "NIFTY", DUMP, Decimal("25010")).move("25010")
+    proc = start_main("--broker", "kite", "--symbols", "NFO:NIFTY OPT weekly ATM±1", cwd=tmp_path, env=kite_env(server))
+    try:
+        wait_until(lambda: len(weekly_strikes(subscribed_symbols(server), "CE")) == 3, 30, "the strikes from the cached dump")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert "has no futures or options of NIFTY" in err and "using the cached dump" in err

@@ -63,7 +63,7 @@ def open_broker(
 
     token_value, _, provider = token or access_token(settings)
     assert settings.api_key is not None  # missing() checked it
-    master = KiteInstruments(rest_client(settings, token_value), ctx.data_dir)
+    master = KiteInstruments(rest_client(settings, token_value), ctx.data_dir, required=ctx.required)
     dump = master.load()
     broker = KiteBroker(
         settings.api_key,

@@ -44,7 +44,7 @@ def open_broker(settings: Settings, ctx: FeedContext, auth: KotakAuth | None = N
 
     auth = auth or _auth(settings, ctx)
     session = auth.current()  # log in now: refused credentials stop the start (exit 3) naming what to fix
-    master = KotakScripMaster(session.base_url, settings.consumer_key or "", ctx.data_dir)
+    master = KotakScripMaster(session.base_url, settings.consumer_key or "", ctx.data_dir, required=ctx.required)
     broker = KotakNeoBroker(
         auth,
         max_symbols_per_connection=settings.max_symbols_per_connection,
