@@ -65,6 +65,9 @@ class Coverage:
         self.closed: dict[Key, list[Span]] = defaultdict(list)  # today's ended spans (earlier runs' too)
         self.day: date | None = None
         self.extended = -math.inf  # the feed clock's time the open spans were last extended to
+        #: symbols whose unwatched time this run has declared: the start's watchlist (the start
+        #: declares it) and each symbol once it is first watched
+        self.seen: set[Key] = set()
 
     def load(self, spans: WatchedSpans) -> None:
         """Today's spans of earlier runs (from the store)."""
@@ -87,6 +90,14 @@ class Coverage:
             down = self.down.pop(key, None)
             if down is not None and down < at:
                 since[down].append(key)
+            elif down is None and key not in self.seen:
+                # first watched after the start (a reload, a universe's new strike): unwatched since
+                # its last span today (an earlier run's) or since the day began
+                ended = max((end for _, end in self.closed.get(key, ())), default=None)
+                began = ended if ended is not None else day_bounds(datetime.fromtimestamp(at, IST).date())[0]
+                if began < at:
+                    since[began].append(key)
+            self.seen.add(key)
             self.open.setdefault(key, at)
         return sorted(since.items()), WatchRecord("open", at, change.keys)
 

@@ -163,6 +163,7 @@ class Service:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        self.coverage.seen.update(self.keys())  # the start declares their unwatched time (below)
         if self.spool.depth:
             log.info("the spool holds %d candles from an earlier run: writing them first", self.spool.depth)
             self.writer.replay_spool()  # before resuming open buckets from the store, so that it is complete

@@ -210,6 +210,28 @@ def test_coverage_sums_todays_gap_minutes_over_the_symbols_it_watches():
     assert cov.gap_minutes(cal, keys, open_ + 600) == 3
 
 
+def test_a_symbol_first_watched_after_the_start_was_unwatched_since_its_last_span_or_the_day_began():
+    """A reload or a universe's new strike: the bucket it joins in the middle of is not all watched
+    (candle rule 8), and the day before it is a gap the backfill may mend."""
+    cov = Coverage()
+    cal = MarketCalendar()
+    open_ = cal.sessions("NFO", MONDAY)[0][0].timestamp()
+    day_start = datetime.combine(MONDAY, time(0, 0), IST).timestamp()
+    start_keys = [("NFO", "NIFTY26DECFUT")]
+    cov.seen.update(start_keys)  # what the service's start declares itself
+    earlier = ("NFO", "NIFTY26D0825100CE")
+    cov.load({earlier: [(open_, open_ + 600)]})  # an earlier run watched it 09:15-09:25
+    unwatched, _ = cov.change(WatchChange(True, open_ + 30, tuple(start_keys)))
+    assert unwatched == []
+    new = ("NFO", "NIFTY26D0825200CE")
+    unwatched, _ = cov.change(WatchChange(True, open_ + 3600 + 17, (new, earlier)))
+    assert sorted(unwatched) == [(day_start, [new]), (open_ + 600, [earlier])]
+    cov.change(WatchChange(False, open_ + 4000, (new,)))  # re-centred away, then back: since it left
+    unwatched, _ = cov.change(WatchChange(True, open_ + 5000, (new,)))
+    assert unwatched == [(open_ + 4000, [new])]
+    assert cov.change(WatchChange(True, open_ + 5001, (new,)))[0] == []  # a second up is no news
+
+
 def test_coverage_counts_an_mcx_agricultural_symbols_evening_as_no_gap():
     agri = Hours(date(2025, 1, 1), frozenset({"MCX"}), time(9, 0), time(17, 0), symbols=("MENTHAOIL",))
     cal = MarketCalendar(hours=[agri])
