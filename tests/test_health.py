@@ -53,3 +53,23 @@ def test_a_dead_thread_is_failed_even_while_stopping_and_is_named_first():
     assert dead.state == "failed"
     assert dead.problems[0] == "failed: thread writer died (RuntimeError: boom)"
     assert dead.heartbeat(0.0)["state"] == "failed"
+
+
+def test_a_universe_waiting_for_a_price_is_a_note_and_one_not_resolved_is_a_problem():
+    from decimal import Decimal
+
+    from pipeline.universe import UniverseReport
+
+    report = UniverseReport(
+        contracts=44, recentres=3, rebuilds=1, day=None, atm=(("NFO:NIFTY OPT weekly ATM±10", Decimal(25000)),),
+        per_entry=(("NFO:NIFTY OPT weekly ATM±10", 42, 3),),
+        notes=("universe NFO:SENSEX OPT weekly ATM±5 waits for the first price of BSE:SENSEX",),
+        problems=(),
+    )  # fmt: skip
+    waiting = replace(HEALTHY, universe=report)
+    assert waiting.state == "running" and waiting.problems == []
+    beat = waiting.heartbeat(0.0)
+    assert beat["notes"] == ["universe NFO:SENSEX OPT weekly ATM±5 waits for the first price of BSE:SENSEX"]
+    assert (beat["universe_contracts"], beat["universe_recentres"]) == (44, 3)
+    stuck = replace(HEALTHY, universe=replace(report, problems=("universe NFO:X FUT: not resolved for 2026-12-08 (...)",)))
+    assert stuck.state == "degraded" and stuck.problems == ["universe NFO:X FUT: not resolved for 2026-12-08 (...)"]

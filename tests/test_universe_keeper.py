@@ -251,3 +251,23 @@ def test_the_rebuild_waits_for_the_calendar_a_lead_before_the_first_session_and_
     clock.t = ist(monday, 8, 45)
     uni.step()
     assert uni.rebuilds == 1 and uni.day == monday
+
+
+def test_an_entry_the_rebuild_cannot_resolve_keeps_its_contracts_and_says_so(server, tmp_path):
+    nifty = next(s for s in DERIVATIVE_SPECS if s.name == "NIFTY")
+    expiry = option_expiries(nifty, TODAY)[0][0]
+    clock = Clock(ist(expiry, 10, 0))
+    broker = kite_broker(server, tmp_path, clock)
+    uni = Universes([parse_entry(f"NFO:NIFTY OPT {expiry} ATM±1 PE")], broker, None, clock=clock)
+    uni.build()
+    applied = Applied()
+    uni.start(applied)
+    uni.stop()
+    uni.observe([index_tick(broker, "25010")])
+    assert uni.step() is True and uni.report().problems == ()
+    clock.t = ist(expiry + timedelta(days=1), 9, 0)
+    assert uni.step() is False  # nothing to move to: the day before's contracts stay subscribed
+    (problem,) = uni.report().problems
+    assert problem.startswith(f"universe NFO:NIFTY OPT {expiry} ATM±1 PE: not resolved for {expiry + timedelta(days=1)}")
+    assert f"{expiry} has passed: name a later expiry or a rule such as weekly" in problem
+    assert "its 3 contracts of the day before stay" in problem
