@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from core.ist import IST
-from testkit.cli import main_env, start_main
+from testkit.cli import kite_env, start_main
 from testkit.fakes.kite_server import KiteFakeServer, derivatives_dump
 from testkit.fakes.market import MovingUnderlying
 
@@ -47,11 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     with KiteFakeServer(instruments=dump, heartbeat_interval=0.5) as server, tempfile.TemporaryDirectory() as tmp:
         market = MovingUnderlying(server, index, "NIFTY", dump, Decimal("24510"))
         market.move("24510")
-        env = main_env(
-            KITE_API_KEY=server.api_key, KITE_API_SECRET=server.api_secret, KITE_ACCESS_TOKEN=server.access_token,
-            KITE_WS_URL=server.ws_url, KITE_API_URL=server.api_url, BACKFILL="false", LOG_LEVEL="WARNING",
-            UNIVERSE_HYSTERESIS="0.25",
-        )  # fmt: skip
+        env = kite_env(server, BACKFILL="false", LOG_LEVEL="WARNING")
         proc = start_main("--broker", "kite", "--symbols", entry, cwd=Path(tmp), env=env)
         try:
             first = by_strike[24500 + 50 * args.width]

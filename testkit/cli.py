@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "main.py")
@@ -18,6 +19,18 @@ def main_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _CLEAN and not k.startswith(("KITE_", "KOTAK_"))}
     env.update(extra)
     return env
+
+
+def kite_env(server: Any, **extra: str) -> dict[str, str]:
+    """``main_env`` pointed at a ``testkit.fakes.kite_server.KiteFakeServer``, logged in."""
+    return main_env(
+        KITE_API_KEY=server.api_key,
+        KITE_API_SECRET=server.api_secret,
+        KITE_ACCESS_TOKEN=server.access_token,
+        KITE_WS_URL=server.ws_url,
+        KITE_API_URL=server.api_url,
+        **extra,
+    )
 
 
 def run_main(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage.sqlite import SQLiteStore
-from testkit.cli import main_env, start_main
+from testkit.cli import kite_env, start_main
 from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, random_tape
 from testkit.waiting import wait_until
 
@@ -78,16 +78,6 @@ def daemons() -> Iterator[None]:
 def kite() -> Iterator[KiteFakeServer]:
     with KiteFakeServer(heartbeat_interval=0.5) as srv:
         yield srv
-
-
-def kite_env(server: KiteFakeServer) -> dict[str, str]:
-    return main_env(
-        KITE_API_KEY=server.api_key,
-        KITE_API_SECRET=server.api_secret,
-        KITE_ACCESS_TOKEN=server.access_token,
-        KITE_WS_URL=server.ws_url,
-        KITE_API_URL=server.api_url,
-    )
 
 
 def test_sigterm_while_the_kite_instrument_list_downloads_stops_at_once_with_status_0(tmp_path, kite):

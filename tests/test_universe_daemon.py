@@ -6,7 +6,6 @@ instruments table."""
 from __future__ import annotations
 
 import signal
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,10 +16,11 @@ import pytest
 
 from core.ist import IST
 from storage.sqlite import SQLiteStore
+from testkit.cli import kite_env as fake_kite_env
 from testkit.cli import main_env, run_main, start_main
 from testkit.fakes.kite_server import KiteFakeServer, derivatives_dump
 from testkit.fakes.market import MovingUnderlying
-from testkit.waiting import wait_until
+from testkit.waiting import free_port, wait_until
 
 TODAY = datetime.now(IST).date()
 DUMP = derivatives_dump(TODAY, strikes_each_side=15)
@@ -35,22 +35,7 @@ def server() -> Iterator[KiteFakeServer]:
 
 
 def kite_env(server: KiteFakeServer, **extra: str) -> dict[str, str]:
-    return main_env(
-        KITE_API_KEY=server.api_key,
-        KITE_API_SECRET=server.api_secret,
-        KITE_ACCESS_TOKEN=server.access_token,
-        KITE_WS_URL=server.ws_url,
-        KITE_API_URL=server.api_url,
-        BACKFILL="false",
-        STATUS_INTERVAL_SECONDS="1",
-        **extra,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return fake_kite_env(server, BACKFILL="false", STATUS_INTERVAL_SECONDS="1", **extra)
 
 
 def subscribed_symbols(server: KiteFakeServer) -> set[str]:
