@@ -133,6 +133,11 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             from publishers.mqtt import MqttPublisher
 
             publishers.append(MqttPublisher(settings.mqtt))
+        bus = None
+        if settings.nats.url:
+            from publishers.nats import NatsPublisher
+
+            bus = NatsPublisher(settings.nats)
         service = Service(
             broker,
             store,
@@ -148,6 +153,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             after_checkpoint=release_free_memory,
             history=daemon_history(settings, broker),
             backfill_delay=settings.backfill.delay_seconds,
+            bus=bus,
         )
         exchanges = sorted({i.exchange for i in instruments} | {s.exchange for s in specs})
         _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from candles.model import parse_intervals
 from config.env import TRUE, Env, load_env, read, redacted, var
@@ -142,6 +143,64 @@ class MqttSettings:
         return f"mqtt{'s' if self.tls else ''}://{self.host}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class NatsSettings:
+    """The NATS JetStream bus (publishers/nats.py) is off while ``url`` is None."""
+
+    #: nats://[user:password@]host:port, or several separated by commas (a cluster's seeds); may
+    #: hold a password, so it is a secret: logs show the hosts only
+    url: str | None = var("NATS_URL", secret=True)
+    #: subjects: <prefix>.ticks.<EXCHANGE>.<SYMBOL> and <prefix>.candles.<interval>.<EXCHANGE>.<SYMBOL>
+    prefix: str = var("NATS_SUBJECT_PREFIX", "marketfeed")
+    publish_ticks: bool = var("NATS_PUBLISH_TICKS", True)
+    ticks_max_age_seconds: float = var("NATS_TICKS_MAX_AGE_SECONDS", 86_400.0, minimum=1, maximum=365 * 86_400)
+    ticks_max_bytes: int = var("NATS_TICKS_MAX_BYTES", 1 << 30, minimum=1 << 20)
+    candles_max_age_seconds: float = var("NATS_CANDLES_MAX_AGE_SECONDS", 30 * 86_400.0, minimum=1, maximum=3650 * 86_400)
+    candles_max_bytes: int = var("NATS_CANDLES_MAX_BYTES", 1 << 30, minimum=1 << 20)
+    #: how long JetStream remembers a candle's Nats-Msg-Id: the same candle published again within
+    #: it (a retry, or the other daemon of a pair) is stored once
+    duplicate_window_seconds: float = var("NATS_DUPLICATE_WINDOW_SECONDS", 600.0, minimum=1, maximum=86_400)
+    replicas: int = var("NATS_REPLICAS", 1, minimum=1, maximum=5)
+    #: tick batches waiting for the bus; a batch that finds it full is dropped and counted
+    queue_batches: int = var("NATS_QUEUE_BATCHES", 10_000, minimum=1, maximum=10_000_000)
+
+    __repr__ = redacted
+
+    @classmethod
+    def from_env(cls, env: Env) -> NatsSettings:
+        settings = read(cls, env)
+        if settings.url is not None:
+            for server in settings.url.split(","):
+                try:
+                    parts = urlsplit(server.strip())
+                    ok = parts.scheme in ("nats", "tls") and bool(parts.hostname) and (parts.port or 1) > 0
+                except ValueError:  # a port that is not a number
+                    ok = False
+                if not ok:
+                    env.problem(
+                        "NATS_URL is invalid: write nats://host:4222 (or tls://host:4222; several separated by commas)"
+                    )
+                    break
+        prefix = settings.prefix
+        if not prefix or any(c in prefix for c in " \t*>") or prefix.startswith(".") or prefix.endswith(".") or ".." in prefix:
+            env.problem(f"NATS_SUBJECT_PREFIX is invalid: {prefix!r} may not contain spaces, * or >, nor start or end with .")
+        return settings
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in (self.url or "").split(",") if s.strip()]
+
+    @property
+    def where(self) -> str:
+        """The servers without credentials (for logs and health)."""
+        shown = []
+        for server in self.servers:
+            parts = urlsplit(server)
+            port = f":{parts.port}" if parts.port else ""
+            shown.append(f"{parts.scheme}://{parts.hostname}{port}")
+        return ",".join(shown)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -150,6 +209,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
     backfill: BackfillSettings = field(default_factory=BackfillSettings)
     universe: UniverseSettings = field(default_factory=UniverseSettings)
@@ -210,6 +270,7 @@ def load_settings(
         log=read(LogSettings, source),
         metrics=read(MetricsSettings, source),
         mqtt=MqttSettings.from_env(source),
+        nats=NatsSettings.from_env(source),
         calendar=_calendar_settings(source, env_file),
         backfill=read(BackfillSettings, source),
         universe=read(UniverseSettings, source),

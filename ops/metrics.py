@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from pipeline.health import Health
+from pipeline.health import BusReport, Health
 from pipeline.universe import UniverseReport
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,31 @@ class HealthCollector(Collector):
         )
         if h.universe is not None:
             yield from _universe_metrics(h.universe)
+        if h.bus is not None:
+            yield from _bus_metrics(h.bus)
+
+
+def _bus_metrics(b: BusReport) -> Iterator[Metric]:
+    name = f"{PREFIX}_{b.name}"
+    yield GaugeMetricFamily(f"{name}_connected", f"1 while {b.name} is connected and its streams are set up.",
+                            value=1.0 if b.connected and b.error is None else 0.0)  # fmt: skip
+    yield CounterMetricFamily(f"{name}_ticks_published", "Ticks handed to the bus's client.", value=b.ticks_published)
+    yield CounterMetricFamily(
+        f"{name}_ticks_dropped", "Ticks dropped: their batch found the queue full, or the client's buffer full while away.",
+        value=b.ticks_dropped,
+    )
+    yield CounterMetricFamily(
+        f"{name}_candles_published", "Candles the stream acknowledged (duplicates included).", value=b.candles_published
+    )
+    yield CounterMetricFamily(
+        f"{name}_candles_duplicate", "Acknowledged candles the stream already had (same Nats-Msg-Id).",
+        value=b.candles_duplicate,
+    )
+    yield GaugeMetricFamily(f"{name}_candles_waiting", "Candles waiting to be published.", value=b.candles_waiting)
+    yield CounterMetricFamily(f"{name}_candles_dropped", "Candles dropped beyond the waiting limit.", value=b.candles_dropped)
+    yield CounterMetricFamily(f"{name}_errors", "Publishes or stream set-ups that failed (retried).", value=b.errors)
+    yield CounterMetricFamily(f"{name}_reconnects", "Reconnections to the servers after the first connection.",
+                              value=b.reconnects)  # fmt: skip
 
 
 def _universe_metrics(u: UniverseReport) -> Iterator[Metric]:

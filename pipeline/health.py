@@ -16,6 +16,45 @@ from pipeline.universe import UniverseReport
 
 
 @dataclass(frozen=True, slots=True)
+class BusReport:
+    """The message bus's part of the health (publishers/nats.py): where it publishes, whether it
+    can, and its counters since the start."""
+
+    name: str  # "nats"
+    where: str  # the servers, without credentials
+    connected: bool
+    error: str | None = None  # why it cannot publish (unreachable, JetStream refused), None when it can
+    ticks_published: int = 0
+    ticks_dropped: int = 0  # ticks of batches that found its queue full, or its client's buffer full
+    candles_published: int = 0  # candles the stream acknowledged (duplicates included)
+    candles_duplicate: int = 0  # of those, ones the stream already had (same Nats-Msg-Id)
+    candles_waiting: int = 0  # candles waiting to be published (while it is away)
+    candles_dropped: int = 0  # candles dropped beyond the waiting limit
+    errors: int = 0  # publishes or stream set-ups that failed (retried)
+    reconnects: int = 0
+
+    def problem(self) -> str | None:
+        """The words for a bus that cannot publish; None while it can."""
+        if self.error is None:
+            return None
+        return (
+            f"{self.name} {self.where}: {self.error}; ticks are dropped and candles wait to be published "
+            f"({self.candles_waiting} waiting); candles are still stored"
+        )
+
+    def heartbeat(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "ticks_published": self.ticks_published,
+            "ticks_dropped": self.ticks_dropped,
+            "candles_published": self.candles_published,
+            "candles_waiting": self.candles_waiting,
+            "candles_dropped": self.candles_dropped,
+            "errors": self.errors,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     stopping: bool
     time: datetime
@@ -63,6 +102,8 @@ class Health:
     reconcile_mismatches: int | None = None
     #: the derivatives universes (None: the watchlist has none)
     universe: UniverseReport | None = None
+    #: the message bus (None: NATS_URL unset); a bus that cannot publish is a problem
+    bus: BusReport | None = None
 
     @property
     def connections_up(self) -> int:
@@ -98,6 +139,9 @@ class Health:
             problems.append(f"{self.journal_fault}: a kill now would lose open buckets' ticks (checkpoint retried)")
         if self.universe is not None:
             problems += self.universe.problems
+        bus_problem = None if self.bus is None else self.bus.problem()
+        if bus_problem:
+            problems.append(bus_problem)
         if not self.pipeline_alive:
             problems.append(f"pipeline thread stopped or stuck for more than {self.pipeline_max_age:g} s")
         return problems
@@ -141,6 +185,7 @@ class Health:
             "reconcile_mismatches": self.reconcile_mismatches,
             "universe_contracts": None if self.universe is None else self.universe.contracts,
             "universe_recentres": None if self.universe is None else self.universe.recentres,
+            **({} if self.bus is None else {self.bus.name: self.bus.heartbeat()}),
         }
 
     def feed_line(self) -> str:

@@ -31,7 +31,7 @@ from core.progress import progress
 from core.ticks import Instrument, TickData
 from pipeline.backfill import MAX_SPAN_DAYS, Backfiller, Filled
 from pipeline.coverage import Coverage, Key, Span, day_bounds, in_sessions
-from pipeline.health import Health
+from pipeline.health import BusReport, Health
 from pipeline.journal import TickJournal
 from pipeline.reconcile import DailyReconciler
 from pipeline.universe import Universes
@@ -63,6 +63,15 @@ class Publisher(Protocol):
         """What keeps it from publishing (shown as a health note), None when fine."""
 
 
+class Bus(Publisher, Protocol):
+    """A publisher of ticks too (publishers.nats.NatsPublisher): handed each batch on the pipeline
+    thread by one call that must never block (a bounded queue; a full one drops and counts). Its
+    problem is the daemon's (``degraded``), not a note."""
+
+    def publish_ticks(self, batch: Sequence[TickData]) -> None: ...
+    def report(self) -> BusReport: ...
+
+
 @dataclass(slots=True)
 class ServiceStats:
     ticks: int = 0
@@ -91,6 +100,7 @@ class Service:
         calendar: MarketCalendar | None = None,
         history: History | None = None,
         backfill_delay: float = 60.0,
+        bus: Bus | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -99,7 +109,9 @@ class Service:
         self.status_interval = status_interval
         self.aggregator = CandleAggregator(intervals, clock, grace=grace, emit_empty=emit_empty)
         self.stats = ServiceStats()
-        self.publishers = list(publishers)
+        #: the message bus: a publisher of candles like the others, and of every batch of ticks
+        self.bus = bus
+        self.publishers = list(publishers) + ([bus] if bus is not None else [])
         self.spool = spool
         self.journal = journal
         self.checkpoint_seconds = checkpoint_seconds
@@ -510,6 +522,7 @@ class Service:
         stats = self.stats
         get = self._ticks.get
         journal = self.journal
+        to_bus = None if self.bus is None else self.bus.publish_ticks
         next_checkpoint = time.monotonic() + self._checkpoint_delay()
         forced = -_CHECKPOINT_RETRY_S  # monotonic time of the last checkpoint taken early for a journal hole
         try:
@@ -531,6 +544,8 @@ class Service:
                     revised = agg.add(batch)
                     if revised:
                         out.put(revised)
+                    if to_bus is not None:
+                        to_bus(batch)
                     universes = self.universes
                     if universes is not None:
                         universes.observe(batch)
@@ -615,7 +630,8 @@ class Service:
             malformed=dict(broker.feed_stats().malformed),
             journal_fault=self.journal_fault,
             failure=self.failure,
-            notes=tuple(p.problem for p in self.publishers if p.problem) + self._backfill_notes(),
+            notes=tuple(p.problem for p in self.publishers if p.problem and p is not self.bus) + self._backfill_notes(),
+            bus=None if self.bus is None else self.bus.report(),
             universe=None if self.universes is None else self.universes.report(),
             spool_fault=written.spool_fault,
             store_fault=written.store_fault,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare ./.venv with the daemon's dependencies. With --dev, also the test tools and the
-# PostgreSQL and Mosquitto binaries the test suite starts its own throwaway servers from.
+# PostgreSQL, Mosquitto and NATS server binaries the test suite starts its own throwaway servers from.
 # Installs missing Debian/Ubuntu packages with apt (as root, or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,9 @@ if [ "$dev" = 1 ]; then
   fi
   if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     need+=(mosquitto)
+  fi
+  if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    need+=(nats-server)
   fi
 fi
 if [ "${#need[@]}" -gt 0 ]; then

@@ -1,0 +1,519 @@
+"""NATS JetStream: every tick and every stored candle on a bus (nats-py, github.com/nats-io/nats.py).
+
+Subjects, under ``NATS_SUBJECT_PREFIX`` (default ``marketfeed``):
+
+- ``<prefix>.ticks.<EXCHANGE>.<SYMBOL>``: each normalised tick, in stream ``MARKETFEED_TICKS``;
+- ``<prefix>.candles.<interval>.<EXCHANGE>.<SYMBOL>``: each candle once the store accepted it (a
+  revision again), in stream ``MARKETFEED_CANDLES``.
+
+A subject token may not hold ``.``, ``*``, ``>`` or white space, and NATS recommends letters,
+digits, ``-`` and ``_`` (docs.nats.io, "Subject-Based Messaging"); symbols hold spaces, ``&``,
+dots. ``token`` escapes a name reversibly: ``A-Z a-z 0-9 -`` stay, every other byte of its UTF-8
+(``_`` included) becomes ``_`` and two upper-case hex digits: ``NIFTY 50`` → ``NIFTY_2050``,
+``M&M`` → ``M_26M``, ``A_B`` → ``A_5FB``. ``untoken`` reverses it.
+
+Payloads are JSON: prices as exact decimal strings, times ISO 8601 in IST (``+05:30``) and as
+epoch milliseconds (``*_ms``).
+
+The streams are created (or their limits updated) at every connection: retention by age and bytes
+(``NATS_*_MAX_AGE_SECONDS``, ``NATS_*_MAX_BYTES``, oldest discarded), ``NATS_REPLICAS`` copies and a
+duplicate window (``NATS_DUPLICATE_WINDOW_SECONDS``). A candle is published with JetStream's
+acknowledgement and a ``Nats-Msg-Id`` made of its identity and its content (``candle_msg_id``): the
+same candle published twice within the window (a retry after a lost acknowledgement, or both
+daemons of a pair) is stored once, and a revised candle is a new message. Ticks are plain NATS
+publishes the stream stores (no acknowledgement each: at feed rates one round trip a tick is too
+many); while the servers are away the client buffers them up to its limit, then they are dropped
+and counted.
+
+Threads: ``publish_ticks`` runs on the pipeline thread and only puts the batch in a bounded queue
+(full: the batch is dropped and counted); ``publish_candles`` on the writer thread appends to a
+bounded list. The publisher's own thread runs an asyncio loop with the nats-py client, which
+reconnects by itself. A bus that cannot publish is a health problem (``degraded``), never a stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from candles.model import Candle
+from config.settings import NatsSettings
+from core.ist import IST
+from core.ticks import TickData
+from pipeline.health import BusReport, Health
+
+log = logging.getLogger(__name__)
+
+TICKS_STREAM = "MARKETFEED_TICKS"
+CANDLES_STREAM = "MARKETFEED_CANDLES"
+CANDLE_LIMIT = 200_000  # candles waiting to be published while the bus is away; beyond, the oldest go
+_WINDOW = 256  # candles published at once, each acknowledged
+_ACK_TIMEOUT_S = 5.0
+_RETRY_S = 1.0
+WARN_EVERY_S = 300.0
+
+_KEEP = re.compile(r"[A-Za-z0-9-]+")
+_ESCAPED = re.compile(r"_([0-9A-F]{2})")
+
+
+def token(name: str) -> str:
+    """``name`` as one subject token (see the module's docstring); reversible by ``untoken``."""
+    if _KEEP.fullmatch(name):
+        return name
+    out = []
+    for ch in name:
+        if ch.isascii() and (ch.isalnum() or ch == "-"):
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02X}" for b in ch.encode())
+    return "".join(out)
+
+
+def untoken(escaped: str) -> str:
+    """The name a ``token`` stands for."""
+    if "_" not in escaped:
+        return escaped
+    raw = bytearray()
+    i = 0
+    while i < len(escaped):
+        m = _ESCAPED.match(escaped, i)
+        if m:
+            raw.append(int(m.group(1), 16))
+            i = m.end()
+        else:
+            raw.extend(escaped[i].encode())
+            i += 1
+    return raw.decode()
+
+
+def tick_subject(prefix: str, exchange: str, symbol: str) -> str:
+    return f"{prefix}.ticks.{token(exchange)}.{token(symbol)}"
+
+
+def candle_subject(prefix: str, candle: Candle) -> str:
+    return f"{prefix}.candles.{token(candle.interval)}.{token(candle.exchange)}.{token(candle.symbol)}"
+
+
+def _ms(ts: Any) -> int | None:
+    return None if ts is None else round(ts.timestamp() * 1000)
+
+
+def _iso(ts: Any) -> str | None:
+    return None if ts is None else ts.astimezone(IST).isoformat()
+
+
+def candle_json(candle: Candle) -> bytes:
+    """The candle message's payload (prices as strings: exact decimals survive any JSON parser)."""
+    return json.dumps(
+        {
+            "exchange": candle.exchange,
+            "symbol": candle.symbol,
+            "interval": candle.interval,
+            "bucket": _iso(candle.bucket),
+            "bucket_ms": _ms(candle.bucket),
+            "open": str(candle.open),
+            "high": str(candle.high),
+            "low": str(candle.low),
+            "close": str(candle.close),
+            "volume": candle.volume,
+            "oi": candle.oi,
+            "tick_count": candle.tick_count,
+            "first_tick": _iso(candle.first_tick),
+            "first_tick_ms": _ms(candle.first_tick),
+            "last_tick": _iso(candle.last_tick),
+            "last_tick_ms": _ms(candle.last_tick),
+            "final": candle.final,
+            "source": candle.source,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _plain(d: Decimal) -> str:
+    """A decimal written one way whatever its scale (``100.50`` and ``100.5`` alike)."""
+    return format(d.normalize(), "f") if d else "0"
+
+
+def candle_msg_id(candle: Candle) -> str:
+    """JetStream's ``Nats-Msg-Id`` of a candle: its identity (interval, exchange, symbol, bucket) and
+    content (OHLCV, oi, final, source), hashed. Equal for the same candle from any daemon; a
+    revision differs."""
+    parts = (
+        candle.interval, candle.exchange, candle.symbol, str(_ms(candle.bucket)),
+        _plain(candle.open), _plain(candle.high), _plain(candle.low), _plain(candle.close),
+        str(candle.volume), str(candle.oi), "final" if candle.final else "open", candle.source,
+    )  # fmt: skip
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+    return f"{candle.interval}:{candle.exchange}:{candle.symbol}:{_ms(candle.bucket)}:{digest}"
+
+
+class TickEncoder:
+    """Ticks as (subject, payload): the per-symbol parts are made once and kept."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._heads: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def head(self, exchange: str, symbol: str) -> tuple[str, str]:
+        key = (exchange, symbol)
+        found = self._heads.get(key)
+        if found is None:
+            head = '{"exchange":' + json.dumps(exchange) + ',"symbol":' + json.dumps(symbol)
+            found = self._heads[key] = (tick_subject(self.prefix, exchange, symbol), head)
+        return found
+
+    def encode(self, t: TickData) -> tuple[str, bytes]:
+        subject, head = self._heads.get((t.exchange, t.symbol)) or self.head(t.exchange, t.symbol)
+        ts = t.exchange_ts
+        if ts.tzinfo is not IST:
+            ts = ts.astimezone(IST)
+        qty, volume, oi = t.last_quantity, t.volume, t.oi
+        payload = (
+            f'{head},"token":{t.token},"price":"{t.last_price}",'
+            f'"qty":{"null" if qty is None else qty},"volume":{"null" if volume is None else volume},'
+            f'"oi":{"null" if oi is None else oi},"ts":"{ts.isoformat()}","ts_ms":{round(ts.timestamp() * 1000)},'
+            f'"received_ms":{round(t.receive_ts.timestamp() * 1000)}}}'
+        )
+        return subject, payload.encode()
+
+
+def tick_json(t: TickData, prefix: str = "marketfeed") -> bytes:
+    """One tick's payload (as ``NatsPublisher`` sends it)."""
+    return TickEncoder(prefix).encode(t)[1]
+
+
+@dataclass(slots=True)
+class NatsStats:
+    ticks_published: int = 0
+    ticks_dropped: int = 0
+    batches_dropped: int = 0
+    candles_published: int = 0
+    candles_duplicate: int = 0
+    candles_dropped: int = 0
+    errors: int = 0
+    connects: int = 0
+
+
+class NatsPublisher:
+    """Owns a thread with an asyncio loop and one nats-py connection (see the module's docstring)."""
+
+    name = "nats"
+
+    def __init__(self, config: NatsSettings, *, queue_limit: int | None = None, candle_limit: int = CANDLE_LIMIT) -> None:
+        self.config = config
+        self.where = config.where
+        self.stats = NatsStats()
+        self._ticks: queue.Queue[Sequence[TickData]] = queue.Queue(queue_limit or config.queue_batches)
+        self._candles: deque[tuple[int, Candle]] = deque()  # (arrival number, candle), in order
+        self._arrived = 0
+        self._candle_limit = candle_limit
+        self._candle_lock = threading.Lock()
+        self._encoder = TickEncoder(config.prefix)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._idle = False  # the tick pump waits for a batch: the next one wakes it
+        self._stopping = False
+        self._nc: Any = None
+        self._js: Any = None
+        self._connected = False
+        self._ready = False  # connected and the streams set up
+        self._error: str | None = "not connected yet"
+        self._warned_at: float | None = None
+        self._setup_task: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        return f"NatsPublisher({self.where}, subjects={self.config.prefix}.>)"
+
+    # ---------------------------------------------------------------- the daemon's side
+
+    def start(self, health: Callable[[], Health] | None = None) -> None:
+        self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
+        self._thread.start()
+        log.info("nats: publishing to %s under %s.ticks.> and %s.candles.>", self.where, self.config.prefix,
+                 self.config.prefix)  # fmt: skip
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish what waits (for at most ``timeout`` seconds), then close the connection."""
+        self._stopping = True
+        self._poke()
+        if self._thread is not None:
+            self._thread.join(timeout + 2.0)
+
+    def publish_ticks(self, batch: Sequence[TickData]) -> None:
+        """Pipeline thread: hand the batch over; never blocks (a full queue drops it, counted)."""
+        try:
+            self._ticks.put_nowait(batch)
+        except queue.Full:
+            self.stats.ticks_dropped += len(batch)
+            self.stats.batches_dropped += 1
+            return
+        if self._idle:
+            self._idle = False
+            self._poke()
+
+    def publish_candles(self, candles: Iterable[Candle]) -> None:
+        """Writer thread: candles the store accepted, published in order."""
+        with self._candle_lock:
+            for candle in candles:
+                self._arrived += 1
+                self._candles.append((self._arrived, candle))
+            over = len(self._candles) - self._candle_limit
+            for _ in range(max(0, over)):
+                self._candles.popleft()
+            if over > 0:
+                self.stats.candles_dropped += over
+        self._poke()
+
+    @property
+    def problem(self) -> str | None:
+        return self.report().problem()
+
+    def report(self) -> BusReport:
+        s = self.stats
+        return BusReport(
+            name=self.name,
+            where=self.where,
+            connected=self._connected,
+            error=None if self._ready else self._error or "not connected",
+            ticks_published=s.ticks_published,
+            ticks_dropped=s.ticks_dropped,
+            candles_published=s.candles_published,
+            candles_duplicate=s.candles_duplicate,
+            candles_waiting=len(self._candles),
+            candles_dropped=s.candles_dropped,
+            errors=s.errors,
+            reconnects=max(0, s.connects - 1),
+        )
+
+    def _poke(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(wake.set)
+
+    # ---------------------------------------------------------------- the publisher's thread
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    def _fail(self, error: str) -> None:
+        self._ready = False
+        self._error = error
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            log.warning("nats: %s at %s; candles are still stored, the client keeps trying (check NATS_URL)", error,
+                        self.where, extra={"event": "nats_unreachable"})  # fmt: skip
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if not await self._connect():
+            return
+        pump = asyncio.create_task(self._pump_ticks())
+        candles = asyncio.create_task(self._pump_candles())
+        await asyncio.gather(pump, candles, return_exceptions=True)
+        with contextlib.suppress(Exception):  # away at the stop: what is buffered is lost
+            await asyncio.wait_for(self._nc.flush(), 2.0)
+        await self._nc.close()
+        self._loop = None
+
+    async def _connect(self) -> bool:
+        """The first connection, tried until it succeeds or the daemon stops (nats-py reconnects
+        by itself only once it has been connected)."""
+        delay = 0.5
+        while not self._stopping:
+            try:
+                self._nc = await nats.connect(
+                    servers=self.config.servers,
+                    name="marketfeed",
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    connect_timeout=2,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    error_cb=self._on_error,
+                    pending_size=8 * 1024 * 1024,
+                )
+            except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
+                self._fail(f"cannot connect ({_words(exc)})")
+                await self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self._js = self._nc.jetstream(timeout=_ACK_TIMEOUT_S)
+            self._connected = True
+            self.stats.connects += 1
+            log.info("nats: connected to %s", self.where)
+            await self._setup()
+            return True
+        return False
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _setup(self) -> None:
+        """Create the streams, or update their limits; retried until it succeeds."""
+        c = self.config
+        streams = (
+            (TICKS_STREAM, f"{c.prefix}.ticks.>", c.ticks_max_age_seconds, c.ticks_max_bytes),
+            (CANDLES_STREAM, f"{c.prefix}.candles.>", c.candles_max_age_seconds, c.candles_max_bytes),
+        )
+        while not self._stopping and self._connected:
+            try:
+                for name, subject, max_age, max_bytes in streams:
+                    await self._ensure_stream(
+                        StreamConfig(
+                            name=name,
+                            subjects=[subject],
+                            retention=RetentionPolicy.LIMITS,
+                            discard=DiscardPolicy.OLD,
+                            storage=StorageType.FILE,
+                            max_age=max_age,
+                            max_bytes=max_bytes,
+                            num_replicas=c.replicas,
+                            duplicate_window=c.duplicate_window_seconds,
+                        )  # fmt: skip
+                    )
+            except Exception as exc:  # noqa: BLE001 - JetStream off, a limit refused, a timeout: retried
+                self.stats.errors += 1
+                self._fail(f"cannot set up the streams ({_words(exc)})")
+                await self._sleep(_RETRY_S * 2)
+                continue
+            self._ready = True
+            self._error = None
+            self._warned_at = None
+            self._poke()
+            return
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        jsm = self._js
+        try:
+            await jsm.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            await jsm.add_stream(config)
+            log.info("nats: created stream %s (%s)", config.name, ", ".join(config.subjects or ()))
+            return
+        await jsm.update_stream(config)
+
+    async def _on_disconnected(self) -> None:
+        if self._connected and not self._stopping:
+            self._connected = False
+            self._fail("lost the connection; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        self._connected = True
+        self.stats.connects += 1
+        log.info("nats: reconnected to %s", self.where)
+        if self._setup_task is None or self._setup_task.done():
+            self._setup_task = asyncio.create_task(self._setup())
+
+    async def _on_error(self, exc: Exception) -> None:
+        if not self._stopping and not self._ready:
+            self._error = f"cannot connect ({_words(exc)})"
+        log.debug("nats: %s", exc)
+
+    async def _pump_ticks(self) -> None:
+        get = self._ticks.get_nowait
+        encode = self._encoder.encode
+        stats = self.stats
+        publish_ticks = self.config.publish_ticks
+        while True:
+            try:
+                batch = get()
+            except queue.Empty:
+                if self._stopping:
+                    return
+                self._idle = True
+                if self._ticks.empty():
+                    await self._sleep(0.5)
+                self._idle = False
+                continue
+            if not publish_ticks:
+                continue
+            publish = self._nc.publish
+            sent = 0
+            try:
+                for tick in batch:
+                    subject, payload = encode(tick)
+                    await publish(subject, payload)
+                    sent += 1
+            except nats.errors.OutboundBufferLimitError:
+                stats.ticks_dropped += len(batch) - sent
+            except Exception as exc:  # noqa: BLE001 - the connection closed under it: counted, never raised
+                stats.ticks_dropped += len(batch) - sent
+                stats.errors += 1
+                log.debug("nats: a tick publish failed: %s", exc)
+            stats.ticks_published += sent
+
+    def _window(self) -> list[tuple[int, Candle]]:
+        """The next candles to publish at once: in order, at most one per candle key (a revision
+        waits for the candle before it)."""
+        taken: list[tuple[int, Candle]] = []
+        keys = set()
+        with self._candle_lock:
+            for number, candle in self._candles:
+                if candle.key in keys or len(taken) >= _WINDOW:
+                    break
+                keys.add(candle.key)
+                taken.append((number, candle))
+        return taken
+
+    async def _pump_candles(self) -> None:
+        prefix = self.config.prefix
+        deadline: float | None = None
+        while True:
+            if self._stopping:
+                deadline = deadline or time.monotonic() + 3.0
+                if not self._candles or not self._ready or time.monotonic() > deadline:
+                    return
+            if not self._ready or not self._candles:
+                await self._sleep(0.5)
+                continue
+            window = self._window()
+            results = await asyncio.gather(
+                *(
+                    self._js.publish(candle_subject(prefix, c), candle_json(c), headers={"Nats-Msg-Id": candle_msg_id(c)})
+                    for _, c in window
+                ),
+                return_exceptions=True,
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            done = {n for (n, _), r in zip(window, results, strict=True) if not isinstance(r, BaseException)}
+            with self._candle_lock:
+                self._candles = deque(item for item in self._candles if item[0] not in done)
+            for ack in results:
+                if not isinstance(ack, BaseException):
+                    self.stats.candles_published += 1
+                    if getattr(ack, "duplicate", False):
+                        self.stats.candles_duplicate += 1
+            if failed:
+                self.stats.errors += len(failed)
+                log.debug("nats: %d candle publishes failed (%s): retried", len(failed), _words(failed[0]))
+                await self._sleep(_RETRY_S)
+
+
+def _words(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
