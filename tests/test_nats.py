@@ -1,0 +1,330 @@
+"""The NATS JetStream bus (publishers/nats.py) against real nats-server processes (testkit/nats.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import nats
+import nats.errors
+import pytest
+
+from brokers.sim.client import read_tape
+from candles.model import Candle, parse_intervals
+from config.settings import NatsSettings
+from core.ist import IST
+from core.ticks import TickData
+from publishers.nats import (
+    CANDLES_STREAM,
+    TICKS_STREAM,
+    NatsPublisher,
+    candle_msg_id,
+    tick_subject,
+    token,
+    untoken,
+)
+from storage.sqlite import SQLiteStore
+from testkit.cli import main_env, run_main, start_main
+from testkit.nats import NatsNotFound, NatsServer
+from testkit.reference import candle_to_dict, reference_candles
+from testkit.waiting import free_port, wait_until
+
+SIM_START = "2026-11-24T09:15:00+05:30"
+SYMBOLS = ("NSE:INFY", "NSE:M&M")
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    try:
+        server = NatsServer()
+    except NatsNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+def read_stream(url: str, subject: str, *, expect: int | None = None, timeout: float = 1.0) -> list[nats.aio.msg.Msg]:
+    """Every message of the stream holding ``subject`` (a JetStream ordered consumer from the start)."""
+
+    async def read() -> list:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            sub = await js.subscribe(subject, ordered_consumer=True)
+            got = []
+            while expect is None or len(got) < expect:
+                try:
+                    got.append(await sub.next_msg(timeout))
+                except nats.errors.TimeoutError:
+                    break
+            await sub.unsubscribe()
+            return got
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def stream_messages(url: str, stream: str) -> int:
+    async def count() -> int:
+        nc = await nats.connect(url)
+        try:
+            return (await nc.jetstream().stream_info(stream)).state.messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def _candle(**changes: object) -> Candle:
+    bucket = datetime(2026, 11, 24, 9, 15, tzinfo=IST)
+    candle = Candle(
+        "NSE", "NIFTY 50", "1m", bucket, Decimal("100.50"), Decimal("101"), Decimal("99.95"), Decimal("100.05"),
+        1200, None, 7, bucket + timedelta(seconds=1), bucket + timedelta(seconds=59), 5000, True, "live",
+    )  # fmt: skip
+    return replace(candle, **changes)
+
+
+def _ticks(n: int, symbol: str = "M&M") -> list[TickData]:
+    at = datetime(2026, 11, 24, 9, 15, 3, 250_000, tzinfo=IST)
+    return [
+        TickData("sim", "NSE", symbol, 7, Decimal("1520.05") + i, 5, 1000 + i, None, at + timedelta(seconds=i), at)
+        for i in range(n)
+    ]
+
+
+# ---------------------------------------------------------------- subjects and ids
+
+
+@pytest.mark.parametrize("name", ["INFY", "NIFTY 50", "M&M", "A_B", "BANK.NIFTY", "X*>Y", "BAJAJ-AUTO", "Ä €", "_41"])
+def test_a_symbol_becomes_one_subject_token_and_back(name):
+    escaped = token(name)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", escaped), escaped
+    assert untoken(escaped) == name
+
+
+def test_tokens_are_readable_for_common_symbols():
+    assert tick_subject("marketfeed", "NSE", "NIFTY 50") == "marketfeed.ticks.NSE.NIFTY_2050"
+    assert token("M&M") == "M_26M" and token("A_B") == "A_5FB" and token("BAJAJ-AUTO") == "BAJAJ-AUTO"
+
+
+def test_the_msg_id_is_the_candles_identity_and_content():
+    candle = _candle()
+    assert candle_msg_id(candle) == candle_msg_id(_candle(open=Decimal("100.5"), tick_count=9))  # scale, not content
+    for changed in (
+        _candle(close=Decimal("100.10")), _candle(volume=1201), _candle(oi=5), _candle(final=False),
+        _candle(source="partial"), _candle(bucket=candle.bucket + timedelta(minutes=1)), _candle(interval="5m"),
+        _candle(symbol="NIFTY50"),
+    ):  # fmt: skip
+        assert candle_msg_id(changed) != candle_msg_id(candle), changed
+
+
+# ---------------------------------------------------------------- the publisher against a server
+
+
+def test_the_same_candle_from_two_daemons_is_one_message_and_a_revision_another(nats_server: NatsServer):
+    config = NatsSettings(url=nats_server.url)
+    first, second = NatsPublisher(config), NatsPublisher(config)  # the two daemons of a pair
+    first.start()
+    second.start()
+    try:
+        candle = _candle()
+        first.publish_candles([candle])
+        second.publish_candles([_candle(tick_count=8)])  # the same candle, seen with one tick less
+        wait_until(lambda: first.stats.candles_published + second.stats.candles_published == 2, 10, "both acknowledged")
+        revised = _candle(close=Decimal("100.10"), volume=1300)
+        first.publish_candles([revised])
+        second.publish_candles([revised])
+        wait_until(lambda: first.stats.candles_published + second.stats.candles_published == 4, 10, "revisions acked")
+    finally:
+        first.stop()
+        second.stop()
+    assert first.stats.candles_duplicate + second.stats.candles_duplicate == 2
+    messages = read_stream(nats_server.url, "marketfeed.candles.>")
+    assert len(messages) == 2 and stream_messages(nats_server.url, CANDLES_STREAM) == 2
+    assert {m.subject for m in messages} == {"marketfeed.candles.1m.NSE.NIFTY_2050"}
+    bodies = [json.loads(m.data) for m in messages]
+    assert [(b["close"], b["volume"]) for b in bodies] == [("100.05", 1200), ("100.10", 1300)]
+    assert bodies[0]["bucket"] == "2026-11-24T09:15:00+05:30" and bodies[0]["bucket_ms"] == 1_795_491_900_000
+    assert (bodies[0]["open"], bodies[0]["final"], bodies[0]["source"]) == ("100.50", True, "live")
+    assert messages[0].headers["Nats-Msg-Id"] == candle_msg_id(candle)
+
+
+def test_a_full_queue_drops_the_batch_and_counts_it_without_blocking(nats_server: NatsServer):
+    publisher = NatsPublisher(NatsSettings(url=nats_server.url), queue_limit=2)  # not started: nothing drains
+    batches = [_ticks(3), _ticks(3, "INFY"), _ticks(4, "TCS")]
+    started = time.perf_counter()
+    for batch in batches:
+        publisher.publish_ticks(batch)
+    assert time.perf_counter() - started < 0.05
+    assert (publisher.stats.ticks_dropped, publisher.stats.batches_dropped) == (4, 1)
+    assert publisher.report().ticks_dropped == 4
+    publisher.start()  # the two queued batches go out
+    try:
+        wait_until(lambda: publisher.stats.ticks_published == 6, 10, "the queued ticks published")
+    finally:
+        publisher.stop()
+    messages = read_stream(nats_server.url, "marketfeed.ticks.>", expect=6)
+    assert [m.subject for m in messages] == ["marketfeed.ticks.NSE.M_26M"] * 3 + ["marketfeed.ticks.NSE.INFY"] * 3
+    body = json.loads(messages[1].data)
+    assert body == {
+        "exchange": "NSE", "symbol": "M&M", "token": 7, "price": "1521.05", "qty": 5, "volume": 1001, "oi": None,
+        "ts": "2026-11-24T09:15:04.250000+05:30", "ts_ms": 1_795_491_904_250, "received_ms": 1_795_491_903_250,
+    }  # fmt: skip
+    assert stream_messages(nats_server.url, TICKS_STREAM) == 6
+
+
+def test_an_unreachable_server_is_a_problem_until_it_answers():
+    server = NatsServer()
+    publisher = NatsPublisher(NatsSettings(url=server.url))
+    publisher.start()
+    try:
+        wait_until(lambda: "cannot connect" in (publisher.problem or ""), 10, "the problem named")
+        assert publisher.problem.startswith(f"nats nats://127.0.0.1:{server.port}: cannot connect")
+        publisher.publish_candles([_candle()])
+        server.start()
+        wait_until(lambda: publisher.problem is None, 20, "connected")
+        wait_until(lambda: publisher.stats.candles_published == 1, 10, "the waiting candle published")
+    finally:
+        publisher.stop()
+        server.cleanup()
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+def sim_args(*extra: str) -> list[str]:
+    return ["--broker", "sim", "--symbols", *SYMBOLS, "--seed", "3", "--sim-speed", "60", "--sim-start", SIM_START,
+            *extra]  # fmt: skip
+
+
+def _stored(tmp_path) -> dict:
+    store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
+    try:
+        got = {}
+        for key in SYMBOLS:
+            exchange, symbol = key.split(":")
+            for iv in ("1m", "5m"):
+                for c in store.latest(exchange, symbol, iv, limit=1000):
+                    got[(c.exchange, c.symbol, c.interval, c.bucket.isoformat())] = c
+        return got
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_the_daemon_publishes_every_tick_and_the_stored_candles(tmp_path, nats_server: NatsServer):
+    tape = tmp_path / "tape.jsonl"
+    env = main_env(NATS_URL=nats_server.url)
+    proc = run_main(*sim_args("--intervals", "1m,5m", "--duration", "8", "--sim-tape", str(tape)), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    ticks = read_tape(tape)
+    messages = read_stream(nats_server.url, "marketfeed.ticks.>", expect=len(ticks) + 1)
+    assert len(messages) == len(ticks) > 100
+    for msg, tick in zip(messages, ticks, strict=True):
+        body = json.loads(msg.data)
+        assert msg.subject == f"marketfeed.ticks.NSE.{token(tick.symbol)}"
+        assert (body["symbol"], Decimal(body["price"]), body["volume"]) == (tick.symbol, tick.last_price, tick.volume)
+        assert body["ts_ms"] == round(tick.exchange_ts.timestamp() * 1000)
+        assert datetime.fromisoformat(body["ts"]) == tick.exchange_ts and body["ts"].endswith("+05:30")
+    events = {}
+    for msg in read_stream(nats_server.url, "marketfeed.candles.>"):
+        body = json.loads(msg.data)
+        _, _, interval, exchange, symbol = msg.subject.split(".")
+        assert (interval, exchange, untoken(symbol)) == (body["interval"], body["exchange"], body["symbol"])
+        events[(body["exchange"], body["symbol"], body["interval"], body["bucket"])] = body  # the latest is the stored one
+    stored = _stored(tmp_path)
+    assert len(stored) >= 10 and set(events) == set(stored)
+    for key, candle in stored.items():
+        body = events[key]
+        assert [Decimal(body[f]) for f in ("open", "high", "low", "close")] == [candle.open, candle.high, candle.low,
+                                                                              candle.close]  # fmt: skip
+        assert (body["volume"], body["oi"], body["final"], body["source"]) == (
+            candle.volume, candle.oi, candle.final, candle.source,
+        )  # fmt: skip
+
+
+def _healthz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+        text = answer.read().decode()
+    found = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.M)
+    assert found, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
+@pytest.mark.slow
+def test_a_server_killed_degrades_the_daemon_which_keeps_streaming_and_recovers(tmp_path, nats_server: NatsServer):
+    tape = tmp_path / "tape.jsonl"
+    port = free_port()
+    env = main_env(NATS_URL=nats_server.url, METRICS_PORT=str(port), STATUS_INTERVAL_SECONDS="1")
+    proc = start_main(*sim_args("--intervals", "1m", "--sim-tape", str(tape)), cwd=tmp_path, env=env)
+    try:
+        wait_until(lambda: _up(port) and _healthz(port)[0] == 200, 30, "healthy with NATS")
+        wait_until(lambda: _metric(port, "marketfeed_nats_candles_published") >= 2, 20, "candles published")
+        nats_server.kill()
+        wait_until(lambda: _healthz(port)[0] == 503, 10, "/healthz 503 without NATS")
+        status, body = _healthz(port)
+        assert body["state"] == "degraded" and any(p.startswith(f"nats {nats_server.url}:") for p in body["problems"])
+        assert _metric(port, "marketfeed_nats_connected") == 0
+        ticks_before = _metric(port, "marketfeed_ticks")
+        time.sleep(4)  # 4 simulated minutes without the bus
+        assert _metric(port, "marketfeed_ticks") > ticks_before + 100  # the feed never waited for NATS
+        published = _metric(port, "marketfeed_nats_candles_published")
+        nats_server.start()
+        wait_until(lambda: _healthz(port)[0] == 200, 30, "/healthz 200 after NATS is back")
+        wait_until(lambda: _metric(port, "marketfeed_nats_candles_published") >= published + 4, 20, "the waiting candles")
+        assert _metric(port, "marketfeed_nats_reconnects") >= 1
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "nats: lost the connection" in err and "nats: reconnected to" in err
+    got = {}
+    store = SQLiteStore(tmp_path / "data" / "marketfeed.db")
+    try:
+        for key in SYMBOLS:
+            exchange, symbol = key.split(":")
+            for c in store.latest(exchange, symbol, "1m", limit=1000):
+                k, v = candle_to_dict(c)
+                got[k] = v
+    finally:
+        store.close()
+    assert got == reference_candles(read_tape(tape), parse_intervals("1m"))  # storage never noticed the outage
+    # every stored candle reached the bus: the ones closed during the outage waited, none twice
+    events = {}
+    for msg in read_stream(nats_server.url, "marketfeed.candles.>"):
+        body = json.loads(msg.data)
+        events.setdefault((body["symbol"], body["bucket"]), []).append((body["close"], body["volume"], body["final"]))
+    assert len(events) == len(got)
+    assert all(len(set(versions)) == len(versions) for versions in events.values()), events
+
+
+def _up(port: int) -> bool:
+    try:
+        _healthz(port)
+    except OSError:
+        return False
+    return True
