@@ -35,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
         if args.show_gaps is not None:
             listed = [] if args.show_gaps else split(listed_symbols(args, required=False))[0]
             return show_gaps(settings, args.show_gaps, args.date, listed)
+        if args.tail:
+            from cli.tail import tail  # nats-py only when asked
+
+            return tail(settings, args.tail, args.candles, args.since, args.duration)
+        if args.candles or args.since:
+            raise UsageError("--candles and --since go with --tail SYMBOL")
         if args.show_candles:
             return show_candles(settings, args.show_candles, args.interval, args.limit)
         if args.test_database:

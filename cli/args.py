@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--show-gaps", nargs="*", metavar="SYM", help="print the session minutes the daemon did not "
                         "watch, per symbol (all symbols when none is named; read-only)")  # fmt: skip
     checks.add_argument("--date", metavar="YYYY-MM-DD", help="day for --show-gaps (default: today, IST)")
+    checks.add_argument("--tail", metavar="SYM", help="print a symbol's live ticks from the NATS bus (NATS_URL) until "
+                        "Ctrl-C or --duration")  # fmt: skip
+    checks.add_argument("--candles", metavar="INTERVAL", help="with --tail: its candles of this interval instead of ticks")
+    checks.add_argument("--since", metavar="TIME", help="with --tail: replay from this time first: 2026-11-24T09:15 (IST), "
+                        "09:15 (today) or 15m, 2h, 1d ago")  # fmt: skip
     checks.add_argument("--interval", default="1m", help="interval for --show-candles (default 1m)")
     rows = Range(1, 100_000, whole=True)
     checks.add_argument("--limit", type=rows.option, default=20, help="rows for --show-candles (default 20)")

@@ -20,6 +20,8 @@ import pytest
 
 from brokers.sim.client import read_tape
 from candles.model import Candle, parse_intervals
+from cli.errors import UsageError
+from cli.tail import parse_since
 from config.settings import NatsSettings
 from core.ist import IST
 from core.ticks import TickData
@@ -328,3 +330,64 @@ def _up(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+# ---------------------------------------------------------------- --tail
+
+
+@pytest.mark.slow
+def test_tail_replays_from_a_time_then_prints_live_ticks_of_one_symbol(tmp_path, nats_server: NatsServer):
+    publisher = NatsPublisher(NatsSettings(url=nats_server.url))
+    publisher.start()
+    try:
+        publisher.publish_ticks(_ticks(3) + _ticks(2, "INFY"))
+        publisher.publish_candles([_candle()])
+        wait_until(lambda: publisher.stats.ticks_published == 5 and publisher.stats.candles_published == 1, 10, "sent")
+        env = main_env(NATS_URL=nats_server.url)
+        proc = start_main("--tail", "NSE:M&M", "--since", "10m", "--duration", "6", cwd=tmp_path, env=env)
+        time.sleep(3)
+        later = [replace(t, last_price=Decimal("1600.25")) for t in _ticks(1)]
+        publisher.publish_ticks(later)  # live, after the replay
+        out, err = proc.communicate(timeout=30)
+        since = (datetime.now(IST) - timedelta(minutes=5)).replace(tzinfo=None).isoformat(timespec="seconds")  # IST
+        candles = run_main("--tail", "NSE:NIFTY 50", "--candles", "1m", "--since", since, "--duration", "2",
+                           cwd=tmp_path, env=env)  # fmt: skip
+        live_only = run_main("--tail", "NSE:M&M", "--duration", "1", cwd=tmp_path, env=env)
+    finally:
+        publisher.stop()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert [line.split()[2] for line in lines] == ["1520.05", "1521.05", "1522.05", "1600.25"], out
+    assert lines[0] == "2026-11-24T09:15:03.250000+05:30 NSE:M&M 1520.05 qty 5 vol 1000 oi -"
+    assert "NSE:M&M ticks from nats://127.0.0.1:" in err
+    assert candles.returncode == 0, candles.stderr
+    assert candles.stdout.splitlines() == [
+        "2026-11-24T09:15:00+05:30 1m NSE:NIFTY 50 O 100.50 H 101 L 99.95 C 100.05 V 1200 OI - final live"
+    ]
+    assert live_only.returncode == 0 and live_only.stdout == ""  # without --since: nothing stored, only live
+
+
+@pytest.mark.slow
+def test_tail_says_clearly_when_nats_is_unset_or_unreachable(tmp_path):
+    unset = run_main("--tail", "NSE:INFY", cwd=tmp_path, env=main_env())
+    assert unset.returncode == 2 and "NATS_URL is not set" in unset.stderr
+    port = free_port()
+    down = run_main("--tail", "NSE:INFY", cwd=tmp_path, env=main_env(NATS_URL=f"nats://127.0.0.1:{port}"))
+    assert down.returncode == 1
+    assert f"error: cannot reach NATS at nats://127.0.0.1:{port}" in down.stderr and "check NATS_URL" in down.stderr
+    bad = run_main("--tail", "NSE:INFY", "--since", "yesterday", cwd=tmp_path, env=main_env(NATS_URL="nats://127.0.0.1:4222"))
+    assert bad.returncode == 2 and "--since 'yesterday' is not a time" in bad.stderr
+    alone = run_main("--since", "15m", cwd=tmp_path, env=main_env())
+    assert alone.returncode == 2 and "go with --tail" in alone.stderr
+
+
+def test_since_takes_a_date_time_a_time_of_day_or_a_span_ago():
+    now = datetime(2026, 11, 24, 10, 0, tzinfo=IST)
+    assert parse_since("2026-11-24T09:15", now) == datetime(2026, 11, 24, 9, 15, tzinfo=IST)
+    assert parse_since("2026-11-24T03:45:00+00:00", now) == datetime(2026, 11, 24, 9, 15, tzinfo=IST)
+    assert parse_since("09:15", now) == datetime(2026, 11, 24, 9, 15, tzinfo=IST)
+    assert parse_since("09:15:30", now) == datetime(2026, 11, 24, 9, 15, 30, tzinfo=IST)
+    assert parse_since("15m", now) == now - timedelta(minutes=15)
+    assert parse_since("1d", now) == now - timedelta(days=1)
+    with pytest.raises(UsageError, match="is not a time"):
+        parse_since("monday", now)
