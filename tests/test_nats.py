@@ -36,7 +36,7 @@ from publishers.nats import (
 )
 from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
-from testkit.nats import NatsNotFound, NatsServer
+from testkit.nats import NatsCluster, NatsNotFound, NatsServer
 from testkit.reference import candle_to_dict, reference_candles
 from testkit.waiting import free_port, wait_until
 
@@ -64,7 +64,13 @@ def read_stream(url: str, subject: str, *, expect: int | None = None, timeout: f
         nc = await nats.connect(url)
         try:
             js = nc.jetstream()
-            sub = await js.subscribe(subject, ordered_consumer=True)
+            for attempt in range(6):  # a cluster that just lost a node may take a few seconds to answer
+                try:
+                    sub = await js.subscribe(subject, ordered_consumer=True)
+                    break
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    if attempt == 5:
+                        raise
             got = []
             while expect is None or len(got) < expect:
                 try:
@@ -391,3 +397,39 @@ def test_since_takes_a_date_time_a_time_of_day_or_a_span_ago():
     assert parse_since("1d", now) == now - timedelta(days=1)
     with pytest.raises(UsageError, match="is not a time"):
         parse_since("monday", now)
+
+
+# ---------------------------------------------------------------- a JetStream cluster
+
+
+@pytest.mark.slow
+def test_a_three_node_cluster_loses_a_node_mid_stream_and_every_candle_is_stored_once():
+    cluster = NatsCluster(3)
+    try:
+        cluster.start()
+        publisher = NatsPublisher(NatsSettings(url=cluster.url, replicas=3))
+        publisher.start()
+        wait_until(lambda: publisher.problem is None, 30, "the streams set up with 3 replicas")
+        sent = []
+        killed = None
+        for i in range(300):
+            candle = _candle(bucket=datetime(2026, 11, 24, 9, 15, tzinfo=IST) + timedelta(minutes=i), volume=1000 + i)
+            sent.append(candle)
+            publisher.publish_candles([candle])
+            publisher.publish_ticks(_ticks(5))
+            if i == 100:  # the node the daemon is connected to dies, as a crashed server would
+                port = publisher._nc.connected_url.port
+                killed = next(node for node in cluster.nodes if node.port == port)
+                killed.kill()
+            time.sleep(0.02)
+        wait_until(lambda: publisher.report().candles_waiting == 0, 60, "every candle acknowledged")
+        assert publisher.problem is None and publisher.report().reconnects >= 1
+        publisher.stop()
+        survivor = next(node for node in cluster.nodes if node is not killed)
+        messages = read_stream(survivor.url, "marketfeed.candles.>", expect=len(sent) + 1, timeout=3)
+        ids = [m.headers["Nats-Msg-Id"] for m in messages]
+        assert sorted(ids) == sorted(candle_msg_id(c) for c in sent)  # each exactly once, none lost
+        assert [json.loads(m.data)["volume"] for m in messages] == [c.volume for c in sent]  # in order
+        assert stream_messages(survivor.url, CANDLES_STREAM) == len(sent)
+    finally:
+        cluster.cleanup()
