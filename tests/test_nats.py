@@ -11,13 +11,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import nats
 import nats.errors
 import pytest
 
+import publishers.nats
 from brokers.sim.client import read_tape
 from candles.model import Candle, parse_intervals
 from cli.errors import UsageError
@@ -29,6 +30,7 @@ from publishers.nats import (
     CANDLES_STREAM,
     TICKS_STREAM,
     NatsPublisher,
+    TickEncoder,
     candle_msg_id,
     tick_subject,
     token,
@@ -433,3 +435,33 @@ def test_a_three_node_cluster_loses_a_node_mid_stream_and_every_candle_is_stored
         assert stream_messages(survivor.url, CANDLES_STREAM) == len(sent)
     finally:
         cluster.cleanup()
+
+
+def test_a_batch_written_at_once_publishes_what_publishing_tick_by_tick_does(nats_server: NatsServer, monkeypatch):
+    ticks = _ticks(3) + _ticks(2, "NIFTY 50")
+    for bulk in (True, False):
+        monkeypatch.setattr(publishers.nats, "_BULK", bulk)
+        publisher = NatsPublisher(NatsSettings(url=nats_server.url))
+        publisher.start()
+        try:
+            publisher.publish_ticks(ticks)
+            wait_until(lambda p=publisher: p.stats.ticks_published == 5, 10, "published")
+        finally:
+            publisher.stop()
+    messages = read_stream(nats_server.url, "marketfeed.ticks.>", expect=10)
+    assert [(m.subject, m.data) for m in messages[:5]] == [(m.subject, m.data) for m in messages[5:]]
+    assert messages[3].subject == "marketfeed.ticks.NSE.NIFTY_2050"
+
+
+def test_tick_times_are_written_as_isoformat_writes_them():
+    encoder = TickEncoder("marketfeed")
+    base = _ticks(1)[0]
+    for ts in (
+        datetime(2026, 11, 24, 9, 15, 3, tzinfo=IST),
+        datetime(2026, 11, 24, 9, 15, 3, 1, tzinfo=IST),
+        datetime(2026, 11, 24, 3, 45, 3, 999_999, tzinfo=timezone.utc),
+        datetime(2026, 11, 23, 18, 29, 59, 500_000, tzinfo=timezone.utc),  # the IST day before midnight
+    ):
+        for _ in range(2):  # made, then kept
+            body = json.loads(encoder.encode(replace(base, exchange_ts=ts))[1])
+            assert body["ts"] == ts.astimezone(IST).isoformat() and body["ts_ms"] == round(ts.timestamp() * 1000)
