@@ -68,6 +68,9 @@ CANDLES_STREAM = "MARKETFEED_CANDLES"
 CANDLE_LIMIT = 200_000  # candles waiting to be published while the bus is away; beyond, the oldest go
 _WINDOW = 256  # candles published at once, each acknowledged
 _ACK_TIMEOUT_S = 5.0
+_POLL_S = 0.005  # how often queued ticks are taken while they flow
+_IDLE_POLLS = 20  # empty looks before the tick pump waits to be woken
+_MOST_TICKS = 50_000  # ticks written at once at most
 _RETRY_S = 1.0
 WARN_EVERY_S = 300.0
 #: nats-py's outgoing buffer, written to directly for a batch of ticks (``_publish_batch``)
@@ -174,19 +177,19 @@ class TickEncoder:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self._heads: dict[tuple[str, str], tuple[str, bytes, str]] = {}
+        self._heads: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._seconds: dict[int, str] = {}  # epoch second -> "2026-11-24T09:15:04" (IST)
         self._received: tuple[object, int] = (None, 0)  # the latest receive time and its epoch ms
         self._times: dict[datetime, str] = {}  # exchange time -> its part of the payload
 
-    def head(self, exchange: str, symbol: str) -> tuple[str, bytes, str]:
+    def head(self, exchange: str, symbol: str) -> tuple[str, str, str]:
         """(subject, the start of its PUB command, the start of its payload)."""
         key = (exchange, symbol)
         found = self._heads.get(key)
         if found is None:
             subject = tick_subject(self.prefix, exchange, symbol)
             head = '{"exchange":' + json.dumps(exchange) + ',"symbol":' + json.dumps(symbol)
-            found = self._heads[key] = (subject, f"PUB {subject} ".encode(), head)
+            found = self._heads[key] = (subject, f"PUB {subject} ", head)
         return found
 
     def _time(self, ts: datetime) -> str:
@@ -206,8 +209,8 @@ class TickEncoder:
         self._times[ts] = fragment
         return fragment
 
-    def payload(self, t: TickData, head: str) -> bytes:
-        """One tick's JSON (ASCII: ``json.dumps`` escapes the names)."""
+    def payload(self, t: TickData, head: str) -> str:
+        """One tick's JSON, ASCII (``json.dumps`` escapes the names): its length is its bytes'."""
         ts = t.exchange_ts
         when = self._times.get(ts) or self._time(ts)
         received = t.receive_ts
@@ -220,25 +223,24 @@ class TickEncoder:
             f'{head},"token":{t.token},"price":"{t.last_price!s}",'
             f'"qty":{"null" if qty is None else qty},"volume":{"null" if volume is None else volume},'
             f'"oi":{"null" if oi is None else oi},{when},"received_ms":{received_ms}}}'
-        ).encode()
+        )
 
     def encode(self, t: TickData) -> tuple[str, bytes]:
         """(subject, payload) of one tick."""
         subject, _, head = self._heads.get((t.exchange, t.symbol)) or self.head(t.exchange, t.symbol)
-        return subject, self.payload(t, head)
+        return subject, self.payload(t, head).encode()
 
     def encode_batch(self, batch: Sequence[TickData], out: bytearray) -> None:
         """Append the batch to ``out`` as NATS PUB commands (the client protocol's, docs.nats.io
         "Client Protocol": ``PUB <subject> <#bytes>\\r\\n<payload>\\r\\n``)."""
         heads = self._heads
         payload = self.payload
+        commands = []
         for t in batch:
             _, pub, head = heads.get((t.exchange, t.symbol)) or self.head(t.exchange, t.symbol)
             body = payload(t, head)
-            out += pub
-            out += b"%d\r\n" % len(body)
-            out += body
-            out += b"\r\n"
+            commands.append(f"{pub}{len(body)}\r\n{body}\r\n")
+        out += "".join(commands).encode()
 
 
 def tick_json(t: TickData, prefix: str = "marketfeed") -> bytes:
@@ -275,7 +277,8 @@ class NatsPublisher:
         self._encoder = TickEncoder(config.prefix)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None  # candles, the stop, a connection
+        self._tick_wake: asyncio.Event | None = None  # a batch for an idle tick pump, the stop
         self._idle = False  # the tick pump waits for a batch: the next one wakes it
         self._stopping = False
         self._nc: Any = None
@@ -301,6 +304,7 @@ class NatsPublisher:
         """Publish what waits (for at most ``timeout`` seconds), then close the connection."""
         self._stopping = True
         self._poke()
+        self._poke(self._tick_wake)
         if self._thread is not None:
             self._thread.join(timeout + 2.0)
 
@@ -314,7 +318,7 @@ class NatsPublisher:
             return
         if self._idle:
             self._idle = False
-            self._poke()
+            self._poke(self._tick_wake)
 
     def publish_candles(self, candles: Iterable[Candle]) -> None:
         """Writer thread: candles the store accepted, published in order."""
@@ -350,8 +354,8 @@ class NatsPublisher:
             reconnects=max(0, s.connects - 1),
         )
 
-    def _poke(self) -> None:
-        loop, wake = self._loop, self._wake
+    def _poke(self, event: asyncio.Event | None = None) -> None:
+        loop, wake = self._loop, event or self._wake
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(wake.set)
@@ -373,6 +377,7 @@ class NatsPublisher:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._tick_wake = asyncio.Event()
         if not await self._connect():
             return
         pump = asyncio.create_task(self._pump_ticks())
@@ -482,58 +487,83 @@ class NatsPublisher:
         log.debug("nats: %s", exc)
 
     async def _pump_ticks(self) -> None:
+        """Take what the pipeline queued, every ``_POLL_S`` while ticks flow (one wake-up and one
+        write for all the batches queued meanwhile); after ``_IDLE_POLLS`` empty looks, wait to be
+        woken by the next batch instead (no timer while the market is closed)."""
         get = self._ticks.get_nowait
+        wake = self._tick_wake
+        assert wake is not None
         stats = self.stats
         publish_ticks = self.config.publish_ticks
+        empty = 0
         while True:
-            try:
-                batch = get()
-            except queue.Empty:
+            batches: list[Sequence[TickData]] = []
+            count = 0
+            while count < _MOST_TICKS:
+                try:
+                    batch = get()
+                except queue.Empty:
+                    break
+                batches.append(batch)
+                count += len(batch)
+            if not batches:
                 if self._stopping:
                     return
-                self._idle = True
-                if self._ticks.empty():
-                    await self._sleep(0.5)
+                empty += 1
+                if empty < _IDLE_POLLS:
+                    await asyncio.sleep(_POLL_S)
+                    continue
+                self._idle = True  # before looking again: a batch put after this look wakes it
+                if self._ticks.empty() and not self._stopping:
+                    await wake.wait()
+                wake.clear()
                 self._idle = False
+                empty = 0
                 continue
+            empty = 0
             if not publish_ticks:
                 continue
             sent = 0
             try:
-                sent = await self._publish_batch(batch)
+                sent = await self._publish_batches(batches)
             except nats.errors.OutboundBufferLimitError:
                 pass
             except Exception as exc:  # noqa: BLE001 - the connection closed under it: counted, never raised
                 stats.errors += 1
                 log.debug("nats: a tick publish failed: %s", exc)
             stats.ticks_published += sent
-            stats.ticks_dropped += len(batch) - sent
+            stats.ticks_dropped += count - sent
+            await asyncio.sleep(_POLL_S)
 
-    async def _publish_batch(self, batch: Sequence[TickData]) -> int:
-        """Publish the batch; the ticks handed to the client. nats-py publishes one message a call
-        (a coroutine, its checks, a command each): the batch's PUB commands are written as one into
-        the client's outgoing buffer instead, after the checks ``publish`` makes, where the client
-        has that buffer (nats-py 2.x); message by message otherwise."""
+    async def _publish_batches(self, batches: list[Sequence[TickData]]) -> int:
+        """Publish the batches' ticks; how many were handed to the client. nats-py publishes one
+        message a call (a coroutine, its checks, a command each): their PUB commands are written as
+        one into the client's outgoing buffer instead, after the checks ``publish`` makes, where the
+        client has that buffer (nats-py 2.x); message by message otherwise."""
         nc = self._nc
         if not _BULK:
             sent = 0
-            for tick in batch:
-                subject, payload = self._encoder.encode(tick)
-                await nc.publish(subject, payload)
-                sent += 1
+            for batch in batches:
+                for tick in batch:
+                    subject, payload = self._encoder.encode(tick)
+                    await nc.publish(subject, payload)
+                    sent += 1
             return sent
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
         out = bytearray()
-        self._encoder.encode_batch(batch, out)
+        count = 0
+        for batch in batches:
+            self._encoder.encode_batch(batch, out)
+            count += len(batch)
         if not nc.is_connected and nc._pending_data_size + len(out) > nc._max_pending_size:
             raise nats.errors.OutboundBufferLimitError  # away, and its buffer is full: as publish() says
-        nc.stats["out_msgs"] += len(batch)
+        nc.stats["out_msgs"] += count
         nc.stats["out_bytes"] += len(out)
         await nc._send_command(out)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
-        return len(batch)
+        return count
 
     def _window(self) -> list[tuple[int, Candle]]:
         """The next candles to publish at once: in order, at most one per candle key (a revision
