@@ -382,7 +382,7 @@ class NatsPublisher:
             return
         pump = asyncio.create_task(self._pump_ticks())
         candles = asyncio.create_task(self._pump_candles())
-        await asyncio.gather(pump, candles, return_exceptions=True)
+        await asyncio.gather(pump, candles)  # a bug in either ends the thread: the daemon's excepthook fails it
         with contextlib.suppress(Exception):  # away at the stop: what is buffered is lost
             await asyncio.wait_for(self._nc.flush(), 2.0)
         await self._nc.close()

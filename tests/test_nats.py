@@ -26,6 +26,7 @@ from cli.tail import parse_since
 from config.settings import NatsSettings
 from core.ist import IST
 from core.ticks import TickData
+from pipeline.health import BusReport
 from publishers.nats import (
     CANDLES_STREAM,
     TICKS_STREAM,
@@ -465,3 +466,29 @@ def test_tick_times_are_written_as_isoformat_writes_them():
         for _ in range(2):  # made, then kept
             body = json.loads(encoder.encode(replace(base, exchange_ts=ts))[1])
             assert body["ts"] == ts.astimezone(IST).isoformat() and body["ts_ms"] == round(ts.timestamp() * 1000)
+
+
+def test_a_bus_that_cannot_publish_degrades_health_and_its_counters_reach_the_heartbeat_and_metrics():
+    from ops.metrics import MetricsServer
+    from tests.test_health import HEALTHY
+
+    fine = BusReport("nats", "nats://127.0.0.1:4222", True, None, ticks_published=900, ticks_dropped=3,
+                     candles_published=40, candles_duplicate=2, errors=1, reconnects=1)  # fmt: skip
+    assert replace(HEALTHY, bus=fine).problems == [] and replace(HEALTHY, bus=fine).state == "running"
+    down = replace(fine, connected=False, error="lost the connection; reconnecting", candles_waiting=7)
+    sick = replace(HEALTHY, bus=down)
+    assert sick.state == "degraded" and sick.problems == [
+        "nats nats://127.0.0.1:4222: lost the connection; reconnecting; ticks are dropped and candles wait to be "
+        "published (7 waiting); candles are still stored"
+    ]
+    beat = sick.heartbeat(1.0)
+    assert beat["nats"] == {"connected": False, "ticks_published": 900, "ticks_dropped": 3, "candles_published": 40,
+                            "candles_waiting": 7, "candles_dropped": 0, "errors": 1}  # fmt: skip
+    assert "nats" not in HEALTHY.heartbeat(1.0)
+    metrics = MetricsServer(lambda: sick)
+    status, _, body = metrics.answer("/healthz", "")
+    assert status == 503 and b"nats nats://127.0.0.1:4222: lost the connection" in body
+    text = metrics.answer("/metrics", "")[2].decode()
+    for line in ("marketfeed_nats_connected 0.0", "marketfeed_nats_ticks_dropped_total 3.0",
+                 "marketfeed_nats_candles_waiting 7.0", "marketfeed_nats_reconnects_total 1.0"):  # fmt: skip
+        assert line in text, line
