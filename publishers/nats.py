@@ -230,17 +230,16 @@ class TickEncoder:
         subject, _, head = self._heads.get((t.exchange, t.symbol)) or self.head(t.exchange, t.symbol)
         return subject, self.payload(t, head).encode()
 
-    def encode_batch(self, batch: Sequence[TickData], out: bytearray) -> None:
-        """Append the batch to ``out`` as NATS PUB commands (the client protocol's, docs.nats.io
-        "Client Protocol": ``PUB <subject> <#bytes>\\r\\n<payload>\\r\\n``)."""
+    def encode_batch(self, batch: Sequence[TickData], commands: list[str]) -> None:
+        """Append the batch's NATS PUB commands to ``commands`` (the client protocol's, docs.nats.io
+        "Client Protocol": ``PUB <subject> <#bytes>\\r\\n<payload>\\r\\n``; ASCII)."""
         heads = self._heads
         payload = self.payload
-        commands = []
+        add = commands.append
         for t in batch:
             _, pub, head = heads.get((t.exchange, t.symbol)) or self.head(t.exchange, t.symbol)
             body = payload(t, head)
-            commands.append(f"{pub}{len(body)}\r\n{body}\r\n")
-        out += "".join(commands).encode()
+            add(f"{pub}{len(body)}\r\n{body}\r\n")
 
 
 def tick_json(t: TickData, prefix: str = "marketfeed") -> bytes:
@@ -551,11 +550,12 @@ class NatsPublisher:
             return sent
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
-        out = bytearray()
+        commands: list[str] = []
         count = 0
         for batch in batches:
-            self._encoder.encode_batch(batch, out)
+            self._encoder.encode_batch(batch, commands)
             count += len(batch)
+        out = "".join(commands).encode()
         if not nc.is_connected and nc._pending_data_size + len(out) > nc._max_pending_size:
             raise nats.errors.OutboundBufferLimitError  # away, and its buffer is full: as publish() says
         nc.stats["out_msgs"] += count
