@@ -580,6 +580,8 @@ class Service:
                 if batch:
                     stats.ticks += len(batch)
                     out.put(agg.add(batch))
+                    if to_bus is not None:
+                        to_bus(batch)
             out.put(agg.advance())
             open_candles = agg.flush()
             out.put(open_candles)

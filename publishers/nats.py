@@ -242,11 +242,6 @@ class TickEncoder:
             add(f"{pub}{len(body)}\r\n{body}\r\n")
 
 
-def tick_json(t: TickData, prefix: str = "marketfeed") -> bytes:
-    """One tick's payload (as ``NatsPublisher`` sends it)."""
-    return TickEncoder(prefix).encode(t)[1]
-
-
 @dataclass(slots=True)
 class NatsStats:
     ticks_published: int = 0
