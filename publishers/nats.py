@@ -4,7 +4,7 @@ Subjects, under ``NATS_SUBJECT_PREFIX`` (default ``marketfeed``):
 
 - ``<prefix>.ticks.<EXCHANGE>.<SYMBOL>``: each normalised tick, in stream ``MARKETFEED_TICKS``;
 - ``<prefix>.candles.<interval>.<EXCHANGE>.<SYMBOL>``: each candle once the store accepted it (a
-  revision again), in stream ``MARKETFEED_CANDLES``.
+  revision again), in stream ``MARKETFEED_CANDLES`` (another prefix, other streams: ``stream_names``).
 
 A subject token may not hold ``.``, ``*``, ``>`` or white space, and NATS recommends letters,
 digits, ``-`` and ``_`` (docs.nats.io, "Subject-Based Messaging"); symbols hold spaces, ``&``,
@@ -63,7 +63,7 @@ from pipeline.health import BusReport, Health
 
 log = logging.getLogger(__name__)
 
-TICKS_STREAM = "MARKETFEED_TICKS"
+TICKS_STREAM = "MARKETFEED_TICKS"  # the streams' names under the default prefix (``stream_names``)
 CANDLES_STREAM = "MARKETFEED_CANDLES"
 CANDLE_LIMIT = 200_000  # candles waiting to be published while the bus is away; beyond, the oldest go
 _WINDOW = 256  # candles published at once, each acknowledged
@@ -108,6 +108,14 @@ def untoken(escaped: str) -> str:
             raw.extend(escaped[i].encode())
             i += 1
     return raw.decode()
+
+
+def stream_names(prefix: str) -> tuple[str, str]:
+    """The ticks' and the candles' streams under ``prefix``: ``MARKETFEED_TICKS`` and
+    ``MARKETFEED_CANDLES`` for ``marketfeed``; ``prod.mf`` → ``PROD_MF_TICKS``. Daemons with
+    different prefixes on one server keep apart streams."""
+    base = re.sub(r"[^A-Za-z0-9_-]", "_", prefix).upper()
+    return f"{base}_TICKS", f"{base}_CANDLES"
 
 
 def tick_subject(prefix: str, exchange: str, symbol: str) -> str:
@@ -422,9 +430,10 @@ class NatsPublisher:
     async def _setup(self) -> None:
         """Create the streams, or update their limits; retried until it succeeds."""
         c = self.config
+        ticks, candles = stream_names(c.prefix)
         streams = (
-            (TICKS_STREAM, f"{c.prefix}.ticks.>", c.ticks_max_age_seconds, c.ticks_max_bytes),
-            (CANDLES_STREAM, f"{c.prefix}.candles.>", c.candles_max_age_seconds, c.candles_max_bytes),
+            (ticks, f"{c.prefix}.ticks.>", c.ticks_max_age_seconds, c.ticks_max_bytes),
+            (candles, f"{c.prefix}.candles.>", c.candles_max_age_seconds, c.candles_max_bytes),
         )
         while not self._stopping and self._connected:
             try:

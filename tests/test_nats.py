@@ -33,6 +33,7 @@ from publishers.nats import (
     NatsPublisher,
     TickEncoder,
     candle_msg_id,
+    stream_names,
     tick_subject,
     token,
     untoken,
@@ -492,3 +493,24 @@ def test_a_bus_that_cannot_publish_degrades_health_and_its_counters_reach_the_he
     for line in ("marketfeed_nats_connected 0.0", "marketfeed_nats_ticks_dropped_total 3.0",
                  "marketfeed_nats_candles_waiting 7.0", "marketfeed_nats_reconnects_total 1.0"):  # fmt: skip
         assert line in text, line
+
+
+def test_each_prefix_has_its_own_streams():
+    assert stream_names("marketfeed") == (TICKS_STREAM, CANDLES_STREAM) == ("MARKETFEED_TICKS", "MARKETFEED_CANDLES")
+    assert stream_names("prod.mf") == ("PROD_MF_TICKS", "PROD_MF_CANDLES")
+
+
+def test_two_prefixes_on_one_server_publish_into_streams_of_their_own(nats_server: NatsServer):
+    publishers_ = [NatsPublisher(NatsSettings(url=nats_server.url, prefix=prefix)) for prefix in ("a", "b.c")]
+    for publisher in publishers_:
+        publisher.start()
+    try:
+        for publisher in publishers_:
+            publisher.publish_candles([_candle()])
+        wait_until(lambda: all(p.stats.candles_published == 1 for p in publishers_), 10, "both acknowledged")
+        assert all(p.problem is None for p in publishers_)
+    finally:
+        for publisher in publishers_:
+            publisher.stop()
+    assert stream_messages(nats_server.url, "A_CANDLES") == 1 and stream_messages(nats_server.url, "B_C_CANDLES") == 1
+    assert [m.subject for m in read_stream(nats_server.url, "b.c.candles.>")] == ["b.c.candles.1m.NSE.NIFTY_2050"]
