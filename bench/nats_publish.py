@@ -184,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = cpu / wall - base
     print(f"with NATS:    {sent:,} ticks in {wall:.2f} s, CPU {cpu:.2f} s ({cpu / wall:.1%} of a core); published "
           f"{stats.ticks_published:,}, dropped {stats.ticks_dropped:,}")  # fmt: skip
-    print(f"  extra CPU for publishing: {extra:.1%} of a core at {sent / wall:,.0f} ticks/s "
-          f"({(cpu - base * wall) / max(sent, 1) * 1e6:.2f} µs a tick); bar <= 10%: {'met' if extra <= 0.10 else 'MISSED'}")
+    print(
+        f"  extra CPU for publishing: {extra:.1%} of a core at {sent / wall:,.0f} ticks/s "
+        f"({(cpu - base * wall) / max(sent, 1) * 1e6:.2f} µs a tick); bar <= 10%: {'met' if extra <= 0.10 else 'MISSED'}"
+    )
     print(f"  nats-server: {server_cpu / wall:.1%} of a core (not the daemon's)")
     if latencies:
         print(f"latency, tick handed over -> JetStream consumer ({len(latencies)} ticks of {PROBE}): "
