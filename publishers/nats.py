@@ -70,6 +70,7 @@ _WINDOW = 256  # candles published at once, each acknowledged
 _ACK_TIMEOUT_S = 5.0
 _POLL_S = 0.005  # how often queued ticks are taken while they flow
 _IDLE_POLLS = 20  # empty looks before the tick pump waits to be woken
+_FIRST_CONNECT_S = 5.0  # how long ticks wait for the first connection before they are dropped
 _MOST_TICKS = 50_000  # ticks written at once at most
 _RETRY_S = 1.0
 WARN_EVERY_S = 300.0
@@ -290,6 +291,8 @@ class NatsPublisher:
         self._error: str | None = "not connected yet"
         self._warned_at: float | None = None
         self._setup_task: asyncio.Task | None = None
+        self._connecting: asyncio.Task | None = None  # the first connection, while it is tried
+        self._hold_until = 0.0  # monotonic time until which ticks wait for the first connection
 
     def __repr__(self) -> str:
         return f"NatsPublisher({self.where}, subjects={self.config.prefix}.>)"
@@ -307,6 +310,10 @@ class NatsPublisher:
         self._stopping = True
         self._poke()
         self._poke(self._tick_wake)
+        loop, connecting = self._loop, self._connecting
+        if loop is not None and connecting is not None:  # nats-py retries a first connection forever
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(connecting.cancel)
         if self._thread is not None:
             self._thread.join(timeout + 2.0)
 
@@ -380,14 +387,18 @@ class NatsPublisher:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._tick_wake = asyncio.Event()
-        if not await self._connect():
-            return
+        # the pumps run from the start: ticks queued before the first connection wait for it
+        # ``_FIRST_CONNECT_S`` at most, then are dropped and counted (not NATS_QUEUE_BATCHES
+        # batches of stale ticks kept while the server is away)
+        self._hold_until = time.monotonic() + _FIRST_CONNECT_S
         pump = asyncio.create_task(self._pump_ticks())
         candles = asyncio.create_task(self._pump_candles())
+        await self._connect()
         await asyncio.gather(pump, candles)  # a bug in either ends the thread: the daemon's excepthook fails it
-        with contextlib.suppress(Exception):  # away at the stop: what is buffered is lost
-            await asyncio.wait_for(self._nc.flush(), 2.0)
-        await self._nc.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):  # away at the stop: what is buffered is lost
+                await asyncio.wait_for(self._nc.flush(), 2.0)
+            await self._nc.close()
         self._loop = None
 
     async def _connect(self) -> bool:
@@ -395,8 +406,8 @@ class NatsPublisher:
         by itself only once it has been connected)."""
         delay = 0.5
         while not self._stopping:
-            try:
-                self._nc = await nats.connect(
+            self._connecting = asyncio.create_task(
+                nats.connect(
                     servers=self.config.servers,
                     name="marketfeed",
                     allow_reconnect=True,
@@ -408,12 +419,23 @@ class NatsPublisher:
                     error_cb=self._on_error,
                     pending_size=8 * 1024 * 1024,
                 )
+            )
+            try:
+                nc = await self._connecting
+            except asyncio.CancelledError:  # stopped while connecting
+                return False
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
                 self._fail(f"cannot connect ({_words(exc)})")
                 await self._sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
-            self._js = self._nc.jetstream(timeout=_ACK_TIMEOUT_S)
+            finally:
+                self._connecting = None
+            if self._stopping:
+                await nc.close()
+                return False
+            self._nc = nc
+            self._js = nc.jetstream(timeout=_ACK_TIMEOUT_S)
             self._connected = True
             self.stats.connects += 1
             log.info("nats: connected to %s", self.where)
@@ -485,8 +507,8 @@ class NatsPublisher:
             self._setup_task = asyncio.create_task(self._setup())
 
     async def _on_error(self, exc: Exception) -> None:
-        if not self._stopping and not self._ready:
-            self._error = f"cannot connect ({_words(exc)})"
+        if not self._stopping and not self._ready:  # a (re)connection failed: nats-py tries again
+            self._fail(f"cannot connect ({_words(exc)})")
         log.debug("nats: %s", exc)
 
     async def _pump_ticks(self) -> None:
@@ -500,6 +522,9 @@ class NatsPublisher:
         publish_ticks = self.config.publish_ticks
         empty = 0
         while True:
+            if self._nc is None and not self._stopping and time.monotonic() < self._hold_until:
+                await asyncio.sleep(0.02)  # the first connection is being made: the queue holds the ticks
+                continue
             batches: list[Sequence[TickData]] = []
             count = 0
             while count < _MOST_TICKS:
@@ -544,6 +569,8 @@ class NatsPublisher:
         one into the client's outgoing buffer instead, after the checks ``publish`` makes, where the
         client has that buffer (nats-py 2.x); message by message otherwise."""
         nc = self._nc
+        if nc is None:  # not connected yet: dropped (and counted)
+            return 0
         if not _BULK:
             sent = 0
             for batch in batches:

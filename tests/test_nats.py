@@ -514,3 +514,31 @@ def test_two_prefixes_on_one_server_publish_into_streams_of_their_own(nats_serve
             publisher.stop()
     assert stream_messages(nats_server.url, "A_CANDLES") == 1 and stream_messages(nats_server.url, "B_C_CANDLES") == 1
     assert [m.subject for m in read_stream(nats_server.url, "b.c.candles.>")] == ["b.c.candles.1m.NSE.NIFTY_2050"]
+
+
+@pytest.mark.slow
+def test_a_password_in_nats_url_never_reaches_the_log(tmp_path):
+    port = free_port()  # nothing listens: the connection errors are logged
+    env = main_env(NATS_URL=f"nats://feeder:s3cr3t-pw@127.0.0.1:{port}", LOG_LEVEL="DEBUG")
+    proc = run_main(*sim_args("--duration", "3"), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"nats nats://127.0.0.1:{port}" in proc.stderr or f"at nats://127.0.0.1:{port}" in proc.stderr
+    assert "s3cr3t-pw" not in proc.stdout + proc.stderr
+
+
+def test_without_a_server_ticks_are_dropped_and_counted_and_the_stop_is_prompt(monkeypatch):
+    monkeypatch.setattr(publishers.nats, "_FIRST_CONNECT_S", 0.3)
+    publisher = NatsPublisher(NatsSettings(url=f"nats://127.0.0.1:{free_port()}"))
+    publisher.start()
+    try:
+        publisher.publish_ticks(_ticks(4))
+        time.sleep(0.1)
+        assert publisher.stats.ticks_dropped == 0  # held for the first connection a moment
+        wait_until(lambda: publisher.stats.ticks_dropped == 4, 5, "the ticks dropped")
+        publisher.publish_ticks(_ticks(3))
+        wait_until(lambda: publisher.stats.ticks_dropped == 7, 5, "later ticks dropped at once")
+        assert publisher.report().ticks_dropped == 7 and publisher.stats.ticks_published == 0
+    finally:
+        started = time.monotonic()
+        publisher.stop()
+        assert time.monotonic() - started < 2  # nats-py's endless first connection is cancelled
