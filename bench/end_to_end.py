@@ -100,10 +100,10 @@ def say(text: str = "") -> None:
 class Load:
     """bench/kite_load.py serve, driven over its JSON-lines stdin/stdout."""
 
-    def __init__(self, instruments: int, seed: int, workdir: Path) -> None:
+    def __init__(self, instruments: int, seed: int, workdir: Path, first: int = 0) -> None:
         self._err = open(workdir / "load.err", "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [PY, *LOAD, "serve", "--instruments", str(instruments), "--seed", str(seed)],
+            [PY, *LOAD, "serve", "--instruments", str(instruments), "--seed", str(seed), "--first", str(first)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1,
         )  # fmt: skip
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -168,11 +168,12 @@ class Load:
 class Daemon:
     """main.py --broker kite as a separate process, logs in files, metrics over HTTP."""
 
-    def __init__(self, load: Load, dsn: str, workdir: Path, instruments: int, intervals: str) -> None:
+    def __init__(self, load: Load, dsn: str, workdir: Path, instruments: int, intervals: str, first: int = 0) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         info = load.info
-        (workdir / "watch.txt").write_text("".join(f"NSE:{i.tradingsymbol}\n" for i in bench_instruments(instruments)))
+        watch = "".join(f"NSE:{i.tradingsymbol}\n" for i in bench_instruments(instruments, first))
+        (workdir / "watch.txt").write_text(watch)
         self.port = free_port()
         self.env = main_env(
             KITE_API_KEY=info["api_key"], KITE_API_SECRET=info["api_secret"], KITE_ACCESS_TOKEN=info["access_token"],

@@ -76,9 +76,12 @@ assert REC.itemsize == 186
 LOG = np.dtype([("i", "<u4"), ("price", "<u4"), ("volume", "<u4"), ("ts", "<u4")])
 
 
-def bench_instruments(n: int) -> list[FakeInstrument]:
-    """The watchlist: ``n`` NSE equities ``SYN00000`` … with tokens of segment 1 (prices in paise)."""
-    return [FakeInstrument(((100_000 + k) << 8) | 1, "NSE", f"SYN{k:05d}", name=f"SYNTHETIC {k}") for k in range(n)]
+def bench_instruments(n: int, first: int = 0) -> list[FakeInstrument]:
+    """The watchlist: ``n`` NSE equities ``SYN00000`` … (from number ``first``: another shard's) with
+    tokens of segment 1 (prices in paise)."""
+    return [
+        FakeInstrument(((100_000 + k) << 8) | 1, "NSE", f"SYN{k:05d}", name=f"SYNTHETIC {k}") for k in range(first, first + n)
+    ]
 
 
 class Book:
@@ -287,7 +290,7 @@ def stream(
 
 
 def serve(args: argparse.Namespace) -> int:
-    instruments = bench_instruments(args.instruments)
+    instruments = bench_instruments(args.instruments, args.first)
     book = Book(instruments, seed=args.seed)
     check_encoding(Book(instruments[:20], seed=args.seed))
     with LoadServer(instruments) as server:
@@ -377,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("serve", help="the fake Kite server with the fast send path")
     s.add_argument("--instruments", type=int, default=9000)
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--first", type=int, default=0, help="number of the first instrument (SYN<first>...): a shard's own")
     k = sub.add_parser("kiteticker", help="pykiteconnect's KiteTicker counting ticks")
     k.add_argument("--root", required=True)
     k.add_argument("--api-key", required=True)
