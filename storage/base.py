@@ -27,6 +27,12 @@ class StorageFault(StoreUnavailable):
     The message names the store and what the disk said."""
 
 
+class Fenced(StoreError):
+    """A candle write carried a lease epoch that is no longer current (another daemon took the
+    lease over, or it expired): the database refused it and nothing of it was written. Not a
+    fault to retry: the writer that gets it is no longer the leader."""
+
+
 class TextMemo(dict):
     """The text of each distinct value met while encoding one batch, made once: a batch's candles
     share their bucket times, names and (the decoders share one datetime per exchange second)

@@ -291,6 +291,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=7,
+        description="ha_lease: the writer's lease of a hot-standby pair, its holder and fencing epoch",
+        # times are the database's (now()), never a host's; SQLite gets the table for one schema
+        # everywhere, but HA refuses to run on SQLite (storage/lease.py)
+        sqlite=(
+            """
+            CREATE TABLE ha_lease (
+                name        TEXT    PRIMARY KEY,
+                holder      TEXT    NOT NULL,
+                epoch       INTEGER NOT NULL,
+                expires_at  INTEGER NOT NULL,
+                acquired_at INTEGER NOT NULL
+            )
+            """,
+        ),
+        postgres=(
+            """
+            CREATE TABLE ha_lease (
+                name        text        PRIMARY KEY,
+                holder      text        NOT NULL,
+                epoch       bigint      NOT NULL,
+                expires_at  timestamptz NOT NULL,
+                acquired_at timestamptz NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version
