@@ -128,7 +128,7 @@ def test_concurrent_takeovers_make_exactly_one_leader(pg_dsn: str, stores: list[
         start = threading.Barrier(len(contenders))
         won: list[Fence] = []
 
-        def attempt(lease: Lease) -> None:
+        def attempt(lease: Lease, start: threading.Barrier = start, won: list[Fence] = won) -> None:
             start.wait()
             fence = lease.acquire()
             if fence is not None:
