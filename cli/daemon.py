@@ -107,6 +107,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         signals.enter("opening and migrating the store")
         store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
         parts.callback(store.close)
+        ha = _hot_standby(settings, store, clock, parts) if settings.ha.enabled else None
         version = store.migrate()
         log.info("store %s ready (schema version %d)", store.description, version)
         signals.enter("reading and resolving the watchlist")
@@ -148,6 +149,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             after_checkpoint=release_free_memory,
             history=daemon_history(settings, broker),
             backfill_delay=settings.backfill.delay_seconds,
+            ha=ha,
         )
         exchanges = sorted({i.exchange for i in instruments} | {s.exchange for s in specs})
         _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))
@@ -162,6 +164,9 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             systemd.stopping()
             drained[0] = service.stop()
 
+        if ha is not None:
+            ha.start()  # a lone daemon leads from its first candle
+            parts.callback(ha.stop)  # after the service drained: the lease is released then
         parts.callback(stop_service)
         signals.enter(f"starting the service (spool replay, journal recovery, subscribing {len(instruments)} instruments)")
         wiring.attach(service, static, universes)
@@ -191,6 +196,27 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         log.error("exiting with status 1 after a failure: %s", service.failure)
         return 1
     return 0 if drained[0] else 1
+
+
+def _hot_standby(settings: Settings, store: CandleStore, clock: Callable[[], float], parts: ExitStack):  # noqa: ANN202
+    """The lease (its own connection: a renewal never waits behind a write) and the role the
+    writer asks; candle writes of ``store`` are fenced by the lease's epoch from now on."""
+    from pipeline.ha import HaRole
+    from storage.lease import Lease
+    from storage.postgres import PostgresStore
+
+    ha = settings.ha
+    if not isinstance(store, PostgresStore) or not settings.storage.pg_conn_str:
+        raise UsageError("HA=true needs PostgreSQL (PG_CONN_STR): SQLite cannot hold a lease both daemons see")
+    store.fenced = True
+    store.session_timeout = ha.lease_ttl_seconds
+    lease_store = PostgresStore(settings.storage.pg_conn_str)
+    parts.callback(lease_store.close)
+    log.info(
+        "hot standby: node %s, lease %r, TTL %gs: candles are written only while this daemon holds it",
+        ha.node_id, ha.lease_name, ha.lease_ttl_seconds,
+    )  # fmt: skip
+    return HaRole(Lease(lease_store, ha.lease_name, ha.node_id, ha.lease_ttl_seconds), store, clock=clock)
 
 
 def _market_calendar(

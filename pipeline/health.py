@@ -63,6 +63,13 @@ class Health:
     reconcile_mismatches: int | None = None
     #: the derivatives universes (None: the watchlist has none)
     universe: UniverseReport | None = None
+    #: hot standby (pipeline/ha.py): ``leader`` or ``standby`` (None: HA off), the lease epoch
+    #: held, why the lease cannot be reached, and the closed candles a standby keeps in memory.
+    #: A healthy standby is healthy: being one is no problem.
+    ha_role: str | None = None
+    ha_epoch: int | None = None
+    ha_problem: str | None = None
+    ha_retained: int = 0
 
     @property
     def connections_up(self) -> int:
@@ -98,6 +105,8 @@ class Health:
             problems.append(f"{self.journal_fault}: a kill now would lose open buckets' ticks (checkpoint retried)")
         if self.universe is not None:
             problems += self.universe.problems
+        if self.ha_problem:
+            problems.append(self.ha_problem)
         if not self.pipeline_alive:
             problems.append(f"pipeline thread stopped or stuck for more than {self.pipeline_max_age:g} s")
         return problems
@@ -141,7 +150,15 @@ class Health:
             "reconcile_mismatches": self.reconcile_mismatches,
             "universe_contracts": None if self.universe is None else self.universe.contracts,
             "universe_recentres": None if self.universe is None else self.universe.recentres,
+            "ha_role": self.ha_role,
+            "ha_epoch": self.ha_epoch,
         }
+
+    def ha_line(self) -> str:
+        """The role's part of the status line: "leader epoch 3", "standby (120 candles kept)"."""
+        if self.ha_role == "leader":
+            return f"leader epoch {self.ha_epoch}"
+        return f"{self.ha_role} ({self.ha_retained} candles kept)"
 
     def feed_line(self) -> str:
         """The feed's part of the status line."""

@@ -27,10 +27,11 @@ class StorageFault(StoreUnavailable):
     The message names the store and what the disk said."""
 
 
-class Fenced(StoreError):
+class Fenced(StoreUnavailable):
     """A candle write carried a lease epoch that is no longer current (another daemon took the
-    lease over, or it expired): the database refused it and nothing of it was written. Not a
-    fault to retry: the writer that gets it is no longer the leader."""
+    lease over, or it expired), or none: the database refused it and nothing of it was written.
+    Like an unreachable store, nothing is dropped (the writer keeps the candles); unlike it, the
+    writer that gets it is no longer the leader (pipeline/ha.py)."""
 
 
 class TextMemo(dict):
