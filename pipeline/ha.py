@@ -198,8 +198,9 @@ class HaRole:
         self._retained = {}
         out = self._past_horizon(retained)
         log.warning(
-            "HA: leader with epoch %d: writing %d retained candles newer than the store's; %d older kept as stored",
-            term.epoch, len(out), len(retained) - len(out),
+            "HA: leader with epoch %d: writing %d retained candles newer than the store's%s; %d older kept as stored",
+            term.epoch, len(out), f" (buckets {out[0].bucket:%H:%M} to {out[-1].bucket:%H:%M})" if out else "",
+            len(retained) - len(out),
         )  # fmt: skip
         return out
 
