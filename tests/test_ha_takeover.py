@@ -87,9 +87,7 @@ def test_sigkill_of_the_leader_the_standby_takes_over_within_the_ttl(tmp_path, s
 
 
 @pytest.mark.slow
-def test_a_paused_leader_never_writes_after_losing_the_lease_and_a_killed_standby_changes_nothing(
-    tmp_path, server, pg_dsn
-) -> None:
+def test_a_paused_leader_never_writes_after_losing_the_lease_and_a_killed_standby_changes_nothing(tmp_path, server, pg_dsn) -> None:
     parts = phases(4)
     a, b = start_pair(tmp_path, server, pg_dsn)
     run = Run(server, pg_dsn)
