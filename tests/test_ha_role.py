@@ -176,3 +176,21 @@ def _until(condition, timeout: float = 5.0) -> None:  # noqa: ANN001
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_a_healthy_standby_is_healthy_and_says_its_role_everywhere() -> None:
+    from ops.metrics import MetricsServer
+    from tests.test_health import HEALTHY
+
+    standby = replace(HEALTHY, ha_role=STANDBY, ha_epoch=None, ha_retained=120)
+    leader = replace(HEALTHY, ha_role=LEADER, ha_epoch=3)
+    assert standby.problems == [] and standby.state == "running"
+    assert standby.heartbeat(0.0)["ha_role"] == "standby" and leader.heartbeat(0.0)["ha_epoch"] == 3
+    assert (standby.ha_line(), leader.ha_line()) == ("standby (120 candles kept)", "leader epoch 3")
+    lost = replace(standby, ha_problem="HA lease 'pair': cannot reach PostgreSQL")
+    assert lost.problems == ["HA lease 'pair': cannot reach PostgreSQL"]
+    for reading, code, gauge in ((standby, 200, "marketfeed_ha_leader 0.0"), (leader, 200, "marketfeed_ha_leader 1.0"),
+                                 (lost, 503, "marketfeed_ha_leader 0.0")):  # fmt: skip
+        server = MetricsServer(lambda reading=reading: reading)
+        assert server.answer("/healthz", "")[0] == code
+        assert gauge in server.answer("/metrics", "text/plain")[2].decode()
