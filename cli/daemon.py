@@ -119,6 +119,8 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         universes = wiring.build(specs)
         static = resolve(broker, pairs) if pairs else []
         wiring.check_capacity(static, universes)
+        if ha is not None:
+            _pair_fits(ha, settings, broker, len(static) + (0 if universes is None else universes.capacity()))
         instruments = list({i.key: i for i in [*static, *wiring.instruments(universes)]}.values())
         if not instruments:
             raise UsageError(f"none of the watchlist's entries names an instrument {broker.name} knows")
@@ -217,6 +219,33 @@ def _hot_standby(settings: Settings, store: CandleStore, clock: Callable[[], flo
         ha.node_id, ha.lease_name, ha.lease_ttl_seconds,
     )  # fmt: skip
     return HaRole(Lease(lease_store, ha.lease_name, ha.node_id, ha.lease_ttl_seconds), store, clock=clock)
+
+
+def _pair_fits(ha, settings: Settings, broker: BaseBroker, count: int) -> None:  # noqa: ANN001
+    """Refuse a pair that would open more feed connections on one broker account than the broker
+    allows (Kite: 3 per API key): this daemon's need plus what its live partner recorded."""
+    import hashlib
+    import math
+
+    venue = settings.venues.get(broker.name)
+    key = getattr(venue, "api_key", None) or getattr(venue, "consumer_key", None)
+    if not key or not broker.max_symbols_per_connection:
+        return
+    account = hashlib.sha256(key.encode()).hexdigest()[:16]  # which account, never the key itself
+    need = max(1, math.ceil(count / broker.max_symbols_per_connection))
+    try:
+        partner = ha.lease.register(broker.name, account, need)
+    except StoreError as exc:
+        log.warning("hot standby: could not record this daemon's connections (%s): the pair's limit is not checked", exc)
+        return
+    ha.registered = True
+    if need + partner > broker.max_connections:
+        raise UsageError(
+            f"hot standby: this daemon needs {need} {broker.name} connection{'s' if need > 1 else ''} for "
+            f"{count} instruments and its partner holds {partner} on the same account, more than the "
+            f"{broker.max_connections} {broker.name} allows per account: give each daemon its own account "
+            "(for Kite, its own KITE_API_KEY) or shorten the watchlist so that each needs fewer connections"
+        )
 
 
 def _market_calendar(

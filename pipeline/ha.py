@@ -21,6 +21,7 @@ database would refuse it). The writer asks ``admit`` which of its candles to wri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -63,6 +64,7 @@ class HaRole:
         self.takeovers = 0
         self.step_downs = 0
         self.skipped = 0  # candles not written: at or before the horizon of a term
+        self.registered = False  # this daemon's broker account is recorded (``Lease.register``)
         self._lock = threading.Lock()
         self._term: Fence | None = None  # the lease this daemon holds
         self._begun: Fence | None = None  # the term the writer has begun (horizon read)
@@ -120,6 +122,9 @@ class HaRole:
         """Take the lease if it is free, else renew it; step down when it is lost."""
         term = self._term
         sent = self.monotonic()
+        if self.registered:
+            with contextlib.suppress(StoreError):  # the acquire or renewal below says what is wrong
+                self.lease.seen()
         if term is None:
             try:
                 fence = self.lease.acquire()

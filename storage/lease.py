@@ -38,6 +38,18 @@ _RELEASE = """
 UPDATE ha_lease SET expires_at = now()
 WHERE name = %(name)s AND holder = %(holder)s AND epoch = %(epoch)s AND expires_at > now()
 """
+_REGISTER = """
+INSERT INTO ha_nodes (lease, node, broker, account, connections, seen_at)
+VALUES (%(name)s, %(holder)s, %(broker)s, %(account)s, %(connections)s, now())
+ON CONFLICT (lease, node) DO UPDATE SET broker = EXCLUDED.broker, account = EXCLUDED.account,
+    connections = EXCLUDED.connections, seen_at = now()
+RETURNING (
+    SELECT COALESCE(sum(connections), 0) FROM ha_nodes
+    WHERE lease = %(name)s AND node <> %(holder)s AND broker = %(broker)s AND account = %(account)s
+      AND seen_at > now() - make_interval(secs => %(ttl)s * 3)
+)
+"""
+_SEEN = "UPDATE ha_nodes SET seen_at = now() WHERE lease = %(name)s AND node = %(holder)s"
 _READ = """
 SELECT holder, epoch, extract(epoch FROM expires_at - now()) FROM ha_lease WHERE name = %(name)s
 """
@@ -114,6 +126,17 @@ class Lease:
     def release(self, fence: Fence) -> None:
         """Let it expire now (a clean stop): the standby takes over at its next try."""
         self._one(f"release the lease {self.name!r}", _RELEASE, self._params(fence.epoch))
+
+    def register(self, broker: str, account: str, connections: int) -> int:
+        """Record this daemon's broker account (a digest, never the key) and the connections it
+        needs; returns the connections the pair's other live daemons hold on the same account."""
+        params = {**self._params(), "broker": broker, "account": account, "connections": connections}
+        row = self._one("register with the lease", _REGISTER, params)
+        return int(row[0]) if row else 0
+
+    def seen(self) -> None:
+        """This daemon is alive (each lease tick): ``register`` counts daemons seen within 3 TTLs."""
+        self._one("register with the lease", _SEEN, self._params())
 
     def read(self) -> LeaseState | None:
         row = self._one(f"read the lease {self.name!r}", _READ, self._params())

@@ -148,3 +148,26 @@ def test_ha_needs_postgresql() -> None:
     problem = ha_store_problem(None)
     assert problem is not None and "PG_CONN_STR" in problem and "HA=false" in problem
     assert ha_store_problem("postgresql://x@h/db") is None
+
+
+def test_a_pair_on_one_broker_account_must_fit_its_connections(pg_dsn: str, stores: list[PostgresStore]) -> None:
+    from types import SimpleNamespace
+
+    from cli.daemon import _pair_fits
+    from cli.errors import UsageError
+
+    kite = SimpleNamespace(name="kite", max_symbols_per_connection=3000, max_connections=3)
+    one_key = SimpleNamespace(venues={"kite": SimpleNamespace(api_key="k1")})
+    a = SimpleNamespace(lease=_lease(pg_dsn, stores, "a"), registered=False)
+    b = SimpleNamespace(lease=_lease(pg_dsn, stores, "b"), registered=False)
+    _pair_fits(a, one_key, kite, 4000)  # 2 connections
+    assert a.registered
+    _pair_fits(b, one_key, kite, 3000)  # 1 more: 3, the limit
+    with pytest.raises(UsageError, match=r"needs 2 kite connections for 3001 instruments and its partner holds 2"):
+        _pair_fits(b, one_key, kite, 3001)  # b's own earlier row is not its partner's
+    _pair_fits(b, SimpleNamespace(venues={"kite": SimpleNamespace(api_key="k2")}), kite, 9000)  # its own key
+    b.lease.ttl = 0.1
+    time.sleep(0.5)  # a not seen within 3 TTLs (its lease thread would refresh it): gone
+    _pair_fits(b, one_key, kite, 3001)
+    rows = stores[0]._run("read", lambda cur: (cur.execute("SELECT account FROM ha_nodes"), cur.fetchall())[1])
+    assert all("k1" not in r[0] and "k2" not in r[0] for r in rows)  # a digest, never the key
