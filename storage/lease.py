@@ -76,16 +76,6 @@ class LeaseState:
     remaining: float  # seconds until it expires by the database's clock (negative: expired)
 
 
-def ha_store_problem(pg_conn_str: str | None) -> str | None:
-    """Why HA cannot run on this store, or None."""
-    if not pg_conn_str:
-        return (
-            "HA=true needs PostgreSQL: the lease and its fencing live in the database both daemons "
-            "write to, and SQLite is one host's file; set PG_CONN_STR (the same for both daemons) or HA=false"
-        )
-    return None
-
-
 class Lease:
     """Lease operations for ``holder`` on lease ``name``, run through ``store`` (a
     ``PostgresStore`` of its own: renewals must not wait behind the writer's connection)."""

@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 
 from storage.base import Fenced, StoreUnavailable
-from storage.lease import Fence, Lease, ha_store_problem
+from storage.lease import Fence, Lease
 from storage.postgres import PostgresStore
 from tests.test_store_contract import T0, make_candle
 
@@ -144,10 +144,14 @@ def test_concurrent_takeovers_make_exactly_one_leader(pg_dsn: str, stores: list[
         time.sleep(TTL + 0.2)
 
 
-def test_ha_needs_postgresql() -> None:
-    problem = ha_store_problem(None)
-    assert problem is not None and "PG_CONN_STR" in problem and "HA=false" in problem
-    assert ha_store_problem("postgresql://x@h/db") is None
+def test_ha_with_sqlite_is_refused_at_start_naming_the_fix() -> None:
+    from config.env import ConfigError
+    from config.settings import load_settings
+
+    with pytest.raises(ConfigError, match=r"HA=true needs PostgreSQL \(PG_CONN_STR\).*or HA=false"):
+        load_settings({"HA": "true"}, env_file=None)
+    settings = load_settings({"HA": "true", "PG_CONN_STR": "postgresql://u@h/db"}, env_file=None)
+    assert settings.ha.enabled and settings.ha.lease_ttl_seconds == 10 and settings.ha.node_id.count("-") >= 1
 
 
 def test_a_pair_on_one_broker_account_must_fit_its_connections(pg_dsn: str, stores: list[PostgresStore]) -> None:
