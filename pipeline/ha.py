@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 LEADER = "leader"
 STANDBY = "standby"
 RETAIN_SECONDS = 900.0  # a standby keeps the last 15 minutes of closed candles
+_PRUNE_EVERY = 5.0  # seconds between prunings of what a standby keeps
 
 Series = tuple[str, str, str]  # exchange, symbol, interval
 
@@ -71,6 +72,7 @@ class HaRole:
         self._renewed = 0.0  # monotonic time the latest successful acquire/renew was sent
         self._horizon: dict[Series, tuple[datetime, bool]] = {}
         self._retained: dict[tuple, Candle] = {}
+        self._pruned = float("-inf")  # clock time of the last pruning of ``_retained``
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ha", daemon=True)
 
@@ -181,7 +183,11 @@ class HaRole:
         for c in candles:
             kept.pop(c.key, None)
             kept[c.key] = c
-        oldest = self.clock() - self.window
+        now = self.clock()
+        if now - self._pruned < _PRUNE_EVERY:
+            return  # the writer calls this every 0.2 s; a scan of 15 minutes of candles is not free
+        self._pruned = now
+        oldest = now - self.window
         for key in [k for k, c in kept.items() if c.bucket.timestamp() < oldest]:
             del kept[key]
 

@@ -73,7 +73,7 @@ def test_standby_writes_nothing_and_keeps_a_bounded_window(pair: tuple[Pair, Pai
     b.role.retain([c(9, "101")])  # a revision replaces the version it revises
     assert b.role.retained == 3
     b.now += 10 * 60  # 15 minutes' window: minute 0 and 1 are now older than it
-    b.role.retain([])
+    b.role.retain([])  # pruned (at most every few seconds)
     assert sorted(int((k[3] - T0) / MIN) for k in b.role._retained) == [9]
     assert str(b.role._retained[c(9).key].open) == "101"
     assert stored(plain) == {}
