@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -175,3 +176,45 @@ def test_a_pair_on_one_broker_account_must_fit_its_connections(pg_dsn: str, stor
     _pair_fits(b, one_key, kite, 3001)
     rows = stores[0]._run("read", lambda cur: (cur.execute("SELECT account FROM ha_nodes"), cur.fetchall())[1])
     assert all("k1" not in r[0] and "k2" not in r[0] for r in rows)  # a digest, never the key
+
+
+def test_a_writer_paused_inside_its_transaction_does_not_hold_off_the_takeover(pg_dsn: str, stores: list[PostgresStore]) -> None:
+    """A leader stopped (SIGSTOP) between the fence check and its commit holds the lease row
+    FOR SHARE: PostgreSQL ends its session after the TTL idle in the transaction, the takeover
+    goes through, and the paused write never commits."""
+    from storage.lease import FENCE_CHECK
+
+    a, b = _lease(pg_dsn, stores, "a"), _lease(pg_dsn, stores, "b")
+    fa = a.acquire()
+    assert fa is not None
+    writer = _writer(pg_dsn, stores, fa)
+    writer.session_timeout = TTL
+    outcome: list[BaseException | None] = []
+
+    def paused_write(cur) -> None:  # noqa: ANN001
+        cur.execute(FENCE_CHECK, (fa.name, fa.holder, fa.epoch))
+        assert cur.fetchone() is not None
+        time.sleep(TTL * 4)  # stopped mid-transaction
+        cur.execute("INSERT INTO watchlist (exchange, symbol) VALUES ('NSE', 'PAUSED')")
+
+    def run() -> None:
+        try:
+            writer._run("write while paused", paused_write)
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    fb = None
+    while fb is None and time.monotonic() - started < TTL * 3:
+        with contextlib.suppress(StoreUnavailable):  # lock_timeout while the paused write holds the row
+            fb = b.acquire()
+        time.sleep(0.05)
+    assert fb == Fence("pair", "b", 2)
+    assert time.monotonic() - started < TTL * 2.5
+    thread.join(TTL * 5)
+    assert isinstance(outcome[0], StoreUnavailable), outcome
+    assert writer.watchlist() == []
