@@ -115,3 +115,13 @@ def test_a_paused_leader_never_writes_after_losing_the_lease_and_a_killed_standb
         a.stop()
     assert "Traceback" not in a.text() + b.text()
     assert stored(pg_dsn, INTERVALS) == reference_candles(arrivals(run.sent), INTERVALS)
+
+
+@pytest.mark.slow
+def test_ha_with_sqlite_refuses_to_start_and_says_what_to_set(tmp_path) -> None:
+    from testkit.cli import main_env, run_main
+
+    proc = run_main("--symbols", "NSE:INFY", "--duration", "1", cwd=tmp_path, env=main_env(HA="true"))
+    assert proc.returncode == 2, proc.stderr
+    assert "HA=true needs PostgreSQL (PG_CONN_STR)" in proc.stderr and "or HA=false" in proc.stderr
+    assert "Traceback" not in proc.stderr
