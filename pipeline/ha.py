@@ -16,7 +16,9 @@ database would refuse it). The writer asks ``admit`` which of its candles to wri
   those): never two versions of one bucket from two daemons.
 - while leader: the same horizon filters every candle of the term (a late revision of a bucket
   the old leader stored is not written); the bucket open at the takeover is newer than the
-  horizon, so it is written when it closes.
+  horizon, so it is written when it closes. Backfill candles pass: they are the broker's history,
+  the same for either daemon, and the store's upsert keeps a final live candle from them (rule 8).
+  A standby's backfill thread waits (``active``): its spans are mended once it leads.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from candles.model import Candle
+from candles.model import BACKFILL, Candle
 from storage.base import StoreError
 from storage.lease import Fence, Lease
 
@@ -222,7 +224,7 @@ class HaRole:
         out = []
         for c in candles:
             h = horizon.get((c.exchange, c.symbol, c.interval))
-            if h is None or c.bucket > h[0] or (c.bucket == h[0] and not h[1]):
+            if h is None or c.bucket > h[0] or (c.bucket == h[0] and not h[1]) or c.source == BACKFILL:
                 out.append(c)
         self.skipped += len(candles) - len(out)
         return out

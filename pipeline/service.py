@@ -150,6 +150,7 @@ class Service:
             else Backfiller(
                 history, intervals, self._candles.put, self._ticks.put, lambda: self.calendar,
                 delay=backfill_delay, clock=clock, reconciler=self._reconciler(history, intervals, backfill_delay),
+                active=None if ha is None else (lambda: ha.leading),
             )  # fmt: skip
         )
 

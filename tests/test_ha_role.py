@@ -194,3 +194,32 @@ def test_a_healthy_standby_is_healthy_and_says_its_role_everywhere() -> None:
         server = MetricsServer(lambda reading=reading: reading)
         assert server.answer("/healthz", "")[0] == code
         assert gauge in server.answer("/metrics", "text/plain")[2].decode()
+
+
+def test_a_standbys_backfill_waits_and_mends_once_it_leads() -> None:
+    from tests.test_backfill_daemon import INFY, MONDAY_10, make
+
+    b, history, clock, emitted, _ = make("1m", delay=60)
+    leading = [False]
+    b.active = lambda: leading[0]
+    clock.now = MONDAY_10 + 150
+    b.want([INFY], MONDAY_10 + 30, MONDAY_10 + 150)
+    clock.now = MONDAY_10 + 240
+    b.step()
+    assert history.asked == [] and emitted == []  # a standby asks no history
+    with b._cond:
+        assert b._wait_s() == 1.0  # and does not spin on the due jobs
+    leading[0] = True
+    b.step()
+    assert history.asked == [(INFY, MONDAY_10, MONDAY_10 + 180)]
+
+
+def test_backfill_candles_pass_the_horizon(pair: tuple[Pair, Pair, PostgresStore]) -> None:
+    """The broker's history is the same for either daemon, and the store keeps a final live
+    candle from it (rule 8): a new leader's backfill of an older bucket is written."""
+    a, _b, plain = pair
+    plain.upsert([c(0, "1"), c(5, "1")])
+    a.role.tick()
+    assert a.role.admit([]) == []
+    mended = c(2, "7", source="backfill")
+    assert a.role.admit([mended, c(3, "7")]) == [mended]
