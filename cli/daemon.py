@@ -107,6 +107,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         signals.enter("opening and migrating the store")
         store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path)
         parts.callback(store.close)
+        ha = _hot_standby(settings, store, clock, parts) if settings.ha.enabled else None
         version = store.migrate()
         log.info("store %s ready (schema version %d)", store.description, version)
         signals.enter("reading and resolving the watchlist")
@@ -118,6 +119,8 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         universes = wiring.build(specs)
         static = resolve(broker, pairs) if pairs else []
         wiring.check_capacity(static, universes)
+        if ha is not None:
+            _pair_fits(ha, settings, broker, len(static) + (0 if universes is None else universes.capacity()))
         instruments = list({i.key: i for i in [*static, *wiring.instruments(universes)]}.values())
         if not instruments:
             raise UsageError(f"none of the watchlist's entries names an instrument {broker.name} knows")
@@ -154,6 +157,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             history=daemon_history(settings, broker),
             backfill_delay=settings.backfill.delay_seconds,
             bus=bus,
+            ha=ha,
         )
         exchanges = sorted({i.exchange for i in instruments} | {s.exchange for s in specs})
         _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))
@@ -168,6 +172,9 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             systemd.stopping()
             drained[0] = service.stop()
 
+        if ha is not None:
+            ha.start()  # a lone daemon leads from its first candle
+            parts.callback(ha.stop)  # after the service drained: the lease is released then
         parts.callback(stop_service)
         signals.enter(f"starting the service (spool replay, journal recovery, subscribing {len(instruments)} instruments)")
         wiring.attach(service, static, universes)
@@ -197,6 +204,54 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         log.error("exiting with status 1 after a failure: %s", service.failure)
         return 1
     return 0 if drained[0] else 1
+
+
+def _hot_standby(settings: Settings, store: CandleStore, clock: Callable[[], float], parts: ExitStack):  # noqa: ANN202
+    """The lease (its own connection: a renewal never waits behind a write) and the role the
+    writer asks; candle writes of ``store`` are fenced by the lease's epoch from now on."""
+    from pipeline.ha import HaRole
+    from storage.lease import Lease
+    from storage.postgres import PostgresStore
+
+    ha = settings.ha
+    if not isinstance(store, PostgresStore) or not settings.storage.pg_conn_str:
+        raise UsageError("HA=true needs PostgreSQL (PG_CONN_STR): SQLite cannot hold a lease both daemons see")
+    store.fenced = True
+    store.session_timeout = ha.lease_ttl_seconds
+    lease_store = PostgresStore(settings.storage.pg_conn_str)
+    parts.callback(lease_store.close)
+    log.info(
+        "hot standby: node %s, lease %r, TTL %gs: candles are written only while this daemon holds it",
+        ha.node_id, ha.lease_name, ha.lease_ttl_seconds,
+    )  # fmt: skip
+    return HaRole(Lease(lease_store, ha.lease_name, ha.node_id, ha.lease_ttl_seconds), store, clock=clock)
+
+
+def _pair_fits(ha, settings: Settings, broker: BaseBroker, count: int) -> None:  # noqa: ANN001
+    """Refuse a pair that would open more feed connections on one broker account than the broker
+    allows (Kite: 3 per API key): this daemon's need plus what its live partner recorded."""
+    import hashlib
+    import math
+
+    venue = settings.venues.get(broker.name)
+    key = getattr(venue, "api_key", None) or getattr(venue, "consumer_key", None)
+    if not key or not broker.max_symbols_per_connection:
+        return
+    account = hashlib.sha256(key.encode()).hexdigest()[:16]  # which account, never the key itself
+    need = max(1, math.ceil(count / broker.max_symbols_per_connection))
+    try:
+        partner = ha.lease.register(broker.name, account, need)
+    except StoreError as exc:
+        log.warning("hot standby: could not record this daemon's connections (%s): the pair's limit is not checked", exc)
+        return
+    ha.registered = True
+    if need + partner > broker.max_connections:
+        raise UsageError(
+            f"hot standby: this daemon needs {need} {broker.name} connection{'s' if need > 1 else ''} for "
+            f"{count} instruments and its partner holds {partner} on the same account, more than the "
+            f"{broker.max_connections} {broker.name} allows per account: give each daemon its own account "
+            "(for Kite, its own KITE_API_KEY) or shorten the watchlist so that each needs fewer connections"
+        )
 
 
 def _market_calendar(

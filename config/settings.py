@@ -77,6 +77,28 @@ class UniverseSettings:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class HaSettings:
+    """Hot standby: the lease in PostgreSQL (storage/lease.py) decides which daemon writes."""
+
+    enabled: bool = var("HA", False)
+    lease_name: str = var("HA_LEASE_NAME", "marketfeed")  # the same for both daemons of a pair
+    lease_ttl_seconds: float = var("HA_LEASE_TTL_SECONDS", 10.0, minimum=1, maximum=600)
+    node_id: str = var("HA_NODE_ID", "")  # default <hostname>-<pid>
+
+    __repr__ = redacted
+
+    @classmethod
+    def from_env(cls, env: Env, storage: StorageSettings) -> HaSettings:
+        settings = read(cls, env, node_id=env.raw("HA_NODE_ID") or f"{socket.gethostname()}-{os.getpid()}")
+        if settings.enabled and not storage.pg_conn_str:
+            env.problem(
+                "HA=true needs PostgreSQL (PG_CONN_STR): the lease and its fencing live in the database both "
+                "daemons write to, and SQLite is one host's file; set PG_CONN_STR, the same for both, or HA=false"
+            )
+        return settings
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class FeedSettings:
     broker: str | None = var("MARKETFEED_BROKER")  # None: sim; --broker wins
     stall_seconds: float | None = var("FEED_STALL_SECONDS", minimum=0.5, maximum=3600)  # None: the venue's own default
@@ -213,6 +235,7 @@ class Settings:
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
     backfill: BackfillSettings = field(default_factory=BackfillSettings)
     universe: UniverseSettings = field(default_factory=UniverseSettings)
+    ha: HaSettings = field(default_factory=HaSettings)
     #: each venue's own settings, by the venue's name (see brokers/registry.py)
     venues: Mapping[str, Any] = field(default_factory=dict)
 
@@ -274,6 +297,7 @@ def load_settings(
         calendar=_calendar_settings(source, env_file),
         backfill=read(BackfillSettings, source),
         universe=read(UniverseSettings, source),
+        ha=HaSettings.from_env(source, storage),
         venues={name: read(cls, source) for name, cls in (venues or {}).items()},
     )
     source.raise_problems()

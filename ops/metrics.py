@@ -172,6 +172,14 @@ class HealthCollector(Collector):
         )
         if h.universe is not None:
             yield from _universe_metrics(h.universe)
+        if h.ha_role is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_ha_leader", "1 while this daemon holds the hot-standby lease and writes candles, 0 as standby.",
+                value=1.0 if h.ha_role == "leader" else 0.0,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_ha_epoch", "The lease epoch this daemon holds (0 as standby).", value=h.ha_epoch or 0
+            )
         if h.bus is not None:
             yield from _bus_metrics(h.bus)
 

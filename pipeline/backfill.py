@@ -95,6 +95,7 @@ class Backfiller:
         delay: float = 60.0,
         clock: Callable[[], float] = time.time,
         reconciler: DailyReconciler | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         self.history = history
         self.intervals = tuple(intervals)
@@ -106,6 +107,8 @@ class Backfiller:
         self.stats = BackfillStats()
         #: the daily check against the broker, run on this thread after the close (None: off)
         self.reconciler = reconciler
+        #: hot standby: asks the history (and reconciles) only while this is true; the spans wait
+        self.active = active
         #: why the history cannot be asked (a refusal), for health; None while it answers
         self.problem: str | None = None
         self._lasting_refusal = False
@@ -162,6 +165,8 @@ class Backfiller:
             spans, self._spans = self._spans, []
         if spans:
             self._plan(calendar, spans)
+        if self.active is not None and not self.active():
+            return  # a standby: the leader mends; these wait until this daemon leads
         self._mend_due(calendar)
         if self.reconciler is not None and not self._lasting_refusal:
             day = self.reconciler.due(calendar)
@@ -179,6 +184,8 @@ class Backfiller:
         idle = 3600.0 if self.reconciler is None else 60.0  # the daily check looks once a minute
         if not self._jobs:
             return idle
+        if self.active is not None and not self.active():
+            return 1.0  # a standby looks again each second
         return min(idle, self._jobs[0].due - self._clock())
 
     def _plan(self, calendar: MarketCalendar, spans: list[tuple[tuple[Key, ...], float, float]]) -> None:

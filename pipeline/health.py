@@ -104,6 +104,13 @@ class Health:
     universe: UniverseReport | None = None
     #: the message bus (None: NATS_URL unset); a bus that cannot publish is a problem
     bus: BusReport | None = None
+    #: hot standby (pipeline/ha.py): ``leader`` or ``standby`` (None: HA off), the lease epoch
+    #: held, why the lease cannot be reached, and the closed candles a standby keeps in memory.
+    #: A healthy standby is healthy: being one is no problem.
+    ha_role: str | None = None
+    ha_epoch: int | None = None
+    ha_problem: str | None = None
+    ha_retained: int = 0
 
     @property
     def connections_up(self) -> int:
@@ -142,6 +149,8 @@ class Health:
         bus_problem = None if self.bus is None else self.bus.problem()
         if bus_problem:
             problems.append(bus_problem)
+        if self.ha_problem:
+            problems.append(self.ha_problem)
         if not self.pipeline_alive:
             problems.append(f"pipeline thread stopped or stuck for more than {self.pipeline_max_age:g} s")
         return problems
@@ -186,7 +195,15 @@ class Health:
             "universe_contracts": None if self.universe is None else self.universe.contracts,
             "universe_recentres": None if self.universe is None else self.universe.recentres,
             **({} if self.bus is None else {self.bus.name: self.bus.heartbeat()}),
+            "ha_role": self.ha_role,
+            "ha_epoch": self.ha_epoch,
         }
+
+    def ha_line(self) -> str:
+        """The role's part of the status line: "leader epoch 3", "standby (120 candles kept)"."""
+        if self.ha_role == "leader":
+            return f"leader epoch {self.ha_epoch}"
+        return f"{self.ha_role} ({self.ha_retained} candles kept)"
 
     def feed_line(self) -> str:
         """The feed's part of the status line."""

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from brokers.base import BaseBroker, History, WatchChange
 from candles import snapshot
@@ -101,6 +101,7 @@ class Service:
         history: History | None = None,
         backfill_delay: float = 60.0,
         bus: Bus | None = None,
+        ha: Any = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -131,7 +132,9 @@ class Service:
             self._candles,
             on_stored=[p.publish_candles for p in self.publishers],
             on_spooled=None if journal is None else journal.release,
+            ha=ha,
         )
+        self.ha = ha  # pipeline.ha.HaRole: hot standby (None: this daemon always writes)
         self._stop = threading.Event()
         self._change_lock = threading.Lock()
         #: the watchlist's derivatives universes (the wiring sets them before ``start``): the
@@ -159,6 +162,7 @@ class Service:
             else Backfiller(
                 history, intervals, self._candles.put, self._ticks.put, lambda: self.calendar,
                 delay=backfill_delay, clock=clock, reconciler=self._reconciler(history, intervals, backfill_delay),
+                active=None if ha is None else (lambda: ha.leading),
             )  # fmt: skip
         )
 
@@ -642,7 +646,14 @@ class Service:
             candles_dropped=written.dropped,
             gaps_open=self.gaps_open,
             **self._backfill_health(),
+            **self._ha_health(),
         )
+
+    def _ha_health(self) -> dict[str, object]:
+        ha = self.ha
+        if ha is None:
+            return {}
+        return {"ha_role": ha.role, "ha_epoch": ha.epoch, "ha_problem": ha.problem, "ha_retained": ha.retained}
 
     def _backfill_notes(self) -> tuple[str, ...]:
         problem = None if self.backfill is None else self.backfill.problem
@@ -672,7 +683,7 @@ class Service:
         health = self.health()
         log.info(
             "status: %.1f ticks/s, %d ticks, %d candles written, queue depth %d, store lag %.1fs, spool %d, "
-            "late ticks %d, dropped %d, feed %s, gap minutes today %s%s%s",
+            "late ticks %d, dropped %d, feed %s, gap minutes today %s%s%s%s",
             ticks_per_second,
             health.ticks,
             health.candles_written,
@@ -683,6 +694,7 @@ class Service:
             health.dropped_ticks,
             health.feed_line(),
             "unknown" if health.gaps_open is None else health.gaps_open,
+            "" if health.ha_role is None else f", {health.ha_line()}",
             f"; {health.state.upper()}: {'; '.join(health.problems)}" if health.problems else "",
             "".join(f"; {note}" for note in health.all_notes),
         )

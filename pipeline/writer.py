@@ -11,6 +11,10 @@ in memory, in order and with a revision replacing the version it revises, up to 
 candles (beyond it the oldest go, counted and logged), and are spooled, then stored, by the
 writer itself once the disk takes them again (retries every few seconds). The journal is not
 released meanwhile: what waits in memory is not accepted yet.
+
+With hot standby on (``ha``, pipeline/ha.py) only the leader spools and writes: a standby's
+closed candles go to ``ha`` (kept in memory for a takeover), and a write refused by the lease's
+fence (``Fenced``) makes this daemon a standby and hands what its spool holds to ``ha`` too.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 from candles.model import Candle
-from storage.base import CandleStore, StorageFault, StoreError, StoreUnavailable, WatchRecord
+from storage.base import CandleStore, Fenced, StorageFault, StoreError, StoreUnavailable, WatchRecord
 from storage.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,7 @@ class Writer:
         on_stored: Sequence[Callable[[list[Candle]], None]] = (),
         on_spooled: Callable[[int], None] | None = None,
         memory_limit: int = MEMORY_LIMIT,
+        ha: Any = None,
     ) -> None:
         self.store = store
         self.spool = spool
@@ -91,6 +97,7 @@ class Writer:
         self.on_spooled = on_spooled
         self.stats = WriterStats()
         self.memory_limit = memory_limit
+        self.ha = ha  # pipeline.ha.HaRole: decides what is written (None: everything)
         self._held: dict[tuple, Candle] = {}  # by key, in order: candles the spool's disk refused
         self._fault_since = 0.0  # monotonic time the spool's disk first refused
         self._fault_logged = 0.0
@@ -129,6 +136,12 @@ class Writer:
         while True:
             if not finished:
                 finished = self._collect(pending)
+            if self.ha is not None:
+                if spool.depth and not self.ha.leading:
+                    backlog = not self._spool_to_standby()
+                pending[:] = self.ha.admit(pending)
+                if not pending and not backlog and not self._held:
+                    stats.oldest_pending = None
             if self._watched and (finished or time.monotonic() >= self._watched_retry):
                 self._write_watched()
             if pending:
@@ -319,6 +332,10 @@ class Writer:
     def _store_unavailable(self, exc: StoreUnavailable) -> bool:
         """Note the store's outage; True when it is its disk refusing (said here, the first time)."""
         stats = self.stats
+        if isinstance(exc, Fenced):
+            if self.ha is not None and self.ha.leading:
+                self.ha.step_down(str(exc))
+            return True
         stats.store_down = True
         if not isinstance(exc, StorageFault):
             stats.store_fault = None
@@ -329,8 +346,22 @@ class Writer:
         stats.store_fault = str(exc)
         return True
 
+    def _spool_to_standby(self) -> bool:
+        """A standby writes nothing: what the spool holds goes to ``ha``'s memory. True once it is empty."""
+        try:
+            for _offset, chunk in self.spool.chunks():
+                self.ha.retain(chunk)
+            self.spool.clear()
+        except OSError as exc:
+            self._spool_refused(exc)
+            return False
+        self.stats.pending = 0
+        return True
+
     def replay_spool(self) -> bool:
         """Write what the spool holds, in order; True once all of it is in the store."""
+        if self.ha is not None and not self.ha.leading:
+            return False  # a standby's writer hands it to ``ha`` instead
         try:
             return self._replay()
         except OSError as exc:  # reading the spool failed (an I/O error): the candles stay in it

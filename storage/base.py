@@ -27,6 +27,13 @@ class StorageFault(StoreUnavailable):
     The message names the store and what the disk said."""
 
 
+class Fenced(StoreUnavailable):
+    """A candle write carried a lease epoch that is no longer current (another daemon took the
+    lease over, or it expired), or none: the database refused it and nothing of it was written.
+    Like an unreachable store, nothing is dropped (the writer keeps the candles); unlike it, the
+    writer that gets it is no longer the leader (pipeline/ha.py)."""
+
+
 class TextMemo(dict):
     """The text of each distinct value met while encoding one batch, made once: a batch's candles
     share their bucket times, names and (the decoders share one datetime per exchange second)

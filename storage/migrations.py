@@ -291,6 +291,58 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=7,
+        description="ha_lease and ha_nodes: the writer's lease of a hot-standby pair (holder, fencing epoch), its daemons",
+        # times are the database's (now()), never a host's; SQLite gets the table for one schema
+        # everywhere, but HA refuses to run on SQLite (storage/lease.py)
+        sqlite=(
+            """
+            CREATE TABLE ha_lease (
+                name        TEXT    PRIMARY KEY,
+                holder      TEXT    NOT NULL,
+                epoch       INTEGER NOT NULL,
+                expires_at  INTEGER NOT NULL,
+                acquired_at INTEGER NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE ha_nodes (
+                lease       TEXT    NOT NULL,
+                node        TEXT    NOT NULL,
+                broker      TEXT    NOT NULL,
+                account     TEXT    NOT NULL,
+                connections INTEGER NOT NULL,
+                seen_at     INTEGER NOT NULL,
+                PRIMARY KEY (lease, node)
+            )
+            """,
+        ),
+        postgres=(
+            """
+            CREATE TABLE ha_lease (
+                name        text        PRIMARY KEY,
+                holder      text        NOT NULL,
+                epoch       bigint      NOT NULL,
+                expires_at  timestamptz NOT NULL,
+                acquired_at timestamptz NOT NULL
+            )
+            """,
+            # each daemon of a pair, the broker account it streams with and the connections it
+            # needs: a pair on one account must fit the broker's connections per account
+            """
+            CREATE TABLE ha_nodes (
+                lease       text        NOT NULL,
+                node        text        NOT NULL,
+                broker      text        NOT NULL,
+                account     text        NOT NULL,
+                connections integer     NOT NULL,
+                seen_at     timestamptz NOT NULL,
+                PRIMARY KEY (lease, node)
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

@@ -32,6 +32,7 @@ from storage.base import (
     INSTRUMENT_COLUMNS,
     KEEP_NEWEST_METADATA,
     CandleStore,
+    Fenced,
     StoreError,
     StoreUnavailable,
     TextMemo,
@@ -43,6 +44,7 @@ from storage.base import (
     contract_from_row,
 )
 from storage.continuous import checked_roll
+from storage.lease import FENCE_CHECK, Fence
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +238,11 @@ class PostgresStore(CandleStore):
         self.where = _where(self._params)
         self._conn: psycopg2.extensions.connection | None = None
         self._lock = threading.RLock()
+        #: hot standby (storage/lease.py): while ``fenced``, candle writes need ``fence``, the
+        #: current lease epoch, and the database refuses them (``Fenced``) once it is stale
+        self.fenced = False
+        self.fence: Fence | None = None
+        self.session_timeout: float | None = None  # seconds: a session paused mid-transaction ends
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -260,6 +267,18 @@ class PostgresStore(CandleStore):
             raise StoreUnavailable(self._connect_message(exc)) from None
         if self.read_only:
             conn.set_session(readonly=True)
+        if self.session_timeout:
+            # a writer stopped inside a transaction holds the lease row FOR SHARE: the server ends
+            # its session after this long, so the other daemon's takeover never waits on it for good
+            ms = max(1000, int(self.session_timeout * 1000))
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+                    cur.execute(f"SET statement_timeout = {2 * ms}")
+                conn.commit()
+            except psycopg2.Error as exc:
+                conn.close()
+                raise StoreUnavailable(self._scrub(f"PostgreSQL at {self.where}: {_first_line(exc)}")) from None
         log.info("connected to PostgreSQL at %s", self.where)
         return conn
 
@@ -384,8 +403,18 @@ class PostgresStore(CandleStore):
         # One statement may not touch a row twice (ON CONFLICT ... cardinality violation), so
         # the last version of each key wins here, as if the candles had been written in order.
         unique = {c.key: c for c in candles}.values()
+        fence = self.fence
+        if self.fenced and fence is None:
+            raise Fenced(f"{self.description}: not the leader (no lease held): candles are not written")
 
         def work(cur: Any) -> None:
+            if fence is not None:
+                cur.execute(FENCE_CHECK, (fence.name, fence.holder, fence.epoch))
+                if cur.fetchone() is None:
+                    raise Fenced(
+                        f"{self.description}: lease {fence.name!r} epoch {fence.epoch} is no longer "
+                        f"{fence.holder!r}'s (expired or taken over): the write was refused"
+                    )
             cur.execute(_CREATE_STAGE)
             source = _CopySource(_copy_lines(unique))
             try:
