@@ -30,8 +30,8 @@ from pathlib import Path
 import psycopg2
 
 from candles.model import parse_intervals
-from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, random_tape
-from testkit.ha_pair import HaDaemon, arrivals, lease, stored
+from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, KiteFakeServer, arrivals, random_tape
+from testkit.ha_pair import HaDaemon, lease, stored
 from testkit.pg import PostgresServer
 from testkit.reference import reference_candles
 from testkit.waiting import wait_until

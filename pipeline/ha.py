@@ -162,10 +162,10 @@ class HaRole:
             self.store.fence = None  # type: ignore[attr-defined]
             self._term = self._begun = None
             self._horizon = {}
-        if was is not None:
-            self.step_downs += 1
-            if not quiet:
-                log.error("HA: stepping down to standby (epoch %d): %s", was.epoch, reason)
+            if was is not None:
+                self.step_downs += 1  # with the role: a reader never sees one without the other
+        if was is not None and not quiet:
+            log.error("HA: stepping down to standby (epoch %d): %s", was.epoch, reason)
 
     # ---- the writer thread -----------------------------------------------------------------
     def admit(self, candles: list[Candle]) -> list[Candle]:

@@ -8,17 +8,14 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import psycopg2
 
-from core.ist import IST
 from storage.postgres import PostgresStore
 from testkit.cli import MAIN, kite_env
-from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, TapeTick, is_index
+from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS
 from testkit.reference import candle_to_dict
 
 WATCH = ("NSE:INFY", "NSE:RELIANCE")
@@ -99,20 +96,3 @@ def stored(dsn: str, intervals: Iterable[Any]) -> dict:
         return rows
     finally:
         store.close()
-
-
-def arrivals(ticks: Iterable[TapeTick]) -> list[SimpleNamespace]:
-    """What a daemon sees of each sent snapshot, for the reference."""
-    by_token = {i.token: i for i in DEFAULT_INSTRUMENTS}
-    out = []
-    for t in ticks:
-        inst = by_token[t.token]
-        index = is_index(t.token)
-        out.append(
-            SimpleNamespace(
-                exchange=inst.exchange, symbol=inst.tradingsymbol, last_price=t.last_price,
-                volume=None if index else t.volume, oi=None if index else t.oi,
-                exchange_ts=datetime.fromtimestamp(t.exchange_ts, IST),
-            )
-        )  # fmt: skip
-    return out

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from candles.model import parse_intervals
-from testkit.fakes.kite_server import KiteFakeServer, random_tape
-from testkit.ha_pair import BY_SYMBOL, TOKENS, WATCH, HaDaemon, arrivals, lease, stored
+from testkit.fakes.kite_server import KiteFakeServer, arrivals, random_tape
+from testkit.ha_pair import BY_SYMBOL, TOKENS, WATCH, HaDaemon, lease, stored
 from testkit.reference import reference_candles
 from testkit.waiting import wait_until
 

@@ -13,7 +13,6 @@ import stat
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from types import SimpleNamespace
 
 import pytest
 from kiteconnect import KiteConnect
@@ -24,7 +23,8 @@ from core.ist import IST
 from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
-from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, FakeInstrument, KiteFakeServer, TapeTick, is_index, random_tape
+from testkit.fakes.kite_server import DEFAULT_INSTRUMENTS, FakeInstrument, KiteFakeServer, random_tape
+from testkit.fakes.kite_server import arrivals as as_arrivals
 from testkit.reference import candle_to_dict, reference_candles
 from testkit.waiting import wait_until
 
@@ -50,26 +50,6 @@ def kite_env(server: KiteFakeServer, **extra: str) -> dict[str, str]:
         STATUS_INTERVAL_SECONDS="1",
         **extra,
     )
-
-
-def as_arrivals(ticks: list[TapeTick]) -> list[SimpleNamespace]:
-    """What the daemon must have seen for each sent snapshot, for the reference."""
-    by_token = {i.token: i for i in DEFAULT_INSTRUMENTS}
-    out = []
-    for t in ticks:
-        inst = by_token[t.token]
-        index = is_index(t.token)
-        out.append(
-            SimpleNamespace(
-                exchange=inst.exchange,
-                symbol=inst.tradingsymbol,
-                last_price=t.last_price,
-                volume=None if index else t.volume,
-                oi=None if index else t.oi,
-                exchange_ts=datetime.fromtimestamp(t.exchange_ts, IST),
-            )
-        )
-    return out
 
 
 def stored_candles(store, intervals) -> dict:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -347,6 +348,27 @@ def price_divisor(token: int) -> int:
 
 def is_index(token: int) -> bool:
     return token & 0xFF == SEGMENT_INDICES
+
+
+def arrivals(ticks: Iterable[TapeTick], instruments: Iterable[FakeInstrument] = DEFAULT_INSTRUMENTS) -> list[SimpleNamespace]:
+    """What a client sees of each sent snapshot (no volume or OI for an index), for the reference
+    candles (``testkit.reference.reference_candles``)."""
+    by_token = {i.token: i for i in instruments}
+    out = []
+    for t in ticks:
+        inst = by_token[t.token]
+        index = is_index(t.token)
+        out.append(
+            SimpleNamespace(
+                exchange=inst.exchange,
+                symbol=inst.tradingsymbol,
+                last_price=t.last_price,
+                volume=None if index else t.volume,
+                oi=None if index else t.oi,
+                exchange_ts=datetime.fromtimestamp(t.exchange_ts, IST),
+            )
+        )
+    return out
 
 
 def packet_length(token: int, mode: str) -> int:
