@@ -69,9 +69,10 @@ class DaemonUniverses:
 
     def instruments(self, universes: Universes | None) -> list[Instrument]:
         """The universes' instruments to subscribe now (their references and futures at start)."""
-        if universes is None:
-            return []
-        known, unknown = self.broker.resolve(universes.pairs())
+        return [] if universes is None else self._resolve(universes.pairs())
+
+    def _resolve(self, keys: list[tuple[str, str]]) -> list[Instrument]:
+        known, unknown = self.broker.resolve(keys)
         for key in unknown:
             log.warning("universe contract %s is not in %s's instrument list: skipped", key, self.broker.name)
         return known
@@ -105,9 +106,7 @@ class DaemonUniverses:
 
     def apply(self, keys: list[tuple[str, str]]) -> None:
         """Subscribe the plain symbols and ``keys`` (the universes' pairs now), nothing else."""
-        known, unknown = self.broker.resolve(keys)
-        for key in unknown:
-            log.warning("universe contract %s is not in %s's instrument list: skipped", key, self.broker.name)
+        known = self._resolve(keys)
         with self._lock:
             assert self.service is not None
             self.service.change_instruments([*self.static, *known])

@@ -127,14 +127,18 @@ def strikes_around(spec: UniverseSpec, chain: Sequence[Contract], atm: Decimal) 
     """The contracts of one expiry's ``chain`` an option universe names around the strike ``atm``
     (one of the chain's strikes): by strike, CE before PE."""
     strikes = sorted({c.strike for c in chain if c.strike is not None})
-    at = strikes.index(atm)
-    gaps = [strikes[at] - strikes[at - 1]] if at > 0 else []
-    gaps += [strikes[at + 1] - strikes[at]] if at + 1 < len(strikes) else []
-    step = min(gaps, default=Decimal(0))
+    step = strike_step(strikes, strikes.index(atm))
     wanted = {atm + k * step for k in range(-spec.below, spec.above + 1)} if step else {atm}
     order = {CALL: 0, PUT: 1}
     picked = [c for c in chain if c.strike in wanted and c.kind in spec.sides]
     return sorted(picked, key=lambda c: (c.strike, order[c.kind], c.symbol))
+
+
+def strike_step(strikes: Sequence[Decimal], at: int) -> Decimal:
+    """The strike step at ``strikes[at]`` (sorted): the smaller of its gaps to its neighbours; 0 for a lone strike."""
+    gaps = [strikes[at] - strikes[at - 1]] if at > 0 else []
+    gaps += [strikes[at + 1] - strikes[at]] if at + 1 < len(strikes) else []
+    return min(gaps, default=Decimal(0))
 
 
 def option_chain(spec: UniverseSpec, contracts: Sequence[Contract], today: date) -> list[Contract]:

@@ -51,6 +51,7 @@ from core.universe import (
     nearest_strike,
     option_chain,
     resolve_universe,
+    strike_step,
     strikes_around,
 )
 from storage.base import CandleStore, StoreError
@@ -81,9 +82,7 @@ def recentre(strikes: Sequence[Decimal], centre: Decimal | None, price: Decimal,
     at, to = strikes.index(centre), strikes.index(nearest)
     if abs(to - at) < steps:
         return centre
-    gaps = [strikes[at] - strikes[at - 1]] if at > 0 else []
-    gaps += [strikes[at + 1] - strikes[at]] if at + 1 < len(strikes) else []
-    margin = min(gaps) * Decimal(str(hysteresis))
+    margin = strike_step(strikes, at) * Decimal(str(hysteresis))
     shifted = price - margin if to > at else price + margin
     reached = strikes.index(nearest_strike(strikes, shifted))
     return nearest if abs(reached - at) >= steps and (reached - at) * (to - at) > 0 else centre
@@ -167,7 +166,8 @@ class Universes:
         self._unrecorded: dict[str, Contract] = {}  # contracts subscribed but not yet in the store
         self._unrolled: dict[tuple[str, str, date], str] = {}  # (exchange, series, day) -> symbol to record
         self._skip_day: date | None = None  # a day with no session of any universe's exchange
-        self._retry_at = 0.0
+        self._retry_at = 0.0  # a failed rebuild is tried again from then
+        self._records_retry_at = 0.0  # a store refusal of the records, likewise (apart: neither delays the other)
         self._problem: str | None = None  # the last rebuild's failure, while not mended
 
     # ---------------------------------------------------------------- what the daemon asks
@@ -284,7 +284,7 @@ class Universes:
                 if price is not None and price > 0:
                     self._move(entry, price)
         changed = self._push()
-        if (self._unrecorded or self._unrolled) and now >= self._retry_at:
+        if (self._unrecorded or self._unrolled) and now >= self._records_retry_at:
             self._write_records(now)
         return changed
 
@@ -482,17 +482,12 @@ class Universes:
                 self.store.record_roll(exchange, series, day, symbol)
         except StoreError as exc:
             log.warning("universes: contracts not recorded yet (%s); trying again in %.0f s", exc, RETRY_SECONDS)
-            self._retry_at = now + RETRY_SECONDS
+            self._records_retry_at = now + RETRY_SECONDS
             return
         for c in contracts:
             self._unrecorded.pop(c.key, None)
         for key in rolls:
             self._unrolled.pop(key, None)
-
-    def record_now(self) -> None:
-        """Write what the start-up resolved (the contracts and the day's rolls) before streaming."""
-        self._note_subscribed()
-        self._write_records(self.clock())
 
 
 def _names(items: Iterable[str], shown: int = 6) -> str:
