@@ -82,7 +82,7 @@ class HaSettings:
 
     enabled: bool = var("HA", False)
     lease_name: str = var("HA_LEASE_NAME", "marketfeed")  # the same for both daemons of a pair
-    lease_ttl_seconds: float = var("HA_LEASE_TTL_SECONDS", 10.0, minimum=1, maximum=600)
+    lease_ttl_seconds: float = var("HA_LEASE_TTL_SECONDS", 4.0, minimum=1, maximum=600)
     node_id: str = var("HA_NODE_ID", "")  # default <hostname>-<pid>
 
     __repr__ = redacted

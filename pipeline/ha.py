@@ -1,8 +1,9 @@
 """Hot standby: the lease thread, the role (leader or standby) and what a new leader writes.
 
 Both daemons of a pair stream and aggregate the same watchlist; only the holder of the lease
-(storage/lease.py) writes candles. The ``ha`` thread takes the lease once it has expired and
-renews it every TTL/3; a renewal refused, or none succeeding for a whole TTL, makes the leader a
+(storage/lease.py) writes candles. The ``ha`` thread of a standby looks every
+``STANDBY_POLL_SECONDS`` and takes the lease once it has expired or its holder's session has
+ended (a dead process); a leader renews it every TTL/3; a renewal refused, or none succeeding for a whole TTL, makes the leader a
 standby at once (the store's fence is dropped first, so its next write is refused even before the
 database would refuse it). The writer asks ``admit`` which of its candles to write:
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 LEADER = "leader"
 STANDBY = "standby"
 RETAIN_SECONDS = 900.0  # a standby keeps the last 15 minutes of closed candles
+STANDBY_POLL_SECONDS = 0.5  # how often a standby asks whether the lease is free (a plain read)
 _PRUNE_EVERY = 5.0  # seconds between prunings of what a standby keeps
 
 Series = tuple[str, str, str]  # exchange, symbol, interval
@@ -72,6 +74,7 @@ class HaRole:
         self._term: Fence | None = None  # the lease this daemon holds
         self._begun: Fence | None = None  # the term the writer has begun (horizon read)
         self._renewed = 0.0  # monotonic time the latest successful acquire/renew was sent
+        self._seen = float("-inf")  # monotonic time this daemon last said it is alive (``Lease.seen``)
         self._horizon: dict[Series, tuple[datetime, bool]] = {}
         self._retained: dict[tuple, Candle] = {}
         self._pruned = float("-inf")  # clock time of the last pruning of ``_retained``
@@ -119,19 +122,23 @@ class HaRole:
                     log.warning("HA: could not release the lease (it expires in %gs): %s", self.ttl, exc)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        # a leader renews every TTL/3; a standby looks more often, so that a holder whose session
+        # ended (its process died) is replaced within the poll instead of the TTL
+        while not self._stop.wait(self.ttl / 3 if self._term is not None else min(self.ttl / 3, STANDBY_POLL_SECONDS)):
             self.tick()
 
     def tick(self) -> None:
         """Take the lease if it is free, else renew it; step down when it is lost."""
         term = self._term
         sent = self.monotonic()
-        if self.registered:
+        if self.registered and sent - self._seen >= self.ttl / 3:
+            self._seen = sent
             with contextlib.suppress(StoreError):  # the acquire or renewal below says what is wrong
                 self.lease.seen()
         if term is None:
             try:
-                fence = self.lease.acquire()
+                why = self.lease.free()
+                fence = None if why is None else self.lease.acquire()
             except StoreError as exc:
                 self.problem = f"HA lease {self.lease.name!r}: {exc}"
                 return
@@ -140,7 +147,7 @@ class HaRole:
                 with self._lock:
                     self._term, self._renewed = fence, sent
                 self.takeovers += 1
-                log.warning("HA: %s took the lease %r, epoch %d: leader", self.node, fence.name, fence.epoch)
+                log.warning("HA: %s took the lease %r (%s), epoch %d: leader", self.node, fence.name, why, fence.epoch)
             return
         try:
             renewed = self.lease.renew(term)

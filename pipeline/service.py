@@ -31,6 +31,7 @@ from core.progress import progress
 from core.ticks import Instrument, TickData
 from pipeline.backfill import MAX_SPAN_DAYS, Backfiller, Filled
 from pipeline.coverage import Coverage, Key, Span, day_bounds, in_sessions
+from pipeline.ha import LEADER
 from pipeline.health import BusReport, Health
 from pipeline.journal import TickJournal
 from pipeline.reconcile import DailyReconciler
@@ -527,6 +528,7 @@ class Service:
         get = self._ticks.get
         journal = self.journal
         to_bus = None if self.bus is None else self.bus.publish_ticks
+        ha = self.ha  # of a hot-standby pair only the leader puts ticks on the bus
         next_checkpoint = time.monotonic() + self._checkpoint_delay()
         forced = -_CHECKPOINT_RETRY_S  # monotonic time of the last checkpoint taken early for a journal hole
         try:
@@ -548,7 +550,7 @@ class Service:
                     revised = agg.add(batch)
                     if revised:
                         out.put(revised)
-                    if to_bus is not None:
+                    if to_bus is not None and (ha is None or ha.role == LEADER):
                         to_bus(batch)
                     universes = self.universes
                     if universes is not None:
@@ -584,7 +586,7 @@ class Service:
                 if batch:
                     stats.ticks += len(batch)
                     out.put(agg.add(batch))
-                    if to_bus is not None:
+                    if to_bus is not None and (ha is None or ha.role == LEADER):
                         to_bus(batch)
             out.put(agg.advance())
             open_candles = agg.flush()

@@ -12,6 +12,16 @@ for that transaction to end, and a write carrying a stale epoch finds no row and
 Locking", "The Locking Clause"); ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` re-checks its
 condition on the newest row version under READ COMMITTED, so of concurrent takeovers exactly one
 gets the lease.
+
+A holder's process that dies (a crash, SIGKILL, the OOM killer) closes its connection, and the
+server ends that session at once; a host that dies or is cut off leaves its sessions open until
+TCP gives up. Each acquire and renewal therefore records the holder's session on the lease
+connection (``pg_backend_pid()`` and ``pg_postmaster_start_time()``), and the lease is free once
+it has expired *or* that session is gone from ``pg_stat_activity`` (its ``pid`` column is shown
+to every role) on the same server start: a dead process is replaced within the standby's poll, a
+dead host within the TTL. A server restart ends every session, so a record from an earlier start
+proves nothing and only the expiry counts. The lease connection must be a session of its own (not
+a transaction pooler's shared one: the pid would be the pooler's).
 """
 
 from __future__ import annotations
@@ -21,16 +31,27 @@ from typing import Any
 
 from storage.base import StoreError
 
-_ACQUIRE = """
-INSERT INTO ha_lease AS l (name, holder, epoch, expires_at, acquired_at)
-VALUES (%(name)s, %(holder)s, 1, now() + make_interval(secs => %(ttl)s), now())
+_SESSION = "pg_backend_pid(), pg_postmaster_start_time()"
+# the holder's session has ended (only provable on the server start it was recorded on)
+_GONE = """l.holder_boot = pg_postmaster_start_time()
+    AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.holder_pid)"""
+_ACQUIRE = f"""
+INSERT INTO ha_lease AS l (name, holder, epoch, expires_at, acquired_at, holder_pid, holder_boot)
+VALUES (%(name)s, %(holder)s, 1, now() + make_interval(secs => %(ttl)s), now(), {_SESSION})
 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, epoch = l.epoch + 1,
-    expires_at = EXCLUDED.expires_at, acquired_at = now()
-WHERE l.expires_at <= now()
+    expires_at = EXCLUDED.expires_at, acquired_at = now(),
+    holder_pid = EXCLUDED.holder_pid, holder_boot = EXCLUDED.holder_boot
+WHERE l.expires_at <= now() OR ({_GONE})
 RETURNING epoch
 """
-_RENEW = """
-UPDATE ha_lease SET expires_at = now() + make_interval(secs => %(ttl)s)
+# a plain read (no row lock, unlike the upsert's): a standby asks it often
+_FREE = f"""
+SELECT CASE WHEN l.expires_at <= now() THEN 'expired' WHEN {_GONE} THEN 'session ended' END
+FROM ha_lease l WHERE l.name = %(name)s
+"""
+_RENEW = f"""
+UPDATE ha_lease SET expires_at = now() + make_interval(secs => %(ttl)s),
+    (holder_pid, holder_boot) = ({_SESSION})
 WHERE name = %(name)s AND holder = %(holder)s AND epoch = %(epoch)s AND expires_at > now()
 RETURNING epoch
 """
@@ -102,9 +123,15 @@ class Lease:
 
         return self.store._run(action, work)
 
+    def free(self) -> str | None:
+        """Why the lease may be taken now (``'expired'``, ``'session ended'``; ``'free'`` if it
+        was never taken), or None while its holder's term runs. A read: cheap to ask often."""
+        row = self._one(f"read the lease {self.name!r}", _FREE, self._params())
+        return "free" if row is None else row[0]
+
     def acquire(self) -> Fence | None:
-        """The lease with a new epoch if it had expired (or never existed); None if another (or
-        this holder's still-valid term) holds it."""
+        """The lease with a new epoch if it had expired, its holder's session had ended, or it
+        never existed; None if another (or this holder's still-valid term) holds it."""
         row = self._one(f"take the lease {self.name!r}", _ACQUIRE, self._params())
         return None if row is None else Fence(self.name, self.holder, int(row[0]))
 

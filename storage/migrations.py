@@ -343,6 +343,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=8,
+        description="ha_lease: the holder's lease session (backend pid, server start): a takeover once it has ended",
+        # a holder whose process died has no session left: the standby need not wait for the expiry
+        sqlite=(
+            "ALTER TABLE ha_lease ADD COLUMN holder_pid INTEGER",
+            "ALTER TABLE ha_lease ADD COLUMN holder_boot INTEGER",
+        ),
+        postgres=("ALTER TABLE ha_lease ADD COLUMN holder_pid integer, ADD COLUMN holder_boot timestamptz",),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

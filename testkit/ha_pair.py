@@ -27,14 +27,14 @@ _WRITTEN = re.compile(r"status: .*?, (\d+) candles written")
 class HaDaemon:
     """One daemon of the pair, ``node``, in ``root/node``."""
 
-    def __init__(self, root: Path, node: str, server: Any, dsn: str, ttl: float, intervals: str = "1m") -> None:
+    def __init__(self, root: Path, node: str, server: Any, dsn: str, ttl: float, intervals: str = "1m", **env: str) -> None:
         self.node = node
         self.dir = root / node
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / "daemon.log"
         self.env = kite_env(
             server, PG_CONN_STR=dsn, HA="true", HA_LEASE_NAME="pair", HA_NODE_ID=node,
-            HA_LEASE_TTL_SECONDS=f"{ttl:g}", STATUS_INTERVAL_SECONDS="1", FEED_STALL_SECONDS="2",
+            HA_LEASE_TTL_SECONDS=f"{ttl:g}", STATUS_INTERVAL_SECONDS="1", FEED_STALL_SECONDS="2", **env,
         )  # fmt: skip
         self.args = ["--broker", "kite", "--symbols", *WATCH, "--intervals", intervals]
         self.proc: subprocess.Popen | None = None

@@ -8,6 +8,7 @@ routed to each other as one JetStream cluster.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -17,6 +18,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import nats
 
 from testkit.waiting import free_port
 
@@ -174,3 +177,16 @@ def _js_ready(node: NatsServer) -> bool:
         return False
     meta = info.get("meta_cluster") or {}
     return bool(meta.get("leader"))
+
+
+def stream_messages(url: str, stream: str) -> int:
+    """How many messages JetStream stream ``stream`` holds."""
+
+    async def count() -> int:
+        nc = await nats.connect(url)
+        try:
+            return (await nc.jetstream().stream_info(stream)).state.messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())

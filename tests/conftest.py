@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from testkit.mosquitto import MosquittoNotFound, MosquittoServer
+from testkit.nats import NatsNotFound, NatsServer
 from testkit.pg import PostgresNotFound, PostgresServer
 
 
@@ -46,6 +47,20 @@ def mosquitto() -> Iterator[MosquittoServer]:
     try:
         server = MosquittoServer()
     except MosquittoNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A real nats-server with JetStream on a free port for one test (tests may kill it)."""
+    try:
+        server = NatsServer()
+    except NatsNotFound as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
         server.start()

@@ -152,7 +152,7 @@ def test_ha_with_sqlite_is_refused_at_start_naming_the_fix() -> None:
     with pytest.raises(ConfigError, match=r"HA=true needs PostgreSQL \(PG_CONN_STR\).*or HA=false"):
         load_settings({"HA": "true"}, env_file=None)
     settings = load_settings({"HA": "true", "PG_CONN_STR": "postgresql://u@h/db"}, env_file=None)
-    assert settings.ha.enabled and settings.ha.lease_ttl_seconds == 10 and settings.ha.node_id.count("-") >= 1
+    assert settings.ha.enabled and settings.ha.lease_ttl_seconds == 4 and settings.ha.node_id.count("-") >= 1
 
 
 def test_a_pair_on_one_broker_account_must_fit_its_connections(pg_dsn: str, stores: list[PostgresStore]) -> None:
@@ -218,3 +218,66 @@ def test_a_writer_paused_inside_its_transaction_does_not_hold_off_the_takeover(p
     thread.join(TTL * 5)
     assert isinstance(outcome[0], StoreUnavailable), outcome
     assert writer.watchlist() == []
+
+
+def _session_gone(store: PostgresStore) -> None:
+    """End the lease connection's session as a dead process does (its socket closes)."""
+    conn = store._conn
+    assert conn is not None
+    pid = conn.get_backend_pid()
+    store._drop_connection()
+    probe = psycopg2.connect(store._dsn)
+    probe.autocommit = True
+    try:
+        with probe.cursor() as cur:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+                if not cur.fetchone()[0]:
+                    return
+                time.sleep(0.01)
+    finally:
+        probe.close()
+    raise AssertionError(f"session {pid} still open")
+
+
+def test_a_dead_holders_session_frees_the_lease_before_its_expiry(pg_dsn: str, stores: list[PostgresStore]) -> None:
+    """A holder whose process died has no session left: the lease is free at once, by a plain
+    read, and taken with the next epoch long before the TTL ends."""
+    a, b = _lease(pg_dsn, stores, "a", ttl=60), _lease(pg_dsn, stores, "b", ttl=60)
+    fa = a.acquire()
+    assert fa is not None and b.free() is None
+    _session_gone(a.store)
+    assert b.free() == "session ended"
+    fb = b.acquire()
+    assert fb == Fence("pair", "b", 2)
+    state = b.read()
+    assert state is not None and state.remaining > 50  # taken, not expired
+    assert not a.renew(fa)  # the old holder, back, finds it taken
+    assert b.free() is None and a.free() is None
+
+
+def test_a_renewal_records_the_holders_new_session(pg_dsn: str, stores: list[PostgresStore]) -> None:
+    """A leader whose connection was replaced (a reconnect) records its new session at the next
+    renewal: from then on it is alive again to the standby."""
+    a, b = _lease(pg_dsn, stores, "a", ttl=60), _lease(pg_dsn, stores, "b", ttl=60)
+    fa = a.acquire()
+    assert fa is not None
+    _session_gone(a.store)
+    assert b.free() == "session ended"
+    assert a.renew(fa)  # reconnects and records its new session
+    assert b.free() is None and b.acquire() is None
+
+
+def test_a_session_recorded_before_a_server_restart_proves_nothing(pg_dsn: str, stores: list[PostgresStore]) -> None:
+    """A server restart ends every session: a holder recorded on an earlier start of the server
+    is not taken for dead; only the expiry frees its lease."""
+    a, b = _lease(pg_dsn, stores, "a", ttl=1.5), _lease(pg_dsn, stores, "b", ttl=1.5)
+    fa = a.acquire()
+    assert fa is not None
+    stores[0]._run("age the record", lambda cur: cur.execute("UPDATE ha_lease SET holder_boot = holder_boot - interval '1 hour'"))
+    _session_gone(a.store)
+    assert b.free() is None and b.acquire() is None
+    time.sleep(1.7)
+    assert b.free() == "expired"
+    assert b.acquire() == Fence("pair", "b", 2)

@@ -223,3 +223,30 @@ def test_backfill_candles_pass_the_horizon(pair: tuple[Pair, Pair, PostgresStore
     assert a.role.admit([]) == []
     mended = c(2, "7", source="backfill")
     assert a.role.admit([mended, c(3, "7")]) == [mended]
+
+
+def test_a_standby_replaces_a_dead_leader_without_waiting_out_the_ttl(pg_dsn: str) -> None:
+    """The standby's thread polls the lease: once the leader's session has ended (its process
+    died), it leads with the next epoch while the lease still had most of its TTL to run."""
+    from testkit.waiting import wait_until
+
+    PostgresStore(pg_dsn).migrate()
+    ttl = 60.0
+    stores = [PostgresStore(pg_dsn) for _ in range(4)]
+    a = HaRole(Lease(stores[0], "slow", "a", ttl), stores[1])
+    b = HaRole(Lease(stores[2], "slow", "b", ttl), stores[3])
+    try:
+        a.tick()
+        assert a.role == LEADER and a.epoch == 1
+        b.start()
+        time.sleep(1.0)
+        assert b.role == STANDBY  # a is alive: its session is open and its lease runs 60 s
+        stores[0]._drop_connection()  # a's process is gone: its lease session ends
+        wait_until(lambda: b.role == LEADER, 10, "the standby leads")
+        assert b.epoch == 2 and b.takeovers == 1
+        state = b.lease.read()
+        assert state is not None and state.holder == "b" and state.remaining > ttl - 15
+    finally:
+        b.stop(release=False)
+        for s in stores:
+            s.close()

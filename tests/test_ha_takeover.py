@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from candles.model import parse_intervals
+from publishers.nats import TICKS_STREAM
 from testkit.fakes.kite_server import KiteFakeServer, arrivals, random_tape
 from testkit.ha_pair import BY_SYMBOL, TOKENS, WATCH, HaDaemon, lease, stored
+from testkit.nats import stream_messages
 from testkit.reference import reference_candles
 from testkit.waiting import wait_until
 
@@ -50,37 +52,43 @@ class Run:
         wait_until(lambda: stored(self.dsn, INTERVALS) == expected, 15, "the stored candles equal the reference")
 
 
-def start_pair(tmp_path: Path, server: KiteFakeServer, dsn: str) -> tuple[HaDaemon, HaDaemon]:
-    a = HaDaemon(tmp_path, "a", server, dsn, TTL).start()
+def start_pair(tmp_path: Path, server: KiteFakeServer, dsn: str, **env: str) -> tuple[HaDaemon, HaDaemon]:
+    a = HaDaemon(tmp_path, "a", server, dsn, TTL, **env).start()
     wait_until(lambda: lease(dsn) == ("a", 1), 30, "a taking the lease")
     server.wait_subscribed(TOKENS, timeout=30, mode="full")
     mark = server.last_connection_id
-    b = HaDaemon(tmp_path, "b", server, dsn, TTL).start()
+    b = HaDaemon(tmp_path, "b", server, dsn, TTL, **env).start()
     server.wait_subscribed(TOKENS, timeout=30, mode="full", after=mark)
     wait_until(lambda: "standby" in b.text() and "status:" in b.text(), 15, "b running as standby")
     return a, b
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_leader_the_standby_takes_over_within_the_ttl(tmp_path, server, pg_dsn) -> None:
+def test_sigkill_of_the_leader_the_standby_takes_over_at_once(tmp_path, server, pg_dsn, nats_server) -> None:
+    """A killed leader's lease session ends with it: the standby takes over on its next look,
+    not at the expiry. Only the leader puts ticks on the bus: each tick is there once."""
     parts = phases(2)
-    a, b = start_pair(tmp_path, server, pg_dsn)
+    a, b = start_pair(tmp_path, server, pg_dsn, NATS_URL=nats_server.url)
     run = Run(server, pg_dsn)
     try:
         run.send(parts[0])  # a writes
         assert b.written() == 0
+        wait_until(lambda: stream_messages(nats_server.url, TICKS_STREAM) >= len(run.sent), 10, "a's ticks on the bus")
         killed = time.monotonic()
         a.signal(signal.SIGKILL)
         a.wait()
         wait_until(lambda: lease(pg_dsn) == ("b", 2), TTL + 5, "b taking over")
         assert time.monotonic() - killed <= TTL + TTL / 3 + 2
         run.send(parts[1])  # b writes; a's stored minute is not written again
+        wait_until(lambda: stream_messages(nats_server.url, TICKS_STREAM) >= len(run.sent), 10, "b's ticks on the bus")
+        time.sleep(1.0)
+        assert stream_messages(nats_server.url, TICKS_STREAM) == len(run.sent)  # once each, from the leader
     finally:
         b.signal(signal.SIGTERM)
         assert b.wait() == 0, b.text()
         a.stop()
     log = b.text()
-    assert "HA: b took the lease 'pair', epoch 2: leader" in log
+    assert "HA: b took the lease 'pair' (session ended), epoch 2: leader" in log
     assert "Traceback" not in log + a.text()
     assert lease(pg_dsn) is None  # released at b's clean stop
     assert stored(pg_dsn, INTERVALS) == reference_candles(arrivals(run.sent), INTERVALS)
@@ -99,6 +107,7 @@ def test_a_paused_leader_never_writes_after_losing_the_lease_and_a_killed_standb
         a.signal(signal.SIGSTOP)
         wait_until(lambda: lease(pg_dsn) == ("b", 2), TTL + 5, "b taking over from the paused a")
         run.send(parts[1])  # b writes while a is paused
+        assert "HA: b took the lease 'pair' (expired), epoch 2: leader" in b.text()  # a's session is open
         a.signal(signal.SIGCONT)
         wait_until(lambda: "HA: stepping down to standby (epoch 1)" in a.text(), TTL + 5, "a stepping down")
         run.send(parts[2])  # a has these ticks too, and writes none of them

@@ -9,7 +9,6 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -40,25 +39,12 @@ from publishers.nats import (
 )
 from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
-from testkit.nats import NatsCluster, NatsNotFound, NatsServer
+from testkit.nats import NatsCluster, NatsServer, stream_messages
 from testkit.reference import candle_to_dict, reference_candles
 from testkit.waiting import free_port, wait_until
 
 SIM_START = "2026-11-24T09:15:00+05:30"
 SYMBOLS = ("NSE:INFY", "NSE:M&M")
-
-
-@pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    try:
-        server = NatsServer()
-    except NatsNotFound as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
 
 
 def read_stream(url: str, subject: str, *, expect: int | None = None, timeout: float = 1.0) -> list[nats.aio.msg.Msg]:
@@ -87,17 +73,6 @@ def read_stream(url: str, subject: str, *, expect: int | None = None, timeout: f
             await nc.close()
 
     return asyncio.run(read())
-
-
-def stream_messages(url: str, stream: str) -> int:
-    async def count() -> int:
-        nc = await nats.connect(url)
-        try:
-            return (await nc.jetstream().stream_info(stream)).state.messages
-        finally:
-            await nc.close()
-
-    return asyncio.run(count())
 
 
 def _candle(**changes: object) -> Candle:
