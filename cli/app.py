@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
             return tail(settings, args.tail, args.candles, args.since, args.duration)
         if args.candles or args.since:
             raise UsageError("--candles and --since go with --tail SYMBOL")
+        if args.chart:
+            from cli.chart import chart  # mplfinance and matplotlib only when asked
+
+            return chart(settings, args.chart, args.interval, args.backfill_from, args.backfill_to, args.out, args.width,
+                         args.height)  # fmt: skip
         if args.show_candles:
             return show_candles(settings, args.show_candles, args.interval, args.limit)
         if args.test_database:

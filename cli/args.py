@@ -6,6 +6,7 @@ import argparse
 from datetime import date
 
 from brokers import registry
+from cli.errors import UsageError
 from config.numbers import PORT, Range
 
 
@@ -15,6 +16,17 @@ def parse_day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date: write it as YYYY-MM-DD, e.g. 2024-01-15") from None
+
+
+def day_option(text: str | None, option: str) -> date | None:
+    """``parse_day`` for an option read as text (``--from``, ``--to``: ``--chart`` takes times
+    too), its error a ``UsageError`` naming the option."""
+    if text is None:
+        return None
+    try:
+        return parse_day(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{option} {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--candles", metavar="INTERVAL", help="with --tail: its candles of this interval instead of ticks")
     checks.add_argument("--since", metavar="TIME", help="with --tail: replay from this time first: 2026-11-24T09:15 (IST), "
                         "09:15 (today) or 15m, 2h, 1d ago")  # fmt: skip
-    checks.add_argument("--interval", default="1m", help="interval for --show-candles (default 1m)")
+    checks.add_argument(
+        "--chart", metavar="SYM",
+        help="draw a symbol's (or a continuous series') candles with volume as a PNG (--out), gaps and backfilled "
+        "candles marked; --interval, --from/--to (a day, 2026-11-24T09:15 in IST, 09:15 today or 2h ago; default: "
+        "the day of the newest candle) (read-only)",
+    )  # fmt: skip
+    checks.add_argument("--out", metavar="PATH.png", help="with --chart: the PNG file to write")
+    pixels = Range(200, 10_000, whole=True)
+    checks.add_argument("--width", type=pixels.option, default=1600, metavar="PX", help="with --chart: width (default 1600)")
+    checks.add_argument("--height", type=pixels.option, default=900, metavar="PX", help="with --chart: height (default 900)")
+    checks.add_argument("--interval", default="1m", help="interval for --show-candles and --chart (default 1m)")
     rows = Range(1, 100_000, whole=True)
     checks.add_argument("--limit", type=rows.option, default=20, help="rows for --show-candles (default 20)")
 
@@ -61,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(needs the Kite settings, whatever --broker is)")  # fmt: skip
     back.add_argument("--backfill", action="store_true", help="fetch past candles of the watchlist's symbols, then exit "
                       "(the same command again resumes a stopped run)")  # fmt: skip
-    back.add_argument("--from", dest="backfill_from", type=parse_day, metavar="YYYY-MM-DD", help="first day (default: today, IST)")
-    back.add_argument("--to", dest="backfill_to", type=parse_day, metavar="YYYY-MM-DD", help="last day (default: today, IST)")
+    back.add_argument("--from", dest="backfill_from", metavar="YYYY-MM-DD", help="first day (default: today, IST)")
+    back.add_argument("--to", dest="backfill_to", metavar="YYYY-MM-DD", help="last day (default: today, IST)")
     back.add_argument("--reconcile", type=parse_day, metavar="YYYY-MM-DD", help="compare the day's stored live 1m "
                       "candles of the watchlist's symbols with Kite's, store and print the differences, then exit "
                       "(1: some differ)")  # fmt: skip

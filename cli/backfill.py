@@ -45,6 +45,7 @@ from brokers.base import BrokerError, CredentialsRefused
 from brokers.kite.historical import HistoricalUnavailable, KiteHistorical
 from candles.model import BACKFILL, LIVE, Candle, Interval, parse_intervals
 from candles.rollup import roll_up
+from cli.args import day_option
 from cli.errors import EXIT_CREDENTIALS_REFUSED, UsageError
 from cli.kite_history import kite_history, kite_watchlist
 from config.settings import Settings
@@ -135,8 +136,8 @@ class _StopFlag:
 
 def run_backfill(settings: Settings, args: argparse.Namespace) -> int:
     today = datetime.now(IST).date()
-    first = args.backfill_from or today
-    last = args.backfill_to or today
+    first = day_option(args.backfill_from, "--from") or today
+    last = day_option(args.backfill_to, "--to") or today
     if first > last:
         raise UsageError(f"--from {first} is after --to {last}: give the earlier day first")
     if last > today:

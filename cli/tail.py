@@ -27,8 +27,9 @@ _AGO = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``--since``: an ISO 8601 date-time (without an offset: IST), a time of day today in IST
+def parse_since(text: str, now: datetime | None = None, option: str = "--since") -> datetime:
+    """``--since`` (and ``--chart``'s ``--from``/``--to``, named by ``option``): an ISO 8601
+    date-time (without an offset: IST), a time of day today in IST
     (``09:15``, ``09:15:30``) or a span ago (``90s``, ``15m``, ``2h``, ``1d``)."""
     now = now or datetime.now(IST)
     raw = text.strip()
@@ -42,7 +43,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         at = datetime.fromisoformat(raw)
     except ValueError:
         raise UsageError(
-            f"--since {text!r} is not a time: write 2026-11-24T09:15 (IST unless it has an offset), 09:15 (today, IST) "
+            f"{option} {text!r} is not a time: write 2026-11-24T09:15 (IST unless it has an offset), 09:15 (today, IST) "
             "or a span ago such as 15m, 2h or 1d"
         ) from None
     return at.replace(tzinfo=IST) if at.tzinfo is None else at
