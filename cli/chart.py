@@ -73,7 +73,7 @@ def chart(
     now = datetime.now(IST)
     since, until = _bounds(since_text, "--from", now, start=True), _bounds(until_text, "--to", now, start=False)
     if since is not None and until is not None and since >= until:
-        raise UsageError(f"--from {_when(since)} is not before --to {_when(until)}: give the earlier time first")
+        raise UsageError(f"--from {since_text} is not before --to {until_text} (IST): give the earlier time first")
     series = series_index(name) is not None
     store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path, read_only=True)
     try:
@@ -102,11 +102,12 @@ def chart(
     calendar = build_calendar(library_holidays(Path(settings.storage.data_dir)), read_overrides(settings.calendar.file))
     layout = _layout(calendar, exchange, name, contracts, iv, candles, spans, since, until, now)
     title = _title(exchange, name, iv, since, until, len(candles), sorted({c.symbol for c in candles}) if series else [])
-    drawn = _draw(mpf, layout, title, target, width, height)
+    drawn = _draw(mpf, layout, title, target, width, height, daily=iv.name == "1d")
     backfill = sum(c.source == BACKFILL for c in candles)
     partial = sum(c.source == PARTIAL for c in candles)
+    marked = len(layout.unwatched) + len(layout.empty)
     print(
-        f"{out}: {width}x{height} px, {_count(drawn, 'candle')} drawn, {_count(len(layout.unwatched) + len(layout.empty), 'gap')} marked "
+        f"{out}: {width}x{height} px, {_count(drawn, 'candle')} drawn, {_count(marked, 'gap')} marked "
         f"({layout.unwatched_minutes} min unwatched in {len(layout.unwatched)}, {len(layout.empty)} without a candle), "
         f"{backfill + partial} backfilled marked ({backfill} backfill, {partial} partial)"
     )
@@ -240,10 +241,10 @@ def _days(since: datetime, until: datetime) -> list[date]:
 
 def _writable(out: Path) -> Path:
     """``out``, once it is known to be a PNG path whose folder exists and takes a new file."""
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--out {out}: the chart is a PNG, name the file PATH.png")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder: name the PNG file to write, e.g. {out / 'chart.png'}")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: the chart is a PNG, name the file PATH.png")
     folder = out.parent
     if not folder.is_dir():
         raise UsageError(f"--out {out}: the folder {folder} does not exist: create it or write elsewhere")
@@ -330,7 +331,7 @@ def _title(exchange: str, name: str, iv: Interval, since: datetime, until: datet
 # -- drawing --------------------------------------------------------------------------------------
 
 
-def _draw(mpf: Any, layout: Layout, title: str, out: Path, width: int, height: int) -> int:
+def _draw(mpf: Any, layout: Layout, title: str, out: Path, width: int, height: int, *, daily: bool) -> int:
     """Draw and write the PNG (through a temporary file, so a failure leaves no half file);
     returns the number of candle bodies in the figure."""
     import matplotlib.pyplot as plt
@@ -364,7 +365,8 @@ def _draw(mpf: Any, layout: Layout, title: str, out: Path, width: int, height: i
     fig, axes = mpf.plot(
         frame, type="candle", volume=True, style="yahoo", addplot=extra, returnfig=True,
         figsize=(width / DPI, height / DPI), title=title, ylabel="price", ylabel_lower="volume",
-        warn_too_much_data=len(frame) + 1, scale_padding={"left": 0.3, "right": 0.9, "top": 0.6, "bottom": 0.9}, datetime_format="%d %b %H:%M" if len(layout.buckets) > 1 else "%d %b",
+        warn_too_much_data=len(frame) + 1, datetime_format="%d %b %Y" if daily else "%d %b %H:%M",
+        scale_padding={"left": 0.3, "right": 0.9, "top": 0.6, "bottom": 0.9},
     )  # fmt: skip
     try:
         price, volume = axes[0], axes[2]
