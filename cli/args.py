@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(needs the Kite settings, whatever --broker is)")  # fmt: skip
     back.add_argument("--backfill", action="store_true", help="fetch past candles of the watchlist's symbols, then exit "
                       "(the same command again resumes a stopped run)")  # fmt: skip
-    back.add_argument("--from", dest="backfill_from", metavar="YYYY-MM-DD", help="first day (default: today, IST)")
-    back.add_argument("--to", dest="backfill_to", metavar="YYYY-MM-DD", help="last day (default: today, IST)")
+    back.add_argument("--from", dest="backfill_from", metavar="YYYY-MM-DD", help="first day (default: today, IST); "
+                      "--chart takes a time too")  # fmt: skip
+    back.add_argument("--to", dest="backfill_to", metavar="YYYY-MM-DD", help="last day (default: today, IST); "
+                      "--chart takes a time too")  # fmt: skip
     back.add_argument("--reconcile", type=parse_day, metavar="YYYY-MM-DD", help="compare the day's stored live 1m "
                       "candles of the watchlist's symbols with Kite's, store and print the differences, then exit "
                       "(1: some differ)")  # fmt: skip

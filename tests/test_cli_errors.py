@@ -77,3 +77,11 @@ def test_show_candles_on_a_missing_sqlite_file_does_not_create_it(tmp_path):
     proc = run_main("--show-candles", "NSE:INFY", cwd=tmp_path)
     _assert_one_line_error(proc)
     assert not (tmp_path / "data" / "marketfeed.db").exists()
+
+
+@pytest.mark.parametrize("text", ["09:15", "2024-13-01"])
+def test_backfill_takes_whole_days_for_from_and_to(tmp_path, text):
+    """--from/--to are read as text (--chart takes times too); --backfill wants a day."""
+    proc = run_main("--backfill", "--symbols", "INFY", "--from", text, cwd=tmp_path)
+    _assert_one_line_error(proc, f"--from '{text}' is not a date: write it as YYYY-MM-DD")
+    assert proc.returncode == 2
