@@ -77,6 +77,7 @@ WARN_EVERY_S = 300.0
 #: nats-py's outgoing buffer, written to directly for a batch of ticks (``_publish_batch``)
 _BULK = all(hasattr(nats.aio.client.Client, name) for name in ("_send_command", "_flush_pending", "is_closed", "is_connected"))
 
+_SMALL = tuple(str(n) for n in range(4096))  # the text of small quantities (``TickEncoder.encode_batch``)
 _KEEP = re.compile(r"[A-Za-z0-9-]+")
 _ESCAPED = re.compile(r"_([0-9A-F]{2})")
 
@@ -242,11 +243,13 @@ class TickEncoder:
             if received is not last:
                 last = received
                 received_ms = str(round(received.timestamp() * 1000))
-            qty, volume, oi = t.last_quantity, t.volume, t.oi
+            qty = t.last_quantity
+            volume = t.volume
+            oi = t.oi
             # ``!s``: a Decimal formatted without it goes through Decimal.__format__, about three
-            # times the cost of str()
+            # times the cost of str(); most quantities are small, their text is kept
             body = (
-                f'{found[2]}{t.last_price!s}","qty":{"null" if qty is None else qty},'
+                f'{found[2]}{t.last_price!s}","qty":{"null" if qty is None else _SMALL[qty] if 0 <= qty < 4096 else qty},'
                 f'"volume":{"null" if volume is None else volume},"oi":{"null" if oi is None else oi},'
                 f'{times.get(ts) or self._time(ts)},"received_ms":{received_ms}}}'
             )

@@ -430,6 +430,32 @@ def test_a_batch_written_at_once_publishes_what_publishing_tick_by_tick_does(nat
     assert messages[3].subject == "marketfeed.ticks.NSE.NIFTY_2050"
 
 
+def test_a_tick_payload_holds_every_field_exactly():
+    """Each field from the tick itself, whatever its value: quantities on either side of the kept
+    texts, None as null, the price's own digits, a token that changed for the same symbol."""
+    encoder = TickEncoder("marketfeed")
+    at = datetime(2026, 11, 24, 9, 15, 3, 250_000, tzinfo=IST)
+    received = at + timedelta(milliseconds=40)
+    cases = [
+        TickData("kite", "NSE", "M&M", 7, Decimal("100.50"), 0, 0, 0, at, received),
+        TickData("kite", "NSE", "M&M", 7, Decimal("100.55"), 4095, 12_345_678, None, at, received),
+        TickData("kite", "NSE", "M&M", 8, Decimal("100.6"), 4096, None, 7, at, at),  # another token
+        TickData("kite", "NSE", "NIFTY 50", 256265, Decimal("25000.05"), None, None, None, at, at),
+        TickData("kite", "MCX", "CRUDEOIL", 9, Decimal("6000"), 1_000_000, 3, 2_000_000, at, at),
+    ]
+    commands: list[str] = []
+    encoder.encode_batch(cases, commands)
+    for t, command in zip(cases, commands, strict=True):
+        head, body, rest = command.split("\r\n")
+        assert rest == "" and head == f"PUB {tick_subject('marketfeed', t.exchange, t.symbol)} {len(body)}"
+        assert json.loads(body) == {
+            "exchange": t.exchange, "symbol": t.symbol, "token": t.token, "price": str(t.last_price),
+            "qty": t.last_quantity, "volume": t.volume, "oi": t.oi, "ts": t.exchange_ts.isoformat(),
+            "ts_ms": round(t.exchange_ts.timestamp() * 1000), "received_ms": round(t.receive_ts.timestamp() * 1000),
+        }  # fmt: skip
+        assert encoder.encode(t) == (tick_subject("marketfeed", t.exchange, t.symbol), body.encode())
+
+
 def test_tick_times_are_written_as_isoformat_writes_them():
     encoder = TickEncoder("marketfeed")
     base = _ticks(1)[0]
