@@ -248,6 +248,8 @@ def test_the_daemon_on_a_full_disk_answers_503_naming_it_and_writes_again_once_s
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
     assert f"{NO_SPACE}: closed candles wait in memory" in err
+    degraded = [line.split("; DEGRADED: ", 1)[1] for line in err.splitlines() if "status: " in line and "; DEGRADED: " in line]
+    assert any(f"spool {small_disk / 'data' / 'spool'}" in line for line in degraded), err  # the status line says it too
     assert "writable again" in err
     intervals = parse_intervals("1m")
     store = SQLiteStore(small_disk / "marketfeed.db")
