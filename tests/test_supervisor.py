@@ -66,6 +66,7 @@ def test_healthz_says_failed_and_names_the_thread_while_the_daemon_stops(in_proc
     port = free_port()
     release = threading.Event()
     seen: list[tuple[int, dict]] = []
+    scraped: list[str] = []
 
     original_stop = SimBroker.disconnect
 
@@ -85,7 +86,11 @@ def test_healthz_says_failed_and_names_the_thread_while_the_daemon_stops(in_proc
                 seen.append((exc.code, json.loads(exc.read())))
             except OSError:
                 return False
-            return seen[-1][1].get("state") == "failed"
+            if seen[-1][1].get("state") != "failed":
+                return False
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                scraped.append(r.read().decode())
+            return True
 
         try:
             wait_until(failed, 20, "/healthz to say failed")
@@ -102,3 +107,4 @@ def test_healthz_says_failed_and_names_the_thread_while_the_daemon_stops(in_proc
     assert status == 503
     assert body["state"] == "failed"
     assert any("thread sim-feed died" in p for p in body["problems"]), body
+    assert 'marketfeed_state{state="failed"} 1.0' in scraped[-1], scraped[-1]
