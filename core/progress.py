@@ -1,6 +1,8 @@
 """Progress of long start-up work: a bar on a terminal (tqdm), a log line every few seconds otherwise.
 
-``with progress("loading the scrip master", total=n, unit="rows") as bar: bar.update(k)``. Nothing
+``with progress("loading the scrip master", total=n, unit="rows") as bar: bar.update(k)``; work that
+cannot count its units (one blocking call, such as pykiteconnect's ``instruments()``) is shown by
+the seconds it has taken: ``with elapsed("downloading the Kite instruments dump"): ...``. Nothing
 is shown for work that ends within ``quiet`` seconds, so the common short case stays silent; under
 systemd (stderr not a terminal) the journal gets one line every ``every`` seconds.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +88,45 @@ def progress(what: str, total: int | None = None, unit: str = "items", **kwargs:
         yield bar
     finally:
         bar.close()
+
+
+@contextmanager
+def elapsed(what: str, *, stream: TextIO | None = None, quiet: float = QUIET_S, every: float | None = None) -> Iterator[None]:
+    """Work that cannot count its units: a thread shows the seconds it has taken (a log line every
+    ``every`` seconds, or a bar with the time on a terminal) until the block ends."""
+    stream = stream if stream is not None else sys.stderr
+    every = every if every is not None else (BAR_EVERY_S if _is_terminal(stream) else LOG_EVERY_S)
+    done = threading.Event()
+    shown: list[tqdm | bool] = []
+    started = time.monotonic()
+
+    def tick() -> None:
+        if done.wait(quiet):
+            return
+        if _is_terminal(stream):
+            bar = tqdm(desc=what, bar_format="{desc}: {elapsed}", file=stream, mininterval=0, dynamic_ncols=True)
+            shown.append(bar)
+            while not done.wait(every):
+                bar.refresh()
+            return
+        shown.append(True)
+        while True:
+            log.info("%s: %.0f s so far", what, time.monotonic() - started)
+            if done.wait(every):
+                return
+
+    ticker = threading.Thread(target=tick, name="progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+        for bar in shown:
+            if isinstance(bar, tqdm):
+                bar.close()
+            else:
+                log.info("%s: done in %.1f s", what, time.monotonic() - started)
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -404,17 +404,25 @@ class Service:
 
     # ---- threads ---------------------------------------------------------------------------
     def _on_ticks(self, batch: Sequence[TickData]) -> None:
-        journal = self.journal
-        if journal is None:
-            self._ticks.put((0, batch))
-            return
-        with journal.lock:  # one lock per batch: the journal's order is the queue's order
-            try:
-                number = journal.append(batch)
-            except OSError as exc:  # a full disk must not stop the feed: the journal is a safety net
-                number = journal.number
-                self._journal_failed(exc, batch)
-            self._ticks.put((number, batch))
+        """The feed's callback, on its connection threads. A feed catches what its callback raises
+        (brokers/feed.py: a failing sink must not kill the connection) and goes on, so a batch this
+        cannot take would be lost in silence: it fails the daemon instead (the supervisor rule)."""
+        try:
+            journal = self.journal
+            if journal is None:
+                self._ticks.put((0, batch))
+                return
+            with journal.lock:  # one lock per batch: the journal's order is the queue's order
+                try:
+                    number = journal.append(batch)
+                except OSError as exc:  # a full disk must not stop the feed: the journal is a safety net
+                    number = journal.number
+                    self._journal_failed(exc, batch)
+                self._ticks.put((number, batch))
+        except Exception as exc:
+            if self.failure is None:
+                log.critical("a batch of %d ticks could not be taken from the feed", len(batch), exc_info=True)
+            self.fail(f"the feed's ticks could not be taken ({type(exc).__name__}: {exc})")
 
     def _journal_failed(self, exc: OSError, batch: Sequence[TickData]) -> None:
         """A batch the journal could not keep: a kill before the next checkpoint would lose it, so

@@ -117,6 +117,22 @@ def test_a_run_that_stores_nothing_says_why_in_its_stop_line(in_process, monkeyp
                          "no tick arrived: the feed lines above say whether it was connected"), line  # fmt: skip
 
 
+def test_the_stop_line_says_how_many_ticks_were_dropped_or_came_late():
+    from types import SimpleNamespace
+
+    from cli.daemon import _summary
+
+    service = SimpleNamespace(
+        stats=SimpleNamespace(ticks=120),
+        aggregator=SimpleNamespace(stats=SimpleNamespace(late_ticks=3, dropped_ticks=117)),
+        writer=SimpleNamespace(stats=SimpleNamespace(candles_written=0)),
+    )
+    line = _summary(service, drained=True)  # type: ignore[arg-type]
+    assert line == ("120 ticks, 0 candle writes (a revision or a replay writes a candle again), "
+                    "3 late ticks revised closed candles, "
+                    "117 ticks dropped (their bucket had closed beyond the revision horizon)"), line  # fmt: skip
+
+
 def test_threads_started_while_the_daemon_runs_leave_its_signals_to_the_main_thread(in_process):
     """A stop signal taken by another thread would not interrupt the main thread's blocking call
     (a download, a lock wait): the daemon's threads block them, so the kernel picks the main thread."""

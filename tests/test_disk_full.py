@@ -248,6 +248,8 @@ def test_the_daemon_on_a_full_disk_answers_503_naming_it_and_writes_again_once_s
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
     assert f"{NO_SPACE}: closed candles wait in memory" in err
+    degraded = [line.split("; DEGRADED: ", 1)[1] for line in err.splitlines() if "status: " in line and "; DEGRADED: " in line]
+    assert any(f"spool {small_disk / 'data' / 'spool'}" in line for line in degraded), err  # the status line says it too
     assert "writable again" in err
     intervals = parse_intervals("1m")
     store = SQLiteStore(small_disk / "marketfeed.db")
@@ -300,3 +302,33 @@ def test_a_journal_on_a_full_disk_degrades_until_a_checkpoint_covers_the_ticks_i
         journal.close()
         service.spool.close()
         store.close()
+
+
+def test_candles_beyond_the_memory_limit_drop_the_oldest_and_say_so_and_the_rest_are_written(small_disk, tmp_path, caplog):
+    import queue
+
+    from pipeline.writer import Writer
+
+    store = SQLiteStore(tmp_path / "candles.db")  # the store's disk has room; the spool's is full
+    store.migrate()
+    candles: queue.Queue = queue.Queue()
+    writer = Writer(store, Spool(small_disk / "spool"), candles, memory_limit=5)
+    filler = fill(small_disk)
+    writer.start()
+    try:
+        for m in range(8):
+            candles.put([candle(m)])
+        wait_until(lambda: writer.stats.dropped == 3, 20.0, "the 3 oldest candles dropped beyond the limit")
+        assert writer.stats.in_memory == 5 and writer.stats.candles_written == 0
+        assert "5 closed candles wait in memory, the limit: the oldest are dropped" in caplog.text
+
+        filler.unlink()
+        wait_until(lambda: writer.stats.candles_written == 5, 20.0, "the candles kept in memory written")
+        assert "(3 were dropped beyond the limit of 5)" in caplog.text
+    finally:
+        candles.put(None)
+        writer.join(10)
+        writer.spool.close()
+    stored = {c.symbol for m in range(8) for c in store.latest("NSE", f"S{m}", "1m", limit=10)}
+    store.close()
+    assert stored == {f"S{m}" for m in range(3, 8)}  # the oldest went, the newest were kept

@@ -160,3 +160,12 @@ def test_an_unreadable_cache_file_is_not_a_fallback_and_the_error_says_so(server
     kite = KiteConnect("k", access_token="t", root="http://127.0.0.1:9")
     with pytest.raises(BrokerError, match="no earlier dump is cached"):
         KiteInstruments(kite, tmp_path, clock=lambda: DAY).load()
+
+
+def test_a_slow_download_logs_the_seconds_it_has_taken_until_it_ends(server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="marketfeed")
+    server.instruments_delay = 1.6  # one blocking pykiteconnect call: no count of rows or bytes to show
+    KiteInstruments(_kite(server), tmp_path, clock=lambda: DAY).load()
+    lines = [r.getMessage() for r in caplog.records if r.name == "marketfeed"]
+    assert "downloading the Kite instruments dump: 1 s so far" in lines, lines
+    assert lines[-1].startswith("downloading the Kite instruments dump: done in "), lines

@@ -295,8 +295,9 @@ def test_the_daemon_serves_metrics_and_health_on_metrics_port_and_refuses_a_busy
         assert "marketfeed_ticks_total" in body and 'marketfeed_connection_up{connection="1"} 1.0' in body
     finally:
         proc.terminate()
-        proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
+    assert err.count("metrics on http://") == 1, err  # said once, by the server that serves them
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

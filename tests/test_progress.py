@@ -6,7 +6,7 @@ import io
 import logging
 import time
 
-from core.progress import progress
+from core.progress import elapsed, progress
 
 
 class _Terminal(io.StringIO):
@@ -47,4 +47,26 @@ def test_on_a_terminal_long_work_draws_a_bar(caplog):
     drawn = terminal.getvalue()
     assert "downloading the Kotak nse_cm scrip master" in drawn
     assert "100%" in drawn and "2.00M/2.00M" in drawn, drawn
+    assert caplog.records == []  # the bar, not log lines
+
+
+def test_work_that_cannot_count_logs_its_seconds_now_and_then_and_when_done(caplog):
+    caplog.set_level(logging.INFO, logger="marketfeed")
+    with elapsed("downloading the Kite instruments dump", stream=io.StringIO(), quiet=0.05, every=0.1):
+        time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "downloading the Kite instruments dump: 0 s so far", lines
+    assert 2 <= len(lines) - 1 <= 4, lines  # a line every 0.1 s
+    assert lines[-1].startswith("downloading the Kite instruments dump: done in 0."), lines
+
+
+def test_work_that_cannot_count_and_ends_quickly_says_nothing_and_draws_its_time_on_a_terminal(caplog):
+    caplog.set_level(logging.INFO, logger="marketfeed")
+    with elapsed("quick", stream=io.StringIO()):
+        pass
+    assert caplog.records == []
+    terminal = _Terminal()
+    with elapsed("downloading the Kite instruments dump", stream=terminal, quiet=0.0, every=0.05):
+        time.sleep(0.2)
+    assert "downloading the Kite instruments dump: 00:00" in terminal.getvalue(), terminal.getvalue()
     assert caplog.records == []  # the bar, not log lines

@@ -29,6 +29,13 @@ def test_the_kite_login_comes_after_the_data_directory_exists_and_before_the_ser
     assert data_dir < login < enable, steps
 
 
+def test_the_kite_login_comes_before_the_broker_check_which_needs_its_access_token():
+    steps = _install_steps()
+    login = _first(steps, "-u marketfeed", "--login")
+    check = _first(steps, "-u marketfeed", "--test-broker")
+    assert login < check, steps
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="tar keeps the archive's owners only when it extracts as root")
 def test_the_copied_code_belongs_to_root_not_to_whoever_deployed_it(tmp_path):
     src, dest = tmp_path / "checkout", tmp_path / "opt"

@@ -185,3 +185,28 @@ def test_sighup_subscribes_and_unsubscribes_on_the_live_kite_connection(tmp_path
         assert store.latest("NSE", "TCS", "1m", limit=10), "no candle for the symbol added by SIGHUP"
     finally:
         store.close()
+
+
+def test_sighup_reads_the_watchlist_table_again_and_a_bad_row_is_named_and_skipped(tmp_path):
+    from storage.base import WatchlistEntry
+
+    (tmp_path / "data").mkdir()
+    db = tmp_path / "data" / "marketfeed.db"
+    store = SQLiteStore(str(db))
+    store.migrate()
+    store.set_watchlist([WatchlistEntry("NSE", "INFY", True, 9), WatchlistEntry("NSE", "TCS", True, 8)])
+    tape = tmp_path / "tape.jsonl"
+    daemon = Daemon("--broker", "sim", "--symbols-from-db", "--sim-tape", str(tape), "--sim-speed", "20", cwd=tmp_path)
+    try:
+        daemon.wait_for("streaming 2 instruments")
+        store.set_watchlist([WatchlistEntry("NSE", "TCS", False, 8), WatchlistEntry("nse", "wipro", True, 8),
+                             WatchlistEntry("NSE", "BAD;SYM", True, 7)])  # fmt: skip
+    finally:
+        store.close()
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("watchlist reloaded: +1 (NSE:WIPRO), -1 (NSE:TCS); 2 symbols", 10)
+    assert "('NSE', 'BAD;SYM') skipped" in daemon.err
+    mark = tape.stat().st_size
+    wait_until(lambda: _tape_symbols(tape, mark) == {"INFY", "WIPRO"}, 10, "ticks of the reloaded table's symbols only")
+
+    assert daemon.stop() == 0, daemon.err

@@ -101,3 +101,25 @@ def test_equal_prices_are_one_shared_object_as_the_broker_decoders_hand_them_ove
         by_value.setdefault(t.last_price, set()).add(id(t.last_price))
     assert len(by_value) < len(ticks) / 4  # prices repeat on a random walk
     assert all(len(ids) == 1 for ids in by_value.values())
+
+
+def test_a_stop_does_not_wait_for_a_large_watchlists_backlog_of_ticks():
+    import threading
+    import time
+
+    now = [START]
+    broker = SimBroker(lambda: now[0], seed=4)
+    broker.subscribe([Instrument("NSE", f"SYN{i}") for i in range(2000)])
+    now[0] = START + 300  # the preparation took a while: 600,000 ticks are due at the first call
+    calls = threading.Event()
+    asked = time.monotonic()
+    broker.connect(lambda batch: calls.set())
+    took = time.monotonic() - asked
+    assert took < 1.0, f"connect waited {took:.1f} s for the feed thread's first batch"
+    time.sleep(0.3)  # the feed thread is making them
+
+    asked = time.monotonic()
+    broker.disconnect()
+    took = time.monotonic() - asked
+    assert took < 1.0, f"the stop waited {took:.1f} s for the feed thread"
+    assert not broker.is_connected()

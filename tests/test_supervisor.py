@@ -66,6 +66,7 @@ def test_healthz_says_failed_and_names_the_thread_while_the_daemon_stops(in_proc
     port = free_port()
     release = threading.Event()
     seen: list[tuple[int, dict]] = []
+    scraped: list[str] = []
 
     original_stop = SimBroker.disconnect
 
@@ -85,7 +86,11 @@ def test_healthz_says_failed_and_names_the_thread_while_the_daemon_stops(in_proc
                 seen.append((exc.code, json.loads(exc.read())))
             except OSError:
                 return False
-            return seen[-1][1].get("state") == "failed"
+            if seen[-1][1].get("state") != "failed":
+                return False
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                scraped.append(r.read().decode())
+            return True
 
         try:
             wait_until(failed, 20, "/healthz to say failed")
@@ -102,3 +107,36 @@ def test_healthz_says_failed_and_names_the_thread_while_the_daemon_stops(in_proc
     assert status == 503
     assert body["state"] == "failed"
     assert any("thread sim-feed died" in p for p in body["problems"]), body
+    assert 'marketfeed_state{state="failed"} 1.0' in scraped[-1], scraped[-1]
+
+
+def test_a_batch_the_service_cannot_take_fails_the_daemon_once_instead_of_being_lost(tmp_path, monkeypatch, caplog):
+    """Kite's and Kotak's connections catch what the tick callback raises and go on reading (one
+    bad batch must not kill the feed); so the service itself must not let a batch vanish."""
+    from brokers.sim.client import SimClock
+    from candles.model import parse_intervals
+    from core.ticks import Instrument
+    from pipeline.journal import TickJournal
+    from pipeline.service import Service
+    from storage.spool import Spool
+
+    start = 1_795_491_900.0  # 2026-11-24 09:15 IST
+    broker = SimBroker(SimClock(start, 1.0), seed=1)
+    instruments = [Instrument("NSE", "INFY")]
+    broker.subscribe(instruments)
+    store = SQLiteStore(tmp_path / "candles.db")
+    store.migrate()
+    journal = TickJournal(tmp_path / "journal")
+    spool = Spool(tmp_path / "spool")
+    service = Service(broker, store, instruments, parse_intervals("1m"), clock=broker.clock, spool=spool, journal=journal)
+    monkeypatch.setattr(journal, "append", _fail_after(0, RuntimeError("injected fault"))(journal.append))
+    try:
+        for second in (5, 10):
+            service._on_ticks(broker.due_ticks(start + second))  # as a feed connection calls it: no exception
+        assert service.failure == "the feed's ticks could not be taken (RuntimeError: injected fault)"
+        assert service.health().state == "failed"
+        assert caplog.text.count("RuntimeError: injected fault\n") == 1, caplog.text  # one traceback
+    finally:
+        journal.close()
+        spool.close()
+        store.close()

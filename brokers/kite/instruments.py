@@ -34,6 +34,7 @@ from typing import Any
 from brokers.base import BrokerError, CredentialsRefused, lookup_symbols
 from core.contracts import CALL, FUT, PUT, Contract
 from core.ist import IST
+from core.progress import elapsed
 from core.ticks import Instrument
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,8 @@ class KiteInstruments:
     def _fetch(self) -> list[DumpRow]:
         log.info("downloading the Kite instruments dump (about 100k rows)")
         try:
-            raw = self._kite.instruments()
+            with elapsed("downloading the Kite instruments dump"):
+                raw = self._kite.instruments()
         except Exception as exc:  # kiteconnect raises its own exception family, requests' errors, and
             # ValueError/TypeError/KeyError from its CSV parsing when the body is garbled or truncated
             from kiteconnect.exceptions import TokenException

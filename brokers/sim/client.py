@@ -349,9 +349,10 @@ class SimBroker(BaseBroker):
             self.tape_path.parent.mkdir(parents=True, exist_ok=True)
             self._tape = self.tape_path.open("w", encoding="utf-8")
         self._stop.clear()
+        keys = self._keys()  # before the thread holds the lock for its first (large) batch
         self._thread = threading.Thread(target=self._run, args=(on_ticks,), name="sim-feed", daemon=True)
         self._thread.start()
-        self._report_watch(True, self.clock(), self._keys())
+        self._report_watch(True, self.clock(), keys)
 
     def disconnect(self) -> None:
         self._stop.set()
@@ -371,13 +372,18 @@ class SimBroker(BaseBroker):
         return self._thread is not None and self._thread.is_alive()
 
     def due_ticks(self, now: float) -> list[TickData]:
-        """Every tick with an exchange time up to ``now``, in time order."""
+        """Every tick with an exchange time up to ``now``, in time order; fewer once ``disconnect``
+        was asked for (a large watchlist's first call makes hundreds of thousands: a stop does not
+        wait for them, and the ticks not made stay due)."""
         limit_ms = int(now * 1000)
         receive = datetime.fromtimestamp(now, IST)
         out: list[TickData] = []
+        stopping = self._stop.is_set
         with self._lock:
             heap = self._heap
             while heap and heap[0][0] <= limit_ms:
+                if not len(out) & 0x3FFF and stopping():  # every 16,384 ticks
+                    break
                 _, key = heapq.heappop(heap)
                 walk = self._walks[key]
                 ts_ms, price, qty, volume = walk.next_tick()
