@@ -292,7 +292,10 @@ def _summary(service: Service, drained: bool) -> str:
     ticks = service.stats.ticks
     agg = service.aggregator.stats
     writes = service.writer.stats.candles_written
-    words = [f"{ticks} ticks", f"{writes} candle writes (a revision or a replay writes a candle again)"]
+    words = [
+        f"{ticks} ticks",
+        f"{writes} candle {'write' if writes == 1 else 'writes'} (a revision or a replay writes a candle again)",
+    ]
     if agg.late_ticks:
         words.append(f"{agg.late_ticks} late ticks revised closed candles")
     if agg.dropped_ticks:

@@ -240,5 +240,8 @@ def require(settings: Any) -> list[str]:
     for f in fields(settings):
         spec = variable(f)
         if spec is not None and spec.hint and not getattr(settings, f.name):
-            missing.append(f"{spec.name} is missing: set it in .env ({spec.hint})")
+            missing.append(
+                f"{spec.name} is missing: set it in the settings file (.env, or the one --env-file names) "
+                f"or the environment ({spec.hint})"
+            )
     return missing
