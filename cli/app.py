@@ -41,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
             return tail(settings, args.tail, args.candles, args.since, args.duration)
         if args.candles or args.since:
             raise UsageError("--candles and --since go with --tail SYMBOL")
+        if args.replay is not None:
+            from cli.replay import run_replay  # pyarrow only when asked
+
+            return run_replay(settings, args)
+        if args.verify:
+            raise UsageError("--verify goes with --replay DATE")
         if args.show_candles:
             return show_candles(settings, args.show_candles, args.interval, args.limit)
         if args.test_database:
