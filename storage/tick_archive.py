@@ -353,7 +353,8 @@ def replay_chunks(path: Path, exchange: str, symbols: set[str] | None = None, ch
             prices = [Decimal(u).scaleb(-s) for u, s in zip(t.column("price_units").to_pylist(), scale.to_pylist(), strict=True)]
         times = _decoded(t.column("exchange_ts").cast(pa.int64()), _times)
         vols = t.column("volume").to_pylist()
-        ois = t.column("oi").to_pylist()
+        oi = t.column("oi")
+        ois = repeat(None) if oi.null_count == len(oi) else oi.to_pylist()  # equities have no OI
         rx = t.column("receive_ts").cast(pa.int64())
         ticks = list(map(new, repeat(ReplayTick), zip(exchanges, syms, prices, vols, ois, times)))
         n = len(ticks)
