@@ -46,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
             return chart(settings, args.chart, args.interval, args.backfill_from, args.backfill_to, args.out, args.width,
                          args.height)  # fmt: skip
+        if args.replay is not None:
+            from cli.replay import run_replay  # pyarrow only when asked
+
+            return run_replay(settings, args)
+        if args.verify:
+            raise UsageError("--verify goes with --replay DATE")
         if args.show_candles:
             return show_candles(settings, args.show_candles, args.interval, args.limit)
         if args.test_database:

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     rows = Range(1, 100_000, whole=True)
     checks.add_argument("--limit", type=rows.option, default=20, help="rows for --show-candles (default 20)")
 
+    arch = p.add_argument_group("tick archive (TICK_ARCHIVE_DIR)")
+    arch.add_argument("--replay", type=parse_day, metavar="YYYY-MM-DD", help="run the day's archived ticks through the "
+                      "candle aggregator (the daemon's settings; --symbols and --intervals narrow it) and print a "
+                      "summary (with --symbols, their candles), then exit")  # fmt: skip
+    arch.add_argument("--verify", action="store_true", help="with --replay: compare the candles with the stored ones "
+                      "and print every difference (exit 1: some differ)")  # fmt: skip
+
     back = p.add_argument_group("backfill and reconciliation from Kite's historical API "
                                 "(needs the Kite settings, whatever --broker is)")  # fmt: skip
     back.add_argument("--backfill", action="store_true", help="fetch past candles of the watchlist's symbols, then exit "

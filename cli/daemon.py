@@ -141,6 +141,13 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             from publishers.nats import NatsPublisher
 
             bus = NatsPublisher(settings.nats)
+        archive = None
+        if settings.archive.dir:
+            from pipeline.archive import TickArchiver  # pyarrow only when the archive is on
+
+            archive = TickArchiver(
+                settings.archive.dir, clock, roll_seconds=settings.archive.roll_seconds, max_ticks=settings.archive.max_ticks
+            )
         service = Service(
             broker,
             store,
@@ -158,6 +165,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             backfill_delay=settings.backfill.delay_seconds,
             bus=bus,
             ha=ha,
+            archive=archive,
         )
         exchanges = sorted({i.exchange for i in instruments} | {s.exchange for s in specs})
         _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))

@@ -52,6 +52,19 @@ class CandleSettings:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class ArchiveSettings:
+    """The tick archive (pipeline/archive.py, storage/tick_archive.py) is off while ``dir`` is None."""
+
+    dir: str | None = var("TICK_ARCHIVE_DIR")  # every tick the aggregator takes, as Parquet files under it
+    #: seconds of the daemon's clock between closing the part files: a kill loses at most this much
+    roll_seconds: float = var("TICK_ARCHIVE_ROLL_SECONDS", 60.0, minimum=5, maximum=3600)
+    #: ticks waiting for the archive's thread at most; beyond it a batch is dropped and counted
+    max_ticks: int = var("TICK_ARCHIVE_MAX_TICKS", 1_000_000, minimum=1000, maximum=100_000_000)
+
+    __repr__ = redacted
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class BackfillSettings:
     #: mend unwatched buckets from Kite's historical API while the daemon runs (whatever the feed
     #: is, when Kite's settings are there); off: gaps are only recorded (``--backfill`` mends them)
@@ -236,6 +249,7 @@ class Settings:
     backfill: BackfillSettings = field(default_factory=BackfillSettings)
     universe: UniverseSettings = field(default_factory=UniverseSettings)
     ha: HaSettings = field(default_factory=HaSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     #: each venue's own settings, by the venue's name (see brokers/registry.py)
     venues: Mapping[str, Any] = field(default_factory=dict)
 
@@ -298,6 +312,7 @@ def load_settings(
         backfill=read(BackfillSettings, source),
         universe=read(UniverseSettings, source),
         ha=HaSettings.from_env(source, storage),
+        archive=read(ArchiveSettings, source),
         venues={name: read(cls, source) for name, cls in (venues or {}).items()},
     )
     source.raise_problems()

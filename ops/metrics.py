@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from pipeline.health import BusReport, Health
+from pipeline.health import ArchiveReport, BusReport, Health
 from pipeline.universe import UniverseReport
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,19 @@ class HealthCollector(Collector):
             )
         if h.bus is not None:
             yield from _bus_metrics(h.bus)
+        if h.archive is not None:
+            yield from _archive_metrics(h.archive)
 
+
+def _archive_metrics(a: ArchiveReport) -> Iterator[Metric]:
+    name = f"{PREFIX}_archive"
+    yield CounterMetricFamily(f"{name}_ticks", "Ticks written into finished tick archive files.", value=a.ticks_archived)
+    yield CounterMetricFamily(
+        f"{name}_ticks_dropped", "Ticks the tick archive did not keep (its queue was full, or its disk refused them).",
+        value=a.ticks_dropped,
+    )
+    yield GaugeMetricFamily(f"{name}_ticks_waiting", "Ticks waiting for the tick archive's thread.", value=a.ticks_waiting)
+    yield CounterMetricFamily(f"{name}_files", "Tick archive part files finished.", value=a.files_written)
 
 def _bus_metrics(b: BusReport) -> Iterator[Metric]:
     name = f"{PREFIX}_{b.name}"

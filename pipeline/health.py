@@ -55,6 +55,23 @@ class BusReport:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveReport:
+    """The tick archive's part of the health (pipeline/archive.py)."""
+
+    where: str
+    ticks_archived: int
+    ticks_dropped: int
+    ticks_waiting: int
+    files_written: int
+    error: str | None  # what the disk (or a tick) said in the current or previous window, None when fine
+
+    def problem(self) -> str | None:
+        if self.error is None:
+            return None
+        return f"tick archive {self.where}: {self.error} ({self.ticks_dropped} ticks not archived since the start)"
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     stopping: bool
     time: datetime
@@ -107,6 +124,9 @@ class Health:
     #: hot standby (pipeline/ha.py): ``leader`` or ``standby`` (None: HA off), the lease epoch
     #: held, why the lease cannot be reached, and the closed candles a standby keeps in memory.
     #: A healthy standby is healthy: being one is no problem.
+    #: the tick archive (None: TICK_ARCHIVE_DIR unset); ticks it could not keep are a problem
+    #: for the window they were lost in and the next
+    archive: ArchiveReport | None = None
     ha_role: str | None = None
     ha_epoch: int | None = None
     ha_problem: str | None = None
@@ -149,6 +169,9 @@ class Health:
         bus_problem = None if self.bus is None else self.bus.problem()
         if bus_problem:
             problems.append(bus_problem)
+        archive_problem = None if self.archive is None else self.archive.problem()
+        if archive_problem:
+            problems.append(archive_problem)
         if self.ha_problem:
             problems.append(self.ha_problem)
         if not self.pipeline_alive:

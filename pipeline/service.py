@@ -32,7 +32,7 @@ from core.ticks import Instrument, TickData
 from pipeline.backfill import MAX_SPAN_DAYS, Backfiller, Filled
 from pipeline.coverage import Coverage, Key, Span, day_bounds, in_sessions
 from pipeline.ha import LEADER
-from pipeline.health import BusReport, Health
+from pipeline.health import ArchiveReport, BusReport, Health
 from pipeline.journal import TickJournal
 from pipeline.reconcile import DailyReconciler
 from pipeline.universe import Universes
@@ -62,6 +62,17 @@ class Publisher(Protocol):
     @property
     def problem(self) -> str | None:
         """What keeps it from publishing (shown as a health note), None when fine."""
+
+
+class Archive(Protocol):
+    """The tick archive (pipeline.archive.TickArchiver): handed each batch the aggregator took, on
+    the pipeline thread, by one call that never blocks; started once the open buckets are resumed
+    (``fresh``: none was), stopped after the pipeline drained."""
+
+    def put(self, batch: Sequence[TickData]) -> None: ...
+    def start(self, fresh: bool = False) -> None: ...
+    def stop(self, timeout: float = 30.0) -> None: ...
+    def report(self) -> ArchiveReport: ...
 
 
 class Bus(Publisher, Protocol):
@@ -103,6 +114,7 @@ class Service:
         backfill_delay: float = 60.0,
         bus: Bus | None = None,
         ha: Any = None,
+        archive: Archive | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -136,6 +148,8 @@ class Service:
             ha=ha,
         )
         self.ha = ha  # pipeline.ha.HaRole: hot standby (None: this daemon always writes)
+        self.archive = archive  # every batch the aggregator takes, as Parquet (None: TICK_ARCHIVE_DIR unset)
+        self._resumed = False  # the start resumed open buckets (from the journal or the store)
         self._stop = threading.Event()
         self._change_lock = threading.Lock()
         #: the watchlist's derivatives universes (the wiring sets them before ``start``): the
@@ -188,8 +202,12 @@ class Service:
             self._resume_open_buckets()
             # candle rule 8: nothing was watched between the newest stored tick and now
             self._declare_unwatched(self.aggregator, self.aggregator.last_seen(), self.clock())
+        else:
+            self._resumed = True
         if self.journal is not None:
             self._checkpoint()
+        if self.archive is not None:
+            self.archive.start(fresh=not self._resumed)
         self.writer.start()  # before the pipeline: a stop between the two finds no pipeline without its writer
         self._pipeline.start()
         self._load_coverage()
@@ -388,12 +406,16 @@ class Service:
         if self.backfill is not None:
             self.backfill.stop()  # before the writer drains: nothing is handed over after it
         if self._pipeline.ident is None:  # stopped during start(), before the pipeline ran
+            if self.archive is not None:
+                self.archive.stop()
             self._candles.put(None)
             if self.writer.is_alive():
                 self.writer.join(timeout)
             return True  # what the journal's recovery queued and the writer did not take, the journal keeps
         self._ticks.put(None)
         self._pipeline.join(timeout)
+        if self.archive is not None:
+            self.archive.stop()  # every batch the pipeline took is in its queue by now
         self.writer.join(timeout)
         drained = not self.writer.is_alive() and self._candles.empty()
         if not drained:
@@ -524,8 +546,10 @@ class Service:
             seeds = self.store.latest_per_series(since)
         except StoreError as exc:
             log.warning("could not read the latest candles to resume open buckets: %s", exc)
+            self._resumed = True  # unknown: the archive does not claim the day's earlier buckets
             return
         if seeds:
+            self._resumed = True
             self.aggregator.seed(seeds)
             log.info("resumed %d series from the store", len(seeds))
 
@@ -536,6 +560,7 @@ class Service:
         get = self._ticks.get
         journal = self.journal
         to_bus = None if self.bus is None else self.bus.publish_ticks
+        to_archive = None if self.archive is None else self.archive.put
         ha = self.ha  # of a hot-standby pair only the leader puts ticks on the bus
         next_checkpoint = time.monotonic() + self._checkpoint_delay()
         forced = -_CHECKPOINT_RETRY_S  # monotonic time of the last checkpoint taken early for a journal hole
@@ -558,6 +583,8 @@ class Service:
                     revised = agg.add(batch)
                     if revised:
                         out.put(revised)
+                    if to_archive is not None:
+                        to_archive(batch)
                     if to_bus is not None and (ha is None or ha.role == LEADER):
                         to_bus(batch)
                     universes = self.universes
@@ -594,6 +621,8 @@ class Service:
                 if batch:
                     stats.ticks += len(batch)
                     out.put(agg.add(batch))
+                    if to_archive is not None:
+                        to_archive(batch)
                     if to_bus is not None and (ha is None or ha.role == LEADER):
                         to_bus(batch)
             out.put(agg.advance())
@@ -648,6 +677,7 @@ class Service:
             failure=self.failure,
             notes=tuple(p.problem for p in self.publishers if p.problem and p is not self.bus) + self._backfill_notes(),
             bus=None if self.bus is None else self.bus.report(),
+            archive=None if self.archive is None else self.archive.report(),
             universe=None if self.universes is None else self.universes.report(),
             spool_fault=written.spool_fault,
             store_fault=written.store_fault,
