@@ -182,9 +182,10 @@ class Api:
     def __post_init__(self) -> None:
         self._rate: tuple[float, int, float] | None = None  # (monotonic time, ticks, ticks/s) at the last /api/status
 
-    def known(self, key: Key) -> bool:
-        """Whether the daemon streams ``key`` or the store has any candle of it."""
-        if key in set(self.streaming()):
+    def known(self, key: Key, interval: str = "1m") -> bool:
+        """Whether the daemon streams ``key`` or the store has any candle of it (of ``interval``
+        first: one index probe; then of any interval)."""
+        if key in set(self.streaming()) or self.store.latest(*key, interval, limit=1):
             return True
         return any((e, s) == key for e, s, _ in self.store.series())
 
@@ -201,7 +202,7 @@ class Api:
         if end is not None and end <= start:
             raise bad(f"parameter 'to' ({iso(end)}) is not after 'from' ({iso(start)}): 'to' is exclusive")
         rows = self.store.window(exchange, symbol, interval, start, end or OPEN_END, limit)
-        if not rows and not self.known((exchange, symbol)):
+        if not rows and not self.known((exchange, symbol), interval):
             raise ApiError(404, f"unknown symbol {exchange}:{symbol}: the store has no candles of it and the daemon "
                            "does not stream it; /api/symbols lists the known ones")  # fmt: skip
         return {

@@ -300,7 +300,7 @@ class HttpServer:
         since = parse_time(text, "since") if text else today_start(self.api.clock())
         last_id = handler.headers.get("Last-Event-ID")
         resume = parse_resume(last_id) if last_id and last_id.strip() else None
-        if not self.api.known((exchange, symbol)):
+        if not self.api.known((exchange, symbol), interval):
             raise ApiError(404, f"unknown symbol {exchange}:{symbol}: the store has no candles of it and the daemon "
                            "does not stream it; /api/symbols lists the known ones")  # fmt: skip
         stream = Stream(self.hub, self.api.store, (exchange, symbol, interval), since, resume)
