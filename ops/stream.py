@@ -23,8 +23,9 @@ while the client connected, is sent as A: its final state, without the passing B
 
 Each candle event's ``id`` is ``<newest bucket sent, epoch ms>-<crc32 of that bucket's last version
 sent>``: a client that reconnects with ``Last-Event-ID`` (browsers' EventSource does it by itself)
-gets that bucket again only if it changed since, and every newer bucket. Revisions of older
-buckets made while it was away are not sent again: reconnect with an earlier ``since`` to read them.
+gets that bucket again only if it changed since, and every newer bucket; from then on, every
+version stored of any bucket since the ``since`` it asked for. Revisions of older buckets made
+while it was away are not sent again: reconnect without the id to read them.
 """
 
 from __future__ import annotations
@@ -230,7 +231,6 @@ class Stream:
         except BaseException:
             self.close()
             raise
-        self.since = since
         out = []
         history: dict[datetime, bytes] = {}
         for c in rows:
@@ -241,7 +241,8 @@ class Stream:
                 continue
             out.append(self._send(c.bucket, data))
         out.append(event("live", dumps({"history": len(rows)})))
-        buffered = [(c, dumps(candle_dict(c))) for c in sub.take(0) if c.bucket >= since]
+        # live: every bucket since the ``since`` asked for (a resumed stream's history begins later)
+        buffered = [(c, dumps(candle_dict(c))) for c in sub.take(0) if c.bucket >= self.since]
         seen_upto = {c.bucket: i for i, (c, data) in enumerate(buffered) if history.get(c.bucket) == data}
         for i, (c, data) in enumerate(buffered):
             if i <= seen_upto.get(c.bucket, -1):

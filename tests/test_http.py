@@ -230,9 +230,14 @@ def test_a_client_resuming_with_last_event_id_gets_only_what_it_has_not_seen(wri
     try:
         wait_until(lambda: any(k == "live" for k, _, _ in again.events), 10, "the resumed history")
         assert [version_of(d) for d in again.candles()] == [44, 5]
+        candles.put([candle(T0 + MINUTE, 11)])  # a live revision of a bucket older than where it resumed
+        wait_until(lambda: len(again.candles()) == 3, 10, "the revision")
+        assert version_of(again.candles()[-1]) == 11
     finally:
         again.close()
-    unchanged = SseClient(server.port, "/api/stream?symbol=NSE:INFY", {"Last-Event-ID": again.events[-2][1]})
+    newest_id = [i for k, i, _ in again.events if k == "candle"][-1]  # names bucket 5 still: the newest sent
+    assert newest_id is not None and newest_id.startswith(f"{round((T0 + 5 * MINUTE).timestamp() * 1000)}-")
+    unchanged = SseClient(server.port, "/api/stream?symbol=NSE:INFY", {"Last-Event-ID": newest_id})
     try:
         wait_until(lambda: any(k == "live" for k, _, _ in unchanged.events), 10, "the resumed history")
         assert unchanged.candles() == []
