@@ -1,5 +1,6 @@
 """The daemon's one HTTP port: ``/healthz`` and ``/metrics`` (ops/metrics.py, unchanged), the read
-API (ops/api.py), the history-then-live stream (ops/stream.py) and ``/login``.
+API (ops/api.py), the history-then-live stream (ops/stream.py), ``/login``, and the page at ``/``
+(ops/static/: its status and a live candlestick chart, a hand-written canvas script).
 
 The standard library's ``ThreadingHTTPServer``: a thread per connection, none on the tick path.
 The pipeline thread never calls in here; the writer thread only appends stored candles to the
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -126,7 +128,20 @@ class _Handler(BaseHTTPRequestHandler):
 
 #: route -> the Api method that answers it (GET only)
 _API_ROUTES = {"/api/candles": "candles", "/api/symbols": "symbols", "/api/gaps": "gaps", "/api/status": "status"}
-_ROUTES = ("/healthz", "/metrics", "/login", "/api/stream", *_API_ROUTES)
+#: the page at / and its files (ops/static/), served with the read API: route -> (file, content type)
+_PAGE = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/page.js": ("page.js", "text/javascript; charset=utf-8"),
+    "/static/page.css": ("page.css", "text/css; charset=utf-8"),
+}
+_STATIC = Path(__file__).resolve().parent / "static"
+#: the page runs only its own files, and reaches only this server
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_ROUTES = ("/healthz", "/metrics", "/login", "/api/stream", *_API_ROUTES, *_PAGE)
 
 
 class HttpServer:
@@ -220,7 +235,7 @@ class HttpServer:
         parts = urlsplit(handler.path)
         path = parts.path.rstrip("/") or "/"
         try:
-            if path not in _ROUTES or (self.api is None and path.startswith("/api/")):
+            if path not in _ROUTES or (self.api is None and path not in ("/healthz", "/metrics", "/login")):
                 raise ApiError(404, f"no route {path}: the routes are {', '.join(self._routes())}")
             if method not in ("GET", "HEAD") or (method == "HEAD" and path == "/api/stream"):
                 handler.close_connection = True  # a body it may have sent is not read
@@ -245,6 +260,10 @@ class HttpServer:
             if not self.authorised(handler):
                 raise self._unauthorised()
             assert self.api is not None
+            if path in _PAGE:
+                name, content_type = _PAGE[path]
+                handler.send(200, content_type, (_STATIC / name).read_bytes(), _PAGE_HEADERS)
+                return
             if path == "/api/stream":
                 self._stream(handler, query)
                 return
@@ -270,7 +289,7 @@ class HttpServer:
             handler.close_connection = True
 
     def _routes(self) -> list[str]:
-        return [r for r in _ROUTES if self.api is not None or not r.startswith("/api/")]
+        return [r for r in _ROUTES if self.api is not None or r in ("/healthz", "/metrics", "/login")]
 
     @staticmethod
     def _unauthorised() -> ApiError:

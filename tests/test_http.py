@@ -464,6 +464,19 @@ def test_unknown_routes_and_wrong_methods(daemon: Daemon) -> None:
 
 
 @pytest.mark.slow
+def test_the_page_and_its_files_are_served_with_a_strict_content_policy(daemon: Daemon) -> None:
+    status, headers, html = get(daemon.port, "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert b'src="/static/page.js"' in html and b'id="chart"' in html
+    status, headers, script = get(daemon.port, "/static/page.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    assert b"new EventSource" in script and b"/api/status" in script
+    assert get(daemon.port, "/static/page.css")[0] == 200
+    assert get(daemon.port, "/static/../http.py")[0] == 404
+
+
+@pytest.mark.slow
 def test_the_stream_sends_the_history_then_each_candle_as_it_is_stored(daemon: Daemon) -> None:
     client = SseClient(daemon.port, f"/api/stream?symbol=NSE:INFY&interval=1m&since={DAY}T09:15")
     try:
@@ -497,6 +510,7 @@ def test_with_a_token_every_route_but_healthz_needs_it_and_it_is_never_logged(tm
             assert get(port, path, {"Authorization": f"Basic {TOKEN}"})[0] == 401
             assert get(port, path, bearer)[0] == 200, path
         assert get(port, "/healthz")[0] == 200
+        assert get(port, "/")[0] == 401 and get(port, "/static/page.js")[0] == 401
         stream = SseClient(port, "/api/stream?symbol=NSE:INFY")
         assert stream.response.status == 401
         # a browser: /login sets the cookie EventSource sends
@@ -518,6 +532,7 @@ def test_with_a_token_every_route_but_healthz_needs_it_and_it_is_never_logged(tm
         finally:
             stream.close()
         assert get(port, "/api/status", {"Cookie": "marketfeed_token=not-it"})[0] == 401
+        assert get(port, "/", {"Cookie": cookie.split(";")[0]})[0] == 200
     finally:
         code = d.stop()
     assert code == 0, d.err
