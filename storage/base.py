@@ -109,9 +109,7 @@ class CandleStore(abc.ABC):
         """One series' candles with ``start <= bucket < end`` (aware datetimes), oldest first."""
 
     @abc.abstractmethod
-    def window(
-        self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int
-    ) -> list[Candle]:
+    def window(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int) -> list[Candle]:
         """The newest ``limit`` candles of one series with ``start <= bucket < end`` (aware
         datetimes), oldest first (the read API: the last N candles of a range)."""
 

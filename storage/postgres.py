@@ -468,9 +468,7 @@ class PostgresStore(CandleStore):
 
         return self._run("read candles", work)
 
-    def window(
-        self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int
-    ) -> list[Candle]:
+    def window(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int) -> list[Candle]:
         def work(cur: Any) -> list[Candle]:
             cur.execute(
                 f'SELECT {_COLUMNS} FROM candles WHERE exchange = %s AND symbol = %s AND "interval" = %s '

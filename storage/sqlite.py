@@ -283,9 +283,7 @@ class SQLiteStore(CandleStore):
         )
         return [_candle(r) for r in rows]
 
-    def window(
-        self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int
-    ) -> list[Candle]:
+    def window(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int) -> list[Candle]:
         rows = self._query(
             f'SELECT {_COLUMNS} FROM candles WHERE exchange = ? AND symbol = ? AND "interval" = ? '
             "AND bucket >= ? AND bucket < ? ORDER BY bucket DESC LIMIT ?",
