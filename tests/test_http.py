@@ -233,6 +233,7 @@ def test_a_client_resuming_with_last_event_id_gets_only_what_it_has_not_seen(wri
         candles.put([candle(T0 + MINUTE, 11)])  # a live revision of a bucket older than where it resumed
         wait_until(lambda: len(again.candles()) == 3, 10, "the revision")
         assert version_of(again.candles()[-1]) == 11
+        wait_until(lambda: again.comments >= 1, 5, "a keep-alive comment while nothing is stored")
     finally:
         again.close()
     newest_id = [i for k, i, _ in again.events if k == "candle"][-1]  # names bucket 5 still: the newest sent
