@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-file", metavar="PATH", help="settings file (default: .env, if there is one)")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="overrides LOG_LEVEL")
     p.add_argument("--log-format", choices=("text", "json"), help="overrides LOG_FORMAT")
-    p.add_argument("--metrics-port", type=PORT.option, metavar="PORT", help="serve /metrics and /healthz (overrides METRICS_PORT)")
+    p.add_argument("--http-port", type=PORT.option, metavar="PORT", help="serve /healthz, /metrics, the read API "
+                   "and the live stream on this port (overrides HTTP_PORT)")  # fmt: skip
+    p.add_argument("--metrics-port", type=PORT.option, metavar="PORT", help="older name of --http-port (overrides METRICS_PORT)")
 
     checks = p.add_argument_group("checks and views (each exits when done)")
     checks.add_argument("--test-database", action="store_true", help="connect, migrate, write and read back a candle")

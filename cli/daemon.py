@@ -2,8 +2,8 @@
 
 Start-up order, as code (``run_daemon``): the feed's broker (log in, load the instrument master),
 the store (migrated), the watchlist resolved against the broker, the spool (its lock keeps a
-second daemon off this DATA_DIR), the tick journal, the metrics server (before the feed connects:
-a busy port stops the start at once), the service (pipeline and writer threads, then the feed,
+second daemon off this DATA_DIR), the tick journal, the HTTP server (/healthz, /metrics, the read
+API; before the feed connects: a busy port stops the start at once), the service (pipeline and writer threads, then the feed,
 then the publishers), the systemd watchdog. An ``ExitStack`` stops whatever was started, in
 reverse, whether the daemon ends on a signal, after ``--duration`` or on a failure half-way.
 SIGTERM and SIGINT stop it in any of these phases, SIGHUP reloads the watchlist while it streams
@@ -95,7 +95,7 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be a positive number of seconds")
     shard = parse_shard(args.shard)
-    port = args.metrics_port if args.metrics_port is not None else settings.metrics.port
+    http = http_address(settings, args)
     listed = listed_symbols(args)  # a bad symbols file stops the start before any login
     overrides = read_overrides(settings.calendar.file)  # so does a bad market calendar file
     signals.enter(f"opening the {args.broker} feed (logging in, loading its instrument list)")
@@ -136,6 +136,12 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
             from publishers.mqtt import MqttPublisher
 
             publishers.append(MqttPublisher(settings.mqtt))
+        hub = None
+        if http is not None:
+            from ops.stream import CandleHub
+
+            hub = CandleHub()  # the live streams: a publisher of the stored candles like the others
+            publishers.append(hub)
         bus = None
         if settings.nats.url:
             from publishers.nats import NatsPublisher
@@ -171,8 +177,8 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
         _market_calendar(overrides, data_dir, exchanges, lambda calendar: setattr(service, "calendar", calendar))
         # No thread dies unnoticed: an exception that ends any thread fails the daemon (exit 1).
         threading.excepthook = service.thread_died
-        if port:
-            parts.callback(_serve_metrics(service, settings.metrics.host, port).stop)
+        if http is not None:
+            _serve_http(settings, service, hub, http, pairs, parts)
         tune_for_streaming()
         tune_allocator()
 
@@ -315,15 +321,59 @@ def _summary(service: Service, drained: bool) -> str:
     return ", ".join(words)
 
 
-def _serve_metrics(service: Service, host: str, port: int):  # noqa: ANN202
-    from ops.metrics import MetricsError, MetricsServer
+def http_address(settings: Settings, args: argparse.Namespace) -> tuple[str, int, str | None] | None:
+    """(host, port, token) of the one HTTP server, None without one. ``--http-port``/``HTTP_PORT``
+    and ``--metrics-port``/``METRICS_PORT`` name the same server: either may be set, both only to
+    the same port (a UsageError otherwise); ``HTTP_HOST`` wins over ``METRICS_HOST``. Refuses a
+    host beyond this machine without ``HTTP_TOKEN``."""
+    from ops.http import is_loopback
 
-    metrics = MetricsServer(service.health, host=host, port=port)
+    http = args.http_port if args.http_port is not None else settings.http.port
+    metrics = args.metrics_port if args.metrics_port is not None else settings.metrics.port
+    if http and metrics and http != metrics:
+        raise UsageError(
+            f"HTTP_PORT/--http-port ({http}) and METRICS_PORT/--metrics-port ({metrics}) name different ports: the "
+            "daemon serves /healthz, /metrics and the API on one port; set only HTTP_PORT (METRICS_PORT is its "
+            "older name), or both to the same port"
+        )
+    port = http or metrics
+    if not port:
+        return None
+    host = settings.http.host or settings.metrics.host
+    token = settings.http.token
+    if not is_loopback(host) and not token:
+        raise UsageError(
+            f"HTTP_HOST={host} serves HTTP beyond this machine, and HTTP_TOKEN is not set: set HTTP_TOKEN (every "
+            "route but /healthz then needs it; e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'), "
+            "or bind HTTP_HOST=127.0.0.1"
+        )
+    return host, port, token
+
+
+def _serve_http(
+    settings: Settings,
+    service: Service,
+    hub,  # noqa: ANN001 - ops.stream.CandleHub, imported only with a server
+    address: tuple[str, int, str | None],
+    listed: list[tuple[str, str]],
+    parts: ExitStack,
+) -> None:
+    """The HTTP server, its reads on a store connection of their own (never the writer's)."""
+    from ops.api import Api
+    from ops.http import HttpServer
+    from ops.metrics import MetricsError
+
+    host, port, token = address
+    reader = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path, read_only=True)
+    parts.callback(reader.close)
+    hub.settle = service.writer.settle
+    api = Api(reader, service.health, service.keys, lambda: service.calendar, list(listed))
+    server = HttpServer(service.health, host, port, token=token, api=api, hub=hub)
     try:
-        metrics.start()
+        server.start()
     except MetricsError as exc:
-        raise UsageError(f"{exc} (METRICS_PORT / --metrics-port)") from None
-    return metrics
+        raise UsageError(f"{exc} (HTTP_PORT / --http-port, or METRICS_PORT / --metrics-port)") from None
+    parts.callback(server.stop)
 
 
 def _systemd_ready(service: Service) -> systemd.Watchdog | None:

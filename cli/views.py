@@ -11,9 +11,9 @@ from candles.model import Candle, Interval
 from cli.errors import UsageError
 from config.market_calendar import build_calendar, library_holidays, read_overrides
 from config.settings import Settings
-from config.symbols import SymbolError, parse_symbol
-from core.gaps import gaps
+from config.symbols import parse_symbol
 from core.ist import IST
+from pipeline.coverage import day_gaps
 from storage import open_store
 from storage.continuous import latest_continuous, roll_changes, series_index
 
@@ -110,29 +110,18 @@ def show_gaps(settings: Settings, symbols: list[str], day_text: str | None, list
     except ValueError:
         raise UsageError(f"--date {day_text!r} is not a date: use YYYY-MM-DD, e.g. 2026-12-07") from None
     calendar = build_calendar(library_holidays(Path(settings.storage.data_dir)), read_overrides(settings.calendar.file))
-    start = datetime.combine(day, datetime.min.time(), IST).timestamp()
     store = open_store(settings.storage.pg_conn_str, settings.storage.sqlite_path, read_only=True)
     try:
-        keys = [parse_symbol(s) for s in symbols] if symbols else None
-        spans = store.watched(start, start + 86_400, keys)
-        if keys is None:
-            watched = sorted(spans) or sorted(store.watched(0.0, now))
-            table = []
-            for row in store.watchlist():
-                try:
-                    table.append(parse_symbol(f"{row.exchange}:{row.symbol}"))
-                except SymbolError as exc:
-                    log.warning("watchlist table in %s: row (%r, %r) skipped: %s", store.description, row.exchange, row.symbol, exc)
-            keys = sorted({*watched, *(listed or ()), *table})
+        named = [parse_symbol(s) for s in symbols] if symbols else None
+        keys, found = day_gaps(store, calendar, day, named, listed or (), now, skipped=log.warning)
     finally:
         store.close()
     if not keys:
         print(f"no symbol was ever watched according to {store.description}, and the watchlist is empty")
         return 0
     lines = []
-    for exchange, symbol in keys:
-        for a, b in gaps(calendar.sessions(exchange, day, symbol), spans.get((exchange, symbol), ()), now):
-            first, last = datetime.fromtimestamp(a, IST), datetime.fromtimestamp(b, IST)
-            lines.append(f"{exchange}:{symbol} {first:%Y-%m-%d %H:%M}–{last:%H:%M} IST ({round((b - a) / 60)} min)")
+    for exchange, symbol, a, b in found:
+        first, last = datetime.fromtimestamp(a, IST), datetime.fromtimestamp(b, IST)
+        lines.append(f"{exchange}:{symbol} {first:%Y-%m-%d %H:%M}–{last:%H:%M} IST ({round((b - a) / 60)} min)")
     print("\n".join(lines) if lines else f"no gaps on {day.isoformat()} in {store.description}")
     return 0

@@ -9,6 +9,7 @@ Secrets never appear in a repr.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -137,6 +138,34 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class HttpSettings:
+    """The one HTTP port (ops/http.py): /healthz, /metrics, the read API and the live stream.
+    METRICS_PORT and METRICS_HOST are older names of HTTP_PORT and HTTP_HOST (cli/daemon.py)."""
+
+    host: str | None = var("HTTP_HOST")  # unset: METRICS_HOST, which defaults to 127.0.0.1
+    port: int | None = var("HTTP_PORT", port=True)  # None: METRICS_PORT, else no HTTP server
+    #: needed by every route but /healthz when set; required when HTTP_HOST is not a loopback address
+    token: str | None = var("HTTP_TOKEN", secret=True)
+
+    __repr__ = redacted
+
+    @classmethod
+    def from_env(cls, env: Env) -> HttpSettings:
+        settings = read(cls, env)
+        token = settings.token
+        if token is not None and (len(token) < 16 or not _TOKEN.fullmatch(token)):
+            # never the value: it is a secret
+            env.problem(
+                "HTTP_TOKEN is invalid: use at least 16 characters of letters, digits and - . _ ~ + / = "
+                "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return settings
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]+")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class MqttSettings:
     """MQTT is off while ``host`` is None."""
 
@@ -243,6 +272,7 @@ class Settings:
     feed: FeedSettings = field(default_factory=FeedSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
@@ -306,6 +336,7 @@ def load_settings(
         feed=feed,
         log=read(LogSettings, source),
         metrics=read(MetricsSettings, source),
+        http=HttpSettings.from_env(source),
         mqtt=MqttSettings.from_env(source),
         nats=NatsSettings.from_env(source),
         calendar=_calendar_settings(source, env_file),

@@ -15,14 +15,17 @@ connection subscribed them, or went down at its last frame). ``Coverage`` turns 
 from __future__ import annotations
 
 import math
+import time as _time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, time, timedelta
 
 from brokers.base import WatchChange
-from core.gaps import Span, gap_minutes
+from config.symbols import SymbolError, parse_symbol
+from core.gaps import Span, gap_minutes, gaps
 from core.ist import IST
 from core.market_calendar import MarketCalendar
-from storage.base import WatchedSpans, WatchRecord
+from storage.base import CandleStore, WatchedSpans, WatchRecord
 
 #: how often the open spans are extended in the store (what a kill may leave unrecorded)
 EXTEND_S = 60.0
@@ -38,6 +41,42 @@ def day_bounds(day: date) -> tuple[float, float]:
     """The IST day ``day`` as epoch seconds (start, end)."""
     start = datetime.combine(day, time(0), IST)
     return start.timestamp(), (start + timedelta(days=1)).timestamp()
+
+
+def day_gaps(
+    store: CandleStore,
+    calendar: MarketCalendar,
+    day: date,
+    keys: Sequence[Key] | None = None,
+    listed: Iterable[Key] = (),
+    now: float | None = None,
+    skipped: Callable[[str], object] | None = None,
+) -> tuple[list[Key], list[tuple[str, str, float, float]]]:
+    """The session minutes of ``day`` that no watched span covers, merged per symbol, as
+    (exchange, symbol, start, end) epoch seconds, and the symbols looked at. ``keys`` None: every
+    symbol the store has watched that day (or ever, if none), every symbol of ``listed`` and every
+    enabled row of the watchlist table, watched or not (one never watched has every session minute
+    as a gap); a table row that is not a symbol is told to ``skipped``. ``--show-gaps`` and
+    ``/api/gaps`` both read this."""
+    now = _time.time() if now is None else now
+    start, end = day_bounds(day)
+    spans = store.watched(start, end, keys)
+    if keys is None:
+        watched = sorted(spans) or sorted(store.watched(0.0, now))
+        table = []
+        for row in store.watchlist():
+            try:
+                table.append(parse_symbol(f"{row.exchange}:{row.symbol}"))
+            except SymbolError as exc:
+                if skipped is not None:
+                    skipped(f"watchlist table in {store.description}: row ({row.exchange!r}, {row.symbol!r}) skipped: {exc}")
+        keys = sorted({*watched, *listed, *table})
+    found = [
+        (exchange, symbol, a, b)
+        for exchange, symbol in keys
+        for a, b in gaps(calendar.sessions(exchange, day, symbol), spans.get((exchange, symbol), ()), now)
+    ]
+    return list(keys), found
 
 
 def in_sessions(

@@ -104,6 +104,8 @@ class Writer:
         self._release_after: int | None = None
         self._watched: list[Watched] = []  # changes to the watched spans the store has not taken yet
         self._watched_retry = 0.0  # monotonic time of the next try after a refusal
+        #: held from each store write until its candles are handed to ``on_stored`` (``settle``)
+        self._storing = threading.RLock()
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
 
     def start(self) -> None:
@@ -119,6 +121,17 @@ class Writer:
     def depth(self) -> int:
         """Closed candles the store has not taken yet (in the spool, or still queued)."""
         return self.stats.pending + self.stats.in_memory + self.queue.qsize()
+
+    def settle(self, timeout: float) -> bool:
+        """Return once no store write is between its commit and the hand-over of its candles to
+        ``on_stored`` (False after ``timeout`` seconds: a write still hangs on the store). A reader
+        that read the store and then settles has been handed every candle its read could have
+        seen: the live stream's seam (ops/stream.py). The lock is let go at once: the writer waits
+        on it for an instant at most."""
+        if not self._storing.acquire(timeout=timeout):
+            return False
+        self._storing.release()
+        return True
 
     def lag(self) -> float:
         """Seconds the oldest candle not yet in the store has waited."""
@@ -180,25 +193,26 @@ class Writer:
                 if finished:
                     break
                 continue
-            try:
-                self.store.upsert(pending)
-            except StoreUnavailable as exc:
-                stats.store_errors += 1
-                if not self._store_unavailable(exc):
-                    log.warning("store unavailable (%s): keeping candles in the spool", exc)
-                backlog, next_try = True, time.monotonic() + backoff
-                pending.clear()
-                continue
-            except StoreError as exc:
-                stats.store_errors += 1
-                log.error("store rejected a batch of %d candles: %s; retrying one by one", len(pending), exc)
-                if self._write_one_by_one(pending):  # the store went away meanwhile: replay the spool later
+            with self._storing:  # the write and its publication, as one step for ``settle``
+                try:
+                    self.store.upsert(pending)
+                except StoreUnavailable as exc:
+                    stats.store_errors += 1
+                    if not self._store_unavailable(exc):
+                        log.warning("store unavailable (%s): keeping candles in the spool", exc)
                     backlog, next_try = True, time.monotonic() + backoff
                     pending.clear()
                     continue
-            else:
-                stats.candles_written += len(pending)
-                self._published(pending)
+                except StoreError as exc:
+                    stats.store_errors += 1
+                    log.error("store rejected a batch of %d candles: %s; retrying one by one", len(pending), exc)
+                    if self._write_one_by_one(pending):  # the store went away meanwhile: replay the spool later
+                        backlog, next_try = True, time.monotonic() + backoff
+                        pending.clear()
+                        continue
+                else:
+                    stats.candles_written += len(pending)
+                    self._published(pending)
             stats.store_down = False
             stats.store_fault = None
             pending.clear()
@@ -371,18 +385,19 @@ class Writer:
     def _replay(self) -> bool:
         spool = self.spool
         for offset, chunk in spool.chunks():
-            try:
-                self.store.upsert(chunk)
-            except StoreUnavailable as exc:
-                self._store_unavailable(exc)
-                return False
-            except StoreError as exc:
-                log.error("store rejected %d spooled candles: %s; retrying one by one", len(chunk), exc)
-                if self._write_one_by_one(chunk):
+            with self._storing:
+                try:
+                    self.store.upsert(chunk)
+                except StoreUnavailable as exc:
+                    self._store_unavailable(exc)
                     return False
-            else:
-                self.stats.candles_written += len(chunk)
-                self._published(chunk)
+                except StoreError as exc:
+                    log.error("store rejected %d spooled candles: %s; retrying one by one", len(chunk), exc)
+                    if self._write_one_by_one(chunk):
+                        return False
+                else:
+                    self.stats.candles_written += len(chunk)
+                    self._published(chunk)
             spool.replayed(offset, len(chunk))
         if self.stats.store_down:
             log.info("store back: the spool was written")
@@ -398,17 +413,18 @@ class Writer:
         """Write each candle alone; drop (and log) the ones the store refuses. Returns the
         candles still pending because the store became unreachable."""
         for i, candle in enumerate(candles):
-            try:
-                self.store.upsert([candle])
-            except StoreUnavailable as exc:
-                self._store_unavailable(exc)
-                return candles[i:]
-            except StoreError as exc:
-                self.stats.rejected_candles += 1
-                log.error("store refused candle %s: %s; dropped", candle, exc)
-                continue
-            self.stats.candles_written += 1
-            self._published([candle])
+            with self._storing:
+                try:
+                    self.store.upsert([candle])
+                except StoreUnavailable as exc:
+                    self._store_unavailable(exc)
+                    return candles[i:]
+                except StoreError as exc:
+                    self.stats.rejected_candles += 1
+                    log.error("store refused candle %s: %s; dropped", candle, exc)
+                    continue
+                self.stats.candles_written += 1
+                self._published([candle])
         return []
 
     def _published(self, candles: list[Candle]) -> None:

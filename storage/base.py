@@ -109,6 +109,16 @@ class CandleStore(abc.ABC):
         """One series' candles with ``start <= bucket < end`` (aware datetimes), oldest first."""
 
     @abc.abstractmethod
+    def window(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int) -> list[Candle]:
+        """The newest ``limit`` candles of one series with ``start <= bucket < end`` (aware
+        datetimes), oldest first (the read API: the last N candles of a range)."""
+
+    @abc.abstractmethod
+    def series(self) -> list[tuple[str, str, str]]:
+        """Every (exchange, symbol, interval) with a stored candle, in key order; one index probe per
+        series, never a scan of the candles."""
+
+    @abc.abstractmethod
     def latest_per_series(self, since_epoch: float) -> list[Candle]:
         """For every (exchange, symbol, interval), its newest candle with bucket >= since
         (used to resume open buckets after a restart)."""

@@ -468,6 +468,39 @@ class PostgresStore(CandleStore):
 
         return self._run("read candles", work)
 
+    def window(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int) -> list[Candle]:
+        def work(cur: Any) -> list[Candle]:
+            cur.execute(
+                f'SELECT {_COLUMNS} FROM candles WHERE exchange = %s AND symbol = %s AND "interval" = %s '
+                "AND bucket >= %s AND bucket < %s ORDER BY bucket DESC LIMIT %s",
+                (exchange, symbol, interval, start, end, max(limit, 0)),
+            )
+            return [_candle(r) for r in reversed(cur.fetchall())]
+
+        return self._run("read candles", work)
+
+    def series(self) -> list[tuple[str, str, str]]:
+        def work(cur: Any) -> list[tuple[str, str, str]]:
+            # a loose index scan on the primary key (a recursive CTE, one probe per series):
+            # https://wiki.postgresql.org/wiki/Loose_indexscan
+            cur.execute(
+                """
+                WITH RECURSIVE s AS (
+                    (SELECT exchange, symbol, "interval" FROM candles ORDER BY exchange, symbol, "interval" LIMIT 1)
+                    UNION ALL
+                    SELECT n.exchange, n.symbol, n."interval" FROM s, LATERAL (
+                        SELECT c.exchange, c.symbol, c."interval" FROM candles AS c
+                        WHERE (c.exchange, c.symbol, c."interval") > (s.exchange, s.symbol, s."interval")
+                        ORDER BY c.exchange, c.symbol, c."interval" LIMIT 1
+                    ) AS n
+                )
+                SELECT exchange, symbol, "interval" FROM s
+                """
+            )
+            return [tuple(r) for r in cur.fetchall()]
+
+        return self._run("read the stored series", work)
+
     def latest_per_series(self, since_epoch: float) -> list[Candle]:
         since = datetime.fromtimestamp(since_epoch, timezone.utc)
 

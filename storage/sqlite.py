@@ -283,6 +283,25 @@ class SQLiteStore(CandleStore):
         )
         return [_candle(r) for r in rows]
 
+    def window(self, exchange: str, symbol: str, interval: str, start: datetime, end: datetime, limit: int) -> list[Candle]:
+        rows = self._query(
+            f'SELECT {_COLUMNS} FROM candles WHERE exchange = ? AND symbol = ? AND "interval" = ? '
+            "AND bucket >= ? AND bucket < ? ORDER BY bucket DESC LIMIT ?",
+            (exchange, symbol, interval, to_micros(start), to_micros(end), max(limit, 0)),
+        )
+        return [_candle(r) for r in reversed(rows)]
+
+    def series(self) -> list[tuple[str, str, str]]:
+        # a loose index scan on the primary key: each step finds the next series, a probe each
+        found: list[tuple[str, str, str]] = []
+        sql = 'SELECT exchange, symbol, "interval" FROM candles '
+        order = ' ORDER BY exchange, symbol, "interval" LIMIT 1'
+        rows = self._query(sql + order)
+        while rows:
+            found.append(rows[0])
+            rows = self._query(sql + 'WHERE (exchange, symbol, "interval") > (?, ?, ?)' + order, rows[0])
+        return found
+
     def latest_per_series(self, since_epoch: float) -> list[Candle]:
         since = to_micros(datetime.fromtimestamp(since_epoch, timezone.utc))
         cols = ", ".join(f"c.{name.strip()}" for name in _COLUMNS.split(","))

@@ -347,6 +347,26 @@ def test_between_returns_one_series_in_a_half_open_range_oldest_first(store: Can
     assert store.between("NSE", "INFY", "1m", T0 + 20 * MINUTE, T0 + 30 * MINUTE) == []
 
 
+def test_window_returns_the_newest_candles_of_a_half_open_range_oldest_first(store: CandleStore) -> None:
+    series = [make_candle("INFY", T0 + i * MINUTE) for i in range(10)]
+    store.upsert(series[5:] + series[:5] + [make_candle("TCS", T0 + MINUTE), make_candle("INFY", T0, interval="5m"),
+                                            make_candle("INFY", T0 + 3 * MINUTE, exchange="BSE")])  # fmt: skip
+    assert store.window("NSE", "INFY", "1m", T0 + 2 * MINUTE, T0 + 8 * MINUTE, 3) == series[5:8]
+    assert store.window("NSE", "INFY", "1m", T0, T0 + 8 * MINUTE, 100) == series[:8]
+    assert store.window("NSE", "INFY", "1m", T0, T0 + 8 * MINUTE, 0) == []
+    assert store.window("NSE", "INFY", "1m", T0 + 20 * MINUTE, T0 + 30 * MINUTE, 5) == []
+    assert store.window("NSE", "WIPRO", "1m", T0, T0 + 30 * MINUTE, 5) == []
+
+
+def test_series_lists_every_stored_exchange_symbol_and_interval_once_in_key_order(store: CandleStore) -> None:
+    assert store.series() == []
+    store.upsert([make_candle("INFY", T0 + i * MINUTE) for i in range(50)]
+                 + [make_candle("INFY", T0, interval="5m"), make_candle("TCS", T0), make_candle("TCS", T0 + MINUTE),
+                    make_candle("INFY", T0, exchange="BSE"), make_candle("M&M", T0, exchange="NSE", interval="1d")])  # fmt: skip
+    assert store.series() == [("BSE", "INFY", "1m"), ("NSE", "INFY", "1m"), ("NSE", "INFY", "5m"),
+                              ("NSE", "M&M", "1d"), ("NSE", "TCS", "1m")]  # fmt: skip
+
+
 # -- provenance (candle rule 8) ------------------------------------------------------------------
 
 
