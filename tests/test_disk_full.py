@@ -318,8 +318,11 @@ def test_candles_beyond_the_memory_limit_drop_the_oldest_and_say_so_and_the_rest
     try:
         for m in range(8):
             candles.put([candle(m)])
-        wait_until(lambda: writer.stats.dropped == 3, 20.0, "the 3 oldest candles dropped beyond the limit")
-        assert writer.stats.in_memory == 5 and writer.stats.candles_written == 0
+        # the count of drops goes up before the count in memory is set: wait for both
+        wait_until(
+            lambda: writer.stats.dropped == 3 and writer.stats.in_memory == 5, 20.0, "the 3 oldest candles dropped beyond the limit"
+        )
+        assert writer.stats.candles_written == 0
         assert "5 closed candles wait in memory, the limit: the oldest are dropped" in caplog.text
 
         filler.unlink()
