@@ -234,15 +234,19 @@ class TickEncoder:
         times = self._times
         add = commands.append
         last, received_ms = self._received
+        last_ts = tail = None  # the payload's end: the exchange time's and the receive time's part
         for t in batch:
             found = heads.get((t.exchange, t.symbol))
             if found is None or found[3] != t.token:
                 found = self.head(t)
             ts = t.exchange_ts
             received = t.receive_ts
-            if received is not last:
-                last = received
-                received_ms = str(round(received.timestamp() * 1000))
+            if ts is not last_ts or received is not last:  # the same objects run on within a frame
+                if received is not last:
+                    last = received
+                    received_ms = str(round(received.timestamp() * 1000))
+                last_ts = ts
+                tail = f'{times.get(ts) or self._time(ts)},"received_ms":{received_ms}}}'
             qty = t.last_quantity
             volume = t.volume
             oi = t.oi
@@ -250,8 +254,7 @@ class TickEncoder:
             # times the cost of str(); most quantities are small, their text is kept
             body = (
                 f'{found[2]}{t.last_price!s}","qty":{"null" if qty is None else _SMALL[qty] if 0 <= qty < 4096 else qty},'
-                f'"volume":{"null" if volume is None else volume},"oi":{"null" if oi is None else oi},'
-                f'{times.get(ts) or self._time(ts)},"received_ms":{received_ms}}}'
+                f'"volume":{"null" if volume is None else volume},"oi":{"null" if oi is None else oi},{tail}'
             )
             add(f"{found[1]}{len(body)}\r\n{body}\r\n")
         self._received = (last, received_ms)

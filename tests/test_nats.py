@@ -438,7 +438,7 @@ def test_a_tick_payload_holds_every_field_exactly():
     received = at + timedelta(milliseconds=40)
     cases = [
         TickData("kite", "NSE", "M&M", 7, Decimal("100.50"), 0, 0, 0, at, received),
-        TickData("kite", "NSE", "M&M", 7, Decimal("100.55"), 4095, 12_345_678, None, at, received),
+        TickData("kite", "NSE", "M&M", 7, Decimal("100.55"), 4095, 12_345_678, None, at + timedelta(seconds=1), received),
         TickData("kite", "NSE", "M&M", 8, Decimal("100.6"), 4096, None, 7, at, at),  # another token
         TickData("kite", "NSE", "NIFTY 50", 256265, Decimal("25000.05"), None, None, None, at, at),
         TickData("kite", "MCX", "CRUDEOIL", 9, Decimal("6000"), 1_000_000, 3, 2_000_000, at, at),
