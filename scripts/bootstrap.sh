@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare ./.venv with the daemon's dependencies. With --dev, also the test tools and the
-# PostgreSQL, Mosquitto and NATS server binaries the test suite starts its own throwaway servers from.
+# PostgreSQL, Mosquitto and NATS server binaries the test suite starts its own throwaway servers from,
+# and Debian's chromium, the headless browser the page's test drives (tests/test_page.py).
 # Installs missing Debian/Ubuntu packages with apt (as root, or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,9 @@ if [ "$dev" = 1 ]; then
   fi
   if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
     need+=(nats-server)
+  fi
+  if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    need+=(chromium)
   fi
 fi
 if [ "${#need[@]}" -gt 0 ]; then
