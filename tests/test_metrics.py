@@ -297,7 +297,7 @@ def test_the_daemon_serves_metrics_and_health_on_metrics_port_and_refuses_a_busy
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
-    assert err.count("metrics on http://") == 1, err  # said once, by the server that serves them
+    assert err.count(f"http on http://127.0.0.1:{port}: /healthz, /metrics") == 1, err  # said once, by the server that serves them
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -20,6 +20,7 @@ from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
 from testkit.mosquitto import MosquittoServer, free_port
 from testkit.reference import candle_to_dict, reference_candles
+from testkit.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # every test runs main.py
 
@@ -191,7 +192,8 @@ def test_a_broker_that_is_down_never_blocks_ticks_or_candles(tmp_path):
     )  # fmt: skip
     broker = MosquittoServer(port)
     try:
-        time.sleep(5)  # 5 simulated minutes with MQTT away
+        wait_until(lambda: tape.exists() and tape.stat().st_size > 0, 30, "the simulator streaming")
+        time.sleep(5)  # 5 simulated minutes with MQTT away, counted from the first tick (a loaded start is slow)
         broker.start()
         watcher = Watcher(port)
         watcher.wait_for(lambda m: any(t == STATUS and p == "online" for t, p, _ in m), timeout=40, what="online once it is up")
