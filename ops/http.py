@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ops.api import Api, ApiError, dumps, parse_time, today_start
-from ops.metrics import MetricsError, MetricsServer
+from ops.metrics import Metrics, MetricsError
 from ops.stream import CandleHub, Stream, parse_resume
 from pipeline.health import Health
 from storage.base import StoreError, StoreUnavailable
@@ -164,7 +164,7 @@ class HttpServer:
         self.host = host
         self.port = port
         self._token = token.encode() if token else None
-        self.metrics = MetricsServer(health, host=host, port=port)  # its answers, never its own server
+        self.metrics = Metrics(health)
         self.api = api
         self.hub = hub
         self.heartbeat = heartbeat

@@ -1,4 +1,4 @@
-"""Prometheus metrics and a health check for the running daemon, over a small HTTP server.
+"""Prometheus metrics and a health check for the running daemon (served by ops/http.py).
 
 Everything is read from one ``Health`` reading (pipeline/health.py) when a request arrives: the tick
 path does no extra work, and the numbers are the counters the service, the aggregator and the
@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -241,90 +237,16 @@ def _universe_metrics(u: UniverseReport) -> Iterator[Metric]:
     yield CounterMetricFamily(f"{PREFIX}_universe_rebuilds", "Daily rebuilds of the universes since the start.", value=u.rebuilds)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a slow scraper must not hold up shutdown
+class Metrics:
+    """The answers to ``/metrics`` and ``/healthz`` from one daemon's ``health`` readings; the one
+    HTTP server of the daemon (ops/http.py) serves them."""
 
-    def __init__(self, address: tuple[str, int], owner: MetricsServer) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.owner = owner
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up mid-answer: nothing to fix on this side.
-        log.debug("metrics: request from %s failed", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        path = urlsplit(self.path).path
-        try:
-            status, content_type, body = self.server.owner.answer(path, self.headers.get("Accept", ""))
-        except Exception:  # noqa: BLE001 - a scrape must never take the daemon down
-            log.exception("metrics: answering %s failed", path)
-            status, content_type, body = 500, _TEXT, b"internal error while collecting; see the daemon's log\n"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        log.debug("metrics: %s - %s", self.address_string(), format % args)
-
-
-class MetricsServer:
-    """``/metrics`` and ``/healthz`` for one daemon's ``health`` readings, on a background thread.
-
-    ``port=0`` picks a free port (read ``.port`` after ``start``). Binds 127.0.0.1 unless told
-    otherwise: expose it wider only behind a firewall, it has no authentication.
-    """
-
-    def __init__(self, health: Callable[[], Health], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, health: Callable[[], Health]) -> None:
         self.health = health
-        self.host = host
-        self.port = port
         self.registry = CollectorRegistry(auto_describe=False)  # no collect() at registration: the service may not run yet
         self.registry.register(HealthCollector(health))
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(standard)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._server is not None:
-            return
-        try:
-            server = _Server((self.host, self.port), self)
-        except OSError as exc:
-            raise MetricsError(
-                f"cannot serve metrics on {self.host}:{self.port}: {exc}; choose a free port or another address"
-            ) from exc
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics", daemon=True)
-        self._thread.start()
-        log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> MetricsServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def answer(self, path: str, accept: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a GET of ``path``."""

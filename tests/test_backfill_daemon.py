@@ -305,7 +305,7 @@ def test_a_weekend_has_nothing_to_compare():
 
 
 def test_the_backfill_thread_runs_the_days_check_and_the_metric_shows_it(day_store):
-    from ops.metrics import MetricsServer
+    from ops.http import HttpServer
     from pipeline.health import Health
 
     stored_day(day_store, INFY, wrong_at=CLOSE - 120)
@@ -320,7 +320,7 @@ def test_the_backfill_thread_runs_the_days_check_and_the_metric_shows_it(day_sto
                     store_errors=0, spool_depth=0, store="sqlite", store_up=True, late_ticks=0, dropped_ticks=0,
                     pipeline_alive=True, pipeline_max_age=10, reauths=0, version="test",
                     reconcile_day=check.day, reconcile_mismatches=check.mismatches)  # fmt: skip
-    server = MetricsServer(lambda: health)
+    server = HttpServer(lambda: health)
     server.start()
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as reply:

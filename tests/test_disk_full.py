@@ -22,7 +22,7 @@ from brokers.sim.client import SimBroker, SimClock, read_tape
 from candles.model import Candle, parse_intervals
 from core.ist import IST
 from core.ticks import Instrument
-from ops.metrics import MetricsServer
+from ops.http import HttpServer
 from pipeline.journal import TickJournal
 from pipeline.service import Service
 from storage.base import CandleStore, StoreUnavailable
@@ -163,7 +163,7 @@ def _ride_out_a_full_disk(store: CandleStore, disk: Path, tape: Path) -> None:
     service = Service(
         broker, store, SYMBOLS, intervals, clock=clock, spool=Spool(disk / "spool"), journal=journal
     )  # fmt: skip
-    metrics = MetricsServer(service.health, port=0)
+    metrics = HttpServer(service.health, port=0)
     service.start()
     metrics.start()
     stats = service.writer.stats

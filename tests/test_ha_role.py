@@ -179,7 +179,7 @@ def _until(condition, timeout: float = 5.0) -> None:  # noqa: ANN001
 
 
 def test_a_healthy_standby_is_healthy_and_says_its_role_everywhere() -> None:
-    from ops.metrics import MetricsServer
+    from ops.metrics import Metrics
     from tests.test_health import HEALTHY
 
     standby = replace(HEALTHY, ha_role=STANDBY, ha_epoch=None, ha_retained=120)
@@ -191,7 +191,7 @@ def test_a_healthy_standby_is_healthy_and_says_its_role_everywhere() -> None:
     assert lost.problems == ["HA lease 'pair': cannot reach PostgreSQL"]
     for reading, code, gauge in ((standby, 200, "marketfeed_ha_leader 0.0"), (leader, 200, "marketfeed_ha_leader 1.0"),
                                  (lost, 503, "marketfeed_ha_leader 0.0")):  # fmt: skip
-        server = MetricsServer(lambda reading=reading: reading)
+        server = Metrics(lambda reading=reading: reading)
         assert server.answer("/healthz", "")[0] == code
         assert gauge in server.answer("/metrics", "text/plain")[2].decode()
 

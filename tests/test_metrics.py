@@ -17,7 +17,8 @@ from brokers.kite.client import KiteBroker
 from brokers.sim.client import SimBroker, SimClock
 from candles.model import Candle, parse_intervals
 from core.ticks import Instrument
-from ops.metrics import MetricsError, MetricsServer
+from ops.http import HttpServer
+from ops.metrics import MetricsError
 from pipeline.service import Service
 from storage.base import StoreUnavailable
 from storage.spool import Spool
@@ -77,13 +78,13 @@ def healthz(port: int) -> tuple[int, dict]:
 
 
 @pytest.fixture
-def sim_daemon(tmp_path) -> Iterator[tuple[Service, SwitchableStore, MetricsServer]]:
+def sim_daemon(tmp_path) -> Iterator[tuple[Service, SwitchableStore, HttpServer]]:
     store = SwitchableStore(tmp_path / "candles.db")
     store.migrate()
     clock = SimClock(START, SPEED)
     broker = SimBroker(clock, seed=1, tick_rate=2.0)
     service = Service(broker, store, SYMBOLS, parse_intervals("1m"), clock=clock, spool=Spool(tmp_path / "spool"))
-    metrics = MetricsServer(service.health, port=0)
+    metrics = HttpServer(service.health, port=0)
     service.start()
     metrics.start()
     try:
@@ -97,7 +98,7 @@ def sim_daemon(tmp_path) -> Iterator[tuple[Service, SwitchableStore, MetricsServ
 
 
 @pytest.fixture
-def kite_daemon(tmp_path) -> Iterator[tuple[KiteFakeServer, Service, MetricsServer]]:
+def kite_daemon(tmp_path) -> Iterator[tuple[KiteFakeServer, Service, HttpServer]]:
     store = SQLiteStore(tmp_path / "candles.db")
     store.migrate()
     with KiteFakeServer(heartbeat_interval=0.3) as server:
@@ -106,7 +107,7 @@ def kite_daemon(tmp_path) -> Iterator[tuple[KiteFakeServer, Service, MetricsServ
             ws_url=server.ws_url, instruments=KITE_INSTRUMENTS, backoff_initial=0.05, backoff_max=0.5,
         )
         service = Service(broker, store, [KITE_INSTRUMENTS[INFY]], parse_intervals("1m"), spool=Spool(tmp_path / "spool"))
-        metrics = MetricsServer(service.health, port=0)
+        metrics = HttpServer(service.health, port=0)
         service.start()
         metrics.start()
         try:
@@ -237,8 +238,8 @@ def test_a_port_already_in_use_is_refused_with_the_address(sim_daemon):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(MetricsError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
-            MetricsServer(service, port=port).start()
+        with pytest.raises(MetricsError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
+            HttpServer(service.health, port=port).start()
 
 
 # ---- Kite against the fake server -----------------------------------------------------------------
@@ -322,7 +323,7 @@ def test_mqtt_to_a_closed_port_is_warned_about_at_once_and_noted_while_the_pipel
     publisher = MqttPublisher(MqttSettings(host="127.0.0.1", port=port, client_id="t", service_id="t"))
     service = Service(SimBroker(clock, seed=1, tick_rate=2.0), store, SYMBOLS, parse_intervals("1m"),
                       clock=clock, spool=Spool(tmp_path / "spool"), publishers=[publisher])  # fmt: skip
-    metrics = MetricsServer(service.health, port=0)
+    metrics = HttpServer(service.health, port=0)
     service.start()
     metrics.start()
     try:

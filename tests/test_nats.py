@@ -471,7 +471,7 @@ def test_tick_times_are_written_as_isoformat_writes_them():
 
 
 def test_a_bus_that_cannot_publish_degrades_health_and_its_counters_reach_the_heartbeat_and_metrics():
-    from ops.metrics import MetricsServer
+    from ops.metrics import Metrics
     from tests.test_health import HEALTHY
 
     fine = BusReport("nats", "nats://127.0.0.1:4222", True, None, ticks_published=900, ticks_dropped=3,
@@ -487,7 +487,7 @@ def test_a_bus_that_cannot_publish_degrades_health_and_its_counters_reach_the_he
     assert beat["nats"] == {"connected": False, "ticks_published": 900, "ticks_dropped": 3, "candles_published": 40,
                             "candles_waiting": 7, "candles_dropped": 0, "errors": 1}  # fmt: skip
     assert "nats" not in HEALTHY.heartbeat(1.0)
-    metrics = MetricsServer(lambda: sick)
+    metrics = Metrics(lambda: sick)
     status, _, body = metrics.answer("/healthz", "")
     assert status == 503 and b"nats nats://127.0.0.1:4222: lost the connection" in body
     text = metrics.answer("/metrics", "")[2].decode()
