@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nats
 
-from testkit.waiting import free_port
+from testkit.waiting import free_port, stop_process
 
 INSTALL_HINT = (
     "nats-server was not found on PATH or in /usr/sbin: install it, e.g. 'sudo apt-get install -y nats-server' on "
@@ -109,16 +109,7 @@ class NatsServer:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop it (``signal.SIGKILL``: kill it, as a crash would); the store stays for a restart."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
+        stop_process(proc, sig)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

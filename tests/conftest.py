@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,18 +16,24 @@ from testkit.nats import NatsNotFound, NatsServer
 from testkit.pg import PostgresNotFound, PostgresServer
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A real PostgreSQL for the whole session, started on first use (see testkit/pg.py)."""
+def _served(make: Callable[[], Any], missing: type[Exception]) -> Iterator[Any]:
+    """A test server made by ``make``, started for its fixture's scope and cleaned up after; a missing binary
+    (``missing``, whose message names the package) fails the test."""
     try:
-        server = PostgresServer()
-    except PostgresNotFound as exc:
+        server = make()
+    except missing as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
         server.start()
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL for the whole session, started on first use (see testkit/pg.py)."""
+    yield from _served(PostgresServer, PostgresNotFound)
 
 
 @pytest.fixture
@@ -44,29 +51,13 @@ def pg_dsn(postgres_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def mosquitto() -> Iterator[MosquittoServer]:
     """A real Mosquitto on a free port for one test (tests may stop and start it)."""
-    try:
-        server = MosquittoServer()
-    except MosquittoNotFound as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from _served(MosquittoServer, MosquittoNotFound)
 
 
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:
     """A real nats-server with JetStream on a free port for one test (tests may kill it)."""
-    try:
-        server = NatsServer()
-    except NatsNotFound as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from _served(NatsServer, NatsNotFound)
 
 
 @pytest.fixture
