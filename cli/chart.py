@@ -174,14 +174,14 @@ def _read(
 
 def _unknown(store: CandleStore, exchange: str, name: str, iv: Interval) -> str:
     """No candle of this interval at all: the intervals the symbol has, or the symbols the store has."""
-    series = store.series()  # one index probe per series, not the whole table
-    others = sorted({i for e, s, i in series if (e, s) == (exchange, name)}, key=_seconds)
+    series = store.latest_per_series(0.0)
+    others = sorted({c.interval for c in series if (c.exchange, c.symbol) == (exchange, name)}, key=_seconds)
     if others:
         return (
             f"no {iv.name} candles of {exchange}:{name} in {store.description}; it has {', '.join(others)}: "
             f"use --interval {others[0]}"
         )
-    symbols = sorted({f"{e}:{s}" for e, s, _ in series})
+    symbols = sorted({f"{c.exchange}:{c.symbol}" for c in series})
     if not symbols:
         return f"unknown symbol {exchange}:{name}: {store.description} has no candles at all (is this the daemon's store?)"
     shown = ", ".join(symbols[:20]) + (f" and {len(symbols) - 20} more" if len(symbols) > 20 else "")

@@ -94,13 +94,13 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     )
     if not args.verify:
         if wanted is not None:
-            from cli.views import CANDLE_HEADER, candle_row
+            from cli.views import _HEADER, _row
 
             for key in sorted({(c.exchange, c.symbol, c.interval) for c in candles.values()}):
                 print(f"\n{key[0]}:{key[1]} {key[2]}")
-                print(CANDLE_HEADER)
+                print(_HEADER)
                 for c in sorted((c for c in candles.values() if (c.exchange, c.symbol, c.interval) == key), key=lambda c: c.bucket):
-                    print(candle_row(c))
+                    print(_row(c))
         return 0
     return _verify(settings, root, day, intervals, candles, wanted)
 

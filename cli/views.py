@@ -20,7 +20,7 @@ from storage.continuous import latest_continuous, roll_changes, series_index
 log = logging.getLogger("marketfeed")
 
 
-CANDLE_HEADER = (
+_HEADER = (
     f"{'bucket (IST)':<19} {'open':>10} {'high':>10} {'low':>10} {'close':>10} {'volume':>10} {'ticks':>6}  {'state':<5}  source"
 )
 
@@ -48,14 +48,14 @@ def show_candles(settings: Settings, symbol: str, interval: str, limit: int) -> 
         print(f"no {iv.name} candles for {exchange}:{name} in {store.description}")
         return 0
     print(f"{exchange}:{name} {iv.name} — newest {len(rows)} from {store.description}")
-    print(CANDLE_HEADER)
-    print("-" * len(CANDLE_HEADER))
+    print(_HEADER)
+    print("-" * len(_HEADER))
     for c in reversed(rows):
-        print(candle_row(c))
+        print(_row(c))
     return 0
 
 
-def candle_row(c: Candle) -> str:
+def _row(c: Candle) -> str:
     return (
         f"{c.bucket.astimezone(IST):%Y-%m-%d %H:%M:%S} {c.open:>10} {c.high:>10} {c.low:>10} "
         f"{c.close:>10} {c.volume:>10} {c.tick_count:>6}  {'final' if c.final else 'open':<5}  {c.source}"
@@ -79,7 +79,7 @@ def _print_series(exchange: str, series: str, interval: str, rows: list[Candle],
         f"{exchange}:{series} {interval} — newest {len(rows)} from {where}; each day from the contract "
         f"recorded for it ({recorded}; a day without one has no candles)"
     )
-    header = f"{CANDLE_HEADER}  contract"
+    header = f"{_HEADER}  contract"
     print(header)
     print("-" * len(header))
     candles = list(reversed(rows))
@@ -87,7 +87,7 @@ def _print_series(exchange: str, series: str, interval: str, rows: list[Candle],
     for c in candles:
         while changes and changes[0].day <= _day(c):
             print(f"-- {changes.pop(0)}")
-        print(f"{candle_row(c)}  {c.symbol}")
+        print(f"{_row(c)}  {c.symbol}")
     for r in changes:  # rolled after the newest candle shown
         print(f"-- {r}")
     return 0

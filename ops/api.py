@@ -18,7 +18,7 @@ from typing import Any
 
 from candles.model import Candle, Interval
 from config.symbols import SymbolError, parse_symbol
-from core.ist import IST, epoch_ms, iso
+from core.ist import IST
 from core.market_calendar import MarketCalendar
 from pipeline.coverage import day_gaps
 from pipeline.health import Health
@@ -50,11 +50,19 @@ def bad(message: str) -> ApiError:
 # ---- encoding ------------------------------------------------------------------------------------
 
 
+def iso(ts: datetime) -> str:
+    return ts.astimezone(IST).isoformat()
+
+
+def ms(ts: datetime) -> int:
+    return round(ts.timestamp() * 1000)
+
+
 def candle_dict(c: Candle) -> dict[str, Any]:
     """One candle of ``/api/candles`` and ``/api/stream``."""
     return {
         "bucket": iso(c.bucket),
-        "bucket_ms": epoch_ms(c.bucket),
+        "bucket_ms": ms(c.bucket),
         "open": str(c.open),
         "high": str(c.high),
         "low": str(c.low),

@@ -39,8 +39,8 @@ from datetime import datetime
 from typing import Any
 
 from candles.model import Candle
-from core.ist import IST, epoch_ms, iso
-from ops.api import OPEN_END, ApiError, bad, candle_dict, dumps
+from core.ist import IST
+from ops.api import OPEN_END, ApiError, bad, candle_dict, dumps, iso, ms
 from storage.base import CandleStore
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class Stream:
         for c in rows:
             data = dumps(candle_dict(c))
             history[c.bucket] = data
-            if self.resume is not None and epoch_ms(c.bucket) == self.resume[0] and zlib.crc32(data) == self.resume[1]:
+            if self.resume is not None and ms(c.bucket) == self.resume[0] and zlib.crc32(data) == self.resume[1]:
                 self._remember(c.bucket, data)  # the client has this version already
                 continue
             out.append(self._send(c.bucket, data))
@@ -291,4 +291,4 @@ class Stream:
         self._remember(bucket, data)
         assert self._newest is not None
         newest, newest_data = self._newest
-        return event("candle", data, f"{epoch_ms(newest)}-{zlib.crc32(newest_data):08x}")
+        return event("candle", data, f"{ms(newest)}-{zlib.crc32(newest_data):08x}")

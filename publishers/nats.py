@@ -57,7 +57,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from candles.model import Candle
 from config.settings import NatsSettings
-from core.ist import IST, epoch_ms, iso
+from core.ist import IST
 from core.ticks import TickData
 from pipeline.health import BusReport, Health
 
@@ -128,6 +128,14 @@ def candle_subject(prefix: str, candle: Candle) -> str:
     return f"{prefix}.candles.{token(candle.interval)}.{token(candle.exchange)}.{token(candle.symbol)}"
 
 
+def _ms(ts: Any) -> int | None:
+    return None if ts is None else round(ts.timestamp() * 1000)
+
+
+def _iso(ts: Any) -> str | None:
+    return None if ts is None else ts.astimezone(IST).isoformat()
+
+
 def candle_json(candle: Candle) -> bytes:
     """The candle message's payload (prices as strings: exact decimals survive any JSON parser)."""
     return json.dumps(
@@ -135,8 +143,8 @@ def candle_json(candle: Candle) -> bytes:
             "exchange": candle.exchange,
             "symbol": candle.symbol,
             "interval": candle.interval,
-            "bucket": iso(candle.bucket),
-            "bucket_ms": epoch_ms(candle.bucket),
+            "bucket": _iso(candle.bucket),
+            "bucket_ms": _ms(candle.bucket),
             "open": str(candle.open),
             "high": str(candle.high),
             "low": str(candle.low),
@@ -144,10 +152,10 @@ def candle_json(candle: Candle) -> bytes:
             "volume": candle.volume,
             "oi": candle.oi,
             "tick_count": candle.tick_count,
-            "first_tick": None if candle.first_tick is None else iso(candle.first_tick),
-            "first_tick_ms": None if candle.first_tick is None else epoch_ms(candle.first_tick),
-            "last_tick": None if candle.last_tick is None else iso(candle.last_tick),
-            "last_tick_ms": None if candle.last_tick is None else epoch_ms(candle.last_tick),
+            "first_tick": _iso(candle.first_tick),
+            "first_tick_ms": _ms(candle.first_tick),
+            "last_tick": _iso(candle.last_tick),
+            "last_tick_ms": _ms(candle.last_tick),
             "final": candle.final,
             "source": candle.source,
         },
@@ -165,12 +173,12 @@ def candle_msg_id(candle: Candle) -> str:
     content (OHLCV, oi, final, source), hashed. Equal for the same candle from any daemon; a
     revision differs."""
     parts = (
-        candle.interval, candle.exchange, candle.symbol, str(epoch_ms(candle.bucket)),
+        candle.interval, candle.exchange, candle.symbol, str(_ms(candle.bucket)),
         _plain(candle.open), _plain(candle.high), _plain(candle.low), _plain(candle.close),
         str(candle.volume), str(candle.oi), "final" if candle.final else "open", candle.source,
     )  # fmt: skip
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
-    return f"{candle.interval}:{candle.exchange}:{candle.symbol}:{epoch_ms(candle.bucket)}:{digest}"
+    return f"{candle.interval}:{candle.exchange}:{candle.symbol}:{_ms(candle.bucket)}:{digest}"
 
 
 class TickEncoder:

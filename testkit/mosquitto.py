@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from testkit.waiting import free_port, stop_process
+from testkit.waiting import free_port
 
 INSTALL_HINT = (
     "mosquitto was not found on PATH or in /usr/sbin: install it, e.g. 'sudo apt-get install -y mosquitto' on Debian/Ubuntu"
@@ -126,7 +127,16 @@ class MosquittoServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        stop_process(proc, wait=5)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
 
     def cleanup(self) -> None:
         self.stop()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nats
 
-from testkit.waiting import free_port, stop_process
+from testkit.waiting import free_port
 
 INSTALL_HINT = (
     "nats-server was not found on PATH or in /usr/sbin: install it, e.g. 'sudo apt-get install -y nats-server' on "
@@ -109,7 +109,16 @@ class NatsServer:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop it (``signal.SIGKILL``: kill it, as a crash would); the store stays for a restart."""
         proc, self.proc = self.proc, None
-        stop_process(proc, sig)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -76,18 +74,3 @@ def free_port() -> int:
                 _next[(start, end)] = port
                 return candidate
     raise RuntimeError(f"no free port on 127.0.0.1 in {start}-{end - 1}")
-
-
-def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
-    """Stop a test server's process with ``sig``, killing it if it has not exited within ``wait``
-    seconds; closes its stderr pipe. Nothing to do for None or a process that has exited."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(wait)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    if proc.stderr:
-        proc.stderr.close()

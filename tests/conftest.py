@@ -5,9 +5,8 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,24 +15,18 @@ from testkit.nats import NatsNotFound, NatsServer
 from testkit.pg import PostgresNotFound, PostgresServer
 
 
-def _served(make: Callable[[], Any], missing: type[Exception]) -> Iterator[Any]:
-    """A test server made by ``make``, started for its fixture's scope and cleaned up after; a missing binary
-    (``missing``, whose message names the package) fails the test."""
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL for the whole session, started on first use (see testkit/pg.py)."""
     try:
-        server = make()
-    except missing as exc:
+        server = PostgresServer()
+    except PostgresNotFound as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
         server.start()
         yield server
     finally:
         server.cleanup()
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A real PostgreSQL for the whole session, started on first use (see testkit/pg.py)."""
-    yield from _served(PostgresServer, PostgresNotFound)
 
 
 @pytest.fixture
@@ -51,13 +44,29 @@ def pg_dsn(postgres_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def mosquitto() -> Iterator[MosquittoServer]:
     """A real Mosquitto on a free port for one test (tests may stop and start it)."""
-    yield from _served(MosquittoServer, MosquittoNotFound)
+    try:
+        server = MosquittoServer()
+    except MosquittoNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:
     """A real nats-server with JetStream on a free port for one test (tests may kill it)."""
-    yield from _served(NatsServer, NatsNotFound)
+    try:
+        server = NatsServer()
+    except NatsNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture
