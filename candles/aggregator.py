@@ -51,9 +51,10 @@ from decimal import Decimal
 from typing import Protocol
 
 from candles.model import LIVE, PARTIAL, Candle, Interval, new_candle
+from core import accel
 from core.ist import IST, ist_date
 
-__all__ = ["AggregatorStats", "CandleAggregator", "TickLike"]
+__all__ = ["AggregatorStats", "CandleAggregator", "PythonCandleAggregator", "TickLike"]
 
 _DAY = 86_400
 _IST_OFFSET = 19_800
@@ -279,6 +280,14 @@ class CandleAggregator:
     owns it.
     """
 
+    # The per-symbol state's classes. The compiled path (``candles/_speedups.pyx``, chosen at the
+    # end of this module) subclasses this one with its own typed versions of them.
+    _symbol_type: type = _Symbol
+    _day_type: type = _SymDay
+    _bucket_type: type = _Bucket
+    _no_day: object = _NO_DAY
+    compiled = False  # True on the compiled path's subclass
+
     def __init__(
         self,
         intervals: Sequence[Interval],
@@ -331,8 +340,6 @@ class CandleAggregator:
         symbols = self._symbols
         by_name = self._by_name
         ring = 2 * self._memory
-        emit_empty = self._emit_empty
-        locate = self._locate
         dirty = self._dirty
         last_dt: object = None
         ts = 0.0
@@ -443,58 +450,9 @@ class CandleAggregator:
                     sym.dirty = True
                     dirty.append(sym)
                 continue
-            if sym.dirty:  # it arrived before this tick: merge it first
-                self._drain(sym, out)
-            day = sd.day
-            oi = tick.oi
-            late = dropped = False
-            for ser in sym.series:
-                b = ser.cur
-                if b is None or b.closed or not b.start <= ts < b.end:
-                    b = locate(ser, sd, ts, now)
-                    if b is None:
-                        dropped = True
-                        continue
-                    if b.closed:
-                        late = True
-                        touched[b] = None
-                if ser.gap is not None and b.end > ser.gap and ts >= ser.gap:  # (an older tick is a repeat)
-                    self._end_gap(ser, b, v, sym.watch_from)
-                if trade:
-                    n = b.count
-                    if n:
-                        if ts >= b.last_ts:
-                            b.close = price
-                            b.last_ts = ts
-                        elif ts < b.first_ts:
-                            b.open = price
-                            b.first_ts = ts
-                        if price > b.high:  # type: ignore[operator]
-                            b.high = price
-                        elif price < b.low:  # type: ignore[operator]
-                            b.low = price
-                    else:
-                        b.open = b.high = b.low = b.close = price
-                        b.first_ts = b.last_ts = ts
-                        if emit_empty:
-                            self._fill_gap(b, out)
-                    b.count = n + 1
-                if v is not None:
-                    if b.day == day:
-                        if v > b.maxcum:
-                            b.maxcum = v
-                    elif day > b.day:
-                        self._switch_day(b, sd)
-                        b.maxcum = v
-                if ts >= b.oi_ts:
-                    b.oi = oi
-                    b.oi_ts = ts
-            if late:
-                n_late += 1
-            if dropped:
-                n_dropped += 1
-            else:
-                self._set_window(sym, sd)
+            placed = self._place(sym, sd, ts, v, trade, price, tick.oi, now, out, touched)
+            n_late += placed & 1
+            n_dropped += placed >> 1
 
         st = self.stats
         st.ticks += n_ticks
@@ -505,6 +463,65 @@ class CandleAggregator:
         if touched:
             self._emit_revisions(touched, out)
         return out
+
+    def _place(
+        self, sym: _Symbol, sd: _SymDay, ts: float, v: int | None, trade: bool, price: Decimal, oi: int | None, now: float,
+        out: list[Candle], touched: dict[_Bucket, None],
+    ) -> int:  # fmt: skip
+        """The slow path of ``add``: a tick outside ``sym``'s window, placed in each interval's bucket
+        (located or created). Returns 1 if it was late (revised a closed bucket), | 2 if an interval
+        dropped it (beyond the horizon). The compiled path calls it too."""
+        if sym.dirty:  # ticks in the accumulator arrived before this one: merge them first
+            self._drain(sym, out)
+        day = sd.day
+        locate = self._locate
+        emit_empty = self._emit_empty
+        late = dropped = False
+        late = dropped = False
+        for ser in sym.series:
+            b = ser.cur
+            if b is None or b.closed or not b.start <= ts < b.end:
+                b = locate(ser, sd, ts, now)
+                if b is None:
+                    dropped = True
+                    continue
+                if b.closed:
+                    late = True
+                    touched[b] = None
+            if ser.gap is not None and b.end > ser.gap and ts >= ser.gap:  # (an older tick is a repeat)
+                self._end_gap(ser, b, v, sym.watch_from)
+            if trade:
+                n = b.count
+                if n:
+                    if ts >= b.last_ts:
+                        b.close = price
+                        b.last_ts = ts
+                    elif ts < b.first_ts:
+                        b.open = price
+                        b.first_ts = ts
+                    if price > b.high:  # type: ignore[operator]
+                        b.high = price
+                    elif price < b.low:  # type: ignore[operator]
+                        b.low = price
+                else:
+                    b.open = b.high = b.low = b.close = price
+                    b.first_ts = b.last_ts = ts
+                    if emit_empty:
+                        self._fill_gap(b, out)
+                b.count = n + 1
+            if v is not None:
+                if b.day == day:
+                    if v > b.maxcum:
+                        b.maxcum = v
+                elif day > b.day:
+                    self._switch_day(b, sd)
+                    b.maxcum = v
+            if ts >= b.oi_ts:
+                b.oi = oi
+                b.oi_ts = ts
+        if not dropped:
+            self._set_window(sym, sd)
+        return late | dropped << 1
 
     def advance(self, now: float | None = None) -> list[Candle]:
         """Close every open bucket whose end + grace <= now; returns their candles (final=True).
@@ -583,7 +600,7 @@ class CandleAggregator:
             sday = self._series_day(ser, sd)
             if cum is not None and sday.baseline is None:
                 sday.baseline = cum - c.volume  # so that this bucket keeps its stored volume
-            b = _Bucket(ser, start, sday)
+            b = self._bucket_type(ser, start, sday)
             if c.tick_count:
                 b.open, b.high, b.low, b.close = c.open, c.high, c.low, c.close
                 b.first_ts = c.first_tick.timestamp()
@@ -603,7 +620,7 @@ class CandleAggregator:
                 if b.maxcum > sday.evicted_max:
                     sday.evicted_max = b.maxcum
                 continue
-            ser.buckets[b.start] = b
+            ser.buckets[_shared(start)] = b
             if ser.cur is None or start > ser.cur.start:
                 ser.cur = b
             if now >= close_at and c.final:
@@ -697,7 +714,7 @@ class CandleAggregator:
 
     # ---- internals ---------------------------------------------------------------------------
     def _new_symbol(self, exchange: str, symbol: str) -> _Symbol:
-        sym = _Symbol(exchange, symbol, self._watch_from)
+        sym = self._symbol_type(exchange, symbol, self._watch_from)
         sym.series = [_Series(sym, name, width, offset) for name, width, offset in self._specs]
         pending = self._pending.pop((exchange, symbol), None) if self._pending else None
         if pending is not None:  # an unwatched span declared before its first tick (rule 8)
@@ -784,7 +801,7 @@ class CandleAggregator:
         self._dirty.clear()
 
     def _new_sym_day(self, sym: _Symbol, day: int) -> _SymDay:
-        sd = _SymDay(day, self._memory)
+        sd = self._day_type(day, self._memory)
         sym.days[day] = sd
         if day >= sym.cur.day:
             sym.cur = sd
@@ -829,8 +846,8 @@ class CandleAggregator:
             return b
         if now >= close_at + self._horizon:
             return None
-        b = _Bucket(ser, start, self._series_day(ser, sd))
-        ser.buckets[b.start] = b
+        b = self._bucket_type(ser, start, self._series_day(ser, sd))
+        ser.buckets[start] = b
         cur = ser.cur
         if cur is None or start > cur.start:
             ser.cur = b
@@ -973,14 +990,14 @@ class CandleAggregator:
     def _inflate(self, ser: _Series, start: int, rec: bytes) -> _Bucket:
         """The packed bucket of ``ser`` at ``start`` as an object again (in ``ser.buckets`` too)."""
         maxcum, day, flags, count, carry, frozen, oi, emitted, base, first_ts, last_ts, oi_ts = _REC.unpack_from(rec)
-        b = object.__new__(_Bucket)
+        b = self._bucket_type.__new__(self._bucket_type)
         b.series = ser
-        b.start = _shared(start)
+        b.start = start = _shared(start)
         b.end = _shared(start + ser.width)
         b.day = day
         sday = ser.days.get(day)
         if sday is None:  # not kept when packed (packing requires it); a safe stand-in all the same
-            sday = _SeriesDay(ser.symbol.days.get(day) or _SymDay(day))
+            sday = _SeriesDay(ser.symbol.days.get(day) or self._day_type(day))
         b.sday = sday
         if count:
             o, h, lo, c = rec[_REC.size :].decode("ascii").split(" ")
@@ -995,7 +1012,7 @@ class CandleAggregator:
         b.emitted_volume = emitted
         b.partial = bool(flags & 4)
         b.base = base
-        ser.buckets[b.start] = b
+        ser.buckets[start] = b
         self._to_pack.append(b)  # packed again once the late ticks are in
         return b
 
@@ -1068,7 +1085,7 @@ class CandleAggregator:
                 for day in [d for d in sym.days if d <= cutoff]:
                     del sym.days[day]
                 if sym.cur.day <= cutoff:
-                    sym.cur = _NO_DAY
+                    sym.cur = self._no_day
                 for ser in sym.series:
                     for day in [d for d in ser.days if d <= cutoff]:
                         ser.days.pop(day).last_trade = None  # its bucket points back at it: no cycle left behind
@@ -1085,3 +1102,12 @@ def _file_many(index: dict[float, list], heap: list[float], at: float, items: li
         heapq.heappush(heap, at)
     else:
         found.extend(items)
+
+
+# The reference implementation above is also the fallback. ``CandleAggregator`` is the compiled
+# path's subclass (candles/_speedups.pyx) when that is built from these sources, else this class;
+# core.accel says which at start-up, and MARKETFEED_PURE_PYTHON=1 keeps this one.
+PythonCandleAggregator = CandleAggregator
+_compiled = accel.load("candles._speedups")
+if _compiled is not None:
+    CandleAggregator = _compiled.compiled_aggregator(PythonCandleAggregator, _shared)  # type: ignore[misc]

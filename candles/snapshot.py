@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 
-from candles.aggregator import _NO_DAY, AggregatorStats, CandleAggregator, _Bucket, _Series, _SeriesDay, _shared, _SymDay
+from candles.aggregator import AggregatorStats, CandleAggregator, _Bucket, _Series, _SeriesDay, _shared, _SymDay
 from candles.model import Interval
 
 VERSION = 6  # 5: candle provenance (partial buckets, unwatched spans); 6: spans of keys not seen yet
@@ -91,7 +91,7 @@ def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
              sym.first_ts, sym.last_ts, sym.maxcum, sym.oi, sym.oi_ts)
             if sym.dirty else None
         )  # fmt: skip
-        cur = id(sym.cur) if sym.cur is not _NO_DAY else None
+        cur = id(sym.cur) if sym.cur is not agg._no_day else None
         # marshalled per symbol: only one symbol's tuples exist at a time (at 9,000 symbols the
         # whole state as tuples took about 190 MB for a moment)
         chunk = marshal.dumps(
@@ -100,9 +100,10 @@ def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
         yield pack(len(chunk)) + chunk
 
 
-def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
+def restore(data: bytes, clock: Callable[[], float], kind: type[CandleAggregator] | None = None) -> CandleAggregator:
     """An aggregator in the state ``snapshot`` saved. Raises ``ValueError`` for anything else
-    (e.g. a snapshot of another format version)."""
+    (e.g. a snapshot of another format version). ``kind``: the class to restore into (default:
+    ``CandleAggregator``, compiled when built); either path restores what either wrote."""
     if not isinstance(data, bytes):
         raise ValueError(f"not a snapshot of the aggregator but a {type(data).__name__}")
     size = _CHUNK.size
@@ -124,7 +125,7 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
         raise ValueError("the snapshot was written by another version of the aggregator")
     symbols = chunks[1:]
     _, names, grace, horizon, emit_empty, memory, prune_at, watch_from, pending, counters = head
-    agg = CandleAggregator(
+    agg = (kind or CandleAggregator)(
         [Interval.parse(n) for n in names], clock, grace=grace, emit_empty=emit_empty, revision_horizon=horizon,
         reorder_memory=memory,
     )  # fmt: skip
@@ -135,7 +136,9 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
     closing: dict[float, list[_Bucket]] = {}
     evicting: dict[float, list[_Series]] = {}
     to_pack = agg._to_pack
-    new = object.__new__
+    day_type = agg._day_type
+    bucket_type = agg._bucket_type
+    new = bucket_type.__new__
     decimals: dict[str, Decimal] = {}  # one object per price, as the decoders share them
 
     def dec(text: str) -> Decimal:
@@ -150,14 +153,14 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
         sym.watch_from, sym.gap_since = sym_watch_from, gap_since
         sym_days: dict[int, _SymDay] = {}
         for key, day, latest_ts, run_max, (hist, pos), floor, baseline, plain_ts, plain_price in day_rows:
-            sd = sym_days[key] = _SymDay(day, 0)
+            sd = sym_days[key] = day_type(day, 0)
             sd.hist = array("d", hist)
             sd.pos = pos
             sd.latest_ts, sd.run_max, sd.floor, sd.baseline = latest_ts, run_max, floor, baseline
             sd.plain_ts, sd.plain_price = plain_ts, None if plain_price is None else dec(plain_price)
         for key in listed:
             sym.days[sym_days[key].day] = sym_days[key]
-        sym.cur = _NO_DAY if cur is None else sym_days[cur]
+        sym.cur = agg._no_day if cur is None else sym_days[cur]
         for ser, (sday_rows, buckets, cur_start, gap) in zip(sym.series, series):
             ser.gap = gap
             sdays = []
@@ -179,8 +182,9 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
                     continue
                 (start, day, sday, ohlc, first_ts, last_ts, count, maxcum, carry, frozen_cum, oi, oi_ts, closed,
                  emitted, partial, base) = row  # fmt: skip
-                b = new(_Bucket)
-                b.series, b.start, b.end, b.day, b.sday = ser, _shared(start), _shared(start + width), day, sdays[sday]
+                b = new(bucket_type)
+                start = _shared(start)
+                b.series, b.start, b.end, b.day, b.sday = ser, start, _shared(start + width), day, sdays[sday]
                 if ohlc is None:
                     b.open = b.high = b.low = b.close = None
                 else:
@@ -188,7 +192,7 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
                 b.first_ts, b.last_ts, b.count = first_ts, last_ts, count
                 b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts = maxcum, carry, frozen_cum, oi, oi_ts
                 b.closed, b.emitted_volume, b.partial, b.base = closed, emitted, partial, base
-                ser.buckets[b.start] = b
+                ser.buckets[start] = b
                 at = b.end + grace
                 if closed:
                     evicting.setdefault(at + horizon, []).append(ser)
@@ -197,7 +201,7 @@ def restore(data: bytes, clock: Callable[[], float]) -> CandleAggregator:
                     closing.setdefault(at, []).append(b)
             for x, last in zip(sdays, lasts):
                 if isinstance(last, tuple):
-                    lt = new(_Bucket)
+                    lt = new(bucket_type)
                     lt.series = ser
                     lt.start, lt.maxcum, lt.frozen_cum, close, lt.oi = last
                     lt.close = dec(close)

@@ -871,8 +871,6 @@ def test_packing_keeps_every_field_of_a_closed_bucket():
 
 
 def test_a_bucket_whose_numbers_do_not_fit_a_record_stays_an_object():
-    from candles.aggregator import _Bucket
-
     feed = Feed("1m")
     feed.clock.now = DAY0 + 2
     big = 2**64  # a cumulative volume no broker sends, beyond 64 bits (steps of 4096 stay exact as floats)
@@ -880,7 +878,7 @@ def test_a_bucket_whose_numbers_do_not_fit_a_record_stays_an_object():
     feed.add(tick(61, "101", big + 3 * 4096, received=61))
     feed.at(63)
     kept = _retained(feed.agg)[int(DAY0)]
-    assert isinstance(kept, _Bucket)
+    assert isinstance(kept, feed.agg._bucket_type)
     feed.add(tick(30, "99", big + 4096, received=64))
     feed.at(300)
     assert (feed.candle("1m", 0).low, feed.candle("1m", 0).volume) == (99, 4096)

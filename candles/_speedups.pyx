@@ -1,0 +1,357 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""The compiled twin of ``candles/aggregator.py``'s per-tick path (Cython).
+
+``candles/aggregator.py`` is the reference: every rule is written and explained there, and this
+file mirrors three pieces of it line for line, with typed state instead of attribute lookups:
+
+* the per-symbol state (``Symbol``, ``SymDay``, ``Bucket``: the same fields as ``_Symbol``,
+  ``_SymDay`` and ``_Bucket``, as C fields, all of them readable and writable from Python, so the
+  rest of the aggregator and the snapshot code work on either kind unchanged);
+* ``add``: the tick loop, trade classification (rules 3 and 4) and the in-window accumulator;
+  a tick outside its symbol's window goes to the reference ``_place`` (about one tick in sixty);
+* ``_drain``/``_drain_all``: merging the accumulator into the buckets, once per symbol per
+  ``advance()``.
+
+``compiled_aggregator(CandleAggregator)`` returns the subclass using them. The property test
+(tests/test_hotpath_property.py) drives both with the same random ticks and requires identical
+candles, statistics and snapshots.
+
+Volumes and OI stay Python ints (any size, compared as Python compares them); prices stay the
+decoders' ``Decimal`` objects. What becomes a C number is what the reference keeps as floats
+(exchange times) and the trade count.
+"""
+
+from cpython.array cimport array
+
+from array import array as _new_array
+
+include "candles._speedups.pxi"
+
+cdef double INF = float("inf")
+cdef long long DAY = 86400
+cdef long long IST_OFFSET = 19800
+cdef long long NO_VOLUME = -1
+
+_shared = None  # candles.aggregator._shared, set by compiled_aggregator
+
+
+cdef class SymDay:
+    """``candles.aggregator._SymDay`` with typed fields."""
+
+    cdef public long long day
+    cdef public double start, end, latest_ts, floor, plain_ts
+    cdef public object run_max
+    cdef public array hist
+    cdef public Py_ssize_t pos
+    cdef public object baseline, plain_price
+
+    def __init__(self, long long day, int memory=1):
+        self.day = day
+        self.start = day * DAY - IST_OFFSET
+        self.end = self.start + DAY
+        self.latest_ts = -INF
+        self.run_max = NO_VOLUME
+        self.hist = _new_array("d", (INF, -1.0) * memory)
+        self.pos = 0
+        self.floor = NO_VOLUME
+        self.baseline = None
+        self.plain_ts = -INF
+        self.plain_price = None
+
+
+NO_DAY = SymDay(-(10**9))
+NO_DAY.end = NO_DAY.start
+
+
+cdef class Symbol:
+    """``candles.aggregator._Symbol`` with typed fields."""
+
+    cdef public str exchange, symbol
+    cdef public double watch_from, gap_since, lo, hi
+    cdef public list series
+    cdef public dict days
+    cdef public SymDay cur
+    cdef public bint dirty
+    cdef public long long count
+    cdef public object maxcum, open, high, low, close, oi
+    cdef public double first_ts, last_ts, oi_ts
+
+    def __init__(self, str exchange, str symbol, double watch_from=-INF):
+        self.exchange = exchange
+        self.symbol = symbol
+        self.watch_from = watch_from
+        self.gap_since = -INF
+        self.series = []
+        self.days = {}
+        self.cur = NO_DAY
+        self.lo = INF
+        self.hi = -INF
+        self.dirty = False
+        self.clear()
+
+    cdef inline void clear(self):
+        self.count = 0
+        self.open = self.high = self.low = self.close = None
+        self.first_ts = INF
+        self.last_ts = -INF
+        self.maxcum = NO_VOLUME
+        self.oi = None
+        self.oi_ts = -INF
+
+    def _clear(self):
+        self.clear()
+
+
+cdef class Bucket:
+    """``candles.aggregator._Bucket`` with typed fields (the ones the per-tick path reads are C
+    numbers; the rest stay Python objects, exactly as the reference keeps them)."""
+
+    cdef public object series, start, end, day, sday
+    cdef public object open, high, low, close
+    cdef public double first_ts, last_ts, oi_ts
+    cdef public long long count
+    cdef public object maxcum, carry, frozen_cum, oi, emitted_volume, base
+    cdef public bint closed, partial
+
+    def __init__(self, series, start, sday):
+        self.series = series
+        self.start = _shared(start)
+        self.end = _shared(start + series.width)
+        self.day = sday.sym_day.day
+        self.sday = sday
+        self.open = self.high = self.low = self.close = None
+        self.first_ts = INF
+        self.last_ts = -INF
+        self.count = 0
+        self.maxcum = NO_VOLUME
+        self.carry = 0
+        self.frozen_cum = None
+        self.oi = None
+        self.oi_ts = -INF
+        self.closed = False
+        self.emitted_volume = -1
+        sym = series.symbol
+        self.partial = start < sym.watch_from and self.end > sym.gap_since
+        self.base = NO_VOLUME
+
+
+cdef void _drain_symbol(object agg, Symbol sym, list out, bint emit_empty) except *:
+    """``CandleAggregator._drain``."""
+    cdef long long n = sym.count, m
+    cdef object cum = sym.maxcum
+    cdef double oi_ts = sym.oi_ts
+    cdef Bucket b
+    for ser in sym.series:
+        found = ser.cur
+        if found is None:
+            raise AssertionError("the window lies inside each interval's current bucket")
+        b = <Bucket?>found
+        if n:
+            m = b.count
+            if m:
+                if sym.last_ts >= b.last_ts:
+                    b.close = sym.close
+                    b.last_ts = sym.last_ts
+                if sym.first_ts < b.first_ts:
+                    b.open = sym.open
+                    b.first_ts = sym.first_ts
+                if sym.high > b.high:
+                    b.high = sym.high
+                if sym.low < b.low:
+                    b.low = sym.low
+            else:
+                b.open = sym.open
+                b.high = sym.high
+                b.low = sym.low
+                b.close = sym.close
+                b.first_ts = sym.first_ts
+                b.last_ts = sym.last_ts
+                if emit_empty:
+                    agg._fill_gap(b, out)
+            b.count = m + n
+        if cum > b.maxcum:
+            b.maxcum = cum
+        if oi_ts >= b.oi_ts:
+            b.oi = sym.oi
+            b.oi_ts = oi_ts
+    sym.clear()
+    sym.dirty = False
+
+
+def _drain(self, Symbol sym, list out):
+    _drain_symbol(self, sym, out, self._emit_empty)
+
+
+def _drain_all(self, list out):
+    cdef list dirty = self._dirty
+    cdef bint emit_empty = self._emit_empty
+    cdef Symbol sym
+    for found in dirty:
+        sym = <Symbol>found
+        if sym.dirty:
+            _drain_symbol(self, sym, out, emit_empty)
+    del dirty[:]
+
+
+def add(self, ticks):
+    """``CandleAggregator.add``."""
+    cdef double now = self._clock()
+    cdef list out = []
+    cdef dict touched = {}
+    cdef dict symbols = self._symbols
+    cdef dict by_name = self._by_name
+    cdef Py_ssize_t ring = 2 * self._memory
+    cdef list dirty = self._dirty
+    cdef bint emit_empty = self._emit_empty
+    cdef object last_dt = None
+    cdef double ts = 0.0, latest, top_d, folded
+    cdef Py_ssize_t n_ticks = 0, n_trades = 0, n_late = 0, n_dropped = 0, n_early_dropped = 0
+    cdef Py_ssize_t i, size, pos, placed
+    cdef Symbol sym
+    cdef SymDay sd
+    cdef bint fast, trade
+    cdef long long n
+    cdef double* hist
+    place = self._place
+    for tick in ticks:
+        n_ticks += 1
+        name = tick.symbol
+        found = by_name.get(name)  # the symbol is nearly always the key: one str lookup
+        exchange = tick.exchange
+        if found is None or (<Symbol>found).exchange != exchange:
+            found = symbols.get((exchange, name))
+            if found is None:
+                found = self._new_symbol(exchange, name)
+        sym = <Symbol?>found
+        dt = tick.exchange_ts
+        if dt is not last_dt:  # decoders share one datetime per exchange second
+            last_dt = dt
+            ts = dt.timestamp()
+        sd = sym.cur
+        fast = sym.lo <= ts < sym.hi
+        if not fast and not sd.start <= ts < sd.end:
+            found = self._sym_day_for(sym, ts, now)
+            if found is None:
+                n_dropped += 1
+                n_early_dropped += 1
+                continue
+            sd = <SymDay?>found
+
+        # rule 4: a trade iff the cumulative volume rose above what earlier ticks showed
+        v = tick.volume
+        if v is None:
+            price = tick.last_price
+            trade = ts != sd.plain_ts or price != sd.plain_price
+            sd.plain_ts = ts
+            sd.plain_price = price
+            if ts > sd.latest_ts:
+                sd.latest_ts = ts
+        else:
+            if sd.baseline is None:
+                sd.baseline = v
+            latest = sd.latest_ts
+            if ts > latest:
+                sd.latest_ts = ts
+                top = sd.run_max
+                if v > top:
+                    trade = True
+                    sd.run_max = v
+                elif v == top:
+                    trade = False
+                else:  # rule 3: volume fell on a newer tick: the feed began a new trading day
+                    if sym.dirty:
+                        _drain_symbol(self, sym, out, emit_empty)
+                    self._reset_day(sym, sd)
+                    trade = True
+                    sd.run_max = v
+            elif ts == latest:
+                if v > sd.run_max:
+                    trade = True
+                    sd.run_max = v
+                else:
+                    trade = False
+            else:
+                top_d = sd.floor
+                hist = sd.hist.data.as_doubles
+                size = len(sd.hist)
+                for i in range(0, size, 2):
+                    if hist[i + 1] > top_d and hist[i] <= ts:
+                        top_d = hist[i + 1]
+                trade = v > top_d
+                if v > sd.run_max:
+                    sd.run_max = v
+            hist = sd.hist.data.as_doubles
+            pos = sd.pos
+            folded = hist[pos + 1]  # the arrival ``memory`` ticks ago leaves the ring
+            if folded > sd.floor:
+                sd.floor = folded
+            hist[pos] = ts
+            hist[pos + 1] = v
+            pos += 2
+            sd.pos = pos if pos < ring else 0
+
+        n_trades += trade
+        price = tick.last_price
+        if fast:  # into the accumulator
+            if trade:
+                n = sym.count
+                if n:
+                    if ts >= sym.last_ts:
+                        sym.close = price
+                        sym.last_ts = ts
+                    elif ts < sym.first_ts:
+                        sym.open = price
+                        sym.first_ts = ts
+                    if price > sym.high:
+                        sym.high = price
+                    elif price < sym.low:
+                        sym.low = price
+                else:
+                    sym.open = sym.high = sym.low = sym.close = price
+                    sym.first_ts = sym.last_ts = ts
+                sym.count = n + 1
+            if v is not None and v > sym.maxcum:
+                sym.maxcum = v
+            if ts >= sym.oi_ts:
+                sym.oi = tick.oi
+                sym.oi_ts = ts
+            if not sym.dirty:
+                sym.dirty = True
+                dirty.append(sym)
+            continue
+        placed = place(sym, sd, ts, v, trade, price, tick.oi, now, out, touched)
+        n_late += placed & 1
+        n_dropped += placed >> 1
+
+    st = self.stats
+    st.ticks += n_ticks
+    st.trades += n_trades
+    st.quotes += n_ticks - n_trades - n_early_dropped
+    st.late_ticks += n_late
+    st.dropped_ticks += n_dropped
+    if touched:
+        self._emit_revisions(touched, out)
+    return out
+
+
+def compiled_aggregator(base, shared):
+    """``base`` (the reference ``CandleAggregator``) with the compiled per-tick path."""
+    global _shared
+    _shared = shared
+    return type(
+        "CandleAggregator",
+        (base,),
+        {
+            "__doc__": base.__doc__,
+            "__module__": base.__module__,
+            "__qualname__": "CandleAggregator",
+            "compiled": True,
+            "_symbol_type": Symbol,
+            "_day_type": SymDay,
+            "_bucket_type": Bucket,
+            "_no_day": NO_DAY,
+            "add": add,
+            "_drain": _drain,
+            "_drain_all": _drain_all,
+        },
+    )
