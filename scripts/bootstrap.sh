@@ -35,6 +35,21 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# the compiled hot path (scripts/build_ext.py) needs a C compiler and the Python headers; without
+# them the daemon still runs, on its pure-Python code, so a failed install here is only a warning
+build_need=()
+if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
+  build_need+=(gcc libc6-dev)
+fi
+if ! python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then
+  build_need+=(python3-dev)
+fi
+if [ "${#build_need[@]}" -gt 0 ]; then
+  echo "installing Debian packages for the compiled hot path: ${build_need[*]}" >&2
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${build_need[@]}" >/dev/null; } ||
+    echo "warning: could not install ${build_need[*]}: the compiled hot path will not be built" >&2
+fi
+
 python3 - <<'PY' || { echo "marketfeed needs Python 3.10 or newer" >&2; exit 1; }
 import sys
 sys.exit(0 if sys.version_info >= (3, 10) else 1)
@@ -47,4 +62,9 @@ stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum 
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
   touch "$stamp"
+fi
+
+# The compiled hot path. Without it the daemon runs the pure-Python code, slower, and says so.
+if ! .venv/bin/python scripts/build_ext.py; then
+  echo "warning: the compiled hot path was not built; the daemon will run its pure-Python code (slower)" >&2
 fi
