@@ -41,6 +41,7 @@ from config.market_calendar import (
 )
 from config.settings import Settings
 from config.symbols import SymbolError
+from core import accel
 from core.ist import IST
 from core.market_calendar import MarketCalendar
 from core.ticks import Instrument
@@ -100,6 +101,8 @@ def _run(settings: Settings, args: argparse.Namespace, signals: DaemonSignals) -
     overrides = read_overrides(settings.calendar.file)  # so does a bad market calendar file
     signals.enter(f"opening the {args.broker} feed (logging in, loading its instrument list)")
     broker, clock = open_feed(settings, args, tuple(sorted({s.underlying for s in split(listed)[1]})))
+    warn, hot_path = accel.report()
+    (log.warning if warn else log.info)("%s", hot_path)
     drained = [True]
     with _Parts(signals) as parts:
         # restored last: a thread that dies while the parts stop is still reported as the daemon's

@@ -84,17 +84,17 @@ def load(name: str) -> ModuleType | None:
 
 
 def report() -> tuple[bool, str]:
-    """(all compiled, one line for the log) over the modules loaded so far."""
-    if not _choices:
-        return True, "hot path: pure Python (no compiled module asked for)"
+    """(worth a warning, one line for the start-up log) over the modules asked for so far. A
+    missing or stale build is worth a warning; the pure path asked for with ``MARKETFEED_PURE_PYTHON`` is not."""
     done = [c.name for c in _choices.values() if c.compiled]
     missing = [c for c in _choices.values() if not c.compiled]
     if not missing:
-        return True, f"hot path: compiled ({', '.join(done)})"
+        return False, f"hot path: compiled ({', '.join(done)})"
     why = "; ".join(f"{c.name} {c.reason}" for c in missing)
     if forced_pure():
-        return False, f"hot path: pure Python ({why})"
-    return False, (
-        f"hot path: pure Python for part or all of it ({why}): the daemon runs, at a fraction of the speed; "
+        return False, f"hot path: pure Python ({ENV} is set)"
+    part = "pure Python" if not done else f"pure Python in part, compiled {', '.join(done)}"
+    return True, (
+        f"hot path: {part} ({why}): the daemon runs, with more CPU a tick; "
         "run scripts/bootstrap.sh to build it (it needs a C compiler and the Python headers)"
     )
