@@ -22,8 +22,27 @@ decoders' ``Decimal`` objects. What becomes a C number is what the reference kee
 """
 
 from cpython.array cimport array
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
 from array import array as _new_array
+from types import MemberDescriptorType
+
+try:
+    from _collections import _tuplegetter
+except ImportError:  # another Python implementation: ticks are read by getattr
+    _tuplegetter = None
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        const char* name
+        int type
+        Py_ssize_t offset
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    int T_OBJECT_EX
 
 include "candles._speedups.pxi"
 
@@ -33,6 +52,94 @@ cdef long long IST_OFFSET = 19800
 cdef long long NO_VOLUME = -1
 
 _shared = None  # candles.aggregator._shared, set by compiled_aggregator
+
+
+# ---- reading a tick's fields -------------------------------------------------------------------
+# A tick is any object with these attributes (``candles.aggregator.TickLike``). Reading one through
+# getattr costs a type lookup and a descriptor call, about a third of this loop's time; for the
+# two kinds the daemon hands over, a ``__slots__`` class (core.ticks.TickData) and a named tuple
+# (the tick archive's replay), each field is read at its known place instead, once the type's
+# layout is checked. Any other type is read by getattr.
+
+cdef enum:
+    F_EXCHANGE, F_SYMBOL, F_PRICE, F_VOLUME, F_OI, F_TS, N_FIELDS
+
+FIELDS = ("exchange", "symbol", "last_price", "volume", "oi", "exchange_ts")
+
+cdef enum:
+    BY_GETATTR, BY_SLOT, BY_INDEX
+
+
+cdef class _Reader:
+    """How to read the fields of one tick type."""
+
+    cdef int kind
+    cdef Py_ssize_t at[6]
+    cdef Py_ssize_t size  # BY_INDEX: the tuple's length
+
+    def __init__(self, type cls):
+        self.kind = BY_GETATTR
+        if cls.__getattribute__ is object.__getattribute__ and _slot_offsets(cls, self.at):
+            self.kind = BY_SLOT
+        elif issubclass(cls, tuple) and cls.__getattribute__ is tuple.__getattribute__ and _tuple_indexes(cls, self.at):
+            self.kind = BY_INDEX
+            self.size = len(cls._fields)
+
+    cdef inline object get(self, object tick, int field):
+        cdef PyObject* p
+        if self.kind == BY_SLOT:
+            p = (<PyObject**>((<char*><PyObject*>tick) + self.at[field]))[0]
+            if p is not NULL:
+                return <object>p
+        elif self.kind == BY_INDEX and PyTuple_GET_SIZE(tick) == self.size:
+            return <object>PyTuple_GET_ITEM(tick, self.at[field])
+        return getattr(tick, FIELDS[field])  # unset slot: raises as getattr does
+
+
+def _static(type cls, str name):
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
+
+
+cdef bint _slot_offsets(type cls, Py_ssize_t* at):
+    cdef PyMemberDescrObject* member
+    for i, name in enumerate(FIELDS):
+        desc = _static(cls, name)
+        if type(desc) is not MemberDescriptorType:
+            return False
+        member = <PyMemberDescrObject*><PyObject*>desc
+        if member.d_member.type != T_OBJECT_EX:
+            return False
+        at[i] = member.d_member.offset
+    return True
+
+
+cdef bint _tuple_indexes(type cls, Py_ssize_t* at):
+    fields = getattr(cls, "_fields", None)
+    if _tuplegetter is None or type(fields) is not tuple:
+        return False
+    for i, name in enumerate(FIELDS):
+        if name not in fields or type(_static(cls, name)) is not _tuplegetter:
+            return False
+        at[i] = fields.index(name)
+        if _static(cls, name).__get__(tuple(range(len(fields)))) != at[i]:  # the getter reads that item
+            return False
+    return True
+
+
+cdef dict _readers = {}
+
+
+cdef _Reader _reader_for(object tick):
+    cls = type(tick)
+    found = _readers.get(cls)
+    if found is None:
+        if len(_readers) > 64:
+            _readers.clear()
+        found = _readers[cls] = _Reader(cls)
+    return <_Reader>found
 
 
 cdef class SymDay:
@@ -212,18 +319,23 @@ def add(self, ticks):
     cdef bint fast, trade
     cdef long long n
     cdef double* hist
+    cdef _Reader r = None
+    cdef object tick_type = None
     place = self._place
     for tick in ticks:
         n_ticks += 1
-        name = tick.symbol
+        if type(tick) is not tick_type:
+            tick_type = type(tick)
+            r = _reader_for(tick)
+        name = r.get(tick, F_SYMBOL)
         found = by_name.get(name)  # the symbol is nearly always the key: one str lookup
-        exchange = tick.exchange
+        exchange = r.get(tick, F_EXCHANGE)
         if found is None or (<Symbol>found).exchange != exchange:
             found = symbols.get((exchange, name))
             if found is None:
                 found = self._new_symbol(exchange, name)
         sym = <Symbol?>found
-        dt = tick.exchange_ts
+        dt = r.get(tick, F_TS)
         if dt is not last_dt:  # decoders share one datetime per exchange second
             last_dt = dt
             ts = dt.timestamp()
@@ -238,9 +350,9 @@ def add(self, ticks):
             sd = <SymDay?>found
 
         # rule 4: a trade iff the cumulative volume rose above what earlier ticks showed
-        v = tick.volume
+        v = r.get(tick, F_VOLUME)
         if v is None:
-            price = tick.last_price
+            price = r.get(tick, F_PRICE)
             trade = ts != sd.plain_ts or price != sd.plain_price
             sd.plain_ts = ts
             sd.plain_price = price
@@ -291,7 +403,7 @@ def add(self, ticks):
             sd.pos = pos if pos < ring else 0
 
         n_trades += trade
-        price = tick.last_price
+        price = r.get(tick, F_PRICE)
         if fast:  # into the accumulator
             if trade:
                 n = sym.count
@@ -302,10 +414,12 @@ def add(self, ticks):
                     elif ts < sym.first_ts:
                         sym.open = price
                         sym.first_ts = ts
-                    if price > sym.high:
-                        sym.high = price
-                    elif price < sym.low:
-                        sym.low = price
+                    # the decoders share one Decimal per price: the same object is neither above nor below
+                    if price is not sym.high and price is not sym.low:
+                        if price > sym.high:
+                            sym.high = price
+                        elif price < sym.low:
+                            sym.low = price
                 else:
                     sym.open = sym.high = sym.low = sym.close = price
                     sym.first_ts = sym.last_ts = ts
@@ -313,13 +427,13 @@ def add(self, ticks):
             if v is not None and v > sym.maxcum:
                 sym.maxcum = v
             if ts >= sym.oi_ts:
-                sym.oi = tick.oi
+                sym.oi = r.get(tick, F_OI)
                 sym.oi_ts = ts
             if not sym.dirty:
                 sym.dirty = True
                 dirty.append(sym)
             continue
-        placed = place(sym, sd, ts, v, trade, price, tick.oi, now, out, touched)
+        placed = place(sym, sd, ts, v, trade, price, r.get(tick, F_OI), now, out, touched)
         n_late += placed & 1
         n_dropped += placed >> 1
 
