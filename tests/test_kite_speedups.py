@@ -48,18 +48,25 @@ times = st.one_of(st.just(0), st.integers(SESSION, SESSION + 3), u32)
 prices = st.one_of(st.integers(0, 20), st.integers(10_000, 10_020), u32)  # repeats hit the price cache
 
 
+# a depth entry (qty u32, price u32, orders u16, 2 bytes padding): from a small pool (level cache
+# hits) or any 12 bytes
+depth_entry = st.one_of(
+    st.sampled_from([struct.pack(">IIHH", 5, 10_000, 1, 0), struct.pack(">IIHH", 7, 10_005, 2, 0)]),
+    st.binary(min_size=12, max_size=12),
+)
+
+
 @st.composite
 def full_packet(draw: st.DrawFn) -> bytes:
-    ts = draw(times)
-    head = [draw(tokens), draw(prices), draw(u32), draw(u32), draw(u32)] + draw(st.lists(u32, min_size=6, max_size=6))
-    head += [ts, draw(u32), draw(u32), draw(u32), draw(st.one_of(st.just(ts), u32))]
-    # depth levels from a small pool repeat (level cache hits); padding bytes vary too
-    level = st.one_of(
-        st.sampled_from([(5, 10_000, 1, 0), (7, 10_005, 2, 0)]),
-        st.tuples(u32, prices, st.integers(0, 65535), st.integers(0, 65535)),
+    """token, last price, last qty, ATP, volume, 6 words unread, last trade time, OI, OI high and
+    low, exchange timestamp, and the 10 depth entries."""
+    last_trade = draw(times)
+    head = struct.pack(">5I", draw(tokens), draw(prices), draw(u32), draw(u32), draw(u32)) + draw(
+        st.binary(min_size=24, max_size=24)
     )
-    depth = b"".join(struct.pack(">IIHH", *draw(level)) for _ in range(10))
-    return struct.pack(">16I", *head) + depth
+    head += struct.pack(">2I", last_trade, draw(u32)) + draw(st.binary(min_size=8, max_size=8))
+    head += struct.pack(">I", draw(st.one_of(st.just(last_trade), times)))
+    return head + b"".join(draw(depth_entry) for _ in range(10))
 
 
 @st.composite
@@ -146,7 +153,7 @@ def state(decoder: PythonKiteDecoder) -> tuple:
 # --- the property ---------------------------------------------------------------------------
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(
     st.lists(st.tuples(frames(), st.booleans()), min_size=1, max_size=12),
     st.booleans(),
