@@ -60,6 +60,13 @@ cdef enum:
     FULL_RECORD_LEN = 2 + FULL_LEN
     DEPTH_OFFSET = 64  # the depth block: 10 entries of 12 bytes to the end of a full packet
     DEPTH_LEN = FULL_LEN - DEPTH_OFFSET
+    # offsets of the u32 fields read (token at 0); ``_FULL``, ``_QUOTE`` and ``_INDEX_TS`` there
+    PRICE_AT = 4
+    QUANTITY_AT = 8
+    VOLUME_AT = 16
+    OI_AT = 48
+    FULL_TS_AT = 60
+    INDEX_TS_AT = 28
 
 # Set by compiled_decoder from the reference module: the broker name and the malformed kinds.
 cdef str BROKER = "kite"
@@ -208,13 +215,13 @@ cdef list _decode(object decoder, const unsigned char[::1] frame, object receive
                 depth = _deferred_depth(
                     PyBytes_FromStringAndSize(<const char*>packet + DEPTH_OFFSET, DEPTH_LEN), <object>PyTuple_GET_ITEM(entry, 3)
                 )
-            ts = _u32(packet + 60)
+            ts = _u32(packet + FULL_TS_AT)
             ticks.append(
                 _tick(
                     <object>PyTuple_GET_ITEM(entry, 0), <object>PyTuple_GET_ITEM(entry, 1), token,
-                    _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + 4))),
-                    PyLong_FromUnsignedLong(_u32(packet + 8)), PyLong_FromUnsignedLong(_u32(packet + 16)),
-                    PyLong_FromUnsignedLong(_u32(packet + 48)),
+                    _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + PRICE_AT))),
+                    PyLong_FromUnsignedLong(_u32(packet + QUANTITY_AT)), PyLong_FromUnsignedLong(_u32(packet + VOLUME_AT)),
+                    PyLong_FromUnsignedLong(_u32(packet + OI_AT)),
                     _cached(times, PyLong_FromUnsignedLong(ts)) if ts else receive_ts, receive_ts, depth,
                 )
             )
@@ -231,8 +238,8 @@ cdef list _decode(object decoder, const unsigned char[::1] frame, object receive
             ticks.append(
                 _tick(
                     <object>PyTuple_GET_ITEM(entry, 0), <object>PyTuple_GET_ITEM(entry, 1), token,
-                    _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + 4))),
-                    PyLong_FromUnsignedLong(_u32(packet + 8)), PyLong_FromUnsignedLong(_u32(packet + 16)),
+                    _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + PRICE_AT))),
+                    PyLong_FromUnsignedLong(_u32(packet + QUANTITY_AT)), PyLong_FromUnsignedLong(_u32(packet + VOLUME_AT)),
                     None, receive_ts, receive_ts, None,
                 )
             )
@@ -248,12 +255,12 @@ cdef list _decode(object decoder, const unsigned char[::1] frame, object receive
             entry = <tuple>found
             exchange_ts = receive_ts
             if length == INDEX_FULL_LEN:
-                ts = _u32(packet + 28)
+                ts = _u32(packet + INDEX_TS_AT)
                 if ts:
                     exchange_ts = _cached(times, PyLong_FromUnsignedLong(ts))
             tick = _tick(
                 <object>PyTuple_GET_ITEM(entry, 0), <object>PyTuple_GET_ITEM(entry, 1), token,
-                _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + 4))),
+                _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + PRICE_AT))),
                 None, None, None, exchange_ts, receive_ts, None,
             )
             ticks.append(tick)
@@ -295,7 +302,7 @@ cdef list _decode_full_frame(
             unknown += 1
             continue
         entry = <tuple>found
-        ts = _u32(packet + 60)
+        ts = _u32(packet + FULL_TS_AT)
         if ts != last_ts:
             last_ts = ts
             last_dt = _cached(times, PyLong_FromUnsignedLong(ts)) if ts else receive_ts
@@ -306,9 +313,9 @@ cdef list _decode_full_frame(
         ticks.append(
             _tick(
                 <object>PyTuple_GET_ITEM(entry, 0), <object>PyTuple_GET_ITEM(entry, 1), token,
-                _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + 4))),
-                PyLong_FromUnsignedLong(_u32(packet + 8)), PyLong_FromUnsignedLong(_u32(packet + 16)),
-                PyLong_FromUnsignedLong(_u32(packet + 48)), last_dt, receive_ts, depth,
+                _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + PRICE_AT))),
+                PyLong_FromUnsignedLong(_u32(packet + QUANTITY_AT)), PyLong_FromUnsignedLong(_u32(packet + VOLUME_AT)),
+                PyLong_FromUnsignedLong(_u32(packet + OI_AT)), last_dt, receive_ts, depth,
             )
         )
     stats = decoder.stats
