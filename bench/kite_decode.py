@@ -4,7 +4,9 @@
 
 All decode the SAME full-mode frames (184-byte packets with 5+5 depth) in one run, in interleaved
 rounds (each decoder once per round, so a slow spell of the machine hits them all); prints the
-median of ``--repeat`` rounds as packets/s for each and the ratios to pykiteconnect. Two data sets:
+median of ``--repeat`` rounds as packets per CPU second of this thread for each (on a shared
+machine the wall clock also counts the time spent waiting for a core), and the ratios to
+pykiteconnect. Two data sets:
 
 - ``realistic``: each instrument's snapshots evolve like a live book (the last price walks on
   its tick grid, cumulative volume rises, 1-4 of the 10 depth levels change per snapshot);
@@ -104,14 +106,14 @@ def decode_with(decoder_class: type, instruments: dict[int, Instrument], depth: 
 
 
 def rounds(repeat: int, contenders: dict[str, Callable[[bytes], list]], frames: list[bytes]) -> dict[str, float]:
-    """Median seconds per contender over ``repeat`` rounds, each contender once per round."""
+    """Median CPU seconds per contender over ``repeat`` rounds, each contender once per round."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeat):
         for name, fn in contenders.items():
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for frame in frames:
                 fn(frame)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(time.thread_time() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
