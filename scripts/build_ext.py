@@ -22,6 +22,7 @@ from core.accel import source_digest  # noqa: E402
 # module -> (its .pyx, the Python modules it mirrors)
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "candles._speedups": ("candles/_speedups.pyx", "candles/aggregator.py"),
+    "brokers.kite._speedups": ("brokers/kite/_speedups.pyx", "brokers/kite/protocol.py", "brokers/codec.py", "core/fastnew.py"),
 }
 BUILD = ROOT / "build" / "cython"
 

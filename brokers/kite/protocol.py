@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from brokers.codec import LevelCache, MalformedCounter, PriceCache, TimeCache
+from core import accel
 from core.fastnew import deferred_depth as _deferred_depth
 from core.fastnew import new_tick as _new_tick
 from core.ist import IST
@@ -196,6 +197,7 @@ class KiteDecoder:
     """
 
     __slots__ = ("stats", "timed_only", "depth", "last_plain", "source", "_table", "_times", "_exponents", "_malformed")
+    compiled = False  # True on the compiled decode's subclass (see the end of this module)
 
     def __init__(self, instruments: Mapping[int, Instrument], *, timed_only: bool = False, depth: bool = True) -> None:
         #: skip packets that carry no exchange timestamp (quote 44, index quote 28, LTP 8). In full
@@ -409,6 +411,15 @@ class KiteDecoder:
             return None
         self.stats.text_messages += 1
         return KiteMessage(message["type"], message.get("data"))
+
+
+# The reference implementation above is also the fallback. ``KiteDecoder`` is the compiled
+# decode's subclass (brokers/kite/_speedups.pyx) when that is built from these sources, else this
+# class; core.accel says which at start-up, and MARKETFEED_PURE_PYTHON=1 keeps this one.
+PythonKiteDecoder = KiteDecoder
+_compiled = accel.load("brokers.kite._speedups")
+if _compiled is not None:
+    KiteDecoder = _compiled.compiled_decoder(PythonKiteDecoder)  # type: ignore[misc]
 
 
 def _token_list(tokens: Iterable[int]) -> list[int]:

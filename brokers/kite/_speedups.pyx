@@ -1,0 +1,353 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""The compiled twin of ``brokers/kite/protocol.py``'s per-packet decode (Cython).
+
+``brokers/kite/protocol.py`` is the reference: the packet layouts, the malformed-input rules and
+the reasons for the caches are written and explained there. This file mirrors
+``KiteDecoder.decode``, ``_decode_full_frame`` and ``_decode_full_frame_without_depth`` step for
+step, reading the big-endian fields straight from the frame's bytes instead of through
+``struct``. ``compiled_decoder(KiteDecoder)`` returns the subclass using it; everything else
+(instrument table, caches, ``parse_text``, ``DecodeStats``) stays the reference's.
+
+The values are those the reference builds: prices, depth levels and exchange times come from the
+decoder's own caches (``brokers.codec``), so a compiled and a pure decoder hand out the same
+shared objects; the deferred ``Depth`` keeps the raw 120-byte book and the same level cache as its
+source. ``TickData`` and ``Depth`` are built as ``core.fastnew`` builds them (a genuine instance,
+its slots filled without the frozen ``__setattr__``), here by storing each field at its slot's
+offset, which the module reads from the classes' slot descriptors when it is imported.
+
+The property test (tests/test_kite_speedups.py) drives both decoders with the same random frames
+and requires identical ticks and counters.
+"""
+
+import sys
+
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
+from cpython.dict cimport PyDict_GetItem
+from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.long cimport PyLong_FromUnsignedLong
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint32_t
+
+from core.ticks import Depth, TickData
+
+include "brokers.kite._speedups.pxi"
+
+
+cdef extern from "Python.h":
+    # The slot descriptor of a ``__slots__`` name: where the slot lives in the instance.
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    PyTypeObject PyMemberDescr_Type
+    object PyType_GenericAlloc(PyTypeObject *type, Py_ssize_t nitems)
+
+cdef extern from "structmember.h":
+    int T_OBJECT_EX
+    int READONLY
+
+
+# Packet lengths (Kite Connect's WebSocket docs, "Binary market data"), as in the reference.
+cdef enum:
+    LTP_LEN = 8
+    INDEX_QUOTE_LEN = 28
+    INDEX_FULL_LEN = 32
+    QUOTE_LEN = 44
+    FULL_LEN = 184
+    FULL_RECORD_LEN = 2 + FULL_LEN
+    DEPTH_OFFSET = 64  # the depth block: 10 entries of 12 bytes to the end of a full packet
+    DEPTH_LEN = FULL_LEN - DEPTH_OFFSET
+    # offsets of the u32 fields read (token at 0); ``_FULL``, ``_QUOTE`` and ``_INDEX_TS`` there
+    PRICE_AT = 4
+    QUANTITY_AT = 8
+    VOLUME_AT = 16
+    OI_AT = 48
+    FULL_TS_AT = 60
+    INDEX_TS_AT = 28
+
+# Set by compiled_decoder from the reference module: the broker name and the malformed kinds.
+cdef str BROKER = "kite"
+cdef object TRUNCATED_FRAME, PACKET_OVERRUN, UNKNOWN_LENGTH, TRAILING_BYTES
+
+
+# ------------------------------------------------------------------ building TickData and Depth
+
+cdef tuple TICK_FIELDS = (
+    "broker", "exchange", "symbol", "token", "last_price", "last_quantity", "volume", "oi",
+    "exchange_ts", "receive_ts", "depth",
+)
+cdef tuple DEPTH_SLOTS = ("_bids", "_asks", "_raw", "_source")
+cdef Py_ssize_t TICK_AT[11]
+cdef Py_ssize_t DEPTH_AT[4]
+cdef PyTypeObject *TICK_TYPE = <PyTypeObject*>TickData  # the module's globals keep both classes alive
+cdef PyTypeObject *DEPTH_TYPE = <PyTypeObject*>Depth
+
+
+cdef int _slot_offsets(type cls, tuple names, Py_ssize_t *out) except -1:
+    """The offsets of ``names`` in an instance of ``cls``, each a plain object slot of ``cls`` itself."""
+    if tuple(cls.__slots__) != names or cls.__new__ is not object.__new__:
+        raise ImportError(f"{cls.__name__} no longer has the slots {names}: rebuild the compiled decoder")
+    for i, name in enumerate(names):
+        descr = cls.__dict__[name]
+        if type(descr) is not <object><PyObject*>&PyMemberDescr_Type:
+            raise ImportError(f"{cls.__name__}.{name} is not a slot")
+        member = (<PyMemberDescrObject*>descr).d_member
+        if member.type != T_OBJECT_EX or member.flags & READONLY:
+            raise ImportError(f"{cls.__name__}.{name} is not a plain object slot")
+        out[i] = member.offset
+    return 0
+
+
+cdef inline void _put(object obj, Py_ssize_t offset, object value):
+    """Store ``value`` in the (empty) slot at ``offset`` of a freshly allocated ``obj``."""
+    Py_INCREF(value)
+    (<PyObject**>((<char*><PyObject*>obj) + offset))[0] = <PyObject*>value
+
+
+cdef inline object _tick(
+    object exchange, object symbol, object token, object price, object quantity, object volume,
+    object oi, object exchange_ts, object receive_ts, object depth,
+):
+    """``core.fastnew.new_tick(BROKER, ...)``: a genuine, frozen TickData."""
+    tick = PyType_GenericAlloc(TICK_TYPE, 0)
+    _put(tick, TICK_AT[0], BROKER)
+    _put(tick, TICK_AT[1], exchange)
+    _put(tick, TICK_AT[2], symbol)
+    _put(tick, TICK_AT[3], token)
+    _put(tick, TICK_AT[4], price)
+    _put(tick, TICK_AT[5], quantity)
+    _put(tick, TICK_AT[6], volume)
+    _put(tick, TICK_AT[7], oi)
+    _put(tick, TICK_AT[8], exchange_ts)
+    _put(tick, TICK_AT[9], receive_ts)
+    _put(tick, TICK_AT[10], depth)
+    return tick
+
+
+cdef inline object _deferred_depth(object book, object levels):
+    """``core.fastnew.deferred_depth(book, levels)``: the levels are built on first read."""
+    depth = PyType_GenericAlloc(DEPTH_TYPE, 0)
+    _put(depth, DEPTH_AT[0], None)
+    _put(depth, DEPTH_AT[1], None)
+    _put(depth, DEPTH_AT[2], book)
+    _put(depth, DEPTH_AT[3], levels)
+    return depth
+
+
+_slot_offsets(TickData, TICK_FIELDS, TICK_AT)
+_slot_offsets(Depth, DEPTH_SLOTS, DEPTH_AT)
+_s = tuple(object() for _ in TICK_FIELDS)
+_built = _tick(_s[1], _s[2], _s[3], _s[4], _s[5], _s[6], _s[7], _s[8], _s[9], _s[10])
+if type(_built) is not TickData or _built != TickData(BROKER, *_s[1:]):
+    raise ImportError("TickData built from its slots differs from TickData(...): rebuild the compiled decoder")
+del _s, _built
+
+
+# ------------------------------------------------------------------ reading the frame
+
+cdef inline uint32_t _u32(const unsigned char *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline Py_ssize_t _u16(const unsigned char *p) noexcept nogil:
+    return (<Py_ssize_t>p[0] << 8) | p[1]
+
+
+cdef inline object _cached(object cache, object key):
+    """``cache[key]`` for a value cache of ``brokers.codec``: a dict hit, else its ``__missing__``."""
+    cdef PyObject *hit = PyDict_GetItem(cache, key)
+    if hit is NULL:
+        return cache[key]
+    return <object>hit
+
+
+# ------------------------------------------------------------------ the decode
+
+cdef list _decode(object decoder, const unsigned char[::1] frame, object receive_ts):
+    """``KiteDecoder.decode``."""
+    stats = decoder.stats
+    stats.frames += 1
+    cdef Py_ssize_t end = frame.shape[0]
+    if end < 2:
+        stats.heartbeats += 1
+        return []
+    entries, decoder.source = decoder._table
+    cdef const unsigned char *p = &frame[0]
+    cdef Py_ssize_t count = _u16(p)
+    cdef list ticks
+    if count and end == 2 + count * FULL_RECORD_LEN:
+        ticks = _decode_full_frame(decoder, p, count, receive_ts, entries, decoder.depth)
+        if ticks is not None:
+            return ticks
+    ticks = []
+    times = decoder._times
+    cdef bint timed_only = decoder.timed_only
+    cdef bint with_depth = decoder.depth
+    cdef dict last_plain = decoder.last_plain
+    cdef Py_ssize_t pos = 2, start, length, seen = 0, unknown = 0, untimed = 0, n
+    cdef const unsigned char *packet
+    cdef uint32_t ts
+    cdef PyObject *found
+    for n in range(count):
+        start = pos + 2
+        if start > end:
+            decoder._malformed(TRUNCATED_FRAME, f"frame of {end} bytes announces {count} packets, has {seen}")
+            break
+        length = _u16(p + pos)
+        pos = start + length
+        if pos > end:
+            decoder._malformed(PACKET_OVERRUN, f"packet of {length} bytes at offset {start} overruns a {end}-byte frame")
+            break
+        seen += 1
+        packet = p + start
+        if length == FULL_LEN:
+            token = PyLong_FromUnsignedLong(_u32(packet))
+            found = PyDict_GetItem(entries, token)
+            if found is NULL:
+                unknown += 1
+                continue
+            entry = <tuple>found
+            depth = None
+            if with_depth:
+                depth = _deferred_depth(
+                    PyBytes_FromStringAndSize(<const char*>packet + DEPTH_OFFSET, DEPTH_LEN), <object>PyTuple_GET_ITEM(entry, 3)
+                )
+            ts = _u32(packet + FULL_TS_AT)
+            ticks.append(
+                _tick(
+                    <object>PyTuple_GET_ITEM(entry, 0), <object>PyTuple_GET_ITEM(entry, 1), token,
+                    _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + PRICE_AT))),
+                    PyLong_FromUnsignedLong(_u32(packet + QUANTITY_AT)), PyLong_FromUnsignedLong(_u32(packet + VOLUME_AT)),
+                    PyLong_FromUnsignedLong(_u32(packet + OI_AT)),
+                    _cached(times, PyLong_FromUnsignedLong(ts)) if ts else receive_ts, receive_ts, depth,
+                )
+            )
+        elif length == QUOTE_LEN:
+            if timed_only:
+                untimed += 1
+                continue
+            token = PyLong_FromUnsignedLong(_u32(packet))
+            found = PyDict_GetItem(entries, token)
+            if found is NULL:
+                unknown += 1
+                continue
+            entry = <tuple>found
+            ticks.append(
+                _tick(
+                    <object>PyTuple_GET_ITEM(entry, 0), <object>PyTuple_GET_ITEM(entry, 1), token,
+                    _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + PRICE_AT))),
+                    PyLong_FromUnsignedLong(_u32(packet + QUANTITY_AT)), PyLong_FromUnsignedLong(_u32(packet + VOLUME_AT)),
+                    None, receive_ts, receive_ts, None,
+                )
+            )
+        elif length == LTP_LEN or length == INDEX_QUOTE_LEN or length == INDEX_FULL_LEN:
+            if timed_only and length != INDEX_FULL_LEN:
+                untimed += 1
+                continue
+            token = PyLong_FromUnsignedLong(_u32(packet))
+            found = PyDict_GetItem(entries, token)
+            if found is NULL:
+                unknown += 1
+                continue
+            entry = <tuple>found
+            exchange_ts = receive_ts
+            if length == INDEX_FULL_LEN:
+                ts = _u32(packet + INDEX_TS_AT)
+                if ts:
+                    exchange_ts = _cached(times, PyLong_FromUnsignedLong(ts))
+            tick = _tick(
+                <object>PyTuple_GET_ITEM(entry, 0), <object>PyTuple_GET_ITEM(entry, 1), token,
+                _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + PRICE_AT))),
+                None, None, None, exchange_ts, receive_ts, None,
+            )
+            ticks.append(tick)
+            last_plain[token] = tick
+        else:
+            decoder._malformed(UNKNOWN_LENGTH, f"packet of {length} bytes (expected 8, 28, 32, 44 or 184)")
+    else:
+        if pos != end:
+            decoder._malformed(TRAILING_BYTES, f"{end - pos} bytes after the {count} announced packets")
+    if untimed:
+        stats.untimed_skipped += untimed
+    stats.packets += seen
+    stats.unknown_tokens += unknown
+    stats.ticks += len(ticks)
+    return ticks
+
+
+cdef list _decode_full_frame(
+    object decoder, const unsigned char *p, Py_ssize_t count, object receive_ts, dict entries, bint with_depth
+):
+    """``_decode_full_frame`` and ``_decode_full_frame_without_depth``: a frame of ``count`` full
+    packets; None if a length says otherwise."""
+    times = decoder._times
+    cdef list ticks = []
+    cdef Py_ssize_t unknown = 0, n
+    cdef const unsigned char *packet
+    cdef uint32_t ts, last_ts = 0  # the exchange second repeats across a frame: skip even the cache lookup
+    cdef PyObject *found
+    last_dt = receive_ts
+    depth = None
+    for n in range(count):
+        packet = p + 2 + n * FULL_RECORD_LEN
+        if _u16(packet) != FULL_LEN:
+            return None  # sizes only add up by coincidence: let the general path sort it out
+        packet += 2
+        token = PyLong_FromUnsignedLong(_u32(packet))
+        found = PyDict_GetItem(entries, token)
+        if found is NULL:
+            unknown += 1
+            continue
+        entry = <tuple>found
+        ts = _u32(packet + FULL_TS_AT)
+        if ts != last_ts:
+            last_ts = ts
+            last_dt = _cached(times, PyLong_FromUnsignedLong(ts)) if ts else receive_ts
+        if with_depth:
+            depth = _deferred_depth(
+                PyBytes_FromStringAndSize(<const char*>packet + DEPTH_OFFSET, DEPTH_LEN), <object>PyTuple_GET_ITEM(entry, 3)
+            )
+        ticks.append(
+            _tick(
+                <object>PyTuple_GET_ITEM(entry, 0), <object>PyTuple_GET_ITEM(entry, 1), token,
+                _cached(<object>PyTuple_GET_ITEM(entry, 2), PyLong_FromUnsignedLong(_u32(packet + PRICE_AT))),
+                PyLong_FromUnsignedLong(_u32(packet + QUANTITY_AT)), PyLong_FromUnsignedLong(_u32(packet + VOLUME_AT)),
+                PyLong_FromUnsignedLong(_u32(packet + OI_AT)), last_dt, receive_ts, depth,
+            )
+        )
+    stats = decoder.stats
+    stats.packets += len(ticks) + unknown
+    stats.unknown_tokens += unknown
+    stats.ticks += len(ticks)
+    return ticks
+
+
+def decode(self, const unsigned char[::1] frame not None, receive_ts):
+    """Decode one binary frame; ``receive_ts`` (aware) stands in where a packet has no time."""
+    return _decode(self, frame, receive_ts)
+
+
+def compiled_decoder(base):
+    """``base`` (the reference ``KiteDecoder``) with the compiled decode."""
+    global BROKER, TRUNCATED_FRAME, PACKET_OVERRUN, UNKNOWN_LENGTH, TRAILING_BYTES
+    reference = sys.modules[base.__module__]
+    BROKER = reference.BROKER
+    TRUNCATED_FRAME = reference.TRUNCATED_FRAME
+    PACKET_OVERRUN = reference.PACKET_OVERRUN
+    UNKNOWN_LENGTH = reference.UNKNOWN_LENGTH
+    TRAILING_BYTES = reference.TRAILING_BYTES
+    return type(
+        "KiteDecoder",
+        (base,),
+        {
+            "__doc__": base.__doc__,
+            "__module__": base.__module__,
+            "__qualname__": "KiteDecoder",
+            "__slots__": (),
+            "compiled": True,
+            "decode": decode,
+        },
+    )
