@@ -22,6 +22,7 @@ from core.accel import source_digest  # noqa: E402
 # module -> (its .pyx, the Python modules it mirrors)
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "candles._speedups": ("candles/_speedups.pyx", "candles/aggregator.py"),
+    "publishers._speedups": ("publishers/_speedups.pyx", "publishers/nats.py"),
 }
 BUILD = ROOT / "build" / "cython"
 
