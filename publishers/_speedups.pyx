@@ -6,18 +6,23 @@ explained there. ``compiled_encoder(TickEncoder, _SMALL)`` returns its subclass 
 ``encode_batch`` is this loop; everything else (``head``, ``_time``, ``encode``, the caches
 themselves) is the reference's, so a cache miss takes the same path and leaves the same state.
 
-What changes is how one tick's command is put together: instead of two f-strings (the payload,
-then the command around it) and a text object per number, the parts are copied once into the
-command's own string, and the quantities, volumes and OI that are plain ``int`` are written in C.
-That holds when every part is ASCII, which it is unless the subject prefix is not; any other
-tick (a non-ASCII prefix, a number that is not a plain ``int``) is formatted by the reference's
-own expression. The property test (tests/test_nats_encoder_property.py) drives both encoders with
+What changes is how one tick is read and its command put together: a ``TickData``'s fields are
+read from its slots directly (see ``FIELDS``), and instead of two f-strings (the payload, then the
+command around it) and a text object per number, the parts are copied once into the command's own
+string, the quantities, volumes and OI that are plain ``int`` written in C. That holds when every
+part is ASCII, which it is unless the subject prefix is not; any other tick (a non-ASCII prefix, a
+number that is not a plain ``int``) is formatted by the reference's own expression. The property test (tests/test_nats_encoder_property.py) drives both encoders with
 the same random ticks and requires identical commands and state.
 """
 
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
+from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.string cimport memcpy
+
+from types import MemberDescriptorType
+
+from core.ticks import TickData
 
 include "publishers._speedups.pxi"
 
@@ -25,6 +30,53 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object)
     void* PyUnicode_DATA(object)
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+
+cdef extern from "structmember.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    int T_OBJECT_EX
+
+# The tick's fields the encoder reads. ``TickData`` keeps them in slots: a slot's member descriptor
+# (docs.python.org, "__slots__" and "Defining Extension Types: members") reads the object pointer at
+# a fixed offset of the instance, or raises AttributeError where it is empty. For a plain
+# ``TickData`` the loop reads that pointer itself, without the attribute lookup around it; anything
+# else (a subclass, another type of tick) and an empty slot go through ``getattr``.
+FIELDS = ("exchange", "symbol", "token", "exchange_ts", "receive_ts", "last_quantity", "volume", "oi", "last_price")
+cdef enum:
+    EXCHANGE, SYMBOL, TOKEN, EXCHANGE_TS, RECEIVE_TS, LAST_QUANTITY, VOLUME, OI, LAST_PRICE, N_FIELDS
+cdef Py_ssize_t _offsets[N_FIELDS]
+
+
+cdef object _slotted(type cls):
+    """``cls`` when each of ``FIELDS`` is a slot of it read by the default attribute lookup (the
+    offsets then in ``_offsets``), else None."""
+    if cls.__getattribute__ is not object.__getattribute__ or hasattr(cls, "__getattr__"):
+        return None
+    for i, name in enumerate(FIELDS):
+        found = next((klass.__dict__[name] for klass in cls.__mro__ if name in klass.__dict__), None)
+        if type(found) is not MemberDescriptorType:
+            return None
+        member = (<PyMemberDescrObject*><PyObject*>found).d_member
+        if member.type != T_OBJECT_EX:
+            return None
+        _offsets[i] = member.offset
+    return cls
+
+
+cdef object _tick_type = _slotted(TickData)
+
+
+cdef inline object _field(object t, int field, bint slotted):
+    """``getattr(t, FIELDS[field])``."""
+    cdef PyObject* value
+    if slotted:
+        value = (<PyObject**>(<char*><PyObject*>t + _offsets[field]))[0]
+        if value is not NULL:
+            return <object>value
+    return getattr(t, FIELDS[field])
 
 _small = None  # publishers.nats._SMALL, set by compiled_encoder
 
@@ -108,13 +160,15 @@ def encode_batch(self, batch, list commands):
     cdef bint tail_ascii = False
     cdef Py_ssize_t size, at
     cdef char* out
+    cdef bint slotted
     last, received_ms = self._received
     for t in batch:
-        found = heads.get((t.exchange, t.symbol))
-        if found is None or found[3] != t.token:
+        slotted = type(t) is _tick_type
+        found = heads.get((_field(t, EXCHANGE, slotted), _field(t, SYMBOL, slotted)))
+        if found is None or found[3] != _field(t, TOKEN, slotted):
             found = self.head(t)
-        ts = t.exchange_ts
-        received = t.receive_ts
+        ts = _field(t, EXCHANGE_TS, slotted)
+        received = _field(t, RECEIVE_TS, slotted)
         if ts is not last_ts or received is not last:  # the same objects run on within a frame
             if received is not last:
                 last = received
@@ -123,10 +177,10 @@ def encode_batch(self, batch, list commands):
             fragment = times.get(ts) or self._time(ts)
             tail = f'{fragment},"received_ms":{received_ms}}}'
             tail_ascii = _ascii(tail, &p_tail)
-        qty = t.last_quantity
-        volume = t.volume
-        oi = t.oi
-        price = str(t.last_price)
+        qty = _field(t, LAST_QUANTITY, slotted)
+        volume = _field(t, VOLUME, slotted)
+        oi = _field(t, OI, slotted)
+        price = str(_field(t, LAST_PRICE, slotted))
         # a number's text is kept in a variable: its part points into it until the command is made
         t_qty = None if _number(qty, b_qty, &p_qty) else _qty_text(qty)
         t_volume = None if _number(volume, b_volume, &p_volume) else f"{volume}"

@@ -5,7 +5,7 @@ give the same ``encode`` results and keep the same caches: symbols and exchanges
 escaping, prices of any exponent (and the special values), quantities, volumes and OI on either
 side of the kept texts and of a C long long, None, booleans, exchange and receive times shared as
 one object or repeated as equal copies, in other time zones, a token that changes, a subject
-prefix that is not ASCII. No server needed.
+prefix that is not ASCII, ticks of another type than ``TickData``. No server needed.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ def _compiled_encoder() -> type:
     if accel.source_digest(module.SOURCES) != module.SOURCE_DIGEST:
         pytest.skip("publishers._speedups is built from older sources: run scripts/build_ext.py")
     return module.compiled_encoder(PythonTickEncoder, _SMALL)
+
+
+class _Tick(TickData):
+    """Not a ``TickData`` itself: the compiled encoder reads its fields by attribute lookup."""
+
+    __slots__ = ()
 
 
 ZONES = (IST, timezone.utc, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=45)))
@@ -77,7 +83,7 @@ def scenarios(draw: st.DrawFn) -> tuple[str, list[list[TickData]]]:
     for _ in range(draw(st.integers(1, 60))):
         exchange, symbol = draw(st.sampled_from(instruments))
         ticks.append(
-            TickData(
+            draw(st.sampled_from([TickData, _Tick]))(
                 "prop", exchange, symbol, draw(st.sampled_from([7, 8, 256265])), draw(prices), draw(quantities),
                 draw(quantities), draw(quantities), time_of(draw(picks), draw(st.booleans())),
                 time_of(draw(picks), draw(st.booleans())),
@@ -119,3 +125,18 @@ def test_the_compiled_encoder_is_the_default_when_built():
         assert getattr(publishers.nats.TickEncoder, "compiled", False)
     else:
         assert publishers.nats.TickEncoder is PythonTickEncoder
+
+
+def test_a_tick_missing_a_field_fails_alike():
+    compiled_type = _compiled_encoder()
+    at = datetime(2026, 11, 24, 9, 15, 3, tzinfo=IST)
+    full = TickData("prop", "NSE", "M&M", 7, Decimal("100.5"), 1, 2, 3, at, at)
+    for name in ("symbol", "volume", "last_price"):
+        partial = object.__new__(TickData)
+        for field in ("broker", "exchange", "symbol", "token", "last_price", "last_quantity", "volume", "oi",
+                      "exchange_ts", "receive_ts", "depth"):  # fmt: skip
+            if field != name:
+                object.__setattr__(partial, field, getattr(full, field))
+        for encoder in (compiled_type("marketfeed"), PythonTickEncoder("marketfeed")):
+            with pytest.raises(AttributeError, match=name):
+                encoder.encode_batch([full, partial], [])
