@@ -11,8 +11,9 @@ read from its slots directly (see ``FIELDS``), and instead of two f-strings (the
 command around it) and a text object per number, the parts are copied once into the command's own
 string, the quantities, volumes and OI that are plain ``int`` written in C. That holds when every
 part is ASCII, which it is unless the subject prefix is not; any other tick (a non-ASCII prefix, a
-number that is not a plain ``int``) is formatted by the reference's own expression. The property test (tests/test_nats_encoder_property.py) drives both encoders with
-the same random ticks and requires identical commands and state.
+number that is not a plain ``int``) is formatted by the reference's own expression. The property
+test (tests/test_nats_encoder_property.py) drives both encoders with the same random ticks and
+requires identical commands and state.
 """
 
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
@@ -100,7 +101,9 @@ cdef inline bint _ascii(object text, Part* part):
 
 cdef inline Py_ssize_t _digits(long long value, char* buf):
     """``value`` in decimal at the end of ``buf`` (NUMBER bytes); the number of characters."""
-    cdef unsigned long long u = <unsigned long long>(-value) if value < 0 else <unsigned long long>value
+    cdef unsigned long long u = <unsigned long long>value
+    if value < 0:
+        u = 0 - u  # the magnitude, in unsigned arithmetic: negating the lowest long long overflows
     cdef Py_ssize_t i = NUMBER
     while True:
         i -= 1
