@@ -18,7 +18,13 @@ it is not the daemon's.
 Latency: one symbol's ticks carry the time they were handed over as their exchange time; a second
 process reads that symbol's subject through a JetStream ordered consumer (as ``--tail`` does) and
 takes its clock minus that time for each: p50, p99 and the worst (bar: p99 reported).
-The figures depend on what else the machine runs: re-run to compare.
+The figures depend on what else the machine runs: re-run to compare. The tick encoder is the
+compiled one when it is built (``MARKETFEED_PURE_PYTHON=1`` runs the pure-Python one); the first
+line says which.
+
+``--encode`` measures only ``TickEncoder.encode_batch`` in this process, no server: the compiled
+and the pure-Python encoder over the same batches, alternating, microseconds a tick (median of
+``--rounds``, each a pass over every batch of the load).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,9 +44,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from config.settings import NatsSettings
+from core import accel
 from core.ist import IST
 from core.ticks import TickData
-from publishers.nats import NatsPublisher, tick_subject
+from publishers.nats import NatsPublisher, PythonTickEncoder, TickEncoder, tick_subject
 from testkit.nats import NatsServer
 
 PROBE = "PROBE"
@@ -134,6 +142,31 @@ def consume(url: str, subject: str, seconds: float, out: str) -> None:
     Path(out).write_text(json.dumps(asyncio.run(read())))
 
 
+def encode_cost(pool: list[list[TickData]], rounds: int) -> None:
+    """Print µs a tick of ``encode_batch`` for each encoder, rounds alternating between them."""
+    encoders = {"pure-Python": PythonTickEncoder}
+    if getattr(TickEncoder, "compiled", False):
+        encoders["compiled"] = TickEncoder
+    else:
+        print(f"compiled encoder not in use: {accel.report()[1]}")
+    ticks = sum(len(batch) for batch in pool)
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    made = {name: cls("marketfeed") for name, cls in encoders.items()}  # caches warm after the first round
+    for _ in range(rounds + 1):
+        for name, encoder in made.items():
+            start = time.perf_counter()
+            for batch in pool:
+                encoder.encode_batch(batch, [])
+            times[name].append((time.perf_counter() - start) / ticks * 1e6)
+    for name, got in times.items():
+        got = got[1:]
+        print(f"encode_batch, {name:11}: median {statistics.median(got):.3f} µs a tick over {rounds} rounds of "
+              f"{ticks:,} ticks (lowest {min(got):.3f}, highest {max(got):.3f})")  # fmt: skip
+    if len(times) == 2:
+        ratio = statistics.median(times["pure-Python"][1:]) / statistics.median(times["compiled"][1:])
+        print(f"compiled is {ratio:.1f}x the pure-Python encoder's speed")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -145,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--symbols", type=int, default=500)
     p.add_argument("--batch", type=int, default=500, help="ticks handed over at once (default 500)")
+    p.add_argument("--encode", action="store_true", help="only time encode_batch, compiled and pure-Python (no server)")
+    p.add_argument("--rounds", type=int, default=20, help="--encode's rounds per encoder (default 20)")
     p.add_argument("--consumer", nargs=4, metavar=("URL", "SUBJECT", "SECONDS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.consumer:
@@ -153,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     pool = _pool(args.symbols, args.batch)
+    if args.encode:
+        encode_cost(pool, args.rounds)
+        return 0
+    print(f"tick encoder: {'compiled' if getattr(TickEncoder, 'compiled', False) else 'pure Python'} ({accel.report()[1]})")
     print(f"load: {args.rate:,} ticks/s in batches of {args.batch} over {args.symbols} symbols, {args.seconds:g} s a run")
     sent, wall, cpu = _run(lambda batch: None, pool, args.rate, args.seconds)
     base = cpu / wall

@@ -57,6 +57,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from candles.model import Candle
 from config.settings import NatsSettings
+from core import accel
 from core.ist import IST
 from core.ticks import TickData
 from pipeline.health import BusReport, Health
@@ -258,6 +259,16 @@ class TickEncoder:
             )
             add(f"{found[1]}{len(body)}\r\n{body}\r\n")
         self._received = (last, received_ms)
+
+
+# The reference encoder above is also the fallback. ``TickEncoder`` is the compiled path's subclass
+# (publishers/_speedups.pyx: the same payloads, each command assembled in one string) when that is
+# built from these sources, else this class; core.accel says which at start-up, and
+# MARKETFEED_PURE_PYTHON=1 keeps this one.
+PythonTickEncoder = TickEncoder
+_compiled = accel.load("publishers._speedups")
+if _compiled is not None:
+    TickEncoder = _compiled.compiled_encoder(PythonTickEncoder, _SMALL)  # type: ignore[misc]
 
 
 @dataclass(slots=True)
