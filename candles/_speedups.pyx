@@ -7,8 +7,9 @@ file mirrors three pieces of it line for line, with typed state instead of attri
 * the per-symbol state (``Symbol``, ``SymDay``, ``Bucket``: the same fields as ``_Symbol``,
   ``_SymDay`` and ``_Bucket``, as C fields, all of them readable and writable from Python, so the
   rest of the aggregator and the snapshot code work on either kind unchanged);
-* ``add``: the tick loop, trade classification (rules 3 and 4) and the in-window accumulator;
-  a tick outside its symbol's window goes to the reference ``_place`` (about one tick in sixty);
+* ``add``: the tick loop, trade classification (rules 3 and 4), the in-window accumulator, and
+  ``_place``/``_set_window`` for a tick outside its symbol's window (about one in forty); what
+  those call rarely (creating a bucket, ending a gap, a new day) is the reference's own method;
 * ``_drain``/``_drain_all``: merging the accumulator into the buckets, once per symbol per
   ``advance()``.
 
@@ -285,6 +286,97 @@ cdef void _drain_symbol(object agg, Symbol sym, list out, bint emit_empty) excep
     sym.dirty = False
 
 
+cdef void _set_window(Symbol sym, SymDay sd) except *:
+    """``CandleAggregator._set_window``."""
+    cdef double lo = sd.start, hi = sd.end, start, end
+    cdef Bucket b
+    day = sd.day
+    for ser in sym.series:
+        found = ser.cur
+        if found is None:
+            sym.hi = -INF
+            return
+        b = <Bucket?>found
+        if b.closed or b.day != day or ser.gap is not None:  # a gap ends on the slow path
+            sym.hi = -INF
+            return
+        start = b.start
+        end = b.end
+        if start > lo:
+            lo = start
+        if end < hi:
+            hi = end
+    sym.lo = lo
+    sym.hi = hi
+
+
+cdef int _place(object agg, Symbol sym, SymDay sd, double ts, object v, bint trade, object price, object oi,
+                object now, list out, dict touched, bint emit_empty) except -1:
+    """``CandleAggregator._place``: a tick outside the window, into each interval's bucket."""
+    cdef Bucket b
+    cdef bint late = False, dropped = False
+    cdef long long n
+    cdef object boxed = None  # ts as the float the Python methods take, made once
+    if sym.dirty:
+        _drain_symbol(agg, sym, out, emit_empty)
+    day = sd.day
+    cdef double start, end
+    for ser in sym.series:
+        found = ser.cur
+        if found is not None:
+            b = <Bucket?>found
+            start = b.start
+            end = b.end
+            if b.closed or not start <= ts < end:
+                found = None
+        if found is None:
+            if boxed is None:
+                boxed = ts
+            found = agg._locate(ser, sd, boxed, now)
+            if found is None:
+                dropped = True
+                continue
+            b = <Bucket?>found
+            if b.closed:
+                late = True
+                touched[b] = None
+        gap = ser.gap
+        if gap is not None and b.end > gap and ts >= gap:  # (an older tick is a repeat)
+            agg._end_gap(ser, b, v, sym.watch_from)
+        if trade:
+            n = b.count
+            if n:
+                if ts >= b.last_ts:
+                    b.close = price
+                    b.last_ts = ts
+                elif ts < b.first_ts:
+                    b.open = price
+                    b.first_ts = ts
+                if price > b.high:
+                    b.high = price
+                elif price < b.low:
+                    b.low = price
+            else:
+                b.open = b.high = b.low = b.close = price
+                b.first_ts = b.last_ts = ts
+                if emit_empty:
+                    agg._fill_gap(b, out)
+            b.count = n + 1
+        if v is not None:
+            if b.day == day:
+                if v > b.maxcum:
+                    b.maxcum = v
+            elif day > b.day:
+                agg._switch_day(b, sd)
+                b.maxcum = v
+        if ts >= b.oi_ts:
+            b.oi = oi
+            b.oi_ts = ts
+    if not dropped:
+        _set_window(sym, sd)
+    return late | dropped << 1
+
+
 def _drain(self, Symbol sym, list out):
     _drain_symbol(self, sym, out, self._emit_empty)
 
@@ -302,7 +394,7 @@ def _drain_all(self, list out):
 
 def add(self, ticks):
     """``CandleAggregator.add``."""
-    cdef double now = self._clock()
+    now_boxed = self._clock()  # passed on as it came, as the reference does
     cdef list out = []
     cdef dict touched = {}
     cdef dict symbols = self._symbols
@@ -321,7 +413,6 @@ def add(self, ticks):
     cdef double* hist
     cdef _Reader r = None
     cdef object tick_type = None
-    place = self._place
     for tick in ticks:
         n_ticks += 1
         if type(tick) is not tick_type:
@@ -342,7 +433,7 @@ def add(self, ticks):
         sd = sym.cur
         fast = sym.lo <= ts < sym.hi
         if not fast and not sd.start <= ts < sd.end:
-            found = self._sym_day_for(sym, ts, now)
+            found = self._sym_day_for(sym, ts, now_boxed)
             if found is None:
                 n_dropped += 1
                 n_early_dropped += 1
@@ -433,7 +524,7 @@ def add(self, ticks):
                 sym.dirty = True
                 dirty.append(sym)
             continue
-        placed = place(sym, sd, ts, v, trade, price, r.get(tick, F_OI), now, out, touched)
+        placed = _place(self, sym, sd, ts, v, trade, price, r.get(tick, F_OI), now_boxed, out, touched, emit_empty)
         n_late += placed & 1
         n_dropped += placed >> 1
 
