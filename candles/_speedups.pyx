@@ -27,6 +27,7 @@ from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
 from array import array as _new_array
+from heapq import heappush
 from types import MemberDescriptorType
 
 try:
@@ -52,7 +53,21 @@ cdef long long DAY = 86400
 cdef long long IST_OFFSET = 19800
 cdef long long NO_VOLUME = -1
 
-_shared = None  # candles.aggregator._shared, set by compiled_aggregator
+# set by compiled_aggregator from candles.aggregator: the shared grid of bucket boundaries and the
+# per-day class of a series (a plain Python class there)
+cdef dict _grid = {}
+_SeriesDay = None
+
+
+cdef inline object _shared(object n):
+    """``candles.aggregator._shared``: one int object per bucket boundary (the same dict)."""
+    found = _grid.get(n)
+    if found is None:
+        if len(_grid) >= 8192:
+            _grid.clear()
+        _grid[n] = n
+        found = n
+    return found
 
 
 # ---- reading a tick's fields -------------------------------------------------------------------
@@ -286,6 +301,59 @@ cdef void _drain_symbol(object agg, Symbol sym, list out, bint emit_empty) excep
     sym.dirty = False
 
 
+cdef inline void _file(dict index, list heap, object at, object item) except *:
+    """``candles.aggregator._file``."""
+    found = index.get(at)
+    if found is None:
+        index[at] = [item]
+        heappush(heap, at)
+    else:
+        (<list>found).append(item)
+
+
+cdef object _locate(object agg, object ser, SymDay sd, object ts, object now):
+    """``CandleAggregator._locate`` (the same arithmetic, on the same Python numbers)."""
+    width = ser.width
+    offset = ser.offset
+    start = int((ts - offset) // width * width + offset)  # == Interval.bucket_start(ts)
+    buckets = <dict>ser.buckets
+    b = buckets.get(start)
+    if b is None:
+        start = _shared(start)  # the key of ser.buckets lives as long as the bucket
+    close_at = start + width + agg._grace
+    horizon = agg._horizon
+    if b is not None:
+        if type(b) is bytes:  # packed, hence closed
+            if now >= close_at + horizon:
+                return None
+            return agg._inflate(ser, start, b)
+        if (<Bucket?>b).closed and now >= close_at + horizon:
+            return None
+        return b
+    if now >= close_at + horizon:
+        return None
+    day = sd.day
+    days = <dict>ser.days
+    sday = days.get(day)
+    if sday is None:
+        sday = days[day] = _SeriesDay(sd)
+    nb = Bucket(ser, start, sday)
+    buckets[start] = nb
+    cur = ser.cur
+    if cur is None or start > (<Bucket?>cur).start:
+        ser.cur = nb
+        if cur is not None and (<Bucket>cur).closed:  # no longer the newest: it may be packed now
+            agg._to_pack.append(cur)
+    if now >= close_at:  # its time has passed: born closed, the tick is late
+        nb.closed = True
+        _file(agg._evicting, agg._evicting_heap, close_at + horizon, ser)
+        agg._to_pack.append(nb)
+    else:
+        _file(agg._closing, agg._closing_heap, close_at, nb)
+        agg.stats.open_buckets += 1
+    return nb
+
+
 cdef void _set_window(Symbol sym, SymDay sd) except *:
     """``CandleAggregator._set_window``."""
     cdef double lo = sd.start, hi = sd.end, start, end
@@ -332,7 +400,7 @@ cdef int _place(object agg, Symbol sym, SymDay sd, double ts, object v, bint tra
         if found is None:
             if boxed is None:
                 boxed = ts
-            found = agg._locate(ser, sd, boxed, now)
+            found = _locate(agg, ser, sd, boxed, now)
             if found is None:
                 dropped = True
                 continue
@@ -539,10 +607,12 @@ def add(self, ticks):
     return out
 
 
-def compiled_aggregator(base, shared):
-    """``base`` (the reference ``CandleAggregator``) with the compiled per-tick path."""
-    global _shared
-    _shared = shared
+def compiled_aggregator(base, grid, series_day):
+    """``base`` (the reference ``CandleAggregator``) with the compiled per-tick path; ``grid`` and
+    ``series_day``: that module's ``_GRID`` and ``_SeriesDay``."""
+    global _grid, _SeriesDay
+    _grid = grid
+    _SeriesDay = series_day
     return type(
         "CandleAggregator",
         (base,),

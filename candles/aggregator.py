@@ -1110,4 +1110,4 @@ def _file_many(index: dict[float, list], heap: list[float], at: float, items: li
 PythonCandleAggregator = CandleAggregator
 _compiled = accel.load("candles._speedups")
 if _compiled is not None:
-    CandleAggregator = _compiled.compiled_aggregator(PythonCandleAggregator, _shared)  # type: ignore[misc]
+    CandleAggregator = _compiled.compiled_aggregator(PythonCandleAggregator, _GRID, _SeriesDay)  # type: ignore[misc]
