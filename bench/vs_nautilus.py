@@ -18,7 +18,8 @@ nautilus_trader is not a project dependency: it lives in its own virtual environ
 ``build/nautilus-venv`` (git-ignored, no system site packages), created by this script on first
 use with ``pip install nautilus_trader==1.221.0``. Each side runs in a process of its own, one
 run per side in turn, ``--repeat`` rounds, so the machine's drift hits all three alike; the
-figures are the medians.
+figures are the medians, of wall-clock rates and of rates per CPU second of the process (less
+swayed by other processes on a shared machine).
 
 Two measures per run, each ticks/s:
 
@@ -169,14 +170,14 @@ def run_marketfeed(path: Path) -> dict:
             for s, p, q, v in zip(sym_col[lo:hi], price_col[lo:hi], size_col[lo:hi], vol_col[lo:hi], strict=True)
         ]
 
-    def aggregate(batches) -> tuple[float, float, list]:  # noqa: ANN001 - local
-        """(seconds, of which in ``advance``, candles) of a fresh aggregator over ``batches``:
+    def aggregate(batches) -> tuple[float, float, float, list]:  # noqa: ANN001 - local
+        """(seconds, CPU seconds, seconds in ``advance``, candles) of a fresh aggregator over ``batches``:
         (clock, ticks or a builder)."""
         now = [float(START)]
         agg = CandleAggregator(intervals, lambda: now[0])
         candles = []
         closing = 0.0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for clock, ticks in batches:
             now[0] = clock
             candles += agg.add(ticks() if callable(ticks) else ticks)
@@ -185,19 +186,19 @@ def run_marketfeed(path: Path) -> dict:
             closing += time.perf_counter() - t1
         now[0] = end
         candles += agg.advance()
-        return time.perf_counter() - t0, closing, candles
+        return time.perf_counter() - t0, time.process_time() - c0, closing, candles
 
     # aggregation alone: ticks built first
     times, prices = TimeCache(), PriceCache(PAISE_EXPONENT)
     built = [(sec + 1, build(lo, hi, times[sec], times[sec + 1], prices)) for sec, lo, hi in groups]
     tune_for_streaming()
-    agg_s, close_s, candles = aggregate(built)
+    agg_s, agg_cpu, close_s, candles = aggregate(built)
     del built
 
     # with construction: each second's ticks built in the timed loop, fresh caches
     times, prices = TimeCache(), PriceCache(PAISE_EXPONENT)
     lazy = [(sec + 1, lambda lo=lo, hi=hi, sec=sec: build(lo, hi, times[sec], times[sec + 1], prices)) for sec, lo, hi in groups]
-    with_build_s, _, candles2 = aggregate(lazy)
+    with_build_s, with_build_cpu, _, candles2 = aggregate(lazy)
     assert len(candles2) == len(candles)
 
     summary = {name: [0, 0, 0] for _, name in INTERVALS}  # count, sum of closes (paise), sum of volumes
@@ -216,6 +217,8 @@ def run_marketfeed(path: Path) -> dict:
         "agg_s": agg_s,
         "close_s": close_s,
         "with_build_s": with_build_s,
+        "agg_cpu": agg_cpu,
+        "with_build_cpu": with_build_cpu,
         "candles": summary,
         "digest": digest(rows),
     }
@@ -265,8 +268,8 @@ def run_nautilus(path: Path) -> dict:
             for i, s, p, q in zip(range(lo, hi), sym_col[lo:hi], price_col[lo:hi], size_col[lo:hi], strict=True)
         ]
 
-    def aggregate(batches) -> tuple[float, float, list]:  # noqa: ANN001 - local
-        """(seconds, of which advancing the clock and closing bars, bars) of fresh aggregators over
+    def aggregate(batches) -> tuple[float, float, float, list]:  # noqa: ANN001 - local
+        """(seconds, CPU seconds, seconds advancing the clock and closing bars, bars) of fresh aggregators over
         ``batches``: (exchange second, lo, hi, ticks or a builder)."""
         clock = TestClock()
         clock.set_time(START * ns)
@@ -287,7 +290,7 @@ def run_nautilus(path: Path) -> dict:
                 handlers.append(agg.handle_trade_tick)
             routes.append(tuple(handlers))
         closing = 0.0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for sec, lo, hi, ticks in batches:
             t1 = time.perf_counter()
             for event in clock.advance_time(sec * ns):  # bars ending at or before this second close first
@@ -300,14 +303,14 @@ def run_nautilus(path: Path) -> dict:
                 h3(tick)
         for event in clock.advance_time(end * ns):
             event.handle()
-        return time.perf_counter() - t0, closing, bars
+        return time.perf_counter() - t0, time.process_time() - c0, closing, bars
 
     built = [(sec, lo, hi, build(lo, hi, sec * ns, (sec + 1) * ns)) for sec, lo, hi in groups]
     tune_for_streaming()
-    agg_s, close_s, bars = aggregate(built)
+    agg_s, agg_cpu, close_s, bars = aggregate(built)
     del built
     lazy = [(sec, lo, hi, lambda lo=lo, hi=hi, sec=sec: build(lo, hi, sec * ns, (sec + 1) * ns)) for sec, lo, hi in groups]
-    with_build_s, _, bars2 = aggregate(lazy)
+    with_build_s, with_build_cpu, _, bars2 = aggregate(lazy)
     assert len(bars2) == len(bars)
 
     summary = {name: [0, 0, 0] for _, name in INTERVALS}
@@ -329,6 +332,8 @@ def run_nautilus(path: Path) -> dict:
         "agg_s": agg_s,
         "close_s": close_s,
         "with_build_s": with_build_s,
+        "agg_cpu": agg_cpu,
+        "with_build_cpu": with_build_cpu,
         "candles": summary,
         "digest": digest(rows),
     }
@@ -396,8 +401,9 @@ def main() -> None:
             n = r["ticks"]
             print(
                 f"round {rnd + 1} {name:9s} aggregation {n / r['agg_s']:>10,.0f} ticks/s ({r['agg_s']:5.2f} s,"
-                f" closing {r['close_s']:4.2f} s)"
-                f"   with construction {n / r['with_build_s']:>10,.0f} ticks/s ({r['with_build_s']:5.2f} s)",
+                f" closing {r['close_s']:4.2f} s; {n / r['agg_cpu']:,.0f} per CPU s)"
+                f"   with construction {n / r['with_build_s']:>10,.0f} ticks/s ({r['with_build_s']:5.2f} s;"
+                f" {n / r['with_build_cpu']:,.0f} per CPU s)",
                 flush=True,
             )
 
@@ -417,17 +423,16 @@ def main() -> None:
         f" {missing_volume:,}, per interval)"
     )
 
-    medians = {
-        name: {m: statistics.median(r["ticks"] / r[m] for r in runs) for m in ("agg_s", "with_build_s")}
-        for name, runs in results.items()
-    }
-    for label, m in (("aggregation alone", "agg_s"), ("with tick construction", "with_build_s")):
-        nautilus = medians["nautilus"][m]
-        print(
-            f"{label:23s} median of {args.repeat}: compiled {medians['compiled'][m]:,.0f}  pure {medians['pure'][m]:,.0f}"
-            f"  Nautilus {nautilus:,.0f} ticks/s   compiled/Nautilus {medians['compiled'][m] / nautilus:.2f}x"
-            f"  pure/Nautilus {medians['pure'][m] / nautilus:.2f}x"
-        )
+    measures = (("aggregation alone", "agg_s", "agg_cpu"), ("with tick construction", "with_build_s", "with_build_cpu"))
+    for label, wall, cpu in measures:
+        for key, unit in ((wall, "ticks/s"), (cpu, "per CPU s")):
+            rate = {name: statistics.median(r["ticks"] / r[key] for r in runs) for name, runs in results.items()}
+            nautilus = rate["nautilus"]
+            print(
+                f"{label:22s} {unit:9s} median of {args.repeat}: compiled {rate['compiled']:>9,.0f}"
+                f"  pure {rate['pure']:>9,.0f}  Nautilus {nautilus:>9,.0f}"
+                f"   compiled/Nautilus {rate['compiled'] / nautilus:.2f}x  pure/Nautilus {rate['pure'] / nautilus:.2f}x"
+            )
 
 
 if __name__ == "__main__":
