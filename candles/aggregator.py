@@ -322,7 +322,7 @@ class CandleAggregator:
         self._evicting_heap: list[float] = []
         self._to_pack: list[_Bucket] = []  # closed buckets to pack (``_pack_some``)
         self._prune_at = -_INF
-        self._bucket_dt: dict[int, datetime] = {}
+        self._bucket_dt: dict[float, datetime] = {}
         self._dirty: list[_Symbol] = []  # symbols whose accumulator may hold ticks
         self._watch_from = -_INF  # what symbols seen for the first time are watched since (rule 8)
         # rule 8: the latest unwatched span (since, until) declared for a key not seen yet, applied
@@ -910,19 +910,20 @@ class CandleAggregator:
             volume,
             b.oi,
             b.count,
-            datetime.fromtimestamp(b.first_ts, IST),
-            datetime.fromtimestamp(b.last_ts, IST),
+            self._bucket_time(b.first_ts),  # tick times: whole seconds shared by many candles
+            self._bucket_time(b.last_ts),
             b.maxcum if b.maxcum >= 0 else b.frozen_cum,
             final,
             PARTIAL if b.partial else LIVE,
         )
 
-    def _bucket_time(self, start: int) -> datetime:
-        dt = self._bucket_dt.get(start)
+    def _bucket_time(self, at: float) -> datetime:
+        """``at`` as an IST datetime, made once per distinct time (bucket starts, tick seconds)."""
+        dt = self._bucket_dt.get(at)
         if dt is None:
             if len(self._bucket_dt) > 4096:
                 self._bucket_dt.clear()
-            dt = self._bucket_dt[start] = datetime.fromtimestamp(start, IST)
+            dt = self._bucket_dt[at] = datetime.fromtimestamp(at, IST)
         return dt
 
     def _emit_revisions(self, touched: dict[_Bucket, None], out: list[Candle]) -> None:
