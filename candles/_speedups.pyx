@@ -158,6 +158,54 @@ cdef _Reader _reader_for(object tick):
     return <_Reader>found
 
 
+# ---- ordering prices ---------------------------------------------------------------------------
+# Comparing two Decimals costs a context lookup and an operand conversion, and the accumulator
+# compares each trade with its bucket's high and low. Each price also gets its float (one dict
+# entry per distinct price object value; the decoders share one Decimal per price): float() of a
+# Decimal is correctly rounded, hence monotonic, so floats that differ order the Decimals exactly;
+# only equal floats (or a NaN) fall back to comparing the Decimals.
+
+cdef dict _floats = {}
+cdef double NAN = float("nan")
+
+
+cdef inline double _as_double(object price):
+    """``price`` as a float for ordering (NaN when it has none: then the Decimals are compared)."""
+    cdef double f
+    try:
+        found = _floats.get(price)
+    except TypeError:  # unhashable, e.g. a signaling NaN
+        return NAN
+    if found is not None:
+        return <double>found
+    try:
+        f = float(price)
+    except (TypeError, ValueError, OverflowError):
+        f = NAN
+    if len(_floats) >= 65536:
+        _floats.clear()
+    _floats[price] = f
+    return f
+
+
+cdef inline bint _above(object price, double pf, object top, double tf) except -1:
+    """``price > top``, exactly."""
+    if pf > tf:
+        return True
+    if pf < tf:
+        return False
+    return price > top
+
+
+cdef inline bint _below(object price, double pf, object bottom, double bf) except -1:
+    """``price < bottom``, exactly."""
+    if pf < bf:
+        return True
+    if pf > bf:
+        return False
+    return price < bottom
+
+
 cdef class SymDay:
     """``candles.aggregator._SymDay`` with typed fields."""
 
@@ -196,8 +244,28 @@ cdef class Symbol:
     cdef public SymDay cur
     cdef public bint dirty
     cdef public long long count
-    cdef public object maxcum, open, high, low, close, oi
+    cdef public object maxcum, open, close, oi
+    cdef object _high, _low
+    cdef double high_f, low_f  # their floats, for ordering (see _as_double)
     cdef public double first_ts, last_ts, oi_ts
+
+    @property
+    def high(self):
+        return self._high
+
+    @high.setter
+    def high(self, value):
+        self._high = value
+        self.high_f = _as_double(value)
+
+    @property
+    def low(self):
+        return self._low
+
+    @low.setter
+    def low(self, value):
+        self._low = value
+        self.low_f = _as_double(value)
 
     def __init__(self, str exchange, str symbol, double watch_from=-INF):
         self.exchange = exchange
@@ -214,7 +282,8 @@ cdef class Symbol:
 
     cdef inline void clear(self):
         self.count = 0
-        self.open = self.high = self.low = self.close = None
+        self.open = self._high = self._low = self.close = None
+        self.high_f = self.low_f = NAN
         self.first_ts = INF
         self.last_ts = -INF
         self.maxcum = NO_VOLUME
@@ -230,11 +299,31 @@ cdef class Bucket:
     numbers; the rest stay Python objects, exactly as the reference keeps them)."""
 
     cdef public object series, start, end, day, sday
-    cdef public object open, high, low, close
+    cdef public object open, close
+    cdef object _high, _low
+    cdef double high_f, low_f  # their floats, for ordering (see _as_double)
     cdef public double first_ts, last_ts, oi_ts
     cdef public long long count
     cdef public object maxcum, carry, frozen_cum, oi, emitted_volume, base
     cdef public bint closed, partial
+
+    @property
+    def high(self):
+        return self._high
+
+    @high.setter
+    def high(self, value):
+        self._high = value
+        self.high_f = _as_double(value)
+
+    @property
+    def low(self):
+        return self._low
+
+    @low.setter
+    def low(self, value):
+        self._low = value
+        self.low_f = _as_double(value)
 
     def __init__(self, series, start, sday):
         self.series = series
@@ -242,7 +331,8 @@ cdef class Bucket:
         self.end = _shared(start + series.width)
         self.day = sday.sym_day.day
         self.sday = sday
-        self.open = self.high = self.low = self.close = None
+        self.open = self._high = self._low = self.close = None
+        self.high_f = self.low_f = NAN
         self.first_ts = INF
         self.last_ts = -INF
         self.count = 0
@@ -278,14 +368,18 @@ cdef void _drain_symbol(object agg, Symbol sym, list out, bint emit_empty) excep
                 if sym.first_ts < b.first_ts:
                     b.open = sym.open
                     b.first_ts = sym.first_ts
-                if sym.high > b.high:
-                    b.high = sym.high
-                if sym.low < b.low:
-                    b.low = sym.low
+                if _above(sym._high, sym.high_f, b._high, b.high_f):
+                    b._high = sym._high
+                    b.high_f = sym.high_f
+                if _below(sym._low, sym.low_f, b._low, b.low_f):
+                    b._low = sym._low
+                    b.low_f = sym.low_f
             else:
                 b.open = sym.open
-                b.high = sym.high
-                b.low = sym.low
+                b._high = sym._high
+                b.high_f = sym.high_f
+                b._low = sym._low
+                b.low_f = sym.low_f
                 b.close = sym.close
                 b.first_ts = sym.first_ts
                 b.last_ts = sym.last_ts
@@ -384,6 +478,7 @@ cdef int _place(object agg, Symbol sym, SymDay sd, double ts, object v, bint tra
     cdef Bucket b
     cdef bint late = False, dropped = False
     cdef long long n
+    cdef double pf
     cdef object boxed = None  # ts as the float the Python methods take, made once
     if sym.dirty:
         _drain_symbol(agg, sym, out, emit_empty)
@@ -420,12 +515,17 @@ cdef int _place(object agg, Symbol sym, SymDay sd, double ts, object v, bint tra
                 elif ts < b.first_ts:
                     b.open = price
                     b.first_ts = ts
-                if price > b.high:
-                    b.high = price
-                elif price < b.low:
-                    b.low = price
+                pf = _as_double(price)
+                if _above(price, pf, b._high, b.high_f):
+                    b._high = price
+                    b.high_f = pf
+                elif _below(price, pf, b._low, b.low_f):
+                    b._low = price
+                    b.low_f = pf
             else:
-                b.open = b.high = b.low = b.close = price
+                pf = _as_double(price)
+                b.open = b._high = b._low = b.close = price
+                b.high_f = b.low_f = pf
                 b.first_ts = b.last_ts = ts
                 if emit_empty:
                     agg._fill_gap(b, out)
@@ -471,7 +571,7 @@ def add(self, ticks):
     cdef list dirty = self._dirty
     cdef bint emit_empty = self._emit_empty
     cdef object last_dt = None
-    cdef double ts = 0.0, latest, top_d, folded
+    cdef double ts = 0.0, latest, top_d, folded, pf
     cdef Py_ssize_t n_ticks = 0, n_trades = 0, n_late = 0, n_dropped = 0, n_early_dropped = 0
     cdef Py_ssize_t i, size, pos, placed
     cdef Symbol sym
@@ -574,13 +674,18 @@ def add(self, ticks):
                         sym.open = price
                         sym.first_ts = ts
                     # the decoders share one Decimal per price: the same object is neither above nor below
-                    if price is not sym.high and price is not sym.low:
-                        if price > sym.high:
-                            sym.high = price
-                        elif price < sym.low:
-                            sym.low = price
+                    if price is not sym._high and price is not sym._low:
+                        pf = _as_double(price)
+                        if _above(price, pf, sym._high, sym.high_f):
+                            sym._high = price
+                            sym.high_f = pf
+                        elif _below(price, pf, sym._low, sym.low_f):
+                            sym._low = price
+                            sym.low_f = pf
                 else:
-                    sym.open = sym.high = sym.low = sym.close = price
+                    pf = _as_double(price)
+                    sym.open = sym._high = sym._low = sym.close = price
+                    sym.high_f = sym.low_f = pf
                     sym.first_ts = sym.last_ts = ts
                 sym.count = n + 1
             if v is not None and v > sym.maxcum:
