@@ -23,10 +23,14 @@ decoders' ``Decimal`` objects. What becomes a C number is what the reference kee
 """
 
 from cpython.array cimport array
-from cpython.object cimport PyObject
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
 from array import array as _new_array
+from dataclasses import fields as _fields
+from datetime import datetime
 from heapq import heappush
 from types import MemberDescriptorType
 
@@ -45,6 +49,10 @@ cdef extern from "Python.h":
     ctypedef struct PyMemberDescrObject:
         PyMemberDef* d_member
     int T_OBJECT_EX
+    object PyType_GenericAlloc(PyTypeObject* type, Py_ssize_t nitems)
+
+from candles.model import LIVE, PARTIAL, Candle
+from core.ist import IST
 
 include "candles._speedups.pxi"
 
@@ -346,6 +354,123 @@ cdef class Bucket:
         sym = series.symbol
         self.partial = start < sym.watch_from and self.end > sym.gap_since
         self.base = NO_VOLUME
+
+
+# ---- candles -----------------------------------------------------------------------------------
+# ``CandleAggregator._candle`` and the volume it reports, with the Candle built as
+# ``candles.model.new_candle`` builds it (a genuine frozen instance, its slots filled directly).
+
+CANDLE_FIELDS = tuple(f.name for f in _fields(Candle))
+cdef Py_ssize_t CANDLE_AT[16]
+cdef PyTypeObject* CANDLE_TYPE = <PyTypeObject*>Candle
+
+
+cdef bint _member_offsets(type cls, tuple names, Py_ssize_t* at) except -1:
+    cdef PyMemberDescrObject* member
+    for i, name in enumerate(names):
+        desc = _static(cls, name)
+        if type(desc) is not MemberDescriptorType:
+            return False
+        member = <PyMemberDescrObject*><PyObject*>desc
+        if member.d_member.type != T_OBJECT_EX:
+            return False
+        at[i] = member.d_member.offset
+    return True
+
+
+cdef inline void _put(object obj, Py_ssize_t offset, object value):
+    Py_INCREF(value)
+    (<PyObject**>((<char*><PyObject*>obj) + offset))[0] = <PyObject*>value
+
+
+cdef object _new_candle(tuple values):
+    candle = PyType_GenericAlloc(CANDLE_TYPE, 0)
+    for i in range(16):
+        _put(candle, CANDLE_AT[i], <object>PyTuple_GET_ITEM(values, i))
+    return candle
+
+
+if len(CANDLE_FIELDS) != 16 or tuple(Candle.__slots__) != CANDLE_FIELDS or not _member_offsets(Candle, CANDLE_FIELDS, CANDLE_AT):
+    raise ImportError("Candle's fields are not the 16 slots this module was built for: rebuild it")
+_probe = tuple(object() for _ in CANDLE_FIELDS)
+if _new_candle(_probe) != Candle(*_probe) or type(_new_candle(_probe)) is not Candle:
+    raise ImportError("a Candle built from its slots differs from Candle(...): rebuild the compiled aggregator")
+del _probe
+
+
+cdef inline object _time(object agg, object at):
+    """``CandleAggregator._bucket_time``."""
+    cache = <dict>agg._bucket_dt
+    dt = cache.get(at)
+    if dt is None:
+        if len(cache) > 4096:
+            cache.clear()
+        dt = datetime.fromtimestamp(at, IST)
+        cache[at] = dt
+    return dt
+
+
+cdef inline object _le_int(const unsigned char* p, int size):
+    """A little-endian signed integer of ``size`` bytes (a packed record's field)."""
+    cdef unsigned long long u = 0
+    cdef int k
+    for k in range(size):
+        u |= (<unsigned long long>p[k]) << (8 * k)
+    if size == 4:
+        return <int><unsigned int>u
+    return <long long>u
+
+
+def _volume_of(ser, start, day, sday, top, carry, floor):
+    """``CandleAggregator._volume_of``."""
+    cdef const unsigned char* p
+    base = sday.evicted_max
+    for other_start, other in (<dict>ser.buckets).items():
+        if other_start < start:
+            if type(other) is bytes:
+                if PyBytes_GET_SIZE(other) < 12:
+                    raise ValueError("a packed bucket shorter than its key")
+                p = <const unsigned char*>PyBytes_AS_STRING(other)
+                m = _le_int(p, 8)
+                d = _le_int(p + 8, 4)
+            else:
+                m = (<Bucket?>other).maxcum
+                d = (<Bucket>other).day
+            if m > base and d == day:
+                base = m
+    if base < 0:
+        baseline = sday.baseline if sday.baseline is not None else sday.sym_day.baseline
+        base = top if baseline is None else baseline
+    if floor > base:  # entered after an unwatched span (rule 8)
+        base = floor
+    return carry + top - base if top > base else carry
+
+
+cdef object _bucket_volume(Bucket b):
+    top = b.maxcum
+    if top < 0:
+        return b.carry
+    return _volume_of(b.series, b.start, b.day, b.sday, top, b.carry, b.base)
+
+
+def _volume(self, Bucket b):
+    """``CandleAggregator._volume``."""
+    return _bucket_volume(b)
+
+
+def _candle(self, Bucket b, final, volume=None):
+    """``CandleAggregator._candle``."""
+    if volume is None:
+        volume = _bucket_volume(b)
+    if final:
+        b.emitted_volume = volume
+    ser = b.series
+    sym = ser.symbol
+    cum = b.maxcum if b.maxcum >= 0 else b.frozen_cum
+    return _new_candle((
+        sym.exchange, sym.symbol, ser.name, _time(self, b.start), b.open, b._high, b._low, b.close, volume, b.oi,
+        b.count, _time(self, b.first_ts), _time(self, b.last_ts), cum, final, PARTIAL if b.partial else LIVE,
+    ))
 
 
 cdef void _drain_symbol(object agg, Symbol sym, list out, bint emit_empty) except *:
@@ -733,5 +858,8 @@ def compiled_aggregator(base, grid, series_day):
             "add": add,
             "_drain": _drain,
             "_drain_all": _drain_all,
+            "_candle": _candle,
+            "_volume": _volume,
+            "_volume_of": staticmethod(_volume_of),
         },
     )
