@@ -230,7 +230,7 @@ cdef class SymDay:
         self.end = self.start + DAY
         self.latest_ts = -INF
         self.run_max = NO_VOLUME
-        self.hist = _new_array("d", (INF, -1.0) * memory)
+        self.hist = _new_array("d", (INF, -1.0)) * memory  # one copy of a two-item array, not 2 * memory conversions
         self.pos = 0
         self.floor = NO_VOLUME
         self.baseline = None
