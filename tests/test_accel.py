@@ -79,3 +79,20 @@ def test_each_module_runs_its_chosen_path(pure):
             pytest.skip(f"the compiled hot path is not built here: {line}")
         assert paths.split() == ["True", "True", "True"]
         assert line == "hot path: compiled (candles._speedups, brokers.kite._speedups, publishers._speedups)"
+
+
+@pytest.mark.slow
+def test_the_daemon_says_which_hot_path_runs(tmp_path):
+    from testkit.cli import main_env, run_main
+
+    forced = run_main("--broker", "sim", "--symbols", "NSE:INFY", "--duration", "1", cwd=tmp_path, env=main_env(**{accel.ENV: "1"}))
+    assert forced.returncode == 0, forced.stderr
+    assert f"INFO    marketfeed: hot path: pure Python ({accel.ENV} is set)" in forced.stderr
+
+    default = run_main("--broker", "sim", "--symbols", "NSE:INFY", "--duration", "1", cwd=tmp_path, env=main_env(**{accel.ENV: ""}))
+    assert default.returncode == 0, default.stderr
+    line = next(x for x in default.stderr.splitlines() if "hot path:" in x)
+    if "not built" in line:
+        assert "WARNING" in line and "scripts/bootstrap.sh" in line
+    else:
+        assert "INFO    marketfeed: hot path: compiled (candles._speedups" in line
