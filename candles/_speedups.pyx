@@ -166,54 +166,6 @@ cdef _Reader _reader_for(object tick):
     return <_Reader>found
 
 
-# ---- ordering prices ---------------------------------------------------------------------------
-# Comparing two Decimals costs a context lookup and an operand conversion, and the accumulator
-# compares each trade with its bucket's high and low. Each price also gets its float (one dict
-# entry per distinct price object value; the decoders share one Decimal per price): float() of a
-# Decimal is correctly rounded, hence monotonic, so floats that differ order the Decimals exactly;
-# only equal floats (or a NaN) fall back to comparing the Decimals.
-
-cdef dict _floats = {}
-cdef double NAN = float("nan")
-
-
-cdef inline double _as_double(object price):
-    """``price`` as a float for ordering (NaN when it has none: then the Decimals are compared)."""
-    cdef double f
-    try:
-        found = _floats.get(price)
-    except TypeError:  # unhashable, e.g. a signaling NaN
-        return NAN
-    if found is not None:
-        return <double>found
-    try:
-        f = float(price)
-    except (TypeError, ValueError, OverflowError):
-        f = NAN
-    if len(_floats) >= 65536:
-        _floats.clear()
-    _floats[price] = f
-    return f
-
-
-cdef inline bint _above(object price, double pf, object top, double tf) except -1:
-    """``price > top``, exactly."""
-    if pf > tf:
-        return True
-    if pf < tf:
-        return False
-    return price > top
-
-
-cdef inline bint _below(object price, double pf, object bottom, double bf) except -1:
-    """``price < bottom``, exactly."""
-    if pf < bf:
-        return True
-    if pf > bf:
-        return False
-    return price < bottom
-
-
 cdef class SymDay:
     """``candles.aggregator._SymDay`` with typed fields."""
 
@@ -252,28 +204,8 @@ cdef class Symbol:
     cdef public SymDay cur
     cdef public bint dirty
     cdef public long long count
-    cdef public object maxcum, open, close, oi
-    cdef object _high, _low
-    cdef double high_f, low_f  # their floats, for ordering (see _as_double)
+    cdef public object maxcum, open, high, low, close, oi
     cdef public double first_ts, last_ts, oi_ts
-
-    @property
-    def high(self):
-        return self._high
-
-    @high.setter
-    def high(self, value):
-        self._high = value
-        self.high_f = _as_double(value)
-
-    @property
-    def low(self):
-        return self._low
-
-    @low.setter
-    def low(self, value):
-        self._low = value
-        self.low_f = _as_double(value)
 
     def __init__(self, str exchange, str symbol, double watch_from=-INF):
         self.exchange = exchange
@@ -290,8 +222,7 @@ cdef class Symbol:
 
     cdef inline void clear(self):
         self.count = 0
-        self.open = self._high = self._low = self.close = None
-        self.high_f = self.low_f = NAN
+        self.open = self.high = self.low = self.close = None
         self.first_ts = INF
         self.last_ts = -INF
         self.maxcum = NO_VOLUME
@@ -307,31 +238,11 @@ cdef class Bucket:
     numbers; the rest stay Python objects, exactly as the reference keeps them)."""
 
     cdef public object series, start, end, day, sday
-    cdef public object open, close
-    cdef object _high, _low
-    cdef double high_f, low_f  # their floats, for ordering (see _as_double)
+    cdef public object open, high, low, close
     cdef public double first_ts, last_ts, oi_ts
     cdef public long long count
     cdef public object maxcum, carry, frozen_cum, oi, emitted_volume, base
     cdef public bint closed, partial
-
-    @property
-    def high(self):
-        return self._high
-
-    @high.setter
-    def high(self, value):
-        self._high = value
-        self.high_f = _as_double(value)
-
-    @property
-    def low(self):
-        return self._low
-
-    @low.setter
-    def low(self, value):
-        self._low = value
-        self.low_f = _as_double(value)
 
     def __init__(self, series, start, sday):
         self.series = series
@@ -339,8 +250,7 @@ cdef class Bucket:
         self.end = _shared(start + series.width)
         self.day = sday.sym_day.day
         self.sday = sday
-        self.open = self._high = self._low = self.close = None
-        self.high_f = self.low_f = NAN
+        self.open = self.high = self.low = self.close = None
         self.first_ts = INF
         self.last_ts = -INF
         self.count = 0
@@ -468,7 +378,7 @@ def _candle(self, Bucket b, final, volume=None):
     sym = ser.symbol
     cum = b.maxcum if b.maxcum >= 0 else b.frozen_cum
     return _new_candle((
-        sym.exchange, sym.symbol, ser.name, _time(self, b.start), b.open, b._high, b._low, b.close, volume, b.oi,
+        sym.exchange, sym.symbol, ser.name, _time(self, b.start), b.open, b.high, b.low, b.close, volume, b.oi,
         b.count, _time(self, b.first_ts), _time(self, b.last_ts), cum, final, PARTIAL if b.partial else LIVE,
     ))
 
@@ -493,18 +403,14 @@ cdef void _drain_symbol(object agg, Symbol sym, list out, bint emit_empty) excep
                 if sym.first_ts < b.first_ts:
                     b.open = sym.open
                     b.first_ts = sym.first_ts
-                if _above(sym._high, sym.high_f, b._high, b.high_f):
-                    b._high = sym._high
-                    b.high_f = sym.high_f
-                if _below(sym._low, sym.low_f, b._low, b.low_f):
-                    b._low = sym._low
-                    b.low_f = sym.low_f
+                if sym.high is not b.high and sym.high > b.high:
+                    b.high = sym.high
+                if sym.low is not b.low and sym.low < b.low:
+                    b.low = sym.low
             else:
                 b.open = sym.open
-                b._high = sym._high
-                b.high_f = sym.high_f
-                b._low = sym._low
-                b.low_f = sym.low_f
+                b.high = sym.high
+                b.low = sym.low
                 b.close = sym.close
                 b.first_ts = sym.first_ts
                 b.last_ts = sym.last_ts
@@ -603,7 +509,6 @@ cdef int _place(object agg, Symbol sym, SymDay sd, double ts, object v, bint tra
     cdef Bucket b
     cdef bint late = False, dropped = False
     cdef long long n
-    cdef double pf
     cdef object boxed = None  # ts as the float the Python methods take, made once
     if sym.dirty:
         _drain_symbol(agg, sym, out, emit_empty)
@@ -640,17 +545,12 @@ cdef int _place(object agg, Symbol sym, SymDay sd, double ts, object v, bint tra
                 elif ts < b.first_ts:
                     b.open = price
                     b.first_ts = ts
-                pf = _as_double(price)
-                if _above(price, pf, b._high, b.high_f):
-                    b._high = price
-                    b.high_f = pf
-                elif _below(price, pf, b._low, b.low_f):
-                    b._low = price
-                    b.low_f = pf
+                if price > b.high:
+                    b.high = price
+                elif price < b.low:
+                    b.low = price
             else:
-                pf = _as_double(price)
-                b.open = b._high = b._low = b.close = price
-                b.high_f = b.low_f = pf
+                b.open = b.high = b.low = b.close = price
                 b.first_ts = b.last_ts = ts
                 if emit_empty:
                     agg._fill_gap(b, out)
@@ -696,12 +596,12 @@ def add(self, ticks):
     cdef list dirty = self._dirty
     cdef bint emit_empty = self._emit_empty
     cdef object last_dt = None
-    cdef double ts = 0.0, latest, top_d, folded, pf
+    cdef double ts = 0.0, latest, top_d, folded
     cdef Py_ssize_t n_ticks = 0, n_trades = 0, n_late = 0, n_dropped = 0, n_early_dropped = 0
     cdef Py_ssize_t i, size, pos, placed
     cdef Symbol sym
     cdef SymDay sd
-    cdef bint fast, trade
+    cdef bint fast, trade, inside
     cdef long long n
     cdef double* hist
     cdef _Reader r = None
@@ -792,25 +692,22 @@ def add(self, ticks):
             if trade:
                 n = sym.count
                 if n:
+                    # the decoders share one Decimal per price: the same object as the high, the low
+                    # or the close (a price between them) is neither above the high nor below the low
+                    inside = price is sym.close or price is sym.high or price is sym.low
                     if ts >= sym.last_ts:
                         sym.close = price
                         sym.last_ts = ts
                     elif ts < sym.first_ts:
                         sym.open = price
                         sym.first_ts = ts
-                    # the decoders share one Decimal per price: the same object is neither above nor below
-                    if price is not sym._high and price is not sym._low:
-                        pf = _as_double(price)
-                        if _above(price, pf, sym._high, sym.high_f):
-                            sym._high = price
-                            sym.high_f = pf
-                        elif _below(price, pf, sym._low, sym.low_f):
-                            sym._low = price
-                            sym.low_f = pf
+                    if not inside:
+                        if price > sym.high:
+                            sym.high = price
+                        elif price < sym.low:
+                            sym.low = price
                 else:
-                    pf = _as_double(price)
-                    sym.open = sym._high = sym._low = sym.close = price
-                    sym.high_f = sym.low_f = pf
+                    sym.open = sym.high = sym.low = sym.close = price
                     sym.first_ts = sym.last_ts = ts
                 sym.count = n + 1
             if v is not None and v > sym.maxcum:
