@@ -24,6 +24,7 @@ decoders' ``Decimal`` objects. What becomes a C number is what the reference kee
 
 from cpython.array cimport array
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
@@ -164,6 +165,18 @@ cdef _Reader _reader_for(object tick):
             _readers.clear()
         found = _readers[cls] = _Reader(cls)
     return <_Reader>found
+
+
+cdef inline double _volume_double(object v) except? -1.0:
+    """``float(v)`` of a volume as the arrivals ring stores it: a C conversion for an int that fits
+    64 bits (rounded to nearest, ties to even, as ``float(int)`` rounds), else Python's."""
+    cdef int overflow = 0
+    cdef long long n
+    if PyLong_CheckExact(v):
+        n = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if not overflow:
+            return <double>n
+    return float(v)
 
 
 cdef class SymDay:
@@ -682,7 +695,7 @@ def add(self, ticks):
             if folded > sd.floor:
                 sd.floor = folded
             hist[pos] = ts
-            hist[pos + 1] = v
+            hist[pos + 1] = _volume_double(v)
             pos += 2
             sd.pos = pos if pos < ring else 0
 
