@@ -18,6 +18,7 @@ archive's coverage (the archive was off, the window was lost to a kill, or ticks
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -44,31 +45,44 @@ def replay_day(
     emit_empty: bool = False,
     wanted: set[tuple[str, str]] | None = None,
 ) -> tuple[dict[tuple, Candle], int, int]:
-    """The candles a day's archived ticks make (the last version of each), the ticks and the files read."""
+    """The candles a day's archived ticks make (the last version of each), the ticks and the files read.
+
+    The cyclic garbage collector does not run on its own meanwhile, only once after each part file:
+    its passes, set off by the candles the aggregator makes, would each visit all of the aggregator's
+    state (some 200,000 objects at 9,000 symbols) for cycles the replay does not make (about a tenth
+    of the replay's CPU). Run after each file, it still frees any cycle within a file's worth of ticks.
+    """
     from storage import tick_archive
 
     intervals = tuple(intervals)
     candles: dict[tuple, Candle] = {}
     ticks = files = 0
-    for exchange, paths in tick_archive.parts(root, day).items():
-        symbols = None if wanted is None else {s for e, s in wanted if e == exchange}
-        if symbols is not None and not symbols:
-            continue
-        now = [0.0]
-        agg = CandleAggregator(intervals, lambda now=now: now[0], grace=grace, emit_empty=emit_empty)
-        for path in paths:
-            files += 1
-            for chunk in tick_archive.replay_chunks(path, exchange, symbols):
-                now[0] = chunk.clock
-                ticks += len(chunk.ticks)
-                for c in agg.add(chunk.ticks):
-                    candles[c.key] = c
-                for c in agg.advance():
-                    candles[c.key] = c
-        for c in agg.advance():
-            candles[c.key] = c
-        for c in agg.flush():
-            candles[c.key] = c
+    automatic = gc.isenabled()
+    gc.disable()
+    try:
+        for exchange, paths in tick_archive.parts(root, day).items():
+            symbols = None if wanted is None else {s for e, s in wanted if e == exchange}
+            if symbols is not None and not symbols:
+                continue
+            now = [0.0]
+            agg = CandleAggregator(intervals, lambda now=now: now[0], grace=grace, emit_empty=emit_empty)
+            for path in paths:
+                files += 1
+                for chunk in tick_archive.replay_chunks(path, exchange, symbols):
+                    now[0] = chunk.clock
+                    ticks += chunk.size
+                    for c in agg.add(chunk.ticks):
+                        candles[c.key] = c
+                    for c in agg.advance():
+                        candles[c.key] = c
+                gc.collect()
+            for c in agg.advance():
+                candles[c.key] = c
+            for c in agg.flush():
+                candles[c.key] = c
+    finally:
+        if automatic:
+            gc.enable()
     return candles, ticks, files
 
 

@@ -30,14 +30,16 @@ import contextlib
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from itertools import repeat
+from itertools import islice, repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -310,55 +312,102 @@ class ReplayTick(NamedTuple):
 
 @dataclass(slots=True)
 class Chunk:
+    """``size`` ticks for the aggregator, ``ticks`` built one by one as they are read (read them
+    before asking for the next chunk: what is left unread then is skipped)."""
+
     clock: float  # the latest receive time in it: the aggregator's clock while it takes them
-    ticks: list[ReplayTick]
+    size: int
+    ticks: Iterator[ReplayTick]
 
 
 _READ = ["symbol", "price_units", "price_scale", "volume", "oi", "exchange_ts", "receive_ts"]
 
 
-def _decoded(array: pa.ChunkedArray | pa.Array, make: Any) -> list[Any]:
-    """A column as Python values, each distinct value built once (``make`` of the list of uniques)."""
-    encoded = pc.dictionary_encode(array)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks() if encoded.num_chunks != 1 else encoded.chunk(0)
-    values = make(encoded.dictionary.to_pylist())
-    return list(map(values.__getitem__, encoded.indices.to_pylist()))
+def _array(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _take(values: list[Any], indices: pa.Array | np.ndarray) -> np.ndarray:
+    """``values[i]`` for every index, as an object array (numpy's take: one loop in C)."""
+    table = np.fromiter(values, dtype=object, count=len(values))  # np.array would inspect each value
+    return table.take(indices if isinstance(indices, np.ndarray) else indices.to_numpy())
+
+
+def _ints(array: pa.Array) -> list[int | None] | Iterator[None]:
+    """An int64 column as Python ints (None where null; all null: an endless run of None)."""
+    if array.null_count == len(array):
+        return repeat(None)
+    if array.null_count:
+        return array.to_pylist()
+    return array.to_numpy().tolist()  # int64 to int: exact, and cheaper than to_pylist
+
+
+class _Decimals(dict):
+    """units -> the Decimal ``units × 10^-scale`` for one scale, each built once (``units × 1E-scale``:
+    exact, coefficient and exponent as archived, and cheaper than ``scaleb``)."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.unit = Decimal(f"1E{-scale}")
+
+    def __missing__(self, units: int) -> Decimal:
+        value = self[units] = Decimal(units) * self.unit
+        return value
+
+
+def _prices(units: pa.Array, scales: pa.Array, known: dict[int, _Decimals]) -> list[Decimal]:
+    """Each tick's exact price, ``units × 10^-scale``: one Decimal per distinct (units, scale) in
+    ``known`` (a part file's prices repeat across its row groups), shared by the ticks that have it."""
+    scale = scales.to_numpy()
+    first = int(scale[0])
+    if (scale == first).all():  # the usual case: one scale in the whole row group
+        return _decimals(units, first, known).tolist()
+    out = np.empty(len(units), dtype=object)
+    for k in np.unique(scale).tolist():
+        where = np.flatnonzero(scale == k)
+        out[where] = _decimals(units.take(pa.array(where)), k, known)
+    return out.tolist()
+
+
+def _decimals(units: pa.Array, scale: int, known: dict[int, _Decimals]) -> np.ndarray:
+    cache = known.get(scale)
+    if cache is None:
+        cache = known[scale] = _Decimals(scale)
+    encoded = pc.dictionary_encode(units)
+    return _take(list(map(cache.__getitem__, encoded.dictionary.to_pylist())), encoded.indices)
 
 
 def replay_chunks(path: Path, exchange: str, symbols: set[str] | None = None, chunk: int = 8192) -> Iterator[Chunk]:
-    """One part file's ticks in order, as the aggregator reads them, ``chunk`` at a time."""
+    """One part file's ticks in order, as the aggregator reads them, ``chunk`` at a time.
+
+    Each column becomes Python objects in a few C-level passes (pyarrow and numpy): a symbol, a
+    price and an exchange time are built once per distinct value in a row group and shared by
+    its ticks. The ticks themselves are built a chunk at a time, so only a chunk of them is alive
+    at once (each is an object the cyclic garbage collector tracks)."""
     f = pq.ParquetFile(path, read_dictionary=["symbol"])
-    exchanges = repeat(exchange)
     new = tuple.__new__
+    known: dict[int, _Decimals] = {}
     for g in range(f.num_row_groups):
         t = f.read_row_group(g, columns=_READ)
         if symbols is not None:
             t = t.filter(pc.is_in(t.column("symbol").cast(pa.string()), pa.array(sorted(symbols), pa.string())))
-            if not t.num_rows:
-                continue
-        sym_col = t.column("symbol")
-        if sym_col.num_chunks == 1 and pa.types.is_dictionary(sym_col.type):
-            d = sym_col.chunk(0)
-            names = d.dictionary.to_pylist()
-            syms = list(map(names.__getitem__, d.indices.to_pylist()))
-        else:
-            syms = _decoded(sym_col.cast(pa.string()), lambda u: u)
-        scale = t.column("price_scale")
-        lo, hi = pc.min_max(scale).values()
-        if lo.as_py() == hi.as_py():
-            k = -(lo.as_py() or 0)
-            prices = _decoded(t.column("price_units"), lambda u, k=k: [Decimal(x).scaleb(k) for x in u])
-        else:
-            prices = [Decimal(u).scaleb(-s) for u, s in zip(t.column("price_units").to_pylist(), scale.to_pylist(), strict=True)]
-        times = _decoded(t.column("exchange_ts").cast(pa.int64()), _times)
-        vols = t.column("volume").to_pylist()
-        oi = t.column("oi")
-        ois = repeat(None) if oi.null_count == len(oi) else oi.to_pylist()  # equities have no OI
-        rx = t.column("receive_ts").cast(pa.int64())
-        ticks = list(map(new, repeat(ReplayTick), zip(exchanges, syms, prices, vols, ois, times)))
-        n = len(ticks)
-        for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            clock = pc.max(rx.slice(a, b - a)).as_py() / 1e6
-            yield Chunk(clock, ticks[a:b])
+        n = t.num_rows
+        if not n:
+            continue
+        sym = _array(t.column("symbol"))
+        if not pa.types.is_dictionary(sym.type):
+            sym = pc.dictionary_encode(sym)
+        syms = _take(sym.dictionary.to_pylist(), sym.indices).tolist()
+        prices = _prices(_array(t.column("price_units")), _array(t.column("price_scale")), known)
+        ex = pc.dictionary_encode(_array(t.column("exchange_ts")).cast(pa.int64()))
+        times = _take(_times(ex.dictionary.to_pylist()), ex.indices).tolist()
+        vols = _ints(_array(t.column("volume")))
+        ois = _ints(_array(t.column("oi")))  # equities have no OI: all null
+        starts = range(0, n, chunk)
+        clocks = np.maximum.reduceat(_array(t.column("receive_ts")).cast(pa.int64()).to_numpy(), starts).tolist()
+        ticks = map(new, repeat(ReplayTick), zip(repeat(exchange), syms, prices, vols, ois, times))
+        for a, clock in zip(starts, clocks, strict=True):
+            size = min(chunk, n - a)
+            part = islice(ticks, size)
+            yield Chunk(clock / 1e6, size, part)
+            deque(part, maxlen=0)  # whatever the reader left: the next chunk starts after it

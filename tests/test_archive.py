@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sqlite3
@@ -244,3 +245,63 @@ def test_a_price_the_archive_cannot_keep_exactly_is_counted_not_guessed(tmp_path
     report = archiver.report()
     assert (report.ticks_archived, report.ticks_dropped) == (2, 1)
     assert "cannot be archived exactly" in report.problem() or "more digits" in report.problem()
+
+
+def test_replay_reads_every_tick_as_archived_in_order_with_chunks_and_symbols(tmp_path, monkeypatch):
+    monkeypatch.setattr(ta, "ROW_GROUP", 4)  # several row groups, each with its own dictionaries
+    start = datetime(2026, 11, 24, 10, 0, tzinfo=IST)
+    prices = ["1220.50", "6120", "83.2525000", "1E+3", "-0.05", "1220.50", "0", "1220.5", "24310.15", "1220.50"]
+    batch = [
+        _tick(
+            "NSE", ["M&M", "INFY", "NIFTY 50"][i % 3], price, start + timedelta(seconds=i // 2), start + timedelta(seconds=i),
+            volume=None if i % 4 == 1 else 1000 + i, oi=None if i < 6 else i,
+        )
+        for i, price in enumerate(prices)
+    ]  # fmt: skip
+    _archive_all(tmp_path, [batch[:5], batch[5:]], Clock(start.timestamp()))
+    (path,) = ta.parts(tmp_path, start.date())["NSE"]
+    assert pq.ParquetFile(path).num_row_groups > 1
+    archived = ta.read_ticks(path)
+    assert archived == batch
+
+    def seen(t: TickData) -> tuple:
+        return (t.exchange, t.symbol, str(t.last_price), t.volume, t.oi, t.exchange_ts)
+
+    for symbols in (None, {"M&M", "NIFTY 50"}):
+        for chunk in (1, 3, 8192):
+            chunks = list(ta.replay_chunks(path, "NSE", symbols, chunk))
+            read = [seen(t) for c in chunks for t in c.ticks]  # noqa: B023 (each chunk read before the next)
+            assert read == [], "a chunk's ticks are read before the next chunk is asked for"
+            got, clocks = [], []
+            for c in ta.replay_chunks(path, "NSE", symbols, chunk):
+                ticks = list(c.ticks)
+                assert len(ticks) == c.size and all(type(t) is ta.ReplayTick for t in ticks)
+                got += [seen(t) for t in ticks]
+                clocks.append(c.clock)
+            wanted = [t for t in archived if symbols is None or t.symbol in symbols]
+            assert got == [seen(t) for t in wanted]
+            assert clocks[-1] == wanted[-1].receive_ts.timestamp()
+            assert all(t.exchange_ts.utcoffset() == timedelta(hours=5, minutes=30) for t in archived)
+
+    # a chunk left unread is skipped: the next chunk starts where it would have
+    assert pq.ParquetFile(path).metadata.row_group(0).num_rows == 4
+    chunks = ta.replay_chunks(path, "NSE", None, 2)
+    next(chunks)
+    assert [seen(t) for t in next(chunks).ticks] == [seen(t) for t in archived[2:4]]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_replay_leaves_the_garbage_collector_as_it_found_it(tmp_path, enabled):
+    from candles.model import parse_intervals
+    from cli.replay import replay_day
+
+    start = datetime(2026, 11, 24, 10, 0, tzinfo=IST)
+    _archive_all(tmp_path, [[_tick("NSE", "INFY", "1500.05", start, start)]], Clock(start.timestamp()))
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        candles, ticks, files = replay_day(tmp_path, start.date(), parse_intervals("1m"))
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert (len(candles), ticks, files) == (1, 1, 1)
