@@ -104,7 +104,7 @@ cdef class _Reader:
 
     def __init__(self, type cls):
         self.kind = BY_GETATTR
-        if cls.__getattribute__ is object.__getattribute__ and _slot_offsets(cls, self.at):
+        if cls.__getattribute__ is object.__getattribute__ and _member_offsets(cls, FIELDS, self.at):
             self.kind = BY_SLOT
         elif issubclass(cls, tuple) and cls.__getattribute__ is tuple.__getattribute__ and _tuple_indexes(cls, self.at):
             self.kind = BY_INDEX
@@ -128,9 +128,10 @@ def _static(type cls, str name):
     return None
 
 
-cdef bint _slot_offsets(type cls, Py_ssize_t* at):
+cdef bint _member_offsets(type cls, tuple names, Py_ssize_t* at) except -1:
+    """Where each of ``names`` lives in an instance of ``cls`` (``at``), if each is a plain object slot."""
     cdef PyMemberDescrObject* member
-    for i, name in enumerate(FIELDS):
+    for i, name in enumerate(names):
         desc = _static(cls, name)
         if type(desc) is not MemberDescriptorType:
             return False
@@ -167,9 +168,9 @@ cdef _Reader _reader_for(object tick):
     return <_Reader>found
 
 
-cdef inline double _volume_double(object v) except? -1.0:
-    """``float(v)`` of a volume as the arrivals ring stores it: a C conversion for an int that fits
-    64 bits (rounded to nearest, ties to even, as ``float(int)`` rounds), else Python's."""
+cdef inline double _int_double(object v) except? -1.0:
+    """``float(v)`` of an int (a volume for the arrivals ring, a bucket boundary): a C conversion
+    when it fits 64 bits (rounded to nearest, ties to even, as ``float(int)`` rounds), else Python's."""
     cdef int overflow = 0
     cdef long long n
     if PyLong_CheckExact(v):
@@ -246,6 +247,26 @@ cdef class Symbol:
         self.clear()
 
 
+cdef class Series:
+    """``candles.aggregator._Series`` with typed fields."""
+
+    cdef public Symbol symbol
+    cdef public str name
+    cdef public object width, offset  # Python ints: bucket arithmetic stays the reference's
+    cdef public dict buckets, days
+    cdef public object cur, gap
+
+    def __init__(self, Symbol symbol, str name, width, offset):
+        self.symbol = symbol
+        self.name = name
+        self.width = width
+        self.offset = offset
+        self.buckets = {}
+        self.days = {}
+        self.cur = None
+        self.gap = None
+
+
 cdef class Bucket:
     """``candles.aggregator._Bucket`` with typed fields (the ones the per-tick path reads are C
     numbers; the rest stay Python objects, exactly as the reference keeps them)."""
@@ -257,7 +278,7 @@ cdef class Bucket:
     cdef public object maxcum, carry, frozen_cum, oi, emitted_volume, base
     cdef public bint closed, partial
 
-    def __init__(self, series, start, sday):
+    def __init__(self, Series series, start, sday):
         self.series = series
         self.start = _shared(start)
         self.end = _shared(start + series.width)
@@ -286,19 +307,6 @@ cdef class Bucket:
 CANDLE_FIELDS = tuple(f.name for f in _fields(Candle))
 cdef Py_ssize_t CANDLE_AT[16]
 cdef PyTypeObject* CANDLE_TYPE = <PyTypeObject*>Candle
-
-
-cdef bint _member_offsets(type cls, tuple names, Py_ssize_t* at) except -1:
-    cdef PyMemberDescrObject* member
-    for i, name in enumerate(names):
-        desc = _static(cls, name)
-        if type(desc) is not MemberDescriptorType:
-            return False
-        member = <PyMemberDescrObject*><PyObject*>desc
-        if member.d_member.type != T_OBJECT_EX:
-            return False
-        at[i] = member.d_member.offset
-    return True
 
 
 cdef inline void _put(object obj, Py_ssize_t offset, object value):
@@ -344,11 +352,11 @@ cdef inline object _le_int(const unsigned char* p, int size):
     return <long long>u
 
 
-def _volume_of(ser, start, day, sday, top, carry, floor):
+def _volume_of(Series ser, start, day, sday, top, carry, floor):
     """``CandleAggregator._volume_of``."""
     cdef const unsigned char* p
     base = sday.evicted_max
-    for other_start, other in (<dict>ser.buckets).items():
+    for other_start, other in ser.buckets.items():
         if other_start < start:
             if type(other) is bytes:
                 if PyBytes_GET_SIZE(other) < 12:
@@ -387,8 +395,8 @@ def _candle(self, Bucket b, final, volume=None):
         volume = _bucket_volume(b)
     if final:
         b.emitted_volume = volume
-    ser = b.series
-    sym = ser.symbol
+    cdef Series ser = b.series
+    cdef Symbol sym = ser.symbol
     cum = b.maxcum if b.maxcum >= 0 else b.frozen_cum
     return _new_candle((
         sym.exchange, sym.symbol, ser.name, _time(self, b.start), b.open, b.high, b.low, b.close, volume, b.oi,
@@ -402,6 +410,7 @@ cdef void _drain_symbol(object agg, Symbol sym, list out, bint emit_empty) excep
     cdef object cum = sym.maxcum
     cdef double oi_ts = sym.oi_ts
     cdef Bucket b
+    cdef Series ser
     for ser in sym.series:
         found = ser.cur
         if found is None:
@@ -449,12 +458,12 @@ cdef inline void _file(dict index, list heap, object at, object item) except *:
         (<list>found).append(item)
 
 
-cdef object _locate(object agg, object ser, SymDay sd, object ts, object now):
+cdef object _locate(object agg, Series ser, SymDay sd, object ts, object now):
     """``CandleAggregator._locate`` (the same arithmetic, on the same Python numbers)."""
     width = ser.width
     offset = ser.offset
     start = int((ts - offset) // width * width + offset)  # == Interval.bucket_start(ts)
-    buckets = <dict>ser.buckets
+    buckets = ser.buckets
     b = buckets.get(start)
     if b is None:
         start = _shared(start)  # the key of ser.buckets lives as long as the bucket
@@ -471,7 +480,7 @@ cdef object _locate(object agg, object ser, SymDay sd, object ts, object now):
     if now >= close_at + horizon:
         return None
     day = sd.day
-    days = <dict>ser.days
+    days = ser.days
     sday = days.get(day)
     if sday is None:
         sday = days[day] = _SeriesDay(sd)
@@ -496,6 +505,7 @@ cdef void _set_window(Symbol sym, SymDay sd) except *:
     """``CandleAggregator._set_window``."""
     cdef double lo = sd.start, hi = sd.end, start, end
     cdef Bucket b
+    cdef Series ser
     day = sd.day
     for ser in sym.series:
         found = ser.cur
@@ -506,8 +516,8 @@ cdef void _set_window(Symbol sym, SymDay sd) except *:
         if b.closed or b.day != day or ser.gap is not None:  # a gap ends on the slow path
             sym.hi = -INF
             return
-        start = b.start
-        end = b.end
+        start = _int_double(b.start)
+        end = _int_double(b.end)
         if start > lo:
             lo = start
         if end < hi:
@@ -520,6 +530,7 @@ cdef int _place(object agg, Symbol sym, SymDay sd, double ts, object v, bint tra
                 object now, list out, dict touched, bint emit_empty) except -1:
     """``CandleAggregator._place``: a tick outside the window, into each interval's bucket."""
     cdef Bucket b
+    cdef Series ser
     cdef bint late = False, dropped = False
     cdef long long n
     cdef object boxed = None  # ts as the float the Python methods take, made once
@@ -531,8 +542,8 @@ cdef int _place(object agg, Symbol sym, SymDay sd, double ts, object v, bint tra
         found = ser.cur
         if found is not None:
             b = <Bucket?>found
-            start = b.start
-            end = b.end
+            start = _int_double(b.start)
+            end = _int_double(b.end)
             if b.closed or not start <= ts < end:
                 found = None
         if found is None:
@@ -695,7 +706,7 @@ def add(self, ticks):
             if folded > sd.floor:
                 sd.floor = folded
             hist[pos] = ts
-            hist[pos + 1] = _volume_double(v)
+            hist[pos + 1] = _int_double(v)
             pos += 2
             sd.pos = pos if pos < ring else 0
 
@@ -762,6 +773,7 @@ def compiled_aggregator(base, grid, series_day):
             "__qualname__": "CandleAggregator",
             "compiled": True,
             "_symbol_type": Symbol,
+            "_series_type": Series,
             "_day_type": SymDay,
             "_bucket_type": Bucket,
             "_no_day": NO_DAY,

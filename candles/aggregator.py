@@ -283,6 +283,7 @@ class CandleAggregator:
     # The per-symbol state's classes. The compiled path (``candles/_speedups.pyx``, chosen at the
     # end of this module) subclasses this one with its own typed versions of them.
     _symbol_type: type = _Symbol
+    _series_type: type = _Series
     _day_type: type = _SymDay
     _bucket_type: type = _Bucket
     _no_day: object = _NO_DAY
@@ -715,7 +716,7 @@ class CandleAggregator:
     # ---- internals ---------------------------------------------------------------------------
     def _new_symbol(self, exchange: str, symbol: str) -> _Symbol:
         sym = self._symbol_type(exchange, symbol, self._watch_from)
-        sym.series = [_Series(sym, name, width, offset) for name, width, offset in self._specs]
+        sym.series = [self._series_type(sym, name, width, offset) for name, width, offset in self._specs]
         pending = self._pending.pop((exchange, symbol), None) if self._pending else None
         if pending is not None:  # an unwatched span declared before its first tick (rule 8)
             since, until = pending
