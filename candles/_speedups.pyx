@@ -32,7 +32,9 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from array import array as _new_array
 from dataclasses import fields as _fields
 from datetime import datetime
-from heapq import heappush
+from decimal import Decimal
+from struct import error as struct_error
+from heapq import heappop, heappush
 from types import MemberDescriptorType
 
 try:
@@ -66,6 +68,7 @@ cdef long long NO_VOLUME = -1
 # per-day class of a series (a plain Python class there)
 cdef dict _grid = {}
 _SeriesDay = None
+_REC = None  # candles.aggregator._REC: a packed closed bucket's fixed part
 
 
 cdef inline object _shared(object n):
@@ -391,6 +394,10 @@ def _volume(self, Bucket b):
 
 def _candle(self, Bucket b, final, volume=None):
     """``CandleAggregator._candle``."""
+    return _make_candle(self, b, final, volume)
+
+
+cdef object _make_candle(object self, Bucket b, object final, object volume):
     if volume is None:
         volume = _bucket_volume(b)
     if final:
@@ -609,6 +616,91 @@ def _drain_all(self, list out):
     del dirty[:]
 
 
+# ---- closing and packing -----------------------------------------------------------------------
+
+def _close_due(self, now, list out):
+    """``CandleAggregator._close_due``."""
+    cdef list heap = self._closing_heap
+    cdef dict closing = self._closing
+    cdef dict evicting = self._evicting
+    cdef list evicting_heap = self._evicting_heap
+    cdef list to_pack = self._to_pack
+    cdef Bucket b
+    cdef Series ser
+    cdef Py_ssize_t closed = 0
+    horizon = self._horizon
+    while heap and heap[0] <= now:
+        at = heappop(heap)
+        batch = <list>closing.pop(at)
+        series = []
+        for found in batch:
+            b = <Bucket?>found
+            b.closed = True
+            ser = <Series?>b.series
+            ser.symbol.hi = -INF  # its window ends with the bucket
+            series.append(ser)
+        key = at + horizon  # candles.aggregator._file_many
+        filed = evicting.get(key)
+        if filed is None:
+            evicting[key] = series
+            heappush(evicting_heap, key)
+        else:
+            (<list>filed).extend(series)
+        closed += len(batch)
+        for found in batch:
+            b = <Bucket>found
+            if b.count:
+                out.append(_make_candle(self, b, True, None))
+        to_pack.extend(batch)
+    self.stats.open_buckets -= closed
+
+
+def _pack_some(self, Py_ssize_t limit):
+    """``CandleAggregator._pack_some``, with ``candles.aggregator._pack_bucket`` for each."""
+    cdef list todo = self._to_pack
+    cdef Bucket b
+    cdef Series ser
+    batch = todo[-limit:]
+    del todo[-limit:]
+    for found in batch:
+        b = <Bucket?>found
+        ser = <Series?>b.series
+        if ser.cur is b or not b.closed:
+            continue
+        start = b.start
+        sday = b.sday
+        if ser.buckets.get(start) is not b or sday.last_trade is b or ser.days.get(b.day) is not sday:
+            continue
+        rec = _pack_bucket(b)
+        if rec is not None:
+            ser.buckets[start] = rec
+
+
+cdef object _pack_bucket(Bucket b):
+    """``candles.aggregator._pack_bucket``: the same record, byte for byte."""
+    if b.count:
+        o, h, lo, c = b.open, b.high, b.low, b.close
+        if type(o) is not Decimal or type(h) is not Decimal or type(lo) is not Decimal or type(c) is not Decimal:
+            return None
+        text = f"{o} {h} {lo} {c}".encode("ascii")
+    else:
+        text = b""
+    frozen = b.frozen_cum
+    oi = b.oi
+    try:
+        return _REC.pack(
+            b.maxcum, b.day, (frozen is None) | (oi is None) << 1 | b.partial << 2, b.count, b.carry, frozen or 0,
+            oi or 0, b.emitted_volume, b.base, b.first_ts, b.last_ts, b.oi_ts,
+        ) + text
+    except (struct_error, OverflowError):
+        return None
+
+
+def pack_bucket(Bucket b):
+    """The record ``_pack_some`` keeps for ``b`` (for the tests: it must equal the reference's)."""
+    return _pack_bucket(b)
+
+
 def add(self, ticks):
     """``CandleAggregator.add``."""
     now_boxed = self._clock()  # passed on as it came, as the reference does
@@ -758,12 +850,13 @@ def add(self, ticks):
     return out
 
 
-def compiled_aggregator(base, grid, series_day):
-    """``base`` (the reference ``CandleAggregator``) with the compiled per-tick path; ``grid`` and
-    ``series_day``: that module's ``_GRID`` and ``_SeriesDay``."""
-    global _grid, _SeriesDay
+def compiled_aggregator(base, grid, series_day, rec):
+    """``base`` (the reference ``CandleAggregator``) with the compiled per-tick path; ``grid``,
+    ``series_day`` and ``rec``: that module's ``_GRID``, ``_SeriesDay`` and ``_REC``."""
+    global _grid, _SeriesDay, _REC
     _grid = grid
     _SeriesDay = series_day
+    _REC = rec
     return type(
         "CandleAggregator",
         (base,),
@@ -781,6 +874,8 @@ def compiled_aggregator(base, grid, series_day):
             "_drain": _drain,
             "_drain_all": _drain_all,
             "_candle": _candle,
+            "_close_due": _close_due,
+            "_pack_some": _pack_some,
             "_volume": _volume,
             "_volume_of": staticmethod(_volume_of),
         },

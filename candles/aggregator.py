@@ -533,20 +533,7 @@ class CandleAggregator:
         heap = self._closing_heap
         if heap and heap[0] <= now:
             self._drain_all(out)
-            closing = self._closing
-            horizon = self._horizon
-            while heap and heap[0] <= now:
-                at = heapq.heappop(heap)
-                batch = closing.pop(at)
-                for b in batch:
-                    b.closed = True
-                    b.series.symbol.hi = -_INF  # its window ends with the bucket
-                _file_many(self._evicting, self._evicting_heap, at + horizon, [b.series for b in batch])
-                self.stats.open_buckets -= len(batch)
-                for b in batch:
-                    if b.count:
-                        out.append(self._candle(b, True))
-                self._to_pack.extend(batch)
+            self._close_due(now, out)
         heap = self._evicting_heap
         if heap and heap[0] <= now:
             self._evict(now)
@@ -555,6 +542,25 @@ class CandleAggregator:
         if self._to_pack:
             self._pack_some(_PACK_PER_ADVANCE)
         return out
+
+    def _close_due(self, now: float, out: list[Candle]) -> None:
+        """Close the buckets filed to close at or before ``now`` (their accumulators are merged):
+        their candles go to ``out``, they are filed for eviction and queued for packing."""
+        heap = self._closing_heap
+        closing = self._closing
+        horizon = self._horizon
+        while heap and heap[0] <= now:
+            at = heapq.heappop(heap)
+            batch = closing.pop(at)
+            for b in batch:
+                b.closed = True
+                b.series.symbol.hi = -_INF  # its window ends with the bucket
+            _file_many(self._evicting, self._evicting_heap, at + horizon, [b.series for b in batch])
+            self.stats.open_buckets -= len(batch)
+            for b in batch:
+                if b.count:
+                    out.append(self._candle(b, True))
+            self._to_pack.extend(batch)
 
     def flush(self) -> list[Candle]:
         """Candles of every open bucket with a trade, final=False. The buckets stay open.
@@ -1112,4 +1118,4 @@ def _file_many(index: dict[float, list], heap: list[float], at: float, items: li
 PythonCandleAggregator = CandleAggregator
 _compiled = accel.load("candles._speedups")
 if _compiled is not None:
-    CandleAggregator = _compiled.compiled_aggregator(PythonCandleAggregator, _GRID, _SeriesDay)  # type: ignore[misc]
+    CandleAggregator = _compiled.compiled_aggregator(PythonCandleAggregator, _GRID, _SeriesDay, _REC)  # type: ignore[misc]

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from candles import snapshot
-from candles.aggregator import CandleAggregator, PythonCandleAggregator
+from candles.aggregator import CandleAggregator, PythonCandleAggregator, _pack_bucket
 from candles.model import parse_intervals
 from core import accel
 from core.ist import IST
@@ -149,6 +149,33 @@ def test_compiled_and_pure_aggregators_emit_the_same_candles(ops, intervals, emi
     assert compiled.agg.stats == pure.agg.stats
     assert compiled.agg.last_seen() == pure.agg.last_seen()
     assert sorted(compiled.agg.keys()) == sorted(pure.agg.keys())
+    assert _retained(compiled.agg) == _retained(pure.agg)
+
+
+def _retained(agg) -> dict:
+    """Every retained bucket: packed records as they are, objects as the reference would pack them."""
+    state = {}
+    for key, sym in agg._symbols.items():
+        for ser in sym.series:
+            for start, b in ser.buckets.items():
+                state[key, ser.name, start] = ("record", b) if type(b) is bytes else ("object", b.closed, _pack_bucket(b))
+    return state
+
+
+def test_the_compiled_packing_writes_the_reference_record() -> None:
+    from candles import _speedups
+
+    clock = Clock(DAY0)
+    agg = CandleAggregator(parse_intervals("1m,5m"), clock)
+    agg.add([_tick(SYMBOLS[0], 1, PRICES[1], 1000, 5), _tick(SYMBOLS[0], 2, PRICES[3], 1010, None)])
+    agg.add([_tick(SYMBOLS[1], 3, PRICES[4], None, 7), _tick(SYMBOLS[1], 4, PRICES[2], None, 2**70)])
+    clock.now = DAY0 + 70
+    agg.advance()
+    buckets = [b for sym in agg._symbols.values() for ser in sym.series for b in ser.buckets.values() if type(b) is not bytes]
+    assert len(buckets) == 4
+    records = [_speedups.pack_bucket(b) for b in buckets]
+    assert records == [_pack_bucket(b) for b in buckets]
+    assert None in records and sum(r is not None for r in records) >= 2  # an OI beyond 64 bits stays an object
 
 
 def test_a_snapshot_restores_into_either_path_and_both_go_on_alike() -> None:
