@@ -91,6 +91,20 @@ class ServiceStats:
     journal_errors: int = 0
 
 
+class _ReplayClock:
+    """The restored aggregator's clock: while the journal is added again, the time its batch was
+    received (``at``); then the daemon's clock."""
+
+    __slots__ = ("real", "at")
+
+    def __init__(self, real: Callable[[], float]) -> None:
+        self.real = real
+        self.at: float | None = None
+
+    def __call__(self) -> float:
+        return self.real() if self.at is None else self.at
+
+
 class Service:
     def __init__(
         self,
@@ -175,8 +189,14 @@ class Service:
             None
             if history is None
             else Backfiller(
-                history, intervals, self._candles.put, self._ticks.put, lambda: self.calendar,
-                delay=backfill_delay, clock=clock, reconciler=self._reconciler(history, intervals, backfill_delay),
+                history,
+                intervals,
+                self._candles.put,
+                self._ticks.put,
+                lambda: self.calendar,
+                delay=backfill_delay,
+                clock=clock,
+                reconciler=self._reconciler(history, intervals, backfill_delay),
                 active=None if ha is None else (lambda: ha.leading),
             )  # fmt: skip
         )
@@ -300,7 +320,8 @@ class Service:
         """The aggregator of the journal's snapshot with its batches added again, and the candles
         that produced; None (with a warning) when it was written with other candle settings."""
         assert self.journal is not None
-        restored = snapshot.restore(state, self.clock)  # type: ignore[arg-type]
+        clock = _ReplayClock(self.clock)
+        restored = snapshot.restore(state, clock)  # type: ignore[arg-type]
         wanted = self.aggregator
         differs = [
             what
@@ -318,12 +339,24 @@ class Service:
             )  # fmt: skip
             return None, []
         candles = []
+        # Each batch is added at the time it was received, and the buckets due by then close as they
+        # did live: a bucket that closed before the kill takes its ticks as an open bucket, not as
+        # late ticks each revising a closed candle (a minute of journal would write a revision per tick).
+        now = self.clock()
         with progress("adding the tick journal's batches again", len(batches), "batches") as bar:
             for batch in batches:
+                if batch:
+                    received = batch[-1].receive_ts.timestamp()
+                    if clock.at is None or received > clock.at:
+                        clock.at = min(received, now)
                 revised = restored.add(batch)
                 if revised:
                     candles.append(revised)
+                closed = restored.advance()
+                if closed:
+                    candles.append(closed)
                 bar.update()
+        clock.at = None  # the wall clock from here on
         # candle rule 8: nothing was watched between the journal's newest tick and now (the
         # buckets open at the kill were cut short there), before they close below
         self._declare_unwatched(restored, restored.last_seen(), self.clock())

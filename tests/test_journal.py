@@ -360,3 +360,31 @@ def test_the_aggregator_refuses_a_grace_that_is_not_a_finite_number(grace):
 
     with pytest.raises(ValueError, match="grace must be a finite number"):
         CandleAggregator(parse_intervals("1m"), lambda: 0.0, grace=grace)
+
+
+def test_the_journal_is_added_again_on_its_own_clock_so_buckets_closed_before_the_kill_take_no_late_ticks(tmp_path):
+    """Two and a half minutes of ticks after the checkpoint: the minutes that ended before the kill
+    close as they did live, each candle once, no tick late; the minute open at the kill is partial."""
+    from candles import snapshot
+    from candles.aggregator import CandleAggregator
+    from candles.model import PARTIAL, parse_intervals
+
+    start = datetime(2026, 11, 24, 9, 15, 0, tzinfo=IST).timestamp()
+    journal = TickJournal(tmp_path / "journal")
+    journal.checkpoint(snapshot.snapshot_chunks(CandleAggregator(parse_intervals("1m"), lambda: start)), covered=0)
+    with journal.lock:
+        for second in range(150):
+            at = datetime.fromtimestamp(start + second, IST)
+            journal.append([TickData("sim", "NSE", "INFY", 0, Decimal(1500 + second % 7), 5, 1000 + second, None, at, at)])
+    journal.close()  # killed at 09:17:30
+
+    now = start + 200
+    service, store = _service_with(tmp_path, TickJournal(tmp_path / "journal"), now)
+    try:
+        assert service._recover_from_journal() is True
+        assert service.aggregator.stats.late_ticks == 0
+        emitted = [c for _ in range(service._candles.qsize()) for c in service._candles.get_nowait()]
+        minutes = [(c.bucket.minute, c.tick_count, c.volume, c.source) for c in emitted]
+        assert minutes == [(15, 60, 59, "live"), (16, 60, 60, "live"), (17, 30, 30, PARTIAL)]
+    finally:
+        store.close()
