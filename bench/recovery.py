@@ -1,17 +1,22 @@
 """Recovery after ``kill -9``: seconds from starting a SIGKILLed daemon again to streaming again.
 
-    .venv/bin/python -m bench.recovery [--rounds 3] [--instruments 9000] [--warmup 60] [--kill-at 30]
+    .venv/bin/python -m bench.recovery [--rounds 3] [--instruments 9000] [--warmup 120] [--kill-at 30]
         [--pure-python] [--no-check] [--keep]
 
 The processes of bench/end_to_end.py: the fake Kite feed (bench/kite_load.py), the daemon
 (``main.py --broker kite``, 1m/5m/15m, full mode) and a throwaway PostgreSQL. The feed sends one tick
 per instrument per second. After ``--warmup`` seconds of streaming, at second ``--kill-at`` of a
-minute (mid-bucket for every interval; the daemon checkpoints its tick journal in the middle of the
-1m bucket plus its grace, at second 32, so at second 30 the journal holds nearly a minute of frames
-to add again), the daemon is SIGKILLed once it has counted every tick sent, and started again at
-once with the same DATA_DIR (its tick journal) and database. The feed streams again as soon as the
-new daemon has subscribed its instruments, as Kite does. Each round then streams to the next
-minute's ``--kill-at`` (at least ``--warmup`` seconds) and strikes again.
+minute (mid-bucket for every interval), the daemon is SIGKILLed once it has counted every tick sent,
+and started again at once with the same DATA_DIR (its tick journal) and database. The feed streams
+again as soon as the new daemon has subscribed its instruments, as Kite does. Each round then
+streams to the first ``--kill-at`` at least ``--warmup`` seconds later and strikes again.
+
+How much the journal holds decides the replay: the daemon snapshots its aggregator at its start and
+then once a minute at second 32 (the middle of the 1m bucket plus its 2 s grace), the first of those
+60 to 120 s after the start; a restart replays the batches after the newest snapshot whose candles
+were stored. With the default ``--warmup`` (120 s) each kill comes 58 s after such a snapshot, the
+steady state; with ``--warmup 60`` it comes just before a (re)started daemon's first one, so the
+replay covers its whole life, up to two minutes: the worst case.
 
 Per round, times from the new process's start, seen by polling its log and its metrics every 20 ms:
 
@@ -93,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--intervals", default="1m,5m,15m")
     ap.add_argument("--rate", type=float, default=1.0, help="ticks/s per instrument (default 1)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--warmup", type=float, default=60, help="at least this many seconds of streaming before each kill")
+    ap.add_argument("--warmup", type=float, default=120, help="at least this many seconds of streaming before each kill")
     ap.add_argument("--kill-at", type=int, default=30, help="second of the minute at which to kill (default 30)")
     ap.add_argument("--tail", type=float, default=15, help="seconds of feed after the last restart (default 15)")
     ap.add_argument("--fps", type=float, default=20)
@@ -159,10 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             times = {name: watch.seen[name] - t0 for name in EVENTS if name in watch.seen}
             times["subscribed"] = subscribed
             rounds.append(times)
+            replay = re.search(r"batches again: done, ([\d,]+)/[\d,]+ batches in ([\d.]+ s)", daemon.log())
+            replayed = f"replayed {replay.group(1)} batches in {replay.group(2)}" if replay else "replay not logged"
             shown = "  ".join(f"{name} {times[name]:.2f} s" if name in times else f"{name} NOT SEEN"
                               for name in ("resumed", "streaming", "subscribed", "first tick"))  # fmt: skip
             say(f"  round {n}: SIGKILL at {struck} ({counted:,} of {sent:,} ticks counted, journal {journal:.1f} MB); "
-                f"restarted: {shown}; {daemon.hot_path()}")  # fmt: skip
+                f"restarted ({replayed}): {shown}; {daemon.hot_path()}")  # fmt: skip
         load.wait("streamed", kill - time.time() + 60)
         if not args.no_check:
             daemon.stop()
