@@ -682,7 +682,7 @@ cdef object _pack_bucket(Bucket b):
         o, h, lo, c = b.open, b.high, b.low, b.close
         if type(o) is not Decimal or type(h) is not Decimal or type(lo) is not Decimal or type(c) is not Decimal:
             return None
-        text = f"{o} {h} {lo} {c}".encode("ascii")
+        text = f"{o!s} {h!s} {lo!s} {c!s}".encode("ascii")  # str(): the spelling, without format()'s parsing
     else:
         text = b""
     frozen = b.frozen_cum
