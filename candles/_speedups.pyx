@@ -2,18 +2,20 @@
 """The compiled twin of ``candles/aggregator.py``'s per-tick path (Cython).
 
 ``candles/aggregator.py`` is the reference: every rule is written and explained there, and this
-file mirrors three pieces of it line for line, with typed state instead of attribute lookups:
+file mirrors these pieces of it line for line, with typed state instead of attribute lookups:
 
-* the per-symbol state (``Symbol``, ``SymDay``, ``Bucket``: the same fields as ``_Symbol``,
-  ``_SymDay`` and ``_Bucket``, as C fields, all of them readable and writable from Python, so the
-  rest of the aggregator and the snapshot code work on either kind unchanged);
+* the per-symbol state (``Symbol``, ``SymDay``, ``Series``, ``Bucket``: the same fields as
+  ``_Symbol``, ``_SymDay``, ``_Series`` and ``_Bucket``, as C fields, all of them readable and
+  writable from Python, so the rest of the aggregator and the snapshot code work on either kind);
 * ``add``: the tick loop, trade classification (rules 3 and 4), the in-window accumulator, and
-  ``_place``/``_set_window`` for a tick outside its symbol's window (about one in forty); what
-  those call rarely (creating a bucket, ending a gap, a new day) is the reference's own method;
+  ``_place``/``_locate``/``_set_window`` for a tick outside its symbol's window; what those call
+  rarely (inflating a packed bucket, ending a gap, a new day) is the reference's own method;
 * ``_drain``/``_drain_all``: merging the accumulator into the buckets, once per symbol per
-  ``advance()``.
+  ``advance()``;
+* ``_close_due``, ``_candle``/``_volume``/``_volume_of`` and ``_pack_some``: closing, the candles
+  and packing closed buckets.
 
-``compiled_aggregator(CandleAggregator)`` returns the subclass using them. The property test
+``compiled_aggregator(CandleAggregator, ...)`` returns the subclass using them. The property test
 (tests/test_hotpath_property.py) drives both with the same random ticks and requires identical
 candles, statistics and snapshots.
 

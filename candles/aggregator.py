@@ -471,13 +471,12 @@ class CandleAggregator:
     ) -> int:  # fmt: skip
         """The slow path of ``add``: a tick outside ``sym``'s window, placed in each interval's bucket
         (located or created). Returns 1 if it was late (revised a closed bucket), | 2 if an interval
-        dropped it (beyond the horizon). The compiled path calls it too."""
+        dropped it (beyond the horizon)."""
         if sym.dirty:  # ticks in the accumulator arrived before this one: merge them first
             self._drain(sym, out)
         day = sd.day
         locate = self._locate
         emit_empty = self._emit_empty
-        late = dropped = False
         late = dropped = False
         for ser in sym.series:
             b = ser.cur
