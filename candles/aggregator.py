@@ -646,7 +646,12 @@ class CandleAggregator:
         before ``until`` and ends after ``since``; each series' first bucket entered after the span
         counts its volume from its own first tick if it starts after ``since``. A key with no
         tick yet is judged by the span when its first tick comes. Spans are declared oldest first
-        (the caller leaves out the parts outside the exchange's sessions: nothing trades there)."""
+        (the caller leaves out the parts outside the exchange's sessions: nothing trades there).
+
+        A span that begins by the time the last one declared ended continues it: the two are one
+        span (a start declares up to its restore, then the feed's first connection the rest). And
+        a series whose first tick has not come since an earlier span keeps that span's beginning
+        for the volume rule: what traded then is in the cumulative volume too."""
         syms: list[_Symbol] = []
         if keys is None:
             if until > self._watch_from:
@@ -659,14 +664,19 @@ class CandleAggregator:
                     syms.append(sym)
                 else:
                     earlier = self._pending.get(key)
-                    self._pending[key] = (since, until if earlier is None else max(until, earlier[1]))
+                    if earlier is None:
+                        self._pending[key] = (since, until)
+                    else:  # no tick yet since the earlier span: the volume rule goes by its beginning
+                        self._pending[key] = (min(since, earlier[0]), max(until, earlier[1]))
         for sym in syms:
+            if since > sym.watch_from or since < sym.gap_since:  # a new span, or one that began earlier
+                sym.gap_since = since
             if until > sym.watch_from:
                 sym.watch_from = until
-            sym.gap_since = since
             sym.hi = -_INF  # the next tick takes the slow path, where the gap is ended
             for ser in sym.series:
-                ser.gap = since
+                if ser.gap is None or since < ser.gap:  # no tick has ended an earlier span yet: it goes on
+                    ser.gap = since
                 for b in ser.buckets.values():
                     if type(b) is not bytes and not b.closed and b.start < until and b.end > since:
                         b.partial = True

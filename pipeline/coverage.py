@@ -100,7 +100,8 @@ class Coverage:
 
     def __init__(self) -> None:
         self.open: dict[Key, float] = {}  # symbol -> when its current span began
-        self.down: dict[Key, float] = {}  # symbol -> when its connection went down, until it is up again
+        #: symbol -> when its connection went down (or the start declared its unwatched time up to), until it is up
+        self.down: dict[Key, float] = {}
         self.closed: dict[Key, list[Span]] = defaultdict(list)  # today's ended spans (earlier runs' too)
         self.day: date | None = None
         self.extended = -math.inf  # the feed clock's time the open spans were last extended to

@@ -220,8 +220,7 @@ class Service:
             self.writer.replay_spool()  # before resuming open buckets from the store, so that it is complete
         if not self._recover_from_journal():
             self._resume_open_buckets()
-            # candle rule 8: nothing was watched between the newest stored tick and now
-            self._declare_unwatched(self.aggregator, self.aggregator.last_seen(), self.clock())
+            self._declare_start(self.aggregator)
         else:
             self._resumed = True
         if self.journal is not None:
@@ -357,9 +356,8 @@ class Service:
                     candles.append(closed)
                 bar.update()
         clock.at = None  # the wall clock from here on
-        # candle rule 8: nothing was watched between the journal's newest tick and now (the
-        # buckets open at the kill were cut short there), before they close below
-        self._declare_unwatched(restored, restored.last_seen(), self.clock())
+        # the buckets open at the kill were cut short at its newest tick: partial, before they close below
+        self._declare_start(restored)
         closed = restored.advance()
         if closed:
             candles.append(closed)
@@ -544,6 +542,16 @@ class Service:
             self._watch_changed(item)
         else:
             self._filled(item)
+
+    def _declare_start(self, agg: CandleAggregator) -> None:
+        """Candle rule 8 at a start: nothing was watched from the newest tick taken (the store's or
+        the journal's) to now, nor from now until each symbol's connection is up; that second part
+        is declared when it is up (``Coverage.change``), and joins the first."""
+        now = self.clock()
+        self._declare_unwatched(agg, agg.last_seen(), now)
+        down = self.coverage.down
+        for key in self.keys():
+            down[key] = now
 
     def _declare_unwatched(self, agg: CandleAggregator, since: float, until: float, keys: list[Key] | None = None) -> None:
         """Candle rule 8: ``keys`` (every symbol when None: a start) were not watched from ``since``

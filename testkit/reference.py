@@ -201,3 +201,14 @@ def candle_to_dict(candle: Candle, *, with_source: bool = False) -> tuple[Key, d
     if with_source:
         values["source"] = candle.source
     return key, values
+
+
+def watched_again(store: Any, after: float, keys: Sequence[tuple[str, str]]) -> float:
+    """When the daemon whose store is ``store`` watched ``keys`` again after ``after`` (a restart's
+    first connection): the beginning of their first watched span that begins later, the ``until``
+    of that restart's unwatched span. Each key must have one, the same for all."""
+    spans = store.watched(after, after + 86_400, keys)
+    began = {key: min((a for a, _ in spans.get(key, ()) if a > after), default=None) for key in keys}
+    moments = set(began.values())
+    assert len(moments) == 1 and None not in moments, f"watched again after {after}: {began}"
+    return moments.pop()

@@ -420,6 +420,44 @@ def test_a_restart_leaves_both_neighbours_of_the_hole_partial_and_the_one_after_
     assert feed.as_reference(with_source=True) == reference_candles(ticks, feed.intervals, unwatched=[(3, DAY0 + 94, DAY0 + 185)])
 
 
+def test_a_start_declared_in_two_parts_is_one_span_and_the_bucket_begun_in_the_first_counts_from_its_first_tick():
+    """A start declares the unwatched time up to its restore at once, the rest when the feed is up.
+    A bucket that began in the first part, whose first tick comes after the second, still counts
+    its volume from that tick: what traded before it is in the cumulative volume too."""
+    feed = Feed("1m")
+    before = [tick(60, 100, 10_000), tick(94, 99, 21_317)]
+    feed.clock.now = DAY0 + 95
+    feed.add(*before)
+    feed.clock.now = DAY0 + 125  # restored at 09:17:05: 09:17 began in the first part
+    feed.agg.unwatched(feed.agg.last_seen(), DAY0 + 125)
+    feed.at(125)
+    feed.clock.now = DAY0 + 131  # the feed is up at 09:17:11
+    feed.agg.unwatched(DAY0 + 125, DAY0 + 131, [("NSE", "INFY")])
+    after = [tick(132, 104, 61_000), tick(150, 105, 62_000), tick(190, 103, 63_500)]
+    feed.add(*after)
+    feed.at(242)
+    m1, m2 = feed.candle("1m", 2), feed.candle("1m", 3)
+    assert (m1.source, m1.volume) == ("partial", 1_000)  # not the 40,683 traded since 09:16:34
+    assert (m2.source, m2.volume) == ("live", 1_500)
+    expected = reference_candles(before + after, feed.intervals, unwatched=[(2, DAY0 + 94, DAY0 + 131)])
+    assert feed.as_reference(with_source=True) == expected
+
+
+def test_a_span_declared_before_a_symbols_first_tick_joins_the_next_one():
+    """The same for a symbol with no tick yet (its spans wait for its first tick): a bucket inside
+    the first part is partial, not only one that reaches into the second."""
+    feed = Feed("1m")
+    feed.clock.now = DAY0 + 125
+    feed.agg.unwatched(DAY0 + 30, DAY0 + 125, [("NSE", "INFY")])
+    feed.agg.unwatched(DAY0 + 125, DAY0 + 131, [("NSE", "INFY")])
+    ticks = [tick(100, 103, 60_500), tick(132, 104, 61_000), tick(150, 105, 62_000)]  # the first, a snapshot
+    feed.add(*ticks)
+    feed.at(182)
+    assert feed.candle("1m", 1).source == "partial"  # 09:16, wholly in the first part
+    assert (feed.candle("1m", 2).source, feed.candle("1m", 2).volume) == ("partial", 1_500)
+    assert feed.as_reference(with_source=True) == reference_candles(ticks, feed.intervals, unwatched=[(0, DAY0 + 30, DAY0 + 131)])
+
+
 def test_a_repeat_of_an_older_tick_after_an_outage_does_not_end_it_and_the_next_bucket_takes_no_outage_volume():
     """On resubscribing, a feed repeats each instrument's last state (Kite's snapshot): a tick older
     than the outage. The first bucket after the outage still counts from its own first tick."""

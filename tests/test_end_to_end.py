@@ -12,7 +12,7 @@ from core.ist import IST
 from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
 from testkit.cli import main_env, run_main, start_main
-from testkit.reference import candle_to_dict, reference_candles
+from testkit.reference import candle_to_dict, reference_candles, watched_again
 
 pytestmark = pytest.mark.slow  # every test runs main.py
 
@@ -172,15 +172,17 @@ def test_restart_inside_a_bucket_loses_nothing_and_counts_no_volume_twice(tmp_pa
     assert "resumed" in proc.stderr
     with (tmp_path / "both.jsonl").open("w") as out:
         out.write(first.read_text() + second.read_text())
-    try:
-        stored = _stored(store, intervals)
-    finally:
-        store.close()
-    # rule 8: the daemon did not watch from the newest tick it had seen to its restart, so a bucket
-    # that began in between counts its volume from its own first tick
     before = read_tape(first)
     seen = max(t.exchange_ts.timestamp() for t in before)
-    _assert_matches_reference(tmp_path / "both.jsonl", stored, intervals, unwatched=[(len(before), seen, stopped)])
+    try:
+        stored = _stored(store, intervals)
+        # the second run's feed came up a moment (many simulated seconds) after it started
+        resumed = watched_again(store, stopped, [tuple(s.split(":")) for s in SYMBOLS])
+    finally:
+        store.close()
+    # rule 8: the daemon did not watch from the newest tick it had seen until its feed was up again,
+    # so a bucket that began in between counts its volume from its own first tick
+    _assert_matches_reference(tmp_path / "both.jsonl", stored, intervals, unwatched=[(len(before), seen, resumed)])
 
 
 def test_database_down_mid_run_keeps_the_daemon_running_and_loses_nothing(tmp_path):

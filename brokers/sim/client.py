@@ -349,10 +349,11 @@ class SimBroker(BaseBroker):
             self.tape_path.parent.mkdir(parents=True, exist_ok=True)
             self._tape = self.tape_path.open("w", encoding="utf-8")
         self._stop.clear()
-        keys = self._keys()  # before the thread holds the lock for its first (large) batch
+        # up before the first batch, as a real feed is up before its first frame (the watch changes
+        # and the batches share one queue)
+        self._report_watch(True, self.clock(), self._keys())
         self._thread = threading.Thread(target=self._run, args=(on_ticks,), name="sim-feed", daemon=True)
         self._thread.start()
-        self._report_watch(True, self.clock(), keys)
 
     def disconnect(self) -> None:
         self._stop.set()
