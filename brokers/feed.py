@@ -125,7 +125,8 @@ class ResubscribeDedupe:
         self.armed = True
 
     def filter(self, ticks: list[TickData]) -> list[TickData]:
-        """``ticks`` without the repeats; once the window has passed, all of them (and it closes).
+        """``ticks`` without the repeats (``ticks`` itself when there were none); once the window
+        has passed, all of them (and it closes).
 
         The window is timed from the first ticks filtered after ``arm``, not from ``arm`` itself:
         the copies are already on their way then, and a thread that does not get to read them for
@@ -156,7 +157,7 @@ class ResubscribeDedupe:
                 continue
             seen.add(key)
             kept.append(tick)
-        return kept
+        return ticks if len(kept) == len(ticks) else kept  # the same list when none was a copy
 
 
 class FeedConnection:
@@ -372,9 +373,8 @@ class FeedConnection:
             if self.broker._stop.is_set():
                 raise Stop
             self.connected = True
-            last = self._last_delivered()
-            if last:
-                self.dedupe.arm(last)
+            # armed on the first socket too: its snapshot may come before live ticks it already shows
+            self.dedupe.arm(self._last_delivered())
             self._send_subscription(ws, dict(self.instruments))
             count = len(self.instruments)
             self.up_at = self.broker.clock()

@@ -158,31 +158,35 @@ def test_a_reconnect_never_delivers_an_index_tick_twice_whichever_side_of_the_li
     # last tick delivered before it, and of any delivered since.
     nifty = 256265
     broker = make_broker()
-    broker.subscribe([INSTRUMENTS[nifty]])
+    broker.subscribe([INSTRUMENTS[nifty], INSTRUMENTS[INFY]])
     sink = Sink()
     kinds: list[str] = []  # what each batch is: a filtered one must not be journalled as its whole frame
     broker.connect(lambda batch: (kinds.append(type(batch).__name__), sink(batch)))
-    server.wait_subscribed([nifty], mode="full")
+    server.wait_subscribed([nifty, INFY], mode="full")
     time.sleep(0.3)  # the (empty) first snapshots are out
     server.send_ticks([tick(nifty, "21500.05", 0, 1)])
     sink.wait_for(lambda t: len(t) == 1)
     server.drop_all()
     wait_until(lambda: server.handshakes >= 2, 5, "a second handshake")
-    server.wait_subscribed([nifty], mode="full")
+    server.wait_subscribed([nifty, INFY], mode="full")
     time.sleep(0.3)  # the snapshot of the tick above has come: a copy, dropped
     newest = tick(nifty, "21500.40", 0, 3)
     server.send_ticks([newest])  # a snapshot that already shows the newest state ...
     server.send_ticks([tick(nifty, "21500.20", 0, 2), newest])  # ... and the live ticks behind it
-    sink.wait_for(lambda t: len(t) >= 3)
+    server.send_ticks([tick(INFY, "1573.15", 100, 2), newest])  # one frame: a new tick and a copy
+    sink.wait_for(lambda t: len(t) >= 4)
     time.sleep(0.5)
-    assert [(int(x.exchange_ts.timestamp()) - EPOCH, x.last_price, x.volume) for x in sink.ticks] == [
-        (1, Decimal("21500.05"), None), (3, Decimal("21500.40"), None), (2, Decimal("21500.20"), None),
+    assert [(x.symbol, int(x.exchange_ts.timestamp()) - EPOCH, x.last_price, x.volume) for x in sink.ticks] == [
+        ("NIFTY 50", 1, Decimal("21500.05"), None), ("NIFTY 50", 3, Decimal("21500.40"), None),
+        ("NIFTY 50", 2, Decimal("21500.20"), None), ("INFY", 2, Decimal("1573.15"), 100),
     ]  # fmt: skip
     # after the moment has passed, the same values are new again (another second, say, at the same price)
     time.sleep(2.0)
     server.send_ticks([newest])
-    sink.wait_for(lambda t: len(t) == 4)
-    assert kinds == ["FrameBatch", "list", "list", "FrameBatch"]
+    sink.wait_for(lambda t: len(t) == 5)
+    # frames the window dropped nothing from are journalled whole (the copies alone were never
+    # handed over); the one it cut is handed over as its ticks
+    assert kinds == ["FrameBatch", "FrameBatch", "FrameBatch", "list", "FrameBatch"]
 
 
 def test_silent_socket_is_detected_as_stalled_and_replaced(server, make_broker, caplog):

@@ -385,6 +385,24 @@ def test_a_snapshot_coming_before_the_live_tick_it_copies_on_reconnect_counts_on
     ]  # fmt: skip
 
 
+def test_a_first_snapshot_coming_before_the_live_tick_it_copies_counts_once(server, make_broker):
+    # The same on the first connection: ticks sent as the subscription is taken are in its snapshot
+    # and then on their way live, behind it (the feed's state moved on before the snapshot was read).
+    broker = make_broker()
+    broker.subscribe([NIFTY])
+    sink = Sink()
+    broker.connect(sink)
+    server.wait_subscribed(["nse_cm|Nifty 50"])
+    newest = tick(NIFTY, "25894.70", 0, 3, token=26000)
+    server.send_ticks([newest])  # the snapshot ...
+    server.send_ticks([tick(NIFTY, "25894.60", 0, 2, token=26000), newest])  # ... and the live ticks behind it
+    sink.wait_for(lambda t: len(t) >= 2)
+    time.sleep(0.5)
+    assert [(int(x.exchange_ts.timestamp()) - EPOCH, x.last_price) for x in sink.ticks] == [
+        (3, Decimal("25894.70")), (2, Decimal("25894.60")),
+    ]  # fmt: skip
+
+
 def test_a_feed_refusing_every_session_costs_one_new_login_not_one_per_retry(server, make_broker):
     broker = make_broker(max_symbols_per_connection=4)
     instruments = synthetic(10)
