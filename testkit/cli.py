@@ -57,3 +57,12 @@ def start_main(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def session_calendar(folder: Path, day: str, exchange: str = "NSE") -> str:
+    """A ``MARKET_CALENDAR_FILE`` (written in ``folder``) that opens ``day`` (ISO date) 09:15-15:30
+    as a special session: a simulated run on a day the calendar calls a holiday (2026-11-24,
+    Guru Nanak Jayanti) is then a trading day, whose unwatched time counts. Returns its path."""
+    path = folder / "calendar.toml"
+    path.write_text(f'[[session]]\ndate = {day}\nexchanges = ["{exchange}"]\nopen = "09:15"\nclose = "15:30"\n')
+    return str(path)

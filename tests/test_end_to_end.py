@@ -11,7 +11,7 @@ from candles.model import Interval, parse_intervals
 from core.ist import IST
 from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
-from testkit.cli import main_env, run_main, start_main
+from testkit.cli import main_env, run_main, session_calendar, start_main
 from testkit.reference import candle_to_dict, reference_candles, watched_again
 
 pytestmark = pytest.mark.slow  # every test runs main.py
@@ -155,11 +155,9 @@ def test_restart_inside_a_bucket_loses_nothing_and_counts_no_volume_twice(tmp_pa
     intervals = parse_intervals("1m,15m")
     first, second = tmp_path / "tape1.jsonl", tmp_path / "tape2.jsonl"
     store, env = _open(kind, tmp_path, request)
-    # the simulated day, 2026-11-24, is an exchange holiday (Guru Nanak Jayanti): the calendar would
-    # count no unwatched time in it; a special session opens it, as it would a Muhurat session
-    calendar = tmp_path / "calendar.toml"
-    calendar.write_text('[[session]]\ndate = 2026-11-24\nexchanges = ["NSE"]\nopen = "09:15"\nclose = "15:30"\n')
-    env = {**env, "MARKET_CALENDAR_FILE": str(calendar)}
+    # the simulated day is an exchange holiday: the calendar would count no unwatched time in it; a
+    # special session opens it, as it would a Muhurat session
+    env = {**env, "MARKET_CALENDAR_FILE": session_calendar(tmp_path, SIM_START[:10])}
     common = ["--broker", "sim", "--symbols", *SYMBOLS, "--intervals", "1m,15m", "--seed", "21", "--sim-speed", "60"]
     proc = run_main(*common, "--sim-start", SIM_START, "--duration", "6", "--sim-tape", str(first), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,7 @@ from candles.model import LIVE, PARTIAL, SOURCES, Candle, parse_intervals
 from core.ist import IST
 from storage.postgres import PostgresStore
 from storage.spool import Spool, SpoolError, decode, encode, encoder
-from testkit.cli import main_env, run_main, start_main
+from testkit.cli import main_env, run_main, session_calendar, start_main
 from testkit.pg import PostgresServer
 from testkit.reference import candle_to_dict, reference_candles, watched_again
 
@@ -197,11 +197,9 @@ def test_candles_closed_while_the_database_is_down_survive_a_shutdown_and_are_wr
 def test_a_daemon_killed_with_sigkill_resumes_its_open_buckets_and_the_table_equals_the_reference(tmp_path, request, kind):
     intervals = parse_intervals("1m,15m")
     first, second = tmp_path / "tape1.jsonl", tmp_path / "tape2.jsonl"
-    # the simulated day, 2026-11-24, is an exchange holiday: the calendar would count no unwatched
-    # time in it (once it has loaded, in the background); a special session opens it
-    calendar = tmp_path / "calendar.toml"
-    calendar.write_text('[[session]]\ndate = 2026-11-24\nexchanges = ["NSE"]\nopen = "09:15"\nclose = "15:30"\n')
-    env = main_env(STATUS_INTERVAL_SECONDS="1", MARKET_CALENDAR_FILE=str(calendar))
+    # the simulated day is an exchange holiday: the calendar would count no unwatched time in it
+    # (once it has loaded, in the background); a special session opens it
+    env = main_env(STATUS_INTERVAL_SECONDS="1", MARKET_CALENDAR_FILE=session_calendar(tmp_path, SIM_START[:10]))
     if kind == "postgres":
         dsn = request.getfixturevalue("pg_dsn")
         env = {**env, "PG_CONN_STR": dsn}
