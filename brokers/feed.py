@@ -236,8 +236,9 @@ class FeedConnection:
             self.instruments.update(new)
             self.decoder.set_instruments(dict(self.instruments))
             if self.connected and self.ws is not None:
+                at = self.broker.clock()  # watched from the moment the subscriptions go out
                 self._send_subscription(self.ws, new)
-                self.broker._report_watch(True, self.broker.clock(), self._keys(new.values()), self.id)
+                self.broker._report_watch(True, at, self._keys(new.values()), self.id)
 
     def remove(self, keys: Iterable[Any]) -> None:
         with self.lock:
@@ -375,9 +376,10 @@ class FeedConnection:
             self.connected = True
             # armed on the first socket too: its snapshot may come before live ticks it already shows
             self.dedupe.arm(self._last_delivered())
+            # up from the moment the subscriptions go out (read before: the server may answer first)
+            self.up_at = self.broker.clock()
             self._send_subscription(ws, dict(self.instruments))
             count = len(self.instruments)
-            self.up_at = self.broker.clock()
             self.broker._report_watch(True, self.up_at, self._keys(self.instruments.values()), self.id)
         if reconnect:
             self.reconnects += 1
