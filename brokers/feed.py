@@ -47,6 +47,7 @@ from typing import Any, ClassVar, NamedTuple
 import websocket
 
 from brokers.base import BaseBroker, BrokerError, ConnectionState
+from brokers.ws import FeedSocket
 from core.ticks import Instrument, TickBatchCallback, TickData
 
 #: A session that lasted this long counts as healthy: the backoff starts again from its beginning.
@@ -358,7 +359,7 @@ class FeedConnection:
     def _new_socket(self, *, current: bool = True) -> websocket.WebSocket:
         """A socket for a new session, made ``ws`` at once (``opening`` unless ``current``) so that
         disconnect can interrupt its handshake."""
-        ws = websocket.WebSocket(skip_utf8_validation=True)  # bad text is counted by the decoder
+        ws = FeedSocket(skip_utf8_validation=True)  # bad text is counted by the decoder
         with self.lock:
             if self.broker._stop.is_set():
                 raise Stop
