@@ -184,26 +184,24 @@ def test_a_frame_larger_than_a_read_arrives_whole() -> None:
 
 def test_plain_frames_already_read_take_one_socket_read() -> None:
     """Many frames that arrived together cost one read of the socket, not four per frame."""
-    ours, theirs = socket.socketpair()
     reads = []
 
+    class Counting(socket.socket):
+        def recv_into(self, *args: object) -> int:
+            reads.append(args)
+            return super().recv_into(*args)  # type: ignore[arg-type]
+
+    a, theirs = socket.socketpair()
+    ours = Counting(fileno=a.detach())
     ws = FeedSocket(skip_utf8_validation=True)
     ws.sock = ours
     ws.connected = True
     ours.settimeout(1.0)
-    real = websocket.WebSocket._recv
-
-    def counted(self: websocket.WebSocket, bufsize: int) -> bytes:
-        reads.append(bufsize)
-        return real(self, bufsize)
-
     frames = [os.urandom(2000) for _ in range(20)]
     theirs.sendall(b"".join(frame(BINARY, f) for f in frames))
     try:
-        websocket.WebSocket._recv = counted  # type: ignore[method-assign]
         got = [ws.recv_data(control_frame=True) for _ in frames]
     finally:
-        websocket.WebSocket._recv = real  # type: ignore[method-assign]
         ours.close()
         theirs.close()
     assert got == [(BINARY, f) for f in frames]
