@@ -217,3 +217,24 @@ def test_the_default_decoder_is_the_compiled_one_unless_forced_pure() -> None:
     assert protocol.KiteDecoder.compiled is not forced
     assert (protocol.KiteDecoder is PythonKiteDecoder) is forced
     assert issubclass(protocol.KiteDecoder, PythonKiteDecoder) and PythonKiteDecoder.compiled is False
+
+
+def test_a_remembered_price_outlives_a_cleared_price_cache_with_the_same_value() -> None:
+    """Each instrument's row remembers its last prices: after the shared price cache is cleared
+    (it is, wholesale, when full) the compiled decoder hands out an equal Decimal from before the
+    clear, where the reference builds a new one. Values, exponents included, stay the same."""
+    compiled = compiled_decoder_class()(TABLE, timed_only=True)
+    pure = PythonKiteDecoder(TABLE, timed_only=True)
+    token = KNOWN[0]
+    frames = [_frame(_full(token, price, SESSION)) for price in (12345, 12350, 12345, 12355)]
+    first = compiled.decode(frames[0], RECEIVED)[0].last_price
+    pure.decode(frames[0], RECEIVED)
+    for decoder in (compiled, pure):
+        for prices, _levels in decoder._exponents.values():
+            prices.clear()
+    for data in frames[1:]:
+        got, want = compiled.decode(data, RECEIVED), pure.decode(data, RECEIVED)
+        assert [repr(t) for t in got] == [repr(t) for t in want]
+    again = compiled.decode(frames[0], RECEIVED)[0].last_price
+    assert again is first  # the row's memory, not the cleared cache
+    assert pure.decode(frames[0], RECEIVED)[0].last_price is not first
