@@ -10,8 +10,8 @@ step, reading the big-endian fields straight from the frame's bytes instead of t
 
 The values are those the reference builds: prices, depth levels and exchange times come from the
 decoder's own caches (``brokers.codec``), so a compiled and a pure decoder hand out the same
-shared objects (until a full cache is cleared: see "the token table" below); the deferred ``Depth`` keeps the raw 120-byte book and the same level cache as its
-source. ``TickData`` and ``Depth`` are built as ``core.fastnew`` builds them (a genuine instance,
+shared objects (until a full cache is cleared: see "the token table" below); the deferred
+``Depth`` keeps the raw 120-byte book and the same level cache as its source. ``TickData`` and ``Depth`` are built as ``core.fastnew`` builds them (a genuine instance,
 its slots filled without the frozen ``__setattr__``), here by storing each field at its slot's
 offset, which the module reads from the classes' slot descriptors when it is imported.
 
