@@ -882,3 +882,70 @@ def compiled_aggregator(base, grid, series_day, rec):
             "_volume_of": staticmethod(_volume_of),
         },
     )
+
+
+def symbol_state(Symbol sym, no_day):
+    """``candles.snapshot.symbol_state`` for the compiled state: one symbol's state as the
+    snapshot's plain tuples (prices as text), the same tuples, read from the fields directly."""
+    cdef Series ser
+    cdef Bucket b
+    cdef SymDay sd
+    cdef dict sym_days = {}, sdays, sday_index
+    cdef set listed_sdays
+    cdef list series = [], buckets, sday_rows, day_rows
+    for sd in sym.days.values():
+        sym_days[id(sd)] = sd
+    for ser in sym.series:
+        sdays = {}
+        for x in ser.days.values():
+            sdays[id(x)] = x
+        for obj in ser.buckets.values():
+            if type(obj) is not bytes:  # a packed one's is ser.days[its day]
+                b = <Bucket>obj
+                key = id(b.sday)
+                if key not in sdays:
+                    sdays[key] = b.sday
+        for x in sdays.values():
+            key = id(x.sym_day)
+            if key not in sym_days:
+                sym_days[key] = x.sym_day
+        sday_index = {k: i for i, k in enumerate(sdays)}
+        listed_sdays = {id(x) for x in ser.days.values()}
+        buckets = []
+        for start, obj in ser.buckets.items():
+            if type(obj) is bytes:
+                buckets.append((start, obj))
+                continue
+            b = <Bucket>obj
+            buckets.append((
+                b.start, b.day, sday_index[id(b.sday)],
+                (str(b.open), str(b.high), str(b.low), str(b.close)) if b.count else None,
+                b.first_ts, b.last_ts, b.count, b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts, b.closed, b.emitted_volume,
+                b.partial, b.base,
+            ))
+        sday_rows = []
+        for x in sdays.values():
+            lt = x.last_trade
+            if lt is None:
+                last = None
+            elif ser.buckets.get(lt.start) is lt:
+                last = lt.start
+            else:  # evicted, still the gap filler's reference: keep what it reads
+                last = (lt.start, lt.maxcum, lt.frozen_cum, str(lt.close), lt.oi)
+            sday_rows.append((id(x.sym_day), x.evicted_max, x.baseline, last, id(x) in listed_sdays))
+        series.append((sday_rows, buckets, None if ser.cur is None else ser.cur.start, ser.gap))
+    day_rows = []
+    for key, obj in sym_days.items():
+        sd = <SymDay>obj
+        day_rows.append((
+            key, sd.day, sd.latest_ts, sd.run_max, (sd.hist.tolist(), sd.pos), sd.floor, sd.baseline, sd.plain_ts,
+            None if sd.plain_price is None else str(sd.plain_price),
+        ))
+    listed = [id(x) for x in sym.days.values()]
+    acc = (
+        (sym.count, (str(sym.open), str(sym.high), str(sym.low), str(sym.close)) if sym.count else None,
+         sym.first_ts, sym.last_ts, sym.maxcum, sym.oi, sym.oi_ts)
+        if sym.dirty else None
+    )
+    cur = id(sym.cur) if sym.cur is not no_day else None
+    return (sym.exchange, sym.symbol, day_rows, listed, cur, series, sym.lo, sym.hi, acc, sym.watch_from, sym.gap_since)

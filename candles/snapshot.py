@@ -12,12 +12,18 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 from candles.aggregator import AggregatorStats, CandleAggregator, _Bucket, _Series, _SeriesDay, _shared, _SymDay
 from candles.model import Interval
+from core import accel
 
 VERSION = 6  # 5: candle provenance (partial buckets, unwatched spans); 6: spans of keys not seen yet
 _CHUNK = struct.Struct("<I")  # length of each marshalled chunk of a snapshot
+
+# The compiled aggregator's module (None on the pure path): its ``symbol_state`` writes a compiled
+# aggregator's symbols.
+_compiled = accel.load("candles._speedups")
 
 
 def snapshot(agg: CandleAggregator) -> bytes:
@@ -26,11 +32,12 @@ def snapshot(agg: CandleAggregator) -> bytes:
     return b"".join(snapshot_chunks(agg))
 
 
-def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
+def snapshot_chunks(agg: CandleAggregator, state: Callable[[Any, Any], tuple] | None = None) -> Iterator[bytes]:
     """``snapshot()`` in pieces, one per symbol after a head, to be written out as they come:
     the whole state never exists twice in memory (at 9,000 symbols it is about 18 MB, and the
     copies of it left the process's heap larger for good). Do not touch the aggregator until
-    the iterator is exhausted."""
+    the iterator is exhausted. ``state``: what writes one symbol (default: ``symbol_state``, or its
+    compiled twin for a compiled aggregator)."""
     st = agg.stats
     head = (
         VERSION, [iv.name for iv in agg.intervals], agg._grace, agg._horizon, agg._emit_empty,
@@ -40,64 +47,72 @@ def snapshot_chunks(agg: CandleAggregator) -> Iterator[bytes]:
     pack = _CHUNK.pack
     chunk = marshal.dumps(head)
     yield pack(len(chunk)) + chunk
+    if state is None:
+        state = _compiled.symbol_state if _compiled is not None and getattr(type(agg), "compiled", False) else symbol_state
+    no_day = agg._no_day
     for sym in agg._symbols.values():
-        sym_days = {id(sd): sd for sd in sym.days.values()}
-        series = []
-        for ser in sym.series:
-            sdays = {id(x): x for x in ser.days.values()}
-            for b in ser.buckets.values():
-                if type(b) is not bytes:  # a packed one's is ser.days[its day]
-                    sdays.setdefault(id(b.sday), b.sday)
-            for x in sdays.values():
-                sym_days.setdefault(id(x.sym_day), x.sym_day)
-            sday_index = {k: i for i, k in enumerate(sdays)}
-            listed_sdays = {id(x) for x in ser.days.values()}
-            buckets = [
-                (start, b) if type(b) is bytes else
-                (b.start, b.day, sday_index[id(b.sday)],
-                 (str(b.open), str(b.high), str(b.low), str(b.close)) if b.count else None,
-                 b.first_ts, b.last_ts, b.count, b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts, b.closed, b.emitted_volume,
-                 b.partial, b.base)
-                for start, b in ser.buckets.items()
-            ]  # fmt: skip
-            sday_rows = []
-            for x in sdays.values():
-                lt = x.last_trade
-                if lt is None:
-                    last = None
-                elif ser.buckets.get(lt.start) is lt:
-                    last = lt.start
-                else:  # evicted, still the gap filler's reference: keep what it reads
-                    last = (lt.start, lt.maxcum, lt.frozen_cum, str(lt.close), lt.oi)
-                sday_rows.append((id(x.sym_day), x.evicted_max, x.baseline, last, id(x) in listed_sdays))
-            series.append((sday_rows, buckets, None if ser.cur is None else ser.cur.start, ser.gap))
-        day_rows = [
-            (
-                key,
-                sd.day,
-                sd.latest_ts,
-                sd.run_max,
-                (sd.hist.tolist(), sd.pos),
-                sd.floor,
-                sd.baseline,
-                sd.plain_ts,
-                None if sd.plain_price is None else str(sd.plain_price),
-            )
-            for key, sd in sym_days.items()
-        ]
-        listed = [id(sd) for sd in sym.days.values()]
-        acc = (
-            (sym.count, (str(sym.open), str(sym.high), str(sym.low), str(sym.close)) if sym.count else None,
-             sym.first_ts, sym.last_ts, sym.maxcum, sym.oi, sym.oi_ts)
-            if sym.dirty else None
-        )  # fmt: skip
-        cur = id(sym.cur) if sym.cur is not agg._no_day else None
         # marshalled per symbol: only one symbol's tuples exist at a time (at 9,000 symbols the
         # whole state as tuples took about 190 MB for a moment)
-        chunk = marshal.dumps(
-            (sym.exchange, sym.symbol, day_rows, listed, cur, series, sym.lo, sym.hi, acc, sym.watch_from, sym.gap_since)
-        )
+        chunk = marshal.dumps(state(sym, no_day))
         yield pack(len(chunk)) + chunk
+
+
+def symbol_state(sym: Any, no_day: Any) -> tuple:
+    """One symbol's state as the snapshot's plain tuples (prices as text). The compiled
+    aggregator's state is written by the compiled twin of this function (candles/_speedups.pyx),
+    which gives the same tuples."""
+    sym_days = {id(sd): sd for sd in sym.days.values()}
+    series = []
+    for ser in sym.series:
+        sdays = {id(x): x for x in ser.days.values()}
+        for b in ser.buckets.values():
+            if type(b) is not bytes:  # a packed one's is ser.days[its day]
+                sdays.setdefault(id(b.sday), b.sday)
+        for x in sdays.values():
+            sym_days.setdefault(id(x.sym_day), x.sym_day)
+        sday_index = {k: i for i, k in enumerate(sdays)}
+        listed_sdays = {id(x) for x in ser.days.values()}
+        buckets = [
+            (start, b) if type(b) is bytes else
+            (b.start, b.day, sday_index[id(b.sday)],
+             (str(b.open), str(b.high), str(b.low), str(b.close)) if b.count else None,
+             b.first_ts, b.last_ts, b.count, b.maxcum, b.carry, b.frozen_cum, b.oi, b.oi_ts, b.closed, b.emitted_volume,
+             b.partial, b.base)
+            for start, b in ser.buckets.items()
+        ]  # fmt: skip
+        sday_rows = []
+        for x in sdays.values():
+            lt = x.last_trade
+            if lt is None:
+                last = None
+            elif ser.buckets.get(lt.start) is lt:
+                last = lt.start
+            else:  # evicted, still the gap filler's reference: keep what it reads
+                last = (lt.start, lt.maxcum, lt.frozen_cum, str(lt.close), lt.oi)
+            sday_rows.append((id(x.sym_day), x.evicted_max, x.baseline, last, id(x) in listed_sdays))
+        series.append((sday_rows, buckets, None if ser.cur is None else ser.cur.start, ser.gap))
+    day_rows = [
+        (
+            key,
+            sd.day,
+            sd.latest_ts,
+            sd.run_max,
+            (sd.hist.tolist(), sd.pos),
+            sd.floor,
+            sd.baseline,
+            sd.plain_ts,
+            None if sd.plain_price is None else str(sd.plain_price),
+        )
+        for key, sd in sym_days.items()
+    ]
+    listed = [id(sd) for sd in sym.days.values()]
+    acc = (
+        (sym.count, (str(sym.open), str(sym.high), str(sym.low), str(sym.close)) if sym.count else None,
+         sym.first_ts, sym.last_ts, sym.maxcum, sym.oi, sym.oi_ts)
+        if sym.dirty else None
+    )  # fmt: skip
+    cur = id(sym.cur) if sym.cur is not no_day else None
+    return (sym.exchange, sym.symbol, day_rows, listed, cur, series, sym.lo, sym.hi, acc, sym.watch_from, sym.gap_since)
 
 
 def restore(data: bytes, clock: Callable[[], float], kind: type[CandleAggregator] | None = None) -> CandleAggregator:

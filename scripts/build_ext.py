@@ -21,7 +21,7 @@ from core.accel import source_digest  # noqa: E402
 
 # module -> (its .pyx, the Python modules it mirrors)
 EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "candles._speedups": ("candles/_speedups.pyx", "candles/aggregator.py"),
+    "candles._speedups": ("candles/_speedups.pyx", "candles/aggregator.py", "candles/snapshot.py"),
     "brokers.kite._speedups": ("brokers/kite/_speedups.pyx", "brokers/kite/protocol.py", "brokers/codec.py", "core/fastnew.py"),
     "publishers._speedups": ("publishers/_speedups.pyx", "publishers/nats.py"),
 }

@@ -138,6 +138,8 @@ def test_compiled_and_pure_aggregators_emit_the_same_candles(ops, intervals, emi
                 twin.out.append(("flush", _spelled(twin.agg.flush())))
             else:  # a snapshot, restored by this path or by the other one
                 data = snapshot.snapshot(twin.agg)
+                # the compiled state is written by the compiled twin of symbol_state: the same bytes
+                assert data == b"".join(snapshot.snapshot_chunks(twin.agg, snapshot.symbol_state))
                 other = twins[1].kind if twin.kind is twins[0].kind else twins[0].kind
                 twin.agg = snapshot.restore(data, twin.clock, other if op[1] else twin.kind)
         if kind == "advance":
