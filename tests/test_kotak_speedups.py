@@ -59,9 +59,7 @@ tokens = st.sampled_from(KNOWN + UNKNOWN)
 exchanges = st.sampled_from([NSE_CM, NSE_CM, BSE_CM, CDE_FO, 2])
 # no time (0, negative, the SDK's 1900 sentinel), seconds repeating across packets and frames,
 # milliseconds, and any int64
-times = st.one_of(
-    st.sampled_from([0, -1, -2_208_988_800]), st.integers(SESSION, SESSION + 2), st.just(SESSION * 1000 + 250), i64
-)
+times = st.one_of(st.sampled_from([0, -1, -2_208_988_800]), st.integers(SESSION, SESSION + 2), st.just(SESSION * 1000 + 250), i64)
 prices = st.one_of(st.integers(0, 20), st.integers(10_000, 10_010), u32)  # repeats hit the price cache
 volumes = st.one_of(st.integers(0, 10**6), st.integers(-3, -1), i64)
 counts = st.one_of(st.integers(0, 12), u32)
@@ -93,7 +91,8 @@ def mini(draw: st.DrawFn) -> bytes:
 @st.composite
 def index(draw: st.DrawFn) -> bytes:
     name = draw(st.sampled_from([b"Nifty 50", b"NIFTY BANK", b""]))
-    body = _INDEX.pack(draw(tokens), 1, 2, 3, 4, draw(st.integers(-(2**31), 2**31 - 1)), max(draw(times), 0), 1, 2, 3, 0.0, 2, 1, name)
+    value = draw(st.integers(-(2**31), 2**31 - 1))
+    body = _INDEX.pack(draw(tokens), 1, 2, 3, 4, value, max(draw(times), 0), 1, 2, 3, 0.0, 2, 1, name)
     return _HEADER.pack(87, 7207, draw(exchanges), 0, 0, 7, 0) + body
 
 
@@ -191,9 +190,7 @@ def test_compiled_and_pure_decoders_agree_frame_by_frame(run: list[bytes], retab
 
 def _picture(token: int, *, level: int = 8, volume: int = 1000, bids: int = 1, asks: int = 1, n_rows: int = 2,
              ltt: int = SESSION, lut: int = SESSION, exchange: int = NSE_CM, ltp: int = 123456) -> bytes:  # fmt: skip
-    body = _MP.pack(
-        token, 0, 0, volume, ltt, lut, 0, 0, 0, 0, ltp, 5, 0, 0, bids, asks, 1, 57, 9, 1.5, 80, 1, 2, 3, 4, 5, 1, 2
-    )
+    body = _MP.pack(token, 0, 0, volume, ltt, lut, 0, 0, 0, 0, ltp, 5, 0, 0, bids, asks, 1, 57, 9, 1.5, 80, 1, 2, 3, 4, 5, 1, 2)
     raw = b"".join(_ROW.pack(10 + i, ltp - 5 + 10 * (i % 2), i) for i in range(n_rows))
     return _HEADER.pack(9 + len(body) + len(raw), 7208, exchange, level, 0, 7, 0) + body + raw
 

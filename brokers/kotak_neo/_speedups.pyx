@@ -209,7 +209,7 @@ cdef object _market_pictures(
     entries = decoder._by_number
     times = decoder._times
     cdef list ticks = []
-    cdef Py_ssize_t unknown = 0, short_depth = 0, start, i, kept
+    cdef Py_ssize_t unknown = 0, short_depth = 0, start, kept
     cdef const unsigned char *rec
     cdef uint32_t token, bids, asks
     cdef int64_t volume, ts, last_ts = 0
