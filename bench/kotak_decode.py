@@ -2,8 +2,12 @@
 
     .venv/bin/python -m bench.kotak_decode [--frames 200] [--packets 50] [--repeat 5] [--profile]
 
-Both decode the SAME frames in one run; prints the best of ``--repeat`` runs as packets/s for each
-and the ratio (the bar is 3x). Data sets, ``--packets`` packets a frame:
+All decode the SAME frames in one run; prints the best of ``--repeat`` runs as packets/s for each
+and the ratios to the SDK (the bar is 3x, for the default decoder). ``compiled`` is the default
+``KotakDecoder`` when brokers/kotak_neo/_speedups.pyx is built (it compiles the market-picture
+frames: ``depth``, ``depth-cold`` and ``touchline``; the other sets run the same Python code on
+both), ``pure`` the pure-Python reference ``PythonKotakDecoder``. Data sets, ``--packets``
+packets a frame:
 
 - ``depth``: market pictures at level 8 (144 bytes + 5 bid and 5 ask rows) whose snapshots evolve
   like a live book (the last price walks on its tick grid, cumulative volume rises, 1-4 of the
@@ -30,7 +34,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from brokers.kotak_neo.protocol import KotakDecoder
+from brokers.kotak_neo.protocol import KotakDecoder, PythonKotakDecoder
 from core.ist import IST
 from core.ticks import Instrument
 
@@ -135,28 +139,35 @@ def sdk_decode(frame: bytes) -> list:
     return out
 
 
-def run(kind: str, frames: list[bytes], instruments: dict[str, Instrument], repeat: int) -> float | None:
-    total = len(frames) * len(instruments)
+def _timed(cls: type[PythonKotakDecoder], frames: list[bytes], instruments: dict[str, Instrument], repeat: int) -> float:
     receive = datetime.fromtimestamp(SESSION, IST)
-    decoder = KotakDecoder(instruments, DIVIDERS)
-
-    def ours(frame: bytes) -> list:
-        return decoder.decode(frame, receive)
-
-    assert len(ours(frames[0])) == len(instruments), "every packet of the set must decode to a tick"
+    decoder = cls(instruments, DIVIDERS)
+    assert len(decoder.decode(frames[0], receive)) == len(instruments), "every packet of the set must decode to a tick"
     # A fresh decoder per run would measure cold caches only in the first repeat; the live
     # decoder lives for the whole day, so keep one and let the caches work as they would.
-    decoder = KotakDecoder(instruments, DIVIDERS)
-    t_ours = best_of(repeat, ours, frames)
-    line = f"{kind:10s} packets={total:,}  ours {total / t_ours:>12,.0f} packets/s"
+    decoder = cls(instruments, DIVIDERS)
+    return best_of(repeat, lambda frame: decoder.decode(frame, receive), frames)
+
+
+def run(kind: str, frames: list[bytes], instruments: dict[str, Instrument], repeat: int) -> float | None:
+    """Prints one line for the set; returns the default decoder's ratio to the SDK (None without the SDK)."""
+    total = len(frames) * len(instruments)
+    t_pure = _timed(PythonKotakDecoder, frames, instruments, repeat)
+    t_compiled = _timed(KotakDecoder, frames, instruments, repeat) if KotakDecoder.compiled else None
+    line = f"{kind:10s} packets={total:,}  "
+    line += "compiled not built " if t_compiled is None else f"compiled {total / t_compiled:>10,.0f} packets/s  "
+    line += f"pure {total / t_pure:>10,.0f} packets/s"
+    t_ours = t_pure if t_compiled is None else t_compiled
     if decode_packet is None:
         print(f"{line}   SDK: not installed (pip install kotakneoapi) - no ratio")
         return None
-    assert len(sdk_decode(frames[0])) == len(ours(frames[0]))
     t_sdk = best_of(repeat, sdk_decode, frames)
-    ratio = t_sdk / t_ours
-    print(f"{line}   SDK {total / t_sdk:>10,.0f} packets/s   ratio {ratio:5.1f}x")
-    return ratio
+    assert len(sdk_decode(frames[0])) == total // len(frames)
+    ratios = f"ratio pure {t_sdk / t_pure:5.1f}x"
+    if t_compiled is not None:
+        ratios = f"ratio compiled {t_sdk / t_compiled:5.1f}x  {ratios}"
+    print(f"{line}   SDK {total / t_sdk:>10,.0f} packets/s   {ratios}")
+    return t_sdk / t_ours
 
 
 def main() -> None:
@@ -175,7 +186,8 @@ def main() -> None:
             ratios.append(ratio)
     if ratios:
         verdict = "meets" if min(ratios) >= 3 else "MISSES"
-        print(f"lowest ratio {min(ratios):.1f}x: {verdict} the 3x bar")
+        which = "compiled" if KotakDecoder.compiled else "pure"
+        print(f"lowest ratio ({which}, the default decoder) {min(ratios):.1f}x: {verdict} the 3x bar")
 
     if args.profile:
         frames, instruments = build_frames("depth", args.frames, args.packets)

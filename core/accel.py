@@ -1,11 +1,12 @@
 """The compiled hot path: which per-tick modules run as compiled code, and why not when they don't.
 
 A few per-tick modules have a compiled twin (Cython, built by ``scripts/build_ext.py``, which
-``scripts/bootstrap.sh`` runs): ``candles/_speedups.pyx`` for the aggregator's per-tick path and
-``brokers/kite/_speedups.pyx`` for Kite's full-frame decode. The pure-Python modules stay the
-reference and the fallback: ``load`` returns the compiled module only when it imports and was
-built from the sources on disk now; otherwise the caller keeps its Python code and ``report``
-says why (for the daemon's start-up line).
+``scripts/bootstrap.sh`` runs): ``candles/_speedups.pyx`` for the aggregator's per-tick path,
+``brokers/kite/_speedups.pyx`` for Kite's full-frame decode, ``brokers/kotak_neo/_speedups.pyx``
+for Kotak Neo's market-picture frames and ``publishers/_speedups.pyx`` for the NATS tick encoder.
+The pure-Python modules stay the reference and the fallback: ``load`` returns the compiled module
+only when it imports and was built from the sources on disk now; otherwise the caller keeps its
+Python code and ``report`` says why (for the daemon's start-up line).
 
 ``MARKETFEED_PURE_PYTHON=1`` (any value but empty or 0) runs the pure-Python path even where the
 compiled one is built: the tests run both paths this way.

@@ -24,6 +24,12 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     "candles._speedups": ("candles/_speedups.pyx", "candles/aggregator.py", "candles/snapshot.py"),
     "brokers.kite._speedups": ("brokers/kite/_speedups.pyx", "brokers/kite/protocol.py", "brokers/codec.py", "core/fastnew.py"),
     "publishers._speedups": ("publishers/_speedups.pyx", "publishers/nats.py"),
+    "brokers.kotak_neo._speedups": (
+        "brokers/kotak_neo/_speedups.pyx",
+        "brokers/kotak_neo/protocol.py",
+        "brokers/codec.py",
+        "core/fastnew.py",
+    ),
 }
 BUILD = ROOT / "build" / "cython"
 

@@ -62,23 +62,27 @@ def test_the_digest_covers_every_source_and_its_name():
 
 @pytest.mark.parametrize("pure", ["", "1"])
 def test_each_module_runs_its_chosen_path(pure):
-    """The aggregator, the Kite decoder and the NATS encoder follow MARKETFEED_PURE_PYTHON, in a fresh process."""
+    """The aggregator, the Kite and Kotak decoders and the NATS encoder follow MARKETFEED_PURE_PYTHON, in a fresh process."""
     code = (
-        "import candles.aggregator as a, brokers.kite.protocol as k, publishers.nats as n; from core import accel; "
-        "print(a.CandleAggregator.compiled, k.KiteDecoder is not k.PythonKiteDecoder, n.TickEncoder is not n.PythonTickEncoder); "
+        "import candles.aggregator as a, brokers.kite.protocol as k, publishers.nats as n, brokers.kotak_neo.protocol as kn; "
+        "from core import accel; "
+        "print(a.CandleAggregator.compiled, k.KiteDecoder is not k.PythonKiteDecoder, n.TickEncoder is not n.PythonTickEncoder, "
+        "kn.KotakDecoder is not kn.PythonKotakDecoder); "
         "print(accel.report()[1])"
     )
     env = {"PATH": "/usr/bin:/bin", accel.ENV: pure}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
     paths, line = out.splitlines()
     if pure:
-        assert paths.split() == ["False", "False", "False"]
+        assert paths.split() == ["False", "False", "False", "False"]
         assert line == f"hot path: pure Python ({accel.ENV} is set)"
     else:
         if "not built" in line:
             pytest.skip(f"the compiled hot path is not built here: {line}")
-        assert paths.split() == ["True", "True", "True"]
-        assert line == "hot path: compiled (candles._speedups, brokers.kite._speedups, publishers._speedups)"
+        assert paths.split() == ["True", "True", "True", "True"]
+        assert line == (
+            "hot path: compiled (candles._speedups, brokers.kite._speedups, publishers._speedups, brokers.kotak_neo._speedups)"
+        )
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ from datetime import datetime
 from typing import Any
 
 from brokers.codec import DividedPriceCache, LevelCache, MalformedCounter, PriceCache, TimeCache, price_cache
+from core import accel
 from core.fastnew import new_depth as _new_depth
 from core.fastnew import new_tick as _new_tick
 from core.ticks import Instrument, TickData
@@ -510,6 +511,8 @@ class KotakDecoder:
     build new lookup tables and swap them in; a frame being decoded finishes with the old ones.
     """
 
+    compiled = False  # True on the compiled decode's subclass (see the end of this module)
+
     __slots__ = (
         "stats", "market_status", "_instruments", "_dividers", "_caches", "_by_number", "_by_name", "_learned",
         "_unmatched", "_times", "_malformed",
@@ -872,3 +875,13 @@ class KotakDecoder:
         if message.kind == AUTH_OK:
             self.set_dividers(message.dividers)
         return message
+
+
+# The reference implementation above is also the fallback. ``KotakDecoder`` is the compiled
+# decode's subclass (brokers/kotak_neo/_speedups.pyx: the market-picture frames of
+# ``_decode_uniform``) when that is built from these sources, else this class; core.accel says
+# which at start-up, and MARKETFEED_PURE_PYTHON=1 keeps this one.
+PythonKotakDecoder = KotakDecoder
+_compiled = accel.load("brokers.kotak_neo._speedups")
+if _compiled is not None:
+    KotakDecoder = _compiled.compiled_decoder(PythonKotakDecoder)  # type: ignore[misc]
