@@ -22,13 +22,20 @@ from core.accel import source_digest  # noqa: E402
 # module -> (its .pyx, the Python modules it mirrors)
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "candles._speedups": ("candles/_speedups.pyx", "candles/aggregator.py", "candles/snapshot.py"),
-    "brokers.kite._speedups": ("brokers/kite/_speedups.pyx", "brokers/kite/protocol.py", "brokers/codec.py", "core/fastnew.py"),
+    "brokers.kite._speedups": (
+        "brokers/kite/_speedups.pyx",
+        "brokers/kite/protocol.py",
+        "brokers/codec.py",
+        "core/fastnew.py",
+        "brokers/_tick_slots.pxi",
+    ),
     "publishers._speedups": ("publishers/_speedups.pyx", "publishers/nats.py"),
     "brokers.kotak_neo._speedups": (
         "brokers/kotak_neo/_speedups.pyx",
         "brokers/kotak_neo/protocol.py",
         "brokers/codec.py",
         "core/fastnew.py",
+        "brokers/_tick_slots.pxi",
     ),
 }
 BUILD = ROOT / "build" / "cython"
@@ -58,7 +65,7 @@ def main() -> int:
             ext_modules=cythonize(
                 extensions,
                 build_dir=str(BUILD),
-                include_path=[str(BUILD)],
+                include_path=[str(BUILD), str(ROOT)],
                 quiet=True,
                 compiler_directives={"language_level": "3"},
             ),

@@ -8,7 +8,6 @@ import dataclasses
 import importlib
 import struct
 from datetime import datetime
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +18,7 @@ from brokers.kotak_neo.protocol import PythonKotakDecoder
 from core import accel
 from core.ist import IST
 from core.ticks import Instrument, TickData
+from testkit.sharing import Identities
 
 RECEIVED = datetime(2026, 11, 24, 9, 15, 30, 250000, tzinfo=IST)
 SESSION = 1_795_491_900  # 2026-11-24 09:15 IST
@@ -124,19 +124,6 @@ def frames(draw: st.DrawFn) -> bytes:
 
 
 # --- comparing two decoders' output -----------------------------------------------------------
-
-
-class Identities:
-    """Which earlier value each value is the very same object as: the caches' sharing, observable
-    as ``is``, compared across decoders whose caches are different objects."""
-
-    def __init__(self) -> None:
-        self._first: dict[int, int] = {}
-        self._kept: list[Any] = []  # keeps the objects alive, so ids stay unique
-
-    def __call__(self, value: Any) -> int:
-        self._kept.append(value)
-        return self._first.setdefault(id(value), len(self._kept))
 
 
 def described(ticks: list[TickData], same: Identities) -> list[tuple]:
