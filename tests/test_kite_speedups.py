@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import struct
 from datetime import datetime
 
@@ -17,7 +16,7 @@ from brokers.kite.protocol import PythonKiteDecoder
 from core import accel
 from core.ist import IST
 from core.ticks import Instrument, TickData
-from testkit.sharing import Identities
+from testkit.twins import Identities, built_twin
 
 RECEIVED = datetime(2026, 11, 24, 9, 15, 30, 250000, tzinfo=IST)
 SESSION = 1_795_491_900  # 2026-11-24 09:15 IST
@@ -30,13 +29,7 @@ TABLE = {t: Instrument("NSE", f"S{t}", t) for t in KNOWN}
 
 def compiled_decoder_class() -> type[PythonKiteDecoder]:
     """The compiled decoder class, even under MARKETFEED_PURE_PYTHON; skips when it is not built."""
-    try:
-        module = importlib.import_module("brokers.kite._speedups")
-    except ImportError as exc:
-        pytest.skip(f"the compiled Kite decoder is not built ({exc}): run scripts/build_ext.py")
-    if accel.source_digest(module.SOURCES) != module.SOURCE_DIGEST:
-        pytest.skip("the compiled Kite decoder was built from older sources: run scripts/build_ext.py")
-    return module.compiled_decoder(PythonKiteDecoder)
+    return built_twin("brokers.kite._speedups", "Kite decoder").compiled_decoder(PythonKiteDecoder)
 
 
 # --- random frames --------------------------------------------------------------------------

@@ -5,7 +5,6 @@ included."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import struct
 from datetime import datetime
 
@@ -18,7 +17,7 @@ from brokers.kotak_neo.protocol import PythonKotakDecoder
 from core import accel
 from core.ist import IST
 from core.ticks import Instrument, TickData
-from testkit.sharing import Identities
+from testkit.twins import Identities, built_twin
 
 RECEIVED = datetime(2026, 11, 24, 9, 15, 30, 250000, tzinfo=IST)
 SESSION = 1_795_491_900  # 2026-11-24 09:15 IST
@@ -36,13 +35,7 @@ TABLE = {
 
 def compiled_decoder_class() -> type[PythonKotakDecoder]:
     """The compiled decoder class, even under MARKETFEED_PURE_PYTHON; skips when it is not built."""
-    try:
-        module = importlib.import_module("brokers.kotak_neo._speedups")
-    except ImportError as exc:
-        pytest.skip(f"the compiled Kotak decoder is not built ({exc}): run scripts/build_ext.py")
-    if accel.source_digest(module.SOURCES) != module.SOURCE_DIGEST:
-        pytest.skip("the compiled Kotak decoder was built from older sources: run scripts/build_ext.py")
-    return module.compiled_decoder(PythonKotakDecoder)
+    return built_twin("brokers.kotak_neo._speedups", "Kotak decoder").compiled_decoder(PythonKotakDecoder)
 
 
 # --- packets: Kotak's websocket.md layouts, written independently of the codec ---------------------
