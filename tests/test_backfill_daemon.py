@@ -338,12 +338,14 @@ STOCKS = [i for i in DEFAULT_INSTRUMENTS if f"{i.exchange}:{i.tradingsymbol}" in
 def open_all_day(root: Path, opens: float | None = None) -> Path:
     """A calendar file with NSE in session all of today and tomorrow (IST): the test runs at any hour.
     ``opens`` (epoch seconds, on a minute): the first day is that one's and its session opens then
-    (a daemon started before it has no gap before it)."""
+    (a daemon started before it has no gap before it). Each day's regular session is closed first:
+    on a trading day a special session is added to it, and the day would open at 09:15."""
     first = datetime.now(IST) if opens is None else datetime.fromtimestamp(opens, IST)
     days = ((first.date(), "00:00" if opens is None else f"{first:%H:%M}"), (first.date() + timedelta(days=1), "00:00"))
     path = root / "calendar.toml"
     path.write_text(
         "".join(
+            f'[[closed]]\ndate = {day.isoformat()}\nexchanges = ["NSE"]\n\n'
             f'[[session]]\ndate = {day.isoformat()}\nexchanges = ["NSE"]\nopen = "{start}"\nclose = "23:59"\n\n'
             for day, start in days
         )
