@@ -14,16 +14,20 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
-from candles.aggregator import AggregatorStats, CandleAggregator, _Bucket, _Series, _SeriesDay, _shared, _SymDay
+from candles.aggregator import (
+    AggregatorStats,
+    CandleAggregator,
+    _Bucket,
+    _compiled,  # the compiled aggregator's module (None on the pure path)
+    _Series,
+    _SeriesDay,
+    _shared,
+    _SymDay,
+)
 from candles.model import Interval
-from core import accel
 
 VERSION = 6  # 5: candle provenance (partial buckets, unwatched spans); 6: spans of keys not seen yet
 _CHUNK = struct.Struct("<I")  # length of each marshalled chunk of a snapshot
-
-# The compiled aggregator's module (None on the pure path): its ``symbol_state`` writes a compiled
-# aggregator's symbols.
-_compiled = accel.load("candles._speedups")
 
 
 def snapshot(agg: CandleAggregator) -> bytes:

@@ -24,6 +24,15 @@ def built_twin(module: str, what: str) -> ModuleType:
     return twin
 
 
+def assert_default_follows_the_switch(default: type, reference: type) -> None:
+    """The name a module exports (``default``) is the compiled subclass of ``reference``, unless
+    MARKETFEED_PURE_PYTHON forces the reference itself."""
+    forced = accel.forced_pure()
+    assert default.compiled is not forced
+    assert (default is reference) is forced
+    assert issubclass(default, reference) and reference.compiled is False
+
+
 class Identities:
     """Which earlier value each value is the very same object as: the caches' sharing, observable
     as ``is``, compared across decoders whose caches are different objects."""

@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 
 from brokers.kite import protocol
 from brokers.kite.protocol import PythonKiteDecoder
-from core import accel
 from core.ist import IST
 from core.ticks import Instrument, TickData
-from testkit.twins import Identities, built_twin
+from testkit.twins import Identities, assert_default_follows_the_switch, built_twin
 
 RECEIVED = datetime(2026, 11, 24, 9, 15, 30, 250000, tzinfo=IST)
 SESSION = 1_795_491_900  # 2026-11-24 09:15 IST
@@ -193,10 +192,7 @@ def test_malformed_and_edge_frames_decode_alike(data: bytes) -> None:
 
 def test_the_default_decoder_is_the_compiled_one_unless_forced_pure() -> None:
     compiled_decoder_class()  # skips when not built
-    forced = accel.forced_pure()
-    assert protocol.KiteDecoder.compiled is not forced
-    assert (protocol.KiteDecoder is PythonKiteDecoder) is forced
-    assert issubclass(protocol.KiteDecoder, PythonKiteDecoder) and PythonKiteDecoder.compiled is False
+    assert_default_follows_the_switch(protocol.KiteDecoder, PythonKiteDecoder)
 
 
 def test_a_remembered_price_outlives_a_cleared_price_cache_with_the_same_value() -> None:

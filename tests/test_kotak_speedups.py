@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 
 from brokers.kotak_neo import protocol
 from brokers.kotak_neo.protocol import PythonKotakDecoder
-from core import accel
 from core.ist import IST
 from core.ticks import Instrument, TickData
-from testkit.twins import Identities, built_twin
+from testkit.twins import Identities, assert_default_follows_the_switch, built_twin
 
 RECEIVED = datetime(2026, 11, 24, 9, 15, 30, 250000, tzinfo=IST)
 SESSION = 1_795_491_900  # 2026-11-24 09:15 IST
@@ -202,7 +201,4 @@ def test_edge_frames_decode_alike(data: bytes) -> None:
 
 def test_the_default_decoder_is_the_compiled_one_unless_forced_pure() -> None:
     compiled_decoder_class()  # skips when not built
-    forced = accel.forced_pure()
-    assert protocol.KotakDecoder.compiled is not forced
-    assert (protocol.KotakDecoder is PythonKotakDecoder) is forced
-    assert issubclass(protocol.KotakDecoder, PythonKotakDecoder) and PythonKotakDecoder.compiled is False
+    assert_default_follows_the_switch(protocol.KotakDecoder, PythonKotakDecoder)

@@ -11,9 +11,10 @@ step, reading the big-endian fields straight from the frame's bytes instead of t
 The values are those the reference builds: prices, depth levels and exchange times come from the
 decoder's own caches (``brokers.codec``), so a compiled and a pure decoder hand out the same
 shared objects (until a full cache is cleared: see "the token table" below); the deferred
-``Depth`` keeps the raw 120-byte book and the same level cache as its source. ``TickData`` and ``Depth`` are built as ``core.fastnew`` builds them (a genuine instance,
-its slots filled without the frozen ``__setattr__``), here by storing each field at its slot's
-offset, which the module reads from the classes' slot descriptors when it is imported.
+``Depth`` keeps the raw 120-byte book and the same level cache as its source. ``TickData`` and
+``Depth`` are built as ``core.fastnew`` builds them (a genuine instance, its slots filled without
+the frozen ``__setattr__``), here by storing each field at its slot's offset
+(``brokers/_tick_slots.pxi``, shared with Kotak's decoder).
 
 The property test (tests/test_kite_speedups.py) drives both decoders with the same random frames
 and requires identical ticks and counters.
@@ -33,8 +34,6 @@ from libc.stdint cimport uint32_t, int32_t
 from core.ticks import Depth, TickData
 
 include "brokers.kite._speedups.pxi"
-
-
 
 
 # Packet lengths (Kite Connect's WebSocket docs, "Binary market data"), as in the reference.
@@ -76,7 +75,6 @@ cdef inline object _deferred_depth(object book, object levels):
 
 
 del _s, _built
-
 
 
 # ------------------------------------------------------------------ reading the frame
@@ -255,7 +253,6 @@ cdef list _decode(object decoder, const unsigned char[::1] frame, object receive
     cdef const unsigned char *packet
     cdef uint32_t ts
     cdef Row *row
-    cdef uint32_t raw
     for n in range(count):
         start = pos + 2
         if start > end:

@@ -19,7 +19,7 @@ times and prices come from the decoder's own caches (``brokers.codec``), so a co
 decoder hand out the same shared objects. ``TickData`` and ``Depth`` (with its levels, not
 deferred) are built as ``core.fastnew.new_tick`` / ``new_depth`` build them: a genuine instance,
 its slots filled without the frozen ``__setattr__``, here by storing each field at its slot's
-offset, which the module reads from the classes' slot descriptors when it is imported.
+offset (``brokers/_tick_slots.pxi``, shared with Kite's decoder).
 
 The property test (tests/test_kotak_speedups.py) drives both decoders with the same random frames
 and requires identical ticks and counters.
@@ -38,8 +38,6 @@ from libc.stdint cimport uint32_t, uint64_t, int64_t
 from core.ticks import Depth, TickData
 
 include "brokers.kotak_neo._speedups.pxi"
-
-
 
 
 # The market picture (Kotak's websocket.md; the reference's ``_MP_HEAD`` behind the header
